@@ -1,0 +1,107 @@
+//! Protocol messages between agent and server, carried one per sealed frame.
+//!
+//! A session: the agent sends [`AgentMsg::Hello`] with the hash of the schedule it runs; the server answers
+//! [`ServerMsg::Welcome`] and, when the hash differs from the host's current schedule, [`ServerMsg::Jobs`]. Then the
+//! agent sends reports, pipelined, and the server acknowledges each after its rows are committed. The server may
+//! send `Jobs` at any time when the configuration changes. Control messages travel with envelope sequence 0;
+//! a report travels with its own sequence number, which must match the envelope's.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::Schedule;
+use crate::report::Report;
+
+/// The protocol version this build speaks. A peer with another major version is refused with an error message.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Envelope sequence number used for control messages.
+pub const CONTROL_SEQ: u64 = 0;
+
+/// The SSH subsystem name agents request.
+pub const SUBSYSTEM: &str = "vigil";
+
+/// From agent to server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMsg {
+    Hello {
+        protocol: u16,
+        agent_version: String,
+        /// Hash of the schedule the agent currently runs ([`Schedule::hash`]).
+        schedule_hash: String,
+    },
+    Report(Report),
+}
+
+/// From server to agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMsg {
+    Welcome { protocol: u16, server_version: String },
+    Jobs { hash: String, schedule: Schedule },
+    Ack { seq: u64 },
+    Error { code: ErrorCode, message: String, seq: Option<u64> },
+}
+
+/// Why the server refused something; the agent branches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The protocol version is not spoken by this server.
+    Version,
+    /// The frame or envelope could not be read or verified.
+    BadFrame,
+    /// The message could not be decoded.
+    BadMessage,
+    /// The report failed validation; it will never be accepted, so the agent drops it.
+    BadReport,
+    /// The agent is not (or no longer) known.
+    Unknown,
+    /// The server could not store the report now (full disk, ...); retry later.
+    Unavailable,
+}
+
+impl AgentMsg {
+    /// The envelope sequence number this message travels with.
+    pub fn seq(&self) -> u64 {
+        match self {
+            AgentMsg::Hello { .. } => CONTROL_SEQ,
+            AgentMsg::Report(r) => r.seq,
+        }
+    }
+}
+
+impl ServerMsg {
+    /// The envelope sequence number this message travels with.
+    pub fn seq(&self) -> u64 {
+        match self {
+            ServerMsg::Ack { seq } => *seq,
+            _ => CONTROL_SEQ,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_is_tagged() {
+        let m = AgentMsg::Hello { protocol: 1, agent_version: "0.1.0".into(), schedule_hash: "ab".into() };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"hello","protocol":1,"agent_version":"0.1.0","schedule_hash":"ab"}"#
+        );
+        let a = ServerMsg::Ack { seq: 9 };
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"type":"ack","seq":9}"#);
+        assert_eq!(a.seq(), 9);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in ["", "{", "null", r#"{"type":"nope"}"#, r#"{"type":"ack"}"#, "\u{0}\u{1}"] {
+            assert!(serde_json::from_str::<ServerMsg>(bad).is_err(), "{bad}");
+            assert!(serde_json::from_str::<AgentMsg>(bad).is_err(), "{bad}");
+        }
+    }
+}
