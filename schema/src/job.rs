@@ -110,10 +110,14 @@ mod tests {
 
     #[test]
     fn hash_ignores_order_and_sees_changes() {
-        let a = Schedule::new(vec![job("b", &[Collector::Cpu, Collector::Memory], 10), job("a", &[Collector::Swap], 60)]);
-        let b = Schedule { jobs: vec![job("a", &[Collector::Swap], 60), job("b", &[Collector::Memory, Collector::Cpu], 10)] };
+        let a =
+            Schedule::new(vec![job("b", &[Collector::Cpu, Collector::Memory], 10), job("a", &[Collector::Swap], 60)]);
+        let b = Schedule {
+            jobs: vec![job("a", &[Collector::Swap], 60), job("b", &[Collector::Memory, Collector::Cpu], 10)],
+        };
         assert_eq!(a.hash(), b.hash());
-        let c = Schedule::new(vec![job("b", &[Collector::Cpu, Collector::Memory], 11), job("a", &[Collector::Swap], 60)]);
+        let c =
+            Schedule::new(vec![job("b", &[Collector::Cpu, Collector::Memory], 11), job("a", &[Collector::Swap], 60)]);
         assert_ne!(a.hash(), c.hash());
         assert_eq!(a.hash().len(), 64);
     }

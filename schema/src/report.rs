@@ -350,7 +350,13 @@ mod tests {
             collected_at_ms: 1_700_000_000_000,
             dropped: 0,
             stats: Stats {
-                cpu: Some(CpuStats { total_pct: 12.5, per_core_pct: vec![10.0, 15.0], load1: 0.5, load5: 0.4, load15: 0.3 }),
+                cpu: Some(CpuStats {
+                    total_pct: 12.5,
+                    per_core_pct: vec![10.0, 15.0],
+                    load1: 0.5,
+                    load5: 0.4,
+                    load15: 0.3,
+                }),
                 memory: Some(MemoryStats { total: 100, used: 40, available: 60, free: 50, used_pct: 40.0 }),
                 ..Stats::default()
             },

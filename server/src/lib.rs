@@ -1,1 +1,21 @@
-//! x
+//! vigil's server: everything behind the `vigil` binary.
+//!
+//! Data flows through the modules in this order:
+//!
+//! - [`config`]: `clients.xml` and `jobs.toml`, read in two stages (raw, then validated) with located errors; the
+//!   schedule each host runs; watching both files for live edits.
+//! - [`keys`]: the server's SSH host key and the credentials minted for each agent.
+//! - [`endpoint`]: the embedded SSH server agents dial; authenticates agents, speaks the protocol from
+//!   `vigil-schema`, opens envelopes and hands reports to ingest.
+//! - [`ingest`]: the single writer that groups reports into transactions and acknowledges each after commit.
+//! - [`store`]: the SQLite database: migrations, typed tables, queries for the operator views, retention.
+//! - [`status`]: the `vigil status` view, read straight from the database.
+//! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
+
+pub mod config;
+pub mod endpoint;
+pub mod ingest;
+pub mod keys;
+pub mod serve;
+pub mod status;
+pub mod store;
