@@ -12,6 +12,7 @@
 //! Architecture invariant: this crate depends on no async runtime, SSH or database crate; the agent links it and
 //! must stay small. It does no I/O.
 
+pub mod agent_config;
 pub mod envelope;
 pub mod frame;
 pub mod job;

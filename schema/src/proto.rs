@@ -105,3 +105,27 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod report_msg_tests {
+    use super::*;
+    use crate::report::{MemoryStats, Stats};
+
+    #[test]
+    fn report_message_round_trips() {
+        let r = Report {
+            seq: 3,
+            job: "vitals".into(),
+            collected_at_ms: 5,
+            dropped: 2,
+            stats: Stats {
+                memory: Some(MemoryStats { total: 10, used: 5, available: 5, free: 5, used_pct: 50.0 }),
+                ..Stats::default()
+            },
+        };
+        let m = AgentMsg::Report(r);
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<AgentMsg>(&json).unwrap(), m);
+        assert_eq!(m.seq(), 3);
+    }
+}

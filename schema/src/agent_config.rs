@@ -1,0 +1,102 @@
+//! The agent's config file (`agent.toml`): written by `vigil bootstrap`, read by `vigil-agent`.
+//!
+//! It is part of the contract because the server writes what the agent reads. The file is created 0600 and holds
+//! the agent's envelope secret; [`AgentConfigFile`]'s `Debug` never prints it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Default bound on the spool's total size.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
+/// Default bound on the number of spooled reports.
+pub const DEFAULT_SPOOL_MAX_REPORTS: u64 = 20_000;
+
+/// The envelope secret as written in the file (hex). Redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretHex(pub String);
+
+impl fmt::Debug for SecretHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for SecretHex {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// `agent.toml`. Relative paths are resolved against the file's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfigFile {
+    /// The agent's id, also its SSH user name and the envelope's clear id.
+    pub agent_id: String,
+    /// `host:port` of the server's SSH endpoint.
+    pub server: String,
+    /// The server's pinned host-key fingerprint, `SHA256:...`.
+    pub server_host_key: String,
+    /// The agent's ed25519 private key (OpenSSH format), 0600.
+    pub key_file: String,
+    /// The 32-byte envelope secret, hex.
+    pub secret: SecretHex,
+    /// Where sealed reports wait for their ack.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: String,
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    #[serde(default = "default_spool_max_reports")]
+    pub spool_max_reports: u64,
+    /// The schedule the agent runs until it pulls a newer one; rewritten on every pull.
+    #[serde(default = "default_schedule_file")]
+    pub schedule_file: String,
+    /// Overrides for collector sources (tests and unusual hosts).
+    #[serde(default)]
+    pub collect: CollectPaths,
+}
+
+/// Where collectors read from when not the system default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectPaths {
+    pub utmp: Option<String>,
+    pub auth_log: Option<String>,
+}
+
+fn default_spool_dir() -> String {
+    "spool".into()
+}
+fn default_spool_max_bytes() -> u64 {
+    DEFAULT_SPOOL_MAX_BYTES
+}
+fn default_spool_max_reports() -> u64 {
+    DEFAULT_SPOOL_MAX_REPORTS
+}
+fn default_schedule_file() -> String {
+    "schedule.json".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let c = AgentConfigFile {
+            agent_id: "a".into(),
+            server: "127.0.0.1:7022".into(),
+            server_host_key: "SHA256:x".into(),
+            key_file: "agent_key".into(),
+            secret: SecretHex("deadbeefcafe".into()),
+            spool_dir: default_spool_dir(),
+            spool_max_bytes: 1,
+            spool_max_reports: 1,
+            schedule_file: default_schedule_file(),
+            collect: CollectPaths::default(),
+        };
+        assert!(!format!("{c:?}").contains("deadbeef"));
+    }
+}
