@@ -1,0 +1,74 @@
+//! `users`: logged-in sessions (user, terminal, remote host, login time) read from utmp on Unix.
+//!
+//! `source` is the utmp path read, or `None` when there is no utmp (containers, Windows).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use vigil_schema::report::{Users, limits};
+
+use super::{clean_text, utmp};
+
+/// Where utmp is looked for when no path is configured.
+pub const DEFAULT_PATHS: [&str; 2] = ["/var/run/utmp", "/run/utmp"];
+
+/// Reads the sessions from `path`, or from the first of [`DEFAULT_PATHS`] that exists.
+pub fn collect(path: Option<&Path>) -> Users {
+    if !cfg!(unix) {
+        return Users::default();
+    }
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => match DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists()) {
+            Some(p) => p,
+            None => return Users::default(),
+        },
+    };
+    // Read at most what MAX_ITEMS sessions plus as many other records can take.
+    let cap = (2 * limits::MAX_ITEMS * utmp::RECORD_LEN) as u64;
+    let mut bytes = Vec::new();
+    match std::fs::File::open(&path).and_then(|f| f.take(cap).read_to_end(&mut bytes)) {
+        Ok(_) => Users { source: Some(clean_text(&path.to_string_lossy())), sessions: utmp::parse(&bytes) },
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), "cannot read utmp: {e}");
+            }
+            Users::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::utmp::{USER_PROCESS, tests::record};
+
+    #[test]
+    fn missing_utmp_is_no_source() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(collect(Some(&dir.path().join("utmp"))), Users { source: None, sessions: vec![] });
+    }
+
+    #[test]
+    fn default_paths_do_not_fail() {
+        let u = collect(None);
+        if DEFAULT_PATHS.iter().all(|p| !Path::new(p).exists()) {
+            assert_eq!(u, Users::default());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_utmp_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("utmp");
+        let mut bytes = record(USER_PROCESS, "carol", "pts/2", "192.0.2.1", 1_750_000_000);
+        bytes.extend(record(8, "gone", "pts/3", "", 1_750_000_001));
+        bytes.extend(record(USER_PROCESS, "dan", "tty1", "", 1_750_000_002));
+        std::fs::write(&path, bytes).unwrap();
+        let u = collect(Some(&path));
+        assert_eq!(u.source.as_deref(), Some(path.to_str().unwrap()));
+        let users: Vec<_> = u.sessions.iter().map(|s| (s.user.as_str(), s.host.as_deref(), s.login_time)).collect();
+        assert_eq!(users, [("carol", Some("192.0.2.1"), 1_750_000_000), ("dan", None, 1_750_000_002)]);
+    }
+}
