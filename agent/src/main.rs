@@ -1,1 +1,169 @@
-fn main() {}
+//! `vigil-agent`: collects system statistics on the schedule pulled from the server, seals and spools every report,
+//! and pushes the spool over an SSH channel it opens to the server.
+//!
+//! - [`collect`]: one collector per statistic family (sysinfo, utmp, auth log).
+//! - [`config`]: `agent.toml`, written by `vigil bootstrap`.
+//! - [`schedule`]: runs the jobs on their intervals with a per-agent phase.
+//! - [`spool`]: sealed reports on disk until acknowledged, bounded, loss counted.
+//! - [`push`]: the SSH client to the server's endpoint.
+//!
+//! Runs on a current-thread runtime; the scheduler, the pusher and the signal handler are three futures joined in
+//! `main`, so nothing outlives it.
+
+mod collect;
+mod config;
+mod push;
+mod schedule;
+mod spool;
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use vigil_schema::job::Collector;
+use vigil_schema::proto::AgentMsg;
+use vigil_schema::report::Report;
+
+use crate::collect::{CollectOptions, Collectors};
+use crate::config::AgentConfig;
+
+/// vigil's agent.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The agent's config, written by `vigil bootstrap`.
+    #[arg(long, default_value = "agent.toml")]
+    config: PathBuf,
+    /// Collect once and exit (with --print: show the JSON that would be sealed and sent).
+    #[arg(long)]
+    once: bool,
+    /// With --once: print the report.
+    #[arg(long)]
+    print: bool,
+    /// With --once: only these collectors (comma-separated names); default all.
+    #[arg(long, value_delimiter = ',')]
+    collectors: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.once {
+        return once(&cli);
+    }
+    let cfg = match AgentConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil-agent: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // One agent per directory: a second one exits at once.
+    let lock_path = cfg.dir.join("agent.lock");
+    let lock = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vigil-agent: cannot open {}: {e}", lock_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if lock.try_lock().is_err() {
+        eprintln!("vigil-agent: another agent already runs in {}", cfg.dir.display());
+        return ExitCode::from(3);
+    }
+    let _ = std::fs::write(cfg.dir.join("agent.pid"), format!("{}\n", std::process::id()));
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(run(cfg));
+    drop(lock);
+    code
+}
+
+async fn run(cfg: AgentConfig) -> ExitCode {
+    let spool = match spool::Spool::open(&cfg.spool_dir, cfg.spool_max_bytes, cfg.spool_max_reports) {
+        Ok(s) => RefCell::new(s),
+        Err(e) => {
+            eprintln!("vigil-agent: cannot open the spool {}: {e}", cfg.spool_dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(agent = %cfg.agent_id, server = %cfg.server, spooled = spool.borrow().len(), "starting");
+    let collectors = Collectors::new(CollectOptions { utmp_path: cfg.utmp.clone(), auth_log_path: cfg.auth_log.clone() });
+    let (schedule_tx, schedule_rx) = watch::channel(cfg.load_schedule());
+    let produced = Notify::new();
+    let cancel = CancellationToken::new();
+    let signals = async {
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        cancel.cancel();
+    };
+    tokio::join!(
+        schedule::run(&cfg, collectors, &spool, schedule_rx, &produced, cancel.clone()),
+        push::run(&cfg, &spool, &schedule_tx, &produced, cancel.clone()),
+        signals,
+    );
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn once(cli: &Cli) -> ExitCode {
+    let which: Vec<Collector> = if cli.collectors.is_empty() {
+        Collector::ALL.to_vec()
+    } else {
+        let mut v = Vec::new();
+        for name in &cli.collectors {
+            match Collector::from_name(name) {
+                Some(c) => v.push(c),
+                None => {
+                    eprintln!("vigil-agent: unknown collector {name:?}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        v
+    };
+    let paths = AgentConfig::load(&cli.config).ok();
+    let mut collectors = Collectors::new(CollectOptions {
+        utmp_path: paths.as_ref().and_then(|c| c.utmp.clone()),
+        auth_log_path: paths.as_ref().and_then(|c| c.auth_log.clone()),
+    });
+    let stats = collectors.collect(&which);
+    let collected_at_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let msg = AgentMsg::Report(Report { seq: 1, job: "once".into(), collected_at_ms, dropped: 0, stats });
+    if cli.print {
+        match serde_json::to_string_pretty(&msg) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("vigil-agent: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -129,3 +129,35 @@ mod report_msg_tests {
         assert_eq!(m.seq(), 3);
     }
 }
+
+/// Why a received frame could not be turned into a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsgError {
+    #[error(transparent)]
+    Envelope(#[from] crate::envelope::EnvelopeError),
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    #[error("message sequence {inner} does not match its envelope's {outer}")]
+    SeqMismatch { inner: u64, outer: u64 },
+}
+
+/// Serializes, seals and frames a message: the bytes to write to the channel.
+pub fn seal_msg<M: Serialize>(
+    keys: &crate::secret::EnvelopeKeys,
+    agent_id: &str,
+    seq: u64,
+    msg: &M,
+) -> Result<Vec<u8>, crate::envelope::EnvelopeError> {
+    let json = serde_json::to_vec(msg).map_err(|_| crate::envelope::EnvelopeError::BadLength)?;
+    Ok(crate::frame::encode(&crate::envelope::seal(keys, agent_id, seq, &json)?))
+}
+
+/// Opens one frame (tag first, then decryption) and decodes the message in it, with the envelope's sequence.
+pub fn open_msg<M: serde::de::DeserializeOwned>(
+    keys: &crate::secret::EnvelopeKeys,
+    frame: &[u8],
+) -> Result<(crate::envelope::Opened, M), MsgError> {
+    let opened = crate::envelope::open(keys, frame)?;
+    let msg = serde_json::from_slice(&opened.plaintext).map_err(|e| MsgError::Decode(e.to_string()))?;
+    Ok((opened, msg))
+}

@@ -1,1 +1,222 @@
-//! TODO
+//! The embedded SSH endpoint agents dial: accepts connections, authenticates agents by key, and runs the vigil
+//! protocol on the `vigil` subsystem.
+//!
+//! - [`handler`]: the russh `Handler`: public-key auth against the [`registry`], one session channel, the `vigil`
+//!   subsystem; every other request refused and counted.
+//! - [`session`]: the protocol on one authenticated channel: frames, envelopes, hello, jobs, reports, acks.
+//! - [`registry`]: which keys may connect, as agents of which hosts.
+//! - [`counters`]: what was refused, and a log limiter.
+//!
+//! Every connection task is spawned on the endpoint's `TaskTracker` and stops on its `CancellationToken`; `run`
+//! returns only after all of them have finished.
+
+pub mod counters;
+pub mod handler;
+pub mod registry;
+pub mod session;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use russh::keys::PrivateKey;
+use russh::server::{Config as SshConfig, run_stream};
+use russh::{MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::ingest::IngestHandle;
+use counters::Counters;
+use registry::Registry;
+
+/// Limits and timeouts of the endpoint.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most connections at once; further ones are closed at accept.
+    pub max_connections: usize,
+    /// Most connections that have not authenticated yet.
+    pub max_unauthenticated: usize,
+    /// Time a peer has to authenticate.
+    pub auth_deadline: Duration,
+    /// Time an authenticated peer may stay silent (the agent sends keepalives more often).
+    pub idle_timeout: Duration,
+    /// Reports of one connection waiting for their commit at once (backpressure beyond it).
+    pub max_in_flight: usize,
+    /// Refused frames on one connection before it is closed.
+    pub max_errors: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_unauthenticated: 512,
+            auth_deadline: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(180),
+            max_in_flight: 256,
+            max_errors: 32,
+        }
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub registry: RwLock<Arc<Registry>>,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub ingest: IngestHandle,
+    pub counters: Counters,
+    pub limits: Limits,
+    pub tracker: TaskTracker,
+    pub cancel: CancellationToken,
+    /// Serialises registry refreshes after an unknown key, at most one per second.
+    last_refresh: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    pub fn new(config: watch::Receiver<Arc<Config>>, ingest: IngestHandle, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            registry: RwLock::new(Arc::new(Registry::default())),
+            config,
+            ingest,
+            counters: Counters::default(),
+            limits,
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            last_refresh: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The current allow-list.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Rebuilds the allow-list from the agents table and the current config.
+    pub async fn refresh_registry(&self) {
+        let config = self.config.borrow().clone();
+        match self.ingest.exec(|store| store.agents()).await {
+            Ok(Ok(records)) => {
+                let reg = Arc::new(Registry::build(&records, &config));
+                tracing::debug!(agents = reg.len(), "agent allow-list rebuilt");
+                if let Ok(mut slot) = self.registry.write() {
+                    *slot = reg;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("could not read the agents table: {e}"),
+            Err(e) => tracing::warn!("could not read the agents table: {e}"),
+        }
+        if let Ok(mut t) = self.last_refresh.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    /// Refreshes after an unknown key (a host may just have been bootstrapped), at most once a second.
+    pub async fn refresh_if_stale(&self) {
+        let stale = self.last_refresh.lock().map(|t| t.is_none_or(|t| t.elapsed() > Duration::from_secs(1)));
+        if stale.unwrap_or(false) {
+            self.refresh_registry().await;
+        }
+    }
+}
+
+/// The russh server configuration: our host key, public-key auth only, bounded windows, keepalives.
+pub fn ssh_config(host_key: PrivateKey, limits: &Limits) -> SshConfig {
+    SshConfig {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(250),
+        auth_rejection_time_initial: Some(Duration::from_millis(0)),
+        keys: vec![host_key],
+        inactivity_timeout: Some(limits.idle_timeout),
+        keepalive_interval: Some(Duration::from_secs(60)),
+        keepalive_max: 3,
+        max_auth_attempts: 6,
+        window_size: 1 << 20,
+        maximum_packet_size: 32768,
+        nodelay: true,
+        ..SshConfig::default()
+    }
+}
+
+/// Accepts connections on `listener` until `shared.cancel` fires, then waits for every connection to finish.
+pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>) {
+    let total = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let unauth = Arc::new(Semaphore::new(shared.limits.max_unauthenticated));
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (socket, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(total_permit) = total.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing");
+            continue;
+        };
+        let Ok(unauth_permit) = unauth.clone().try_acquire_owned() else {
+            Counters::bump(&shared.counters.auth_rejected);
+            tracing::debug!(%peer, "too many unauthenticated connections; closing");
+            continue;
+        };
+        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+        let _ = socket.set_nodelay(true);
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let handler = handler::Handler::new(shared.clone(), peer, authenticated.clone(), unauth_permit);
+        let ssh = ssh.clone();
+        let shared2 = shared.clone();
+        shared.tracker.spawn(async move {
+            let _total = total_permit;
+            let deadline = shared2.limits.auth_deadline;
+            let session = match tokio::time::timeout(deadline, run_stream(ssh, socket, handler)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "ssh handshake failed: {e:?}");
+                    return;
+                }
+                Err(_) => {
+                    Counters::bump(&shared2.counters.timeouts);
+                    return;
+                }
+            };
+            let handle = session.handle();
+            tokio::pin!(session);
+            let auth_timer = async {
+                tokio::time::sleep(deadline).await;
+                if authenticated.load(Ordering::Acquire) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                r = &mut session => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "session ended: {e:?}");
+                    }
+                }
+                _ = auth_timer => {
+                    if let Some(n) = Counters::bump(&shared2.counters.timeouts) {
+                        tracing::info!(%peer, count = n, "peer did not authenticate in time; closing");
+                    }
+                    let _ = handle.disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), String::new()).await;
+                }
+                _ = shared2.cancel.cancelled() => {
+                    // Give the protocol task time to ack what is in flight; the agent closes when it is done.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+                    let _ = handle.disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), String::new()).await;
+                }
+            }
+        });
+    }
+    shared.tracker.close();
+    shared.tracker.wait().await;
+    tracing::info!("endpoint closed: {}", shared.counters.summary());
+}

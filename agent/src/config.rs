@@ -1,0 +1,100 @@
+//! Loading `agent.toml` (format in `vigil_schema::agent_config`) into what the agent runs with.
+
+use std::path::{Path, PathBuf};
+
+use russh::keys::PrivateKey;
+use vigil_schema::agent_config::AgentConfigFile;
+use vigil_schema::job::Schedule;
+use vigil_schema::secret::{AgentSecret, EnvelopeKeys};
+
+/// Why the agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The agent's resolved configuration. `Debug` shows no key material (the key types redact themselves).
+#[derive(Debug)]
+pub struct AgentConfig {
+    pub agent_id: String,
+    pub server: String,
+    pub server_host_key: String,
+    pub key: PrivateKeyBox,
+    pub keys: EnvelopeKeys,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub spool_max_reports: u64,
+    pub schedule_file: PathBuf,
+    pub utmp: Option<PathBuf>,
+    pub auth_log: Option<PathBuf>,
+    /// The directory holding agent.toml: the agent's private directory.
+    pub dir: PathBuf,
+}
+
+/// The agent's SSH private key, never printed.
+pub struct PrivateKeyBox(pub PrivateKey);
+
+impl std::fmt::Debug for PrivateKeyBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+impl AgentConfig {
+    /// Reads and checks `agent.toml` and the key file it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let file: AgentConfigFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
+        if file.agent_id.is_empty() || file.agent_id.len() > vigil_schema::envelope::MAX_AGENT_ID {
+            return Err(invalid("agent_id must be 1 to 64 characters".into()));
+        }
+        if !file.server_host_key.starts_with("SHA256:") {
+            return Err(invalid("server_host_key must be a SHA256:... fingerprint".into()));
+        }
+        let secret = AgentSecret::from_hex(&file.secret.0).map_err(|e| invalid(format!("secret: {e}")))?;
+        let key_path = resolve(&file.key_file);
+        let key_text = std::fs::read_to_string(&key_path)
+            .map_err(|source| ConfigError::Io { path: key_path.clone(), source })?;
+        let key = PrivateKey::from_openssh(key_text.as_bytes())
+            .map_err(|e| ConfigError::Invalid { path: key_path.clone(), message: format!("not an OpenSSH private key: {e}") })?;
+        Ok(Self {
+            agent_id: file.agent_id.clone(),
+            server: file.server.clone(),
+            server_host_key: file.server_host_key.clone(),
+            key: PrivateKeyBox(key),
+            keys: secret.derive_keys(),
+            spool_dir: resolve(&file.spool_dir),
+            spool_max_bytes: file.spool_max_bytes.max(1),
+            spool_max_reports: file.spool_max_reports.max(1),
+            schedule_file: resolve(&file.schedule_file),
+            utmp: file.collect.utmp.as_deref().map(resolve),
+            auth_log: file.collect.auth_log.as_deref().map(resolve),
+            dir,
+        })
+    }
+
+    /// The schedule saved by the last pull (or by bootstrap); empty when there is none yet.
+    pub fn load_schedule(&self) -> Schedule {
+        match std::fs::read(&self.schedule_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %self.schedule_file.display(), "saved schedule unreadable, waiting for the server's: {e}");
+                Schedule::default()
+            }),
+            Err(_) => Schedule::default(),
+        }
+    }
+
+    /// Saves a pulled schedule so a restart runs it even before reconnecting.
+    pub fn save_schedule(&self, schedule: &Schedule) -> std::io::Result<()> {
+        let tmp = self.schedule_file.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(schedule).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, &self.schedule_file)
+    }
+}

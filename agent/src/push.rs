@@ -1,0 +1,278 @@
+//! Push: one persistent SSH connection to the server's endpoint, its host key pinned, key auth, the `vigil`
+//! subsystem; hello with the schedule hash, spooled reports sent pipelined, each deleted on its ack. Reconnects
+//! with exponential backoff and jitter.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use vigil_schema::frame::{self, FrameDecoder};
+use vigil_schema::job::Schedule;
+use vigil_schema::proto::{AgentMsg, CONTROL_SEQ, ErrorCode, PROTOCOL_VERSION, SUBSYSTEM, ServerMsg, open_msg, seal_msg};
+
+use crate::config::AgentConfig;
+use crate::spool::Spool;
+
+/// Reports sent and not yet acknowledged, at most.
+const WINDOW: usize = 64;
+/// Backlog (reports older than this connection) sent per second, at most, so a drain after an outage is gentle
+/// while fresh reports go out at once.
+const BACKLOG_PER_SECOND: u32 = 200;
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why a session with the server ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("server host key {seen} does not match the pinned {pinned}; refusing to send")]
+    HostKeyMismatch { seen: String, pinned: String },
+    #[error("the server refused this agent's key")]
+    AuthRefused,
+    #[error("the server refused the vigil subsystem")]
+    SubsystemRefused,
+    #[error("the server revoked this agent: {0}")]
+    Revoked(String),
+    #[error("ssh: {0}")]
+    Ssh(#[from] russh::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+struct Client {
+    pinned: String,
+    seen: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl russh::client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else { return Ok(false) };
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        let ok = fp == self.pinned;
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(fp);
+        }
+        Ok(ok)
+    }
+}
+
+/// Keeps a session with the server up until cancelled.
+pub async fn run(
+    cfg: &AgentConfig,
+    spool: &RefCell<Spool>,
+    schedule_tx: &watch::Sender<Schedule>,
+    produced: &Notify,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = session(cfg, spool, schedule_tx, produced, &cancel) => r,
+        };
+        match &result {
+            Ok(()) if cancel.is_cancelled() => return,
+            Ok(()) => tracing::info!("server closed the session"),
+            Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!("{e}"),
+            Err(e) => tracing::warn!("session with {} ended: {e}", cfg.server),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_secs(1);
+        }
+        let revoked = matches!(result, Err(PushError::Revoked(_) | PushError::HostKeyMismatch { .. }));
+        let base = if revoked { MAX_BACKOFF } else { backoff };
+        // Full jitter in [base/2, base].
+        let wait = base / 2 + Duration::from_millis(fastrand_ms(base.as_millis() as u64 / 2));
+        tracing::debug!(?wait, "reconnecting later");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// A random number of milliseconds in `[0, max]`, from the OS random source.
+fn fastrand_ms(max: u64) -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return max / 2;
+    }
+    u64::from_le_bytes(b) % (max + 1)
+}
+
+async fn session(
+    cfg: &AgentConfig,
+    spool: &RefCell<Spool>,
+    schedule_tx: &watch::Sender<Schedule>,
+    produced: &Notify,
+    cancel: &CancellationToken,
+) -> Result<(), PushError> {
+    let ssh_config = Arc::new(russh::client::Config {
+        inactivity_timeout: Some(Duration::from_secs(120)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    });
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let client = Client { pinned: cfg.server_host_key.clone(), seen: seen.clone() };
+    let connect = russh::client::connect(ssh_config, cfg.server.as_str(), client);
+    let mut handle = match tokio::time::timeout(Duration::from_secs(15), connect).await {
+        Err(_) => return Err(PushError::Connect(cfg.server.clone(), "timed out".into())),
+        Ok(Err(e)) => {
+            if let Some(fp) = seen.lock().ok().and_then(|s| s.clone())
+                && fp != cfg.server_host_key
+            {
+                return Err(PushError::HostKeyMismatch { seen: fp, pinned: cfg.server_host_key.clone() });
+            }
+            return Err(PushError::Connect(cfg.server.clone(), e.to_string()));
+        }
+        Ok(Ok(h)) => h,
+    };
+    let key = PrivateKeyWithHashAlg::new(Arc::new(cfg.key.0.clone()), None);
+    if !handle.authenticate_publickey(cfg.agent_id.clone(), key).await?.success() {
+        return Err(PushError::AuthRefused);
+    }
+    let channel = handle.channel_open_session().await?;
+    channel.request_subsystem(true, SUBSYSTEM).await?;
+    let (mut rd, wr) = channel.split();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), rd.wait()).await {
+            Ok(Some(ChannelMsg::Success)) => break,
+            Ok(Some(ChannelMsg::Failure) | None) | Err(_) => return Err(PushError::SubsystemRefused),
+            Ok(Some(_)) => {}
+        }
+    }
+
+    let hello = AgentMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        schedule_hash: schedule_tx.borrow().hash(),
+    };
+    let bytes = seal_msg(&cfg.keys, &cfg.agent_id, CONTROL_SEQ, &hello).map_err(|e| PushError::Protocol(e.to_string()))?;
+    wr.data_bytes(bytes).await?;
+
+    // Reports spooled before this connection are backlog, drained at a bounded rate; later ones go out at once.
+    let backlog_below = spool.borrow().peek_next_seq();
+    let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+    let mut retry_after: Option<Instant> = None;
+    let mut tokens = BACKLOG_PER_SECOND;
+    let mut refill = tokio::time::interval(Duration::from_millis(100));
+    let mut decoder = FrameDecoder::default();
+    let mut welcomed = false;
+    let result = loop {
+        if welcomed && retry_after.is_none_or(|t| Instant::now() >= t) {
+            retry_after = None;
+            // Fresh reports first, then the oldest backlog within the rate budget.
+            let candidates: Vec<u64> = {
+                let s = spool.borrow();
+                let fresh = s.pending().filter(|q| *q >= backlog_below).filter(|q| !in_flight.contains(q));
+                let old = s.pending().filter(|q| *q < backlog_below).filter(|q| !in_flight.contains(q));
+                fresh.chain(old).take(WINDOW.saturating_sub(in_flight.len())).collect()
+            };
+            for seq in candidates {
+                if seq < backlog_below {
+                    if tokens == 0 {
+                        break;
+                    }
+                    tokens -= 1;
+                }
+                let Some(sealed) = spool.borrow().read(seq) else { continue };
+                wr.data_bytes(frame::encode(&sealed)).await?;
+                in_flight.insert(seq);
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                // Give acks of what is in flight a moment, then leave.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !in_flight.is_empty() {
+                    let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rd.wait()).await else { break };
+                    if let ChannelMsg::Data { data } = msg {
+                        let _ = decoder.push(&data);
+                        while let Ok(Some(f)) = decoder.next_frame() {
+                            if let Ok((_, ServerMsg::Ack { seq })) = open_msg::<ServerMsg>(&cfg.keys, &f) {
+                                spool.borrow_mut().remove(seq);
+                                in_flight.remove(&seq);
+                            }
+                        }
+                    }
+                }
+                break Ok(());
+            }
+            _ = produced.notified() => {}
+            _ = refill.tick() => {
+                tokens = (tokens + BACKLOG_PER_SECOND / 10).min(BACKLOG_PER_SECOND);
+            }
+            msg = rd.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    decoder.push(&data).map_err(|e| PushError::Protocol(e.to_string()))?;
+                    while let Some(f) = decoder.next_frame().map_err(|e| PushError::Protocol(e.to_string()))? {
+                        let (_, reply) = match open_msg::<ServerMsg>(&cfg.keys, &f) {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::warn!("unreadable frame from the server: {e}");
+                                continue;
+                            }
+                        };
+                        match reply {
+                            ServerMsg::Welcome { server_version, .. } => {
+                                tracing::info!(server = %cfg.server, %server_version, "connected");
+                                welcomed = true;
+                            }
+                            ServerMsg::Jobs { hash, schedule } => {
+                                tracing::info!(%hash, jobs = schedule.jobs.len(), "new job list from the server");
+                                if let Err(e) = cfg.save_schedule(&schedule) {
+                                    tracing::warn!("could not save the schedule: {e}");
+                                }
+                                schedule_tx.send_replace(schedule);
+                            }
+                            ServerMsg::Ack { seq } => {
+                                spool.borrow_mut().remove(seq);
+                                in_flight.remove(&seq);
+                            }
+                            ServerMsg::Error { code, message, seq } => {
+                                match (code, seq) {
+                                    (ErrorCode::BadReport, Some(seq)) => {
+                                        // It will never be accepted: keeping it would block nothing but waste space.
+                                        tracing::error!(seq, "server refused report for good: {message}");
+                                        spool.borrow_mut().remove(seq);
+                                        in_flight.remove(&seq);
+                                    }
+                                    (ErrorCode::Unavailable, Some(seq)) => {
+                                        tracing::warn!(seq, "server could not store the report, retrying later: {message}");
+                                        in_flight.remove(&seq);
+                                        retry_after = Some(Instant::now() + Duration::from_secs(5));
+                                    }
+                                    (ErrorCode::Unknown, _) => break_revoked(&message)?,
+                                    (ErrorCode::Version, _) => return Err(PushError::Protocol(message)),
+                                    _ => tracing::warn!(?code, ?seq, "server error: {message}"),
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break Ok(()),
+                Some(_) => {}
+            }
+        }
+    };
+    let _ = handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    // disconnect() only queues the message: wait for the session to wind down.
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut handle).await;
+    result
+}
+
+fn break_revoked(message: &str) -> Result<(), PushError> {
+    Err(PushError::Revoked(message.to_owned()))
+}

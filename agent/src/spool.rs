@@ -1,0 +1,213 @@
+//! The on-disk spool: every report is sealed, written here, and deleted only when the server acks it.
+//!
+//! One file per report, `<seq>-<dropped>.env`, holding the sealed envelope (nothing readable sits on disk). A small
+//! `state` file keeps the next sequence number and the count of reports dropped but not yet reported. When the spool
+//! is over its bounds the oldest reports are deleted and counted; the count travels in the next report, so loss is
+//! never silent. Sequence numbers never repeat, across restarts too.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    /// Drops this report carries in its `dropped` field: if it is dropped itself, they must be counted again.
+    carried: u64,
+}
+
+/// The spool directory and its index.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    max_reports: u64,
+    entries: BTreeMap<u64, Entry>,
+    bytes: u64,
+    next_seq: u64,
+    dropped_pending: u64,
+    /// Drops since start, for the log.
+    pub dropped_total: u64,
+}
+
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".env")?;
+    let (seq, dropped) = stem.split_once('-')?;
+    Some((seq.parse().ok()?, dropped.parse().ok()?))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Spool {
+    /// Opens (creating, 0700) the spool directory and indexes what a previous run left.
+    pub fn open(dir: &Path, max_bytes: u64, max_reports: u64) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let mut entries = BTreeMap::new();
+        let mut bytes = 0;
+        for item in std::fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name();
+            let Some((seq, carried)) = parse_name(&name.to_string_lossy()) else { continue };
+            let size = item.metadata()?.len();
+            bytes += size;
+            entries.insert(seq, Entry { size, carried });
+        }
+        let (mut next_seq, dropped_pending) = match std::fs::read_to_string(dir.join("state")) {
+            Ok(s) => {
+                let mut it = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+                (it.next().unwrap_or(1), it.next().unwrap_or(0))
+            }
+            Err(_) => (1, 0),
+        };
+        if let Some((&last, _)) = entries.last_key_value() {
+            next_seq = next_seq.max(last + 1);
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            max_bytes,
+            max_reports,
+            entries,
+            bytes,
+            next_seq: next_seq.max(1),
+            dropped_pending,
+            dropped_total: 0,
+        })
+    }
+
+    fn save_state(&self) -> std::io::Result<()> {
+        write_atomic(&self.dir.join("state"), format!("{} {}\n", self.next_seq, self.dropped_pending).as_bytes())
+    }
+
+    /// Reserves the next sequence number and takes the pending drop count for the report about to be made.
+    pub fn next(&mut self) -> std::io::Result<(u64, u64)> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let dropped = std::mem::take(&mut self.dropped_pending);
+        if let Err(e) = self.save_state() {
+            self.dropped_pending = dropped;
+            return Err(e);
+        }
+        Ok((seq, dropped))
+    }
+
+    /// Stores a sealed report, then enforces the bounds by dropping the oldest.
+    pub fn put(&mut self, seq: u64, dropped: u64, sealed: &[u8]) -> std::io::Result<()> {
+        if let Err(e) = write_atomic(&self.path(seq, dropped), sealed) {
+            // Could not spool (disk full?): this report is lost, so it is counted like a drop.
+            self.dropped_pending += 1 + dropped;
+            let _ = self.save_state();
+            return Err(e);
+        }
+        self.entries.insert(seq, Entry { size: sealed.len() as u64, carried: dropped });
+        self.bytes += sealed.len() as u64;
+        let mut changed = false;
+        while self.entries.len() as u64 > self.max_reports || self.bytes > self.max_bytes {
+            let Some((old, e)) = self.entries.pop_first() else { break };
+            self.bytes -= e.size;
+            let _ = std::fs::remove_file(self.path(old, e.carried));
+            self.dropped_pending += 1 + e.carried;
+            self.dropped_total += 1;
+            changed = true;
+        }
+        if changed {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    fn path(&self, seq: u64, carried: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}-{carried}.env"))
+    }
+
+    /// Deletes an acknowledged (or permanently refused) report.
+    pub fn remove(&mut self, seq: u64) {
+        if let Some(e) = self.entries.remove(&seq) {
+            self.bytes -= e.size;
+            let _ = std::fs::remove_file(self.path(seq, e.carried));
+        }
+    }
+
+    /// Reads a spooled report's sealed bytes.
+    pub fn read(&self, seq: u64) -> Option<Vec<u8>> {
+        let e = self.entries.get(&seq)?;
+        std::fs::read(self.path(seq, e.carried)).ok()
+    }
+
+    /// Sequence numbers waiting for an ack, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.keys().copied()
+    }
+
+    /// How many reports wait.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The sequence number the next report will get.
+    pub fn peek_next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_never_reuses_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        for _ in 0..3 {
+            let (seq, d) = s.next().unwrap();
+            s.put(seq, d, b"sealed").unwrap();
+        }
+        s.remove(2);
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        assert_eq!(s.pending().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(s.next().unwrap().0, 4);
+        assert_eq!(s.read(3).unwrap(), b"sealed");
+    }
+
+    #[test]
+    fn overflow_drops_oldest_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20, 3).unwrap();
+        for _ in 0..5 {
+            let (seq, d) = s.next().unwrap();
+            s.put(seq, d, b"x").unwrap();
+        }
+        assert_eq!(s.pending().collect::<Vec<_>>(), vec![3, 4, 5]);
+        // The next report carries the two drops.
+        let (seq, dropped) = s.next().unwrap();
+        assert_eq!((seq, dropped), (6, 2));
+        s.put(seq, dropped, b"x").unwrap();
+        // Report 6 carries 2; when 3 and 4 and then 5, 6 are dropped, everything is counted again.
+        for _ in 0..3 {
+            let (seq, d) = s.next().unwrap();
+            s.put(seq, d, b"x").unwrap();
+        }
+        // 7 carried 1 (3 dropped), 8 carried 1 (4), 9 carried 1 (5) ... the sum of carried + pending stays exact.
+        let carried: u64 = s.entries.values().map(|e| e.carried).sum();
+        assert_eq!(carried + s.dropped_pending, 6, "6 reports dropped in all");
+    }
+
+    #[test]
+    fn byte_bound_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 10, 100).unwrap();
+        for _ in 0..4 {
+            let (seq, d) = s.next().unwrap();
+            s.put(seq, d, b"1234").unwrap();
+        }
+        assert_eq!(s.len(), 2);
+    }
+}

@@ -1,0 +1,292 @@
+//! The vigil protocol on one authenticated channel.
+//!
+//! Reads frames, checks each envelope (agent id bound to the SSH key, tag before decryption), answers hello with the
+//! host's job list when the agent's schedule hash differs, submits reports to ingest and acks each after its commit,
+//! pipelined with a bounded number in flight. Pushes a new job list when the config changes, and closes the session
+//! when the host leaves clients.xml.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use vigil_schema::envelope::{self, EnvelopeError};
+use vigil_schema::frame::FrameDecoder;
+use vigil_schema::proto::{AgentMsg, ErrorCode, MsgError, PROTOCOL_VERSION, ServerMsg, open_msg, seal_msg};
+
+use super::Shared;
+use super::counters::Counters;
+use super::registry::AgentEntry;
+use crate::store::{Incoming, Outcome};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, seq: Option<u64>) -> ServerMsg {
+    ServerMsg::Error { code, message: message.into(), seq }
+}
+
+/// Why the reader stopped.
+enum End {
+    Closed,
+    Revoked,
+    Fatal,
+}
+
+/// Runs the protocol until the agent closes, the host is revoked, or the server shuts down.
+pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<Msg>, handle: russh::server::Handle) {
+    let (rd, wr) = channel.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<ServerMsg>(shared.limits.max_in_flight + 16);
+    let writer_agent = agent.clone();
+    let writer = async move {
+        while let Some(msg) = out_rx.recv().await {
+            let frame = match seal_msg(&writer_agent.keys, &writer_agent.agent_id, msg.seq(), &msg) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(agent = %writer_agent.agent_id, "could not seal a reply: {e}");
+                    continue;
+                }
+            };
+            if wr.data_bytes(frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.eof().await;
+        let _ = wr.close().await;
+    };
+    let reader = Reader { shared: shared.clone(), agent: agent.clone(), out: out_tx };
+    let (end, ()) = tokio::join!(reader.run(rd), writer);
+    if let End::Revoked | End::Fatal = end {
+        let reason = match end {
+            End::Revoked => "host removed from clients.xml",
+            _ => "protocol error",
+        };
+        let _ = handle.disconnect(russh::Disconnect::ByApplication, reason.into(), String::new()).await;
+    }
+}
+
+struct Reader {
+    shared: Arc<Shared>,
+    agent: Arc<AgentEntry>,
+    out: mpsc::Sender<ServerMsg>,
+}
+
+impl Reader {
+    async fn send(&self, msg: ServerMsg) {
+        let _ = self.out.send(msg).await;
+    }
+
+    async fn run(self, mut rd: russh::ChannelReadHalf) -> End {
+        let shared = self.shared.clone();
+        let cancel = shared.cancel.clone();
+        let mut config_rx = shared.config.clone();
+        let mut decoder = FrameDecoder::default();
+        let mut inflight = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(shared.limits.max_in_flight));
+        let mut state = State { hello: false, agent_hash: None, errors: 0 };
+        let end = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break End::Closed,
+                changed = config_rx.changed() => {
+                    if changed.is_err() {
+                        break End::Closed;
+                    }
+                    let cfg = config_rx.borrow_and_update().clone();
+                    if cfg.host(&self.agent.host).is_none() {
+                        tracing::info!(agent = %self.agent.agent_id, host = %self.agent.host, "host left clients.xml; closing its session");
+                        self.send(error(ErrorCode::Unknown, "host removed from clients.xml", None)).await;
+                        break End::Revoked;
+                    }
+                    if state.hello {
+                        self.push_jobs_if_changed(&mut state, &cfg).await;
+                    }
+                }
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                msg = rd.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        if let Err(e) = decoder.push(&data) {
+                            Counters::bump(&shared.counters.bad_frames);
+                            tracing::info!(agent = %self.agent.agent_id, "unusable byte stream: {e}");
+                            self.send(error(ErrorCode::BadFrame, e.to_string(), None)).await;
+                            break End::Fatal;
+                        }
+                        loop {
+                            match decoder.next_frame() {
+                                Ok(Some(frame)) => {
+                                    self.frame(&frame, &mut state, &mut inflight, &slots).await;
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    Counters::bump(&shared.counters.bad_frames);
+                                    self.send(error(ErrorCode::BadFrame, e.to_string(), None)).await;
+                                    state.errors = u32::MAX;
+                                    break;
+                                }
+                            }
+                        }
+                        if state.errors >= shared.limits.max_errors {
+                            tracing::info!(agent = %self.agent.agent_id, "too many refused frames; closing");
+                            break End::Fatal;
+                        }
+                    }
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break End::Closed,
+                    Some(_) => {}
+                },
+            }
+        };
+        // Every report read so far gets its answer before the channel closes.
+        while inflight.join_next().await.is_some() {}
+        end
+    }
+
+    async fn push_jobs_if_changed(&self, state: &mut State, cfg: &crate::config::Config) {
+        let schedule = cfg.schedule_for(&self.agent.host);
+        let hash = schedule.hash();
+        if state.agent_hash.as_deref() != Some(hash.as_str()) {
+            tracing::info!(agent = %self.agent.agent_id, %hash, jobs = schedule.jobs.len(), "sending job list");
+            state.agent_hash = Some(hash.clone());
+            self.send(ServerMsg::Jobs { hash, schedule }).await;
+        }
+    }
+
+    fn refuse(&self, state: &mut State, counter: &std::sync::atomic::AtomicU64, what: &str, detail: &dyn std::fmt::Display) {
+        state.errors = state.errors.saturating_add(1);
+        if let Some(n) = Counters::bump(counter) {
+            tracing::warn!(agent = %self.agent.agent_id, host = %self.agent.host, count = n, "{what}: {detail}");
+        }
+    }
+
+    async fn frame(&self, frame: &[u8], state: &mut State, inflight: &mut JoinSet<()>, slots: &Arc<Semaphore>) {
+        let counters = &self.shared.counters;
+        // The clear agent id must be this connection's: a frame sealed for another agent (replayed here) is refused
+        // before any key is used.
+        match envelope::peek(frame) {
+            Ok(h) if h.agent_id == self.agent.agent_id => {}
+            Ok(_) => {
+                self.refuse(state, &counters.bad_frames, "frame for another agent", &"agent id mismatch");
+                self.send(error(ErrorCode::BadFrame, "envelope agent id does not match the authenticated agent", None))
+                    .await;
+                return;
+            }
+            Err(e) => {
+                self.refuse(state, &counters.bad_frames, "unreadable envelope", &e);
+                self.send(error(ErrorCode::BadFrame, e.to_string(), None)).await;
+                return;
+            }
+        }
+        let (opened, msg) = match open_msg::<AgentMsg>(&self.agent.keys, frame) {
+            Ok(x) => x,
+            Err(MsgError::Envelope(EnvelopeError::BadTag)) => {
+                self.refuse(state, &counters.bad_tags, "bad envelope tag", &"dropped");
+                self.send(error(ErrorCode::BadFrame, "authentication tag does not match", None)).await;
+                return;
+            }
+            Err(e @ MsgError::Envelope(_)) => {
+                self.refuse(state, &counters.bad_frames, "bad envelope", &e);
+                self.send(error(ErrorCode::BadFrame, e.to_string(), None)).await;
+                return;
+            }
+            Err(e) => {
+                self.refuse(state, &counters.bad_messages, "bad message", &e);
+                self.send(error(ErrorCode::BadMessage, e.to_string(), None)).await;
+                return;
+            }
+        };
+        if msg.seq() != opened.seq {
+            let e = MsgError::SeqMismatch { inner: msg.seq(), outer: opened.seq };
+            self.refuse(state, &counters.bad_messages, "bad message", &e);
+            self.send(error(ErrorCode::BadMessage, e.to_string(), None)).await;
+            return;
+        }
+        match msg {
+            AgentMsg::Hello { protocol, agent_version, schedule_hash } => {
+                if protocol != PROTOCOL_VERSION {
+                    self.refuse(state, &counters.bad_messages, "unsupported protocol", &protocol);
+                    self.send(error(
+                        ErrorCode::Version,
+                        format!("server speaks protocol {PROTOCOL_VERSION}, agent sent {protocol}"),
+                        None,
+                    ))
+                    .await;
+                    state.errors = u32::MAX;
+                    return;
+                }
+                state.hello = true;
+                state.agent_hash = Some(schedule_hash);
+                self.send(ServerMsg::Welcome {
+                    protocol: PROTOCOL_VERSION,
+                    server_version: env!("CARGO_PKG_VERSION").into(),
+                })
+                .await;
+                let cfg = self.shared.config.borrow().clone();
+                self.push_jobs_if_changed(state, &cfg).await;
+                let agent_id = self.agent.agent_id.clone();
+                let now = now_ms();
+                let touched =
+                    self.shared.ingest.exec(move |store| store.touch_agent(&agent_id, &agent_version, now)).await;
+                match touched {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(agent = %self.agent.agent_id, "could not record check-in: {e}"),
+                    Err(e) => tracing::warn!(agent = %self.agent.agent_id, "could not record check-in: {e}"),
+                }
+            }
+            AgentMsg::Report(report) => {
+                if !state.hello {
+                    self.refuse(state, &counters.bad_messages, "report before hello", &report.seq);
+                    self.send(error(ErrorCode::BadMessage, "hello first", Some(report.seq))).await;
+                    return;
+                }
+                if let Err(e) = report.validate() {
+                    self.refuse(state, &counters.bad_reports, "invalid report", &e);
+                    self.send(error(ErrorCode::BadReport, e.to_string(), Some(report.seq))).await;
+                    return;
+                }
+                // Backpressure: at most max_in_flight reports of this connection wait for their commit.
+                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let seq = report.seq;
+                let incoming = Incoming {
+                    agent_id: self.agent.agent_id.clone(),
+                    host: self.agent.host.clone(),
+                    ip: self.agent.ip.clone(),
+                    received_at_ms: now_ms(),
+                    report,
+                };
+                let ingest = self.shared.ingest.clone();
+                let out = self.out.clone();
+                let shared = self.shared.clone();
+                inflight.spawn(async move {
+                    let _permit = permit;
+                    let reply = match ingest.submit(incoming).await {
+                        Ok(Outcome::Stored { .. }) => {
+                            shared.counters.reports_stored.fetch_add(1, Ordering::Relaxed);
+                            ServerMsg::Ack { seq }
+                        }
+                        Ok(Outcome::Duplicate) => {
+                            shared.counters.reports_duplicate.fetch_add(1, Ordering::Relaxed);
+                            ServerMsg::Ack { seq }
+                        }
+                        Err(e) => {
+                            tracing::warn!("report {seq} not stored: {e}");
+                            error(ErrorCode::Unavailable, "not stored, retry later", Some(seq))
+                        }
+                    };
+                    let _ = out.send(reply).await;
+                });
+            }
+        }
+    }
+}
+
+struct State {
+    hello: bool,
+    /// The schedule hash the agent runs (from its hello, then from the last job list sent).
+    agent_hash: Option<String>,
+    errors: u32,
+}
