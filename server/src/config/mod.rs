@@ -1,1 +1,339 @@
-//! TODO
+//! vigil's configuration: `clients.xml` (the fleet and its alert limits) and `jobs.toml` (the server's settings, SMTP
+//! and what is collected where), loaded in two stages and resolved into one [`Config`].
+//!
+//! - [`clients`]: reads clients.xml with quick-xml's event reader into raw elements with byte positions, then
+//!   validates them into [`Host`]s (the exercise's form verbatim plus vigil's extensions) and merges `<defaults>`.
+//! - [`jobs`]: reads jobs.toml with toml's spanned document tree, then validates `[server]`, `[smtp]` and `[[job]]`.
+//! - [`resolve`]: what needs both files: which jobs select which host ([`Config::schedule_for`]), and warnings for
+//!   selectors that match no host.
+//! - [`diag`]: [`Diagnostic`] (file, line, column, message) and the offset-to-position bookkeeping.
+//! - [`secret`]: [`Secret`], a password that never prints.
+//!
+//! Every problem of a file is reported, not only the first, and both files' problems are reported together. Loading
+//! reads the two files and nothing else: no environment variables, no network, no files written.
+
+pub mod clients;
+pub mod diag;
+pub mod jobs;
+pub mod resolve;
+pub mod secret;
+mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use vigil_schema::job::{Collector, Schedule};
+
+pub use diag::Diagnostic;
+pub use secret::Secret;
+
+/// The validated configuration of both files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The fleet, in clients.xml order.
+    pub clients: Vec<Host>,
+    pub server: ServerSettings,
+    pub smtp: Option<SmtpSettings>,
+    /// The jobs, in jobs.toml order.
+    pub jobs: Vec<JobDef>,
+    /// The `<defaults>` alert rules of clients.xml (already merged into each host's `alerts`).
+    pub defaults: Vec<AlertRule>,
+}
+
+/// One host of the fleet (a `<client>` of clients.xml).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Host {
+    /// Unique name: the `name` attribute, or the ip when absent.
+    pub name: String,
+    /// The address to reach the host's SSH server: an IP address or a host name.
+    pub ip: String,
+    /// SSH port, default 22.
+    pub port: u16,
+    /// SSH login; required for `transport="ssh"`.
+    pub username: Option<String>,
+    pub auth: Auth,
+    /// Where this host's alerts are mailed.
+    pub mail: Option<String>,
+    /// Pinned SSH host key fingerprint, `SHA256:<base64>` as `ssh-keygen -l` prints it.
+    pub host_key: Option<String>,
+    /// `None`: detected at bootstrap.
+    pub os: Option<Os>,
+    pub transport: Transport,
+    pub tags: Vec<String>,
+    /// The `host:port` this host's agent dials to reach the server, overriding `[server] endpoint`.
+    pub endpoint: Option<String>,
+    /// The host's own alert rules followed by the `<defaults>` it does not override.
+    pub alerts: Vec<AlertRule>,
+}
+
+/// How vigil logs in to a host over SSH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials in clients.xml (local transport, or keys offered some other way).
+    None,
+    /// `password="..."`: the password itself (redacted in `Debug`).
+    Password(Secret),
+    /// `password_env="VAR"`: the password is read from this environment variable when it is needed.
+    PasswordEnv(String),
+    /// `key_file="..."`: a private key (path resolved against clients.xml's directory). A `password` or
+    /// `password_env` given with it is the key's passphrase.
+    KeyFile { path: PathBuf, passphrase: Option<Passphrase> },
+}
+
+/// Where the passphrase of a key file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Passphrase {
+    Inline(Secret),
+    Env(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Os {
+    Linux,
+    Windows,
+}
+
+/// How the server reaches a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Transport {
+    /// Over SSH to the host's own sshd (the default).
+    #[default]
+    Ssh,
+    /// This very machine, without SSH.
+    Local,
+}
+
+/// One alert limit of a host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub kind: AlertKind,
+    /// Percent for cpu, memory, swap and disk; load average for load; missed intervals for silence.
+    pub limit: f64,
+    /// For disk: the mount point watched; `None` means every mount.
+    pub mount: Option<String>,
+    /// Hysteresis: an alert clears only once the value is below `limit - clear_margin` (0 for silence).
+    pub clear_margin: f64,
+    /// Minutes between repeated mails while the alert stays raised; `None`: mail once.
+    pub repeat_minutes: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlertKind {
+    Cpu,
+    Memory,
+    Swap,
+    Disk,
+    Load,
+    Silence,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 6] =
+        [AlertKind::Cpu, AlertKind::Memory, AlertKind::Swap, AlertKind::Disk, AlertKind::Load, AlertKind::Silence];
+
+    /// The name used in clients.xml's `type` attribute.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::Cpu => "cpu",
+            AlertKind::Memory => "memory",
+            AlertKind::Swap => "swap",
+            AlertKind::Disk => "disk",
+            AlertKind::Load => "load",
+            AlertKind::Silence => "silence",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether the limit is a percentage.
+    pub fn is_percent(self) -> bool {
+        matches!(self, AlertKind::Cpu | AlertKind::Memory | AlertKind::Swap | AlertKind::Disk)
+    }
+}
+
+impl std::fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `[server]` of jobs.toml, with paths resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Where the embedded SSH endpoint listens.
+    pub listen: SocketAddr,
+    /// What agents dial (`host:port`); defaults to `listen`.
+    pub endpoint: String,
+    /// Absolute; holds the server's host key and the database.
+    pub data_dir: PathBuf,
+    /// Absolute path of the SQLite database.
+    pub database: PathBuf,
+    pub retention_days: u32,
+}
+
+/// `[smtp]` of jobs.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub from: String,
+    pub username: Option<String>,
+    /// Name of the environment variable holding the SMTP password (the password is never in the file).
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// Plain SMTP.
+    None,
+    /// Plain connection upgraded with STARTTLS (required).
+    StartTls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+}
+
+/// One `[[job]]` of jobs.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDef {
+    pub name: String,
+    pub collectors: Vec<Collector>,
+    pub interval_s: u32,
+    pub jitter_s: u32,
+    /// Host names or globs (`*`). Empty together with `tags`: the job runs on every host.
+    pub hosts: Vec<String>,
+    /// Hosts having any of these tags are selected too.
+    pub tags: Vec<String>,
+}
+
+/// A loaded configuration and the warnings that did not stop it from loading.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Every error of both files, in file then source order.
+    #[error("{}", diag::list(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl Config {
+    /// Reads and validates both files. Nothing else is touched.
+    pub fn load(clients: &Path, jobs: &Path) -> Result<Loaded, ConfigError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
+        };
+        let clients_src = read(clients)?;
+        let jobs_src = read(jobs)?;
+        Self::from_sources(clients, &clients_src, jobs, &jobs_src)
+    }
+
+    /// Validates both files from their text; the paths name them in diagnostics and anchor relative paths.
+    pub fn from_sources(
+        clients_path: &Path,
+        clients_src: &str,
+        jobs_path: &Path,
+        jobs_src: &str,
+    ) -> Result<Loaded, ConfigError> {
+        let clients = clients::parse(clients_path, clients_src);
+        let jobs = jobs::parse(jobs_path, jobs_src);
+        match (clients, jobs) {
+            (Ok(c), Ok(j)) => Ok(resolve::resolve(c, j)),
+            (c, j) => {
+                let mut all = c.err().unwrap_or_default();
+                all.extend(j.err().unwrap_or_default());
+                Err(ConfigError::Invalid(all))
+            }
+        }
+    }
+
+    /// The host with this name.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.clients.iter().find(|h| h.name == name)
+    }
+
+    /// The jobs this host runs, in canonical order; empty for an unknown host.
+    pub fn schedule_for(&self, host: &str) -> Schedule {
+        match self.host(host) {
+            Some(h) => resolve::schedule(&self.jobs, h),
+            None => Schedule::default(),
+        }
+    }
+
+    /// The hosts a job runs on, in clients.xml order.
+    pub fn hosts_of(&self, job: &JobDef) -> Vec<&Host> {
+        self.clients.iter().filter(|h| job.selects(h)).collect()
+    }
+}
+
+impl JobDef {
+    /// Whether this job runs on `host`: no selector means every host; otherwise a host matching any name/glob in
+    /// `hosts` or having any tag in `tags`.
+    pub fn selects(&self, host: &Host) -> bool {
+        if self.hosts.is_empty() && self.tags.is_empty() {
+            return true;
+        }
+        self.hosts.iter().any(|p| values::glob_match(p, &host.name)) || self.tags.iter().any(|t| host.tags.contains(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENTS: &str = r#"<clients>
+  <client ip="10.0.0.5" port="22" username="user" password="secret" mail="ops@example.com">
+    <alert type="memory" limit="50%"/>
+  </client>
+</clients>"#;
+
+    const JOBS: &str = r#"[server]
+listen = "127.0.0.1:7022"
+data_dir = "data"
+
+[[job]]
+name = "vitals"
+collectors = ["cpu"]
+interval = "10s"
+"#;
+
+    #[test]
+    fn both_files_errors_are_reported_together() {
+        let bad_clients = CLIENTS.replace("port=\"22\"", "port=\"0\"");
+        let bad_jobs = JOBS.replace("\"10s\"", "\"0s\"");
+        let err = Config::from_sources(Path::new("c.xml"), &bad_clients, Path::new("j.toml"), &bad_jobs)
+            .expect_err("both files are bad");
+        let ConfigError::Invalid(diags) = &err else { panic!("{err}") };
+        assert_eq!(diags.len(), 2, "{err}");
+        assert_eq!(diags[0].file, Path::new("c.xml"));
+        assert_eq!(diags[1].file, Path::new("j.toml"));
+        assert_eq!(err.to_string().lines().count(), 2);
+    }
+
+    #[test]
+    fn load_reports_unreadable_files() {
+        let err = Config::load(Path::new("/nonexistent/clients.xml"), Path::new("/nonexistent/jobs.toml"))
+            .expect_err("missing file");
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert!(err.to_string().contains("/nonexistent/clients.xml"), "{err}");
+    }
+
+    #[test]
+    fn lookups() {
+        let loaded = Config::from_sources(Path::new("c.xml"), CLIENTS, Path::new("j.toml"), JOBS).expect("valid");
+        let cfg = loaded.config;
+        assert!(cfg.host("10.0.0.5").is_some());
+        assert!(cfg.host("nope").is_none());
+        assert_eq!(cfg.schedule_for("10.0.0.5").jobs.len(), 1);
+        assert!(cfg.schedule_for("nope").jobs.is_empty());
+        assert_eq!(cfg.hosts_of(&cfg.jobs[0]).len(), 1);
+    }
+}

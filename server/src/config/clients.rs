@@ -1,0 +1,797 @@
+//! clients.xml: the fleet. Stage one reads the XML with quick-xml's event reader into raw elements that keep the byte
+//! position of every element, attribute name and value; stage two validates them into [`Host`]s and merges the
+//! `<defaults>` alert rules. Every problem of the file is reported, each at its line and column.
+//!
+//! The exercise's form is accepted verbatim: `<clients><client ip port username password mail><alert type limit/>`.
+//! vigil adds optional `<client>` attributes (name, password_env, key_file, host_key, os, transport, tags, endpoint),
+//! more alert types (swap, disk with mount, load, silence), `clear` and `repeat` on alerts, and a top-level
+//! `<defaults>` element with `<alert>` children.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use quick_xml::events::attributes::AttrError;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
+
+use super::diag::{Diagnostic, Diags, Loc};
+use super::values;
+use super::{AlertKind, AlertRule, Auth, Host, Os, Passphrase, Secret, Transport};
+
+/// The attributes `<client>` accepts.
+pub const CLIENT_ATTRIBUTES: [&str; 13] = [
+    "name",
+    "ip",
+    "port",
+    "username",
+    "password",
+    "password_env",
+    "key_file",
+    "host_key",
+    "os",
+    "transport",
+    "tags",
+    "endpoint",
+    "mail",
+];
+
+/// The attributes `<alert>` accepts.
+pub const ALERT_ATTRIBUTES: [&str; 5] = ["type", "limit", "mount", "clear", "repeat"];
+
+/// Default hysteresis margin of percentage alerts, in percent points.
+pub const DEFAULT_CLEAR_PERCENT: f64 = 5.0;
+
+/// Longest `repeat`: a year of minutes.
+const MAX_REPEAT_MINUTES: u32 = 525_600;
+
+/// A validated clients.xml, with each host's position for diagnostics raised later.
+#[derive(Debug)]
+pub(crate) struct ClientsFile {
+    pub(crate) path: PathBuf,
+    pub(crate) hosts: Vec<Host>,
+    pub(crate) locs: Vec<Loc>,
+    pub(crate) defaults: Vec<AlertRule>,
+}
+
+/// Reads and validates clients.xml from its text. `path` names the file in diagnostics and anchors relative
+/// `key_file` paths.
+pub(crate) fn parse(path: &Path, source: &str) -> Result<ClientsFile, Vec<Diagnostic>> {
+    let mut diags = Diags::new(path, source);
+    let raw = read_raw(source, &mut diags);
+    let base = path.parent().unwrap_or(Path::new(""));
+    let (hosts, locs, defaults) = validate(raw, base, &mut diags);
+    if diags.is_empty() {
+        Ok(ClientsFile { path: path.to_path_buf(), hosts, locs, defaults })
+    } else {
+        Err(diags.into_sorted())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stage one: XML events to raw elements.
+
+#[derive(Debug)]
+struct RawAttr {
+    name: String,
+    value: String,
+    name_at: usize,
+    value_at: usize,
+}
+
+#[derive(Debug)]
+struct RawElement {
+    name: String,
+    /// Offset of the `<`.
+    at: usize,
+    attrs: Vec<RawAttr>,
+}
+
+impl RawElement {
+    /// Reports every attribute not in `allowed`, and returns the others by name.
+    fn known_attrs<'r>(&'r self, allowed: &[&str], diags: &mut Diags) -> HashMap<&'r str, &'r RawAttr> {
+        let mut known = HashMap::new();
+        for a in &self.attrs {
+            if allowed.contains(&a.name.as_str()) {
+                known.insert(a.name.as_str(), a);
+            } else {
+                let dym = values::did_you_mean(&a.name, allowed.iter().copied());
+                let expected = if allowed.is_empty() {
+                    format!("<{}> takes no attributes", self.name)
+                } else {
+                    format!("expected one of: {}", allowed.join(", "))
+                };
+                diags.at(a.name_at, format!("unknown attribute `{}` on <{}>{dym}; {expected}", a.name, self.name));
+            }
+        }
+        known
+    }
+}
+
+#[derive(Debug)]
+struct RawClient {
+    element: RawElement,
+    alerts: Vec<RawElement>,
+}
+
+#[derive(Debug, Default)]
+struct RawClients {
+    clients: Vec<RawClient>,
+    defaults: Vec<RawElement>,
+}
+
+/// What an open element is, to know what may appear inside it.
+#[derive(Debug, Clone, Copy)]
+enum Frame {
+    Root,
+    Client(usize),
+    Defaults,
+    Alert,
+    /// Already reported (unknown or misplaced): its content is skipped silently.
+    Ignored,
+}
+
+/// Byte offset of `part` inside `source`, when `part` is a slice of it.
+fn offset_of(source: &str, part: &str) -> Option<usize> {
+    let start = source.as_ptr() as usize;
+    let p = part.as_ptr() as usize;
+    (p >= start && p + part.len() <= start + source.len()).then(|| p - start)
+}
+
+fn read_element(source: &str, e: &BytesStart<'_>, diags: &mut Diags) -> RawElement {
+    let qname = e.name();
+    let name_at = offset_of(source, qname.0).unwrap_or(0);
+    let mut el = RawElement { name: qname.0.to_string(), at: name_at.saturating_sub(1), attrs: Vec::new() };
+    for attr in e.attributes() {
+        match attr {
+            Ok(a) => {
+                let key = a.key.0;
+                let key_at = offset_of(source, key).unwrap_or(el.at);
+                let value_at = offset_of(source, &a.value).unwrap_or(key_at);
+                match a.normalized_value(XmlVersion::Implicit1_0) {
+                    Ok(v) => el.attrs.push(RawAttr {
+                        name: key.to_string(),
+                        value: v.into_owned(),
+                        name_at: key_at,
+                        value_at,
+                    }),
+                    Err(err) => diags.at(value_at, format!("bad value of attribute `{key}`: {err}")),
+                }
+            }
+            Err(err) => {
+                let (pos, message, fatal) = match err {
+                    AttrError::ExpectedEq(p) => (p, "expected `=` after the attribute name".to_string(), true),
+                    AttrError::ExpectedValue(p) => (p, "expected a quoted value after `=`".to_string(), true),
+                    AttrError::UnquotedValue(p) => {
+                        (p, "attribute value must be enclosed in \"double\" or 'single' quotes".to_string(), true)
+                    }
+                    AttrError::ExpectedQuote(p, q) => {
+                        (p, format!("attribute value is missing its closing {}", char::from(q)), true)
+                    }
+                    AttrError::Duplicated(p, _) => {
+                        let at = name_at + p;
+                        let dup = source.get(at..).unwrap_or("");
+                        let dup = dup.split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or("");
+                        (p, format!("attribute `{dup}` is given twice on <{}>", el.name), false)
+                    }
+                };
+                diags.at(name_at + pos, message);
+                if fatal {
+                    break;
+                }
+            }
+        }
+    }
+    el
+}
+
+/// First offset of non-whitespace text starting at `at`, if the text is not all whitespace.
+fn text_at(at: usize, text: &str) -> Option<usize> {
+    text.char_indices().find(|(_, c)| !c.is_whitespace()).map(|(i, _)| at + i)
+}
+
+fn read_raw(source: &str, diags: &mut Diags) -> RawClients {
+    let mut reader = Reader::from_str(source);
+    let mut raw = RawClients::default();
+    // Open elements: what each is, its name and where it starts.
+    let mut stack: Vec<(Frame, String, usize)> = Vec::new();
+    let mut seen_root = false;
+    let mut seen_defaults = false;
+    loop {
+        let before = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+        let event = match reader.read_event() {
+            Ok(event) => event,
+            Err(err) => {
+                let at = usize::try_from(reader.error_position()).unwrap_or(0);
+                diags.at(at, format!("malformed XML: {err}"));
+                return raw;
+            }
+        };
+        let (element, is_start) = match &event {
+            Event::Start(e) => (e, true),
+            Event::Empty(e) => (e, false),
+            Event::End(_) => {
+                stack.pop();
+                continue;
+            }
+            Event::Text(t) => {
+                check_text(stack.last(), before, t, diags);
+                continue;
+            }
+            Event::CData(t) => {
+                check_text(stack.last(), before, t, diags);
+                continue;
+            }
+            Event::GeneralRef(r) => {
+                check_text(stack.last(), before, &format!("&{};", &**r), diags);
+                continue;
+            }
+            Event::Eof => break,
+            Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => continue,
+        };
+        let el = read_element(source, element, diags);
+        let (name, at) = (el.name.clone(), el.at);
+        let frame = match stack.last().map(|f| f.0) {
+            None if seen_root => {
+                diags.at(at, format!("a second top-level element <{name}>; clients.xml has one <clients> element"));
+                Frame::Ignored
+            }
+            None => {
+                seen_root = true;
+                if name == "clients" {
+                    el.known_attrs(&[], diags);
+                    Frame::Root
+                } else {
+                    diags.at(at, format!("expected the root element <clients>, found <{name}>"));
+                    Frame::Ignored
+                }
+            }
+            Some(Frame::Root) => match name.as_str() {
+                "client" => {
+                    raw.clients.push(RawClient { element: el, alerts: Vec::new() });
+                    Frame::Client(raw.clients.len() - 1)
+                }
+                "defaults" if seen_defaults => {
+                    diags.at(at, "a second <defaults> element; put all default alerts in one <defaults>");
+                    Frame::Ignored
+                }
+                "defaults" => {
+                    seen_defaults = true;
+                    el.known_attrs(&[], diags);
+                    Frame::Defaults
+                }
+                other => {
+                    let dym = values::did_you_mean(other, ["client", "defaults"]);
+                    diags.at(
+                        at,
+                        format!("unknown element <{other}> in <clients>{dym}; expected <client> or <defaults>"),
+                    );
+                    Frame::Ignored
+                }
+            },
+            Some(parent @ (Frame::Client(_) | Frame::Defaults)) => {
+                if name == "alert" {
+                    match parent {
+                        Frame::Client(i) => raw.clients[i].alerts.push(el),
+                        _ => raw.defaults.push(el),
+                    }
+                    Frame::Alert
+                } else {
+                    let inside = if matches!(parent, Frame::Defaults) { "defaults" } else { "client" };
+                    let dym = values::did_you_mean(&name, ["alert"]);
+                    diags.at(at, format!("unknown element <{name}> in <{inside}>{dym}; expected <alert>"));
+                    Frame::Ignored
+                }
+            }
+            Some(Frame::Alert) => {
+                diags.at(at, format!("unexpected element <{name}>: <alert> takes no child elements"));
+                Frame::Ignored
+            }
+            Some(Frame::Ignored) => Frame::Ignored,
+        };
+        if is_start {
+            stack.push((frame, name, at));
+        }
+    }
+    for (_, name, at) in stack.iter().rev() {
+        diags.at(*at, format!("<{name}> is never closed; expected </{name}> before the end of the file"));
+    }
+    if !seen_root {
+        diags.at(0, "no <clients> element; expected <clients> with <client> elements inside");
+    }
+    raw
+}
+
+fn check_text(parent: Option<&(Frame, String, usize)>, before: usize, text: &str, diags: &mut Diags) {
+    let Some(at) = text_at(before, text) else { return };
+    let shown: String = text.trim().chars().take(20).collect();
+    match parent {
+        Some((Frame::Ignored, _, _)) => {}
+        Some((_, name, _)) => diags.at(at, format!("unexpected text \"{shown}\" in <{name}>; expected only elements")),
+        None => diags.at(at, format!("unexpected text \"{shown}\" outside the <clients> element")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stage two: raw elements to hosts.
+
+fn validate(raw: RawClients, base: &Path, diags: &mut Diags) -> (Vec<Host>, Vec<Loc>, Vec<AlertRule>) {
+    let defaults = alerts(&raw.defaults, diags);
+    let mut hosts = Vec::new();
+    let mut locs = Vec::new();
+    // name -> (offset of its <client>)
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for client in &raw.clients {
+        let Some((mut host, name_at, named)) = host(&client.element, base, diags) else {
+            // Still check the alerts so all problems show at once.
+            alerts(&client.alerts, diags);
+            continue;
+        };
+        if let Some(&first) = names.get(&host.name) {
+            let first = diags.loc(first);
+            let hint = if named { "" } else { "; give one of them a `name` attribute" };
+            diags.at(
+                name_at,
+                format!(
+                    "duplicate host name \"{}\" (first used on line {}){hint}; host names must be unique",
+                    host.name, first.line
+                ),
+            );
+        } else {
+            names.insert(host.name.clone(), client.element.at);
+        }
+        host.alerts = merge_defaults(alerts(&client.alerts, diags), &defaults);
+        locs.push(diags.loc(client.element.at));
+        hosts.push(host);
+    }
+    (hosts, locs, defaults)
+}
+
+/// The host's own rules, then every default it does not set itself (same type and mount).
+fn merge_defaults(mut own: Vec<AlertRule>, defaults: &[AlertRule]) -> Vec<AlertRule> {
+    let missing: Vec<AlertRule> =
+        defaults.iter().filter(|d| !own.iter().any(|r| r.kind == d.kind && r.mount == d.mount)).cloned().collect();
+    own.extend(missing);
+    own
+}
+
+/// Validates one `<client>`: the host (alerts not yet set), the offset to blame for a duplicate name, and whether
+/// the name was given explicitly.
+fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<(Host, usize, bool)> {
+    let errors_before = diags.items.len();
+    let a = el.known_attrs(&CLIENT_ATTRIBUTES, diags);
+    let text = |name: &str| a.get(name).map(|attr| attr.value.as_str());
+    let check = |name: &str, diags: &mut Diags, f: &dyn Fn(&str) -> Result<(), String>| {
+        if let Some(attr) = a.get(name)
+            && let Err(message) = f(&attr.value)
+        {
+            diags.at(attr.value_at, message);
+        }
+    };
+
+    let ip = text("ip").unwrap_or_default().to_string();
+    if a.contains_key("ip") {
+        check("ip", diags, &|v| values::host(v).map_err(|m| format!("bad ip: {m}")));
+    } else {
+        diags.at(el.at, "<client> is missing the required attribute `ip`");
+    }
+    let name = text("name").unwrap_or(&ip).to_string();
+    check("name", diags, &|v| values::name(v, "host name"));
+    if !a.contains_key("name") && !ip.is_empty() && values::name(&ip, "host name").is_err() {
+        diags.at(el.at, format!("the ip \"{ip}\" cannot serve as the host's name; add a `name` attribute"));
+    }
+
+    let mut port = 22;
+    if let Some(attr) = a.get("port") {
+        match attr.value.trim().parse::<u16>() {
+            Ok(p) if p > 0 => port = p,
+            _ => diags.at(attr.value_at, format!("bad port \"{}\"; expected a number from 1 to 65535", attr.value)),
+        }
+    }
+    check("username", diags, &|v| if v.is_empty() { Err("`username` must not be empty".into()) } else { Ok(()) });
+    check("password_env", diags, &values::env_name);
+    check("mail", diags, &values::mail);
+    check("host_key", diags, &fingerprint);
+    check("endpoint", diags, &values::endpoint);
+    check("key_file", diags, &|v| if v.is_empty() { Err("`key_file` must not be empty".into()) } else { Ok(()) });
+    if let (Some(_), Some(env)) = (a.get("password"), a.get("password_env")) {
+        diags.at(env.name_at, "give either `password` or `password_env`, not both");
+    }
+
+    let os = match a.get("os") {
+        None => None,
+        Some(attr) => match attr.value.as_str() {
+            "linux" => Some(Os::Linux),
+            "windows" => Some(Os::Windows),
+            other => {
+                let dym = values::did_you_mean(other, ["linux", "windows"]);
+                diags.at(attr.value_at, format!("unknown os \"{other}\"{dym}; expected linux or windows"));
+                None
+            }
+        },
+    };
+    let transport = match a.get("transport") {
+        None => Transport::Ssh,
+        Some(attr) => match attr.value.as_str() {
+            "ssh" => Transport::Ssh,
+            "local" => Transport::Local,
+            other => {
+                let dym = values::did_you_mean(other, ["ssh", "local"]);
+                diags.at(attr.value_at, format!("unknown transport \"{other}\"{dym}; expected ssh or local"));
+                Transport::Ssh
+            }
+        },
+    };
+    if transport == Transport::Ssh && !a.contains_key("username") {
+        diags.at(el.at, "<client> is missing `username`, which SSH hosts need (or set transport=\"local\")");
+    }
+
+    let mut tags: Vec<String> = Vec::new();
+    if let Some(attr) = a.get("tags") {
+        for tag in attr.value.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()) {
+            match values::name(tag, "tag") {
+                Ok(()) if !tags.iter().any(|t| t == tag) => tags.push(tag.to_string()),
+                Ok(()) => {}
+                Err(message) => diags.at(attr.value_at, message),
+            }
+        }
+    }
+
+    let secret = |name: &str| text(name).map(Secret::new);
+    let env = |name: &str| text(name).map(str::to_string);
+    let auth = match text("key_file") {
+        Some(file) => {
+            let path = base.join(file);
+            let path = std::path::absolute(&path).unwrap_or(path);
+            let passphrase =
+                secret("password").map(Passphrase::Inline).or_else(|| env("password_env").map(Passphrase::Env));
+            Auth::KeyFile { path, passphrase }
+        }
+        None => match (secret("password"), env("password_env")) {
+            (Some(p), _) => Auth::Password(p),
+            (None, Some(var)) => Auth::PasswordEnv(var),
+            (None, None) => Auth::None,
+        },
+    };
+
+    if diags.items.len() > errors_before {
+        return None;
+    }
+    let (name_at, named) = match a.get("name") {
+        Some(attr) => (attr.value_at, true),
+        None => (a.get("ip").map_or(el.at, |attr| attr.value_at), false),
+    };
+    let host = Host {
+        name,
+        ip,
+        port,
+        username: env("username"),
+        auth,
+        mail: env("mail"),
+        host_key: env("host_key"),
+        os,
+        transport,
+        tags,
+        endpoint: env("endpoint"),
+        alerts: Vec::new(),
+    };
+    Some((host, name_at, named))
+}
+
+/// An OpenSSH SHA256 fingerprint: `SHA256:` and 43 base64 characters (a trailing `=` allowed).
+fn fingerprint(value: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "bad host_key \"{value}\"; expected a SHA256 fingerprint as `ssh-keygen -lf` prints it: SHA256:<43 base64 characters>"
+        )
+    };
+    let b64 = value.strip_prefix("SHA256:").ok_or_else(bad)?;
+    let b64 = b64.strip_suffix('=').unwrap_or(b64);
+    if b64.len() != 43 || !b64.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Validates a list of `<alert>` elements; a type (and disk mount) may appear once.
+fn alerts(elements: &[RawElement], diags: &mut Diags) -> Vec<AlertRule> {
+    let mut rules: Vec<AlertRule> = Vec::new();
+    for el in elements {
+        let Some(rule) = alert(el, diags) else { continue };
+        if rules.iter().any(|r| r.kind == rule.kind && r.mount == rule.mount) {
+            let what = match &rule.mount {
+                Some(m) => format!("{} alert for mount {m}", rule.kind),
+                None => format!("{} alert", rule.kind),
+            };
+            diags.at(el.at, format!("a second {what} here; each alert type (and disk mount) may appear once"));
+        } else {
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
+    let errors_before = diags.items.len();
+    let a = el.known_attrs(&ALERT_ATTRIBUTES, diags);
+    let kind = match a.get("type") {
+        None => {
+            diags.at(el.at, "<alert> is missing the required attribute `type`");
+            None
+        }
+        Some(attr) => {
+            let kind = AlertKind::from_name(&attr.value);
+            if kind.is_none() {
+                let names = AlertKind::ALL.map(AlertKind::name);
+                let dym = values::did_you_mean(&attr.value, names);
+                diags.at(
+                    attr.value_at,
+                    format!("unknown alert type \"{}\"{dym}; expected one of: {}", attr.value, names.join(", ")),
+                );
+            }
+            kind
+        }
+    };
+    let limit = match (a.get("limit"), kind) {
+        (None, _) => {
+            diags.at(el.at, "<alert> is missing the required attribute `limit`");
+            None
+        }
+        (Some(_), None) => None,
+        (Some(attr), Some(kind)) => match parse_limit(kind, &attr.value) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                diags.at(attr.value_at, message);
+                None
+            }
+        },
+    };
+    if let Some(attr) = a.get("mount") {
+        if kind.is_some_and(|k| k != AlertKind::Disk) {
+            diags.at(attr.name_at, "`mount` applies only to disk alerts");
+        } else if attr.value.trim().is_empty() {
+            diags.at(attr.value_at, "`mount` must not be empty; leave it out to watch every mount");
+        }
+    }
+    let mut clear = None;
+    if let Some(attr) = a.get("clear") {
+        if kind == Some(AlertKind::Silence) {
+            diags.at(attr.name_at, "`clear` does not apply to silence alerts");
+        } else {
+            match attr.value.trim().trim_end_matches('%').trim().parse::<f64>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => match limit {
+                    Some(l) if v >= l => diags.at(
+                        attr.value_at,
+                        format!("clear margin {v} must be smaller than the limit {l}, or the alert never clears"),
+                    ),
+                    _ => clear = Some(v),
+                },
+                _ => diags.at(
+                    attr.value_at,
+                    format!("bad clear margin \"{}\"; expected a number of percent points, at least 0", attr.value),
+                ),
+            }
+        }
+    }
+    let mut repeat_minutes = None;
+    if let Some(attr) = a.get("repeat") {
+        match attr.value.trim().parse::<u32>() {
+            Ok(v) if (1..=MAX_REPEAT_MINUTES).contains(&v) => repeat_minutes = Some(v),
+            _ => diags.at(
+                attr.value_at,
+                format!("bad repeat \"{}\"; expected whole minutes from 1 to {MAX_REPEAT_MINUTES}", attr.value),
+            ),
+        }
+    }
+    if diags.items.len() > errors_before {
+        return None;
+    }
+    let (kind, limit) = (kind?, limit?);
+    let clear_margin = clear.unwrap_or(match kind {
+        AlertKind::Silence => 0.0,
+        AlertKind::Load => limit / 10.0,
+        _ => DEFAULT_CLEAR_PERCENT.min(limit / 2.0),
+    });
+    let mount = a.get("mount").map(|attr| attr.value.trim().to_string());
+    Some(AlertRule { kind, limit, mount, clear_margin, repeat_minutes })
+}
+
+/// Parses a limit in the unit of its alert type.
+fn parse_limit(kind: AlertKind, value: &str) -> Result<f64, String> {
+    let v = value.trim();
+    match kind {
+        AlertKind::Silence => match v.parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(f64::from(n)),
+            _ => Err(format!(
+                "bad silence limit \"{value}\"; expected a whole number of missed intervals, at least 1 (e.g. \"3\")"
+            )),
+        },
+        AlertKind::Load => {
+            if v.contains('%') {
+                return Err(format!(
+                    "bad load limit \"{value}\"; a load limit is a load average such as \"4\" or \"2.5\", not a percentage"
+                ));
+            }
+            match v.parse::<f64>() {
+                Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+                _ => {
+                    Err(format!("bad load limit \"{value}\"; expected a load average above 0 such as \"4\" or \"2.5\""))
+                }
+            }
+        }
+        _ => {
+            let number = v.strip_suffix('%').unwrap_or(v).trim_end();
+            match number.parse::<f64>() {
+                Ok(n) if n.is_finite() && n > 0.0 && n <= 100.0 => Ok(n),
+                Ok(n) if n.is_finite() => Err(format!(
+                    "{kind} limit \"{value}\" is out of range; expected a percentage above 0 and at most 100%"
+                )),
+                _ => Err(format!("bad {kind} limit \"{value}\"; expected a percentage such as \"50%\"")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(src: &str) -> ClientsFile {
+        match parse(Path::new("/etc/vigil/clients.xml"), src) {
+            Ok(f) => f,
+            Err(d) => panic!("unexpected errors: {d:#?}"),
+        }
+    }
+
+    fn errs(src: &str) -> Vec<String> {
+        match parse(Path::new("c.xml"), src) {
+            Ok(f) => panic!("expected errors, got {f:#?}"),
+            Err(d) => d.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn exercise_form_parses() {
+        let f = ok(r#"<clients>
+  <client ip="10.0.0.5" port="22" username="user" password="secret" mail="ops@example.com">
+    <alert type="memory" limit="50%"/>
+    <alert type="cpu" limit="20%"/>
+  </client>
+</clients>"#);
+        let h = &f.hosts[0];
+        assert_eq!(h.name, "10.0.0.5");
+        assert_eq!(h.port, 22);
+        assert_eq!(h.auth, Auth::Password(Secret::new("secret")));
+        assert_eq!(h.alerts.len(), 2);
+        assert_eq!(h.alerts[0].kind, AlertKind::Memory);
+        assert_eq!(h.alerts[0].limit, 50.0);
+        assert_eq!(h.alerts[0].clear_margin, DEFAULT_CLEAR_PERCENT);
+        assert_eq!(f.locs[0], Loc { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn extensions_and_defaults() {
+        let f = ok(r#"<?xml version="1.0"?>
+<!-- fleet -->
+<clients>
+  <defaults>
+    <alert type="cpu" limit="90"/>
+    <alert type="silence" limit="3"/>
+  </defaults>
+  <client name="db-1" ip="db1.example.com" username="vigil" key_file="keys/id_ed25519" password_env="DB_PASS"
+          host_key="SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s" os="linux" tags="db, prod eu"
+          endpoint="vigil.example.com:7022">
+    <alert type="cpu" limit="75%" clear="10" repeat="30"/>
+    <alert type="disk" limit="80%" mount="/var"/>
+    <alert type="load" limit="2.5"/>
+  </client>
+  <client ip="127.0.0.1" transport="local"/>
+</clients>"#);
+        let h = &f.hosts[0];
+        assert_eq!(h.tags, ["db", "prod", "eu"]);
+        assert_eq!(h.os, Some(Os::Linux));
+        assert_eq!(
+            h.auth,
+            Auth::KeyFile {
+                path: PathBuf::from("/etc/vigil/keys/id_ed25519"),
+                passphrase: Some(Passphrase::Env("DB_PASS".into()))
+            }
+        );
+        let kinds: Vec<_> = h.alerts.iter().map(|r| (r.kind, r.limit)).collect();
+        assert_eq!(
+            kinds,
+            [(AlertKind::Cpu, 75.0), (AlertKind::Disk, 80.0), (AlertKind::Load, 2.5), (AlertKind::Silence, 3.0)]
+        );
+        assert_eq!(h.alerts[0].clear_margin, 10.0);
+        assert_eq!(h.alerts[0].repeat_minutes, Some(30));
+        assert_eq!(h.alerts[1].mount.as_deref(), Some("/var"));
+        assert!((h.alerts[2].clear_margin - 0.25).abs() < 1e-9);
+        let local = &f.hosts[1];
+        assert_eq!(local.transport, Transport::Local);
+        assert_eq!(local.auth, Auth::None);
+        assert_eq!(local.alerts.len(), 2, "defaults apply");
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(parse_limit(AlertKind::Cpu, "50%"), Ok(50.0));
+        assert_eq!(parse_limit(AlertKind::Cpu, "50"), Ok(50.0));
+        assert_eq!(parse_limit(AlertKind::Disk, "100%"), Ok(100.0));
+        assert_eq!(parse_limit(AlertKind::Load, "4"), Ok(4.0));
+        assert_eq!(parse_limit(AlertKind::Silence, "3"), Ok(3.0));
+        for (kind, bad) in [
+            (AlertKind::Cpu, "150%"),
+            (AlertKind::Cpu, "abc"),
+            (AlertKind::Cpu, "-1"),
+            (AlertKind::Cpu, "0"),
+            (AlertKind::Memory, "NaN"),
+            (AlertKind::Load, "50%"),
+            (AlertKind::Load, "0"),
+            (AlertKind::Silence, "0"),
+            (AlertKind::Silence, "2.5"),
+        ] {
+            assert!(parse_limit(kind, bad).is_err(), "{kind} {bad}");
+        }
+    }
+
+    #[test]
+    fn all_problems_of_a_client_are_reported() {
+        let e = errs(
+            r#"<clients>
+  <client ip="10.0.0.5" port="0" user="x" os="Linux">
+    <alert type="cpu" limit="abc"/>
+  </client>
+</clients>"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "2:3: <client> is missing `username`, which SSH hosts need (or set transport=\"local\")",
+                "2:31: bad port \"0\"; expected a number from 1 to 65535",
+                "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
+                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail",
+                "2:47: unknown os \"Linux\" (did you mean \"linux\"?); expected linux or windows",
+                "3:30: bad cpu limit \"abc\"; expected a percentage such as \"50%\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn structure_errors() {
+        let e = errs("<clients>\n  <client ip=\"1.2.3.4\" transport=\"local\">oops<foo/></client>\n</clients>\n<x/>");
+        assert_eq!(
+            e,
+            [
+                "2:42: unexpected text \"oops\" in <client>; expected only elements",
+                "2:46: unknown element <foo> in <client>; expected <alert>",
+                "4:1: a second top-level element <x>; clients.xml has one <clients> element",
+            ]
+        );
+        assert_eq!(errs(""), ["1:1: no <clients> element; expected <clients> with <client> elements inside"]);
+        assert_eq!(
+            errs("<clients>\n <client ip=\"a\" transport=\"local\">"),
+            [
+                "1:1: <clients> is never closed; expected </clients> before the end of the file",
+                "2:2: <client> is never closed; expected </client> before the end of the file",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_attribute_and_syntax_errors() {
+        assert_eq!(
+            errs("<clients>\n <client ip=\"a\" ip=\"b\" transport=\"local\"/>\n</clients>"),
+            ["2:17: attribute `ip` is given twice on <client>"]
+        );
+        let e = errs("<clients>\n <client ip=\"a\" transport=\"local\">\n</clientz>");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("3:1: malformed XML: "), "{e:?}");
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let f = ok(r#"<clients><client ip="h" username="u" password="s3cr3t-pw"/></clients>"#);
+        let shown = format!("{:?}", f.hosts[0]);
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+}

@@ -1,0 +1,640 @@
+//! jobs.toml: the server's settings (`[server]`, `[smtp]`) and what is collected where (`[[job]]`). Stage one is
+//! toml's spanned document tree (every key and value keeps its byte range); stage two walks it and validates each
+//! key, reporting every unknown key, wrong type and bad value at its line and column.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+use vigil_schema::job::Collector;
+
+use super::diag::{Diagnostic, Diags, Loc};
+use super::values;
+use super::{JobDef, ServerSettings, SmtpSettings, TlsMode};
+
+/// Keys of `[server]`.
+pub const SERVER_KEYS: [&str; 5] = ["listen", "endpoint", "data_dir", "database", "retention_days"];
+/// Keys of `[smtp]`.
+pub const SMTP_KEYS: [&str; 6] = ["host", "port", "tls", "from", "username", "password_env"];
+/// Keys of each `[[job]]`.
+pub const JOB_KEYS: [&str; 6] = ["name", "collectors", "interval", "jitter", "hosts", "tags"];
+/// Top-level tables.
+const TOP_KEYS: [&str; 3] = ["server", "smtp", "job"];
+
+/// Default `retention_days`.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// Longest `retention_days`: ten years.
+pub const MAX_RETENTION_DAYS: u32 = 3650;
+/// Default database file name, inside `data_dir`.
+pub const DEFAULT_DATABASE: &str = "vigil.db";
+/// Longest job interval: a day.
+pub const MAX_INTERVAL_S: u64 = 86_400;
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// A validated jobs.toml, with positions kept for the warnings raised once clients.xml is known.
+#[derive(Debug)]
+pub(crate) struct JobsFile {
+    pub(crate) path: PathBuf,
+    pub(crate) server: ServerSettings,
+    pub(crate) smtp: Option<SmtpSettings>,
+    pub(crate) jobs: Vec<JobDef>,
+    pub(crate) locs: Vec<JobLocs>,
+}
+
+/// Where a job and each of its selectors are written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobLocs {
+    pub(crate) job: Loc,
+    pub(crate) hosts: Vec<Loc>,
+    pub(crate) tags: Vec<Loc>,
+}
+
+/// Reads and validates jobs.toml from its text. `path` names the file in diagnostics and anchors `data_dir`.
+pub(crate) fn parse(path: &Path, source: &str) -> Result<JobsFile, Vec<Diagnostic>> {
+    let mut cx = Cx { diags: Diags::new(path, source), syntax_errors: false };
+    let (doc, errors) = DeTable::parse_recoverable(source);
+    for e in &errors {
+        cx.diags.at(e.span().map_or(0, |s| s.start), format!("TOML syntax error: {}", e.message().trim_end()));
+    }
+    cx.syntax_errors = !errors.is_empty();
+    let base = path.parent().unwrap_or(Path::new(""));
+    let validated = validate(doc.get_ref(), base, &mut cx);
+    match validated {
+        Some((server, smtp, jobs, locs)) if cx.diags.is_empty() => {
+            Ok(JobsFile { path: path.to_path_buf(), server, smtp, jobs, locs })
+        }
+        _ => Err(cx.diags.into_sorted()),
+    }
+}
+
+/// Validation context: the diagnostics, and whether the document had syntax errors (then keys reported missing
+/// may only be unreadable, so "missing" is not reported on top).
+struct Cx<'s> {
+    diags: Diags<'s>,
+    syntax_errors: bool,
+}
+
+impl Cx<'_> {
+    fn missing(&mut self, at: usize, message: String) {
+        if !self.syntax_errors {
+            self.diags.at(at, message);
+        }
+    }
+}
+
+/// A table's known keys; unknown keys are reported.
+fn fields<'t, 'i>(
+    table: &'t DeTable<'i>,
+    allowed: &[&str],
+    what: &str,
+    cx: &mut Cx<'_>,
+) -> HashMap<&'t str, &'t Value<'i>> {
+    let mut known = HashMap::new();
+    for (key, value) in table.iter() {
+        let k: &str = key.get_ref();
+        if allowed.contains(&k) {
+            known.insert(k, value);
+        } else if what == "[smtp]" && k == "password" {
+            cx.diags.at(
+                key.span().start,
+                "the SMTP password is never written in jobs.toml; put it in an environment variable and name that \
+                 variable with `password_env`",
+            );
+        } else {
+            let dym = values::did_you_mean(k, allowed.iter().copied());
+            cx.diags.at(
+                key.span().start,
+                format!("unknown key `{k}` in {what}{dym}; expected one of: {}", allowed.join(", ")),
+            );
+        }
+    }
+    known
+}
+
+fn type_error(cx: &mut Cx<'_>, key: &str, v: &Value<'_>, expected: &str) {
+    cx.diags.at(v.span().start, format!("`{key}` must be {expected}, not {}", v.get_ref().type_str()));
+}
+
+fn string<'v>(cx: &mut Cx<'_>, key: &str, v: &'v Value<'_>) -> Option<&'v str> {
+    let s = v.get_ref().as_str();
+    if s.is_none() {
+        type_error(cx, key, v, "a string");
+    }
+    s
+}
+
+fn integer(cx: &mut Cx<'_>, key: &str, v: &Value<'_>) -> Option<i64> {
+    match v.get_ref().as_integer() {
+        Some(i) => {
+            let n = i64::from_str_radix(i.as_str(), i.radix()).ok();
+            if n.is_none() {
+                cx.diags.at(v.span().start, format!("`{key}` is too large"));
+            }
+            n
+        }
+        None => {
+            type_error(cx, key, v, "an integer");
+            None
+        }
+    }
+}
+
+/// An array of strings, each with its offset.
+fn strings<'v>(cx: &mut Cx<'_>, key: &str, v: &'v Value<'_>) -> Option<Vec<(&'v str, usize)>> {
+    let Some(items) = v.get_ref().as_array() else {
+        type_error(cx, key, v, "an array of strings");
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items.iter() {
+        match item.get_ref().as_str() {
+            Some(s) => out.push((s, item.span().start)),
+            None => {
+                cx.diags.at(item.span().start, format!("`{key}` must list strings, not {}", item.get_ref().type_str()));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// Seconds from a duration string (`"30s"`) or an integer of seconds.
+fn seconds(cx: &mut Cx<'_>, key: &str, v: &Value<'_>) -> Option<u64> {
+    let at = v.span().start;
+    match v.get_ref() {
+        DeValue::String(s) => match values::duration(s) {
+            Ok(n) => Some(n),
+            Err(message) => {
+                cx.diags.at(at, format!("bad `{key}`: {message}"));
+                None
+            }
+        },
+        DeValue::Integer(_) => match integer(cx, key, v) {
+            Some(n) if n >= 0 => u64::try_from(n).ok(),
+            Some(_) => {
+                cx.diags.at(at, format!("`{key}` must not be negative"));
+                None
+            }
+            None => None,
+        },
+        _ => {
+            type_error(cx, key, v, "a duration such as \"30s\", \"5m\" or \"1h\", or an integer of seconds");
+            None
+        }
+    }
+}
+
+type Validated = (ServerSettings, Option<SmtpSettings>, Vec<JobDef>, Vec<JobLocs>);
+
+fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<Validated> {
+    let top = fields(doc, &TOP_KEYS, "jobs.toml (top level)", cx);
+    let server = match top.get("server") {
+        Some(v) => match v.get_ref().as_table() {
+            Some(t) => server(t, v.span().start, base, cx),
+            None => {
+                type_error(cx, "server", v, "a table ([server])");
+                None
+            }
+        },
+        None => {
+            cx.missing(0, "missing the [server] table; expected at least `listen` and `data_dir`".into());
+            None
+        }
+    };
+    let smtp = match top.get("smtp") {
+        Some(v) => match v.get_ref().as_table() {
+            Some(t) => smtp(t, v.span().start, cx).map(Some),
+            None => {
+                type_error(cx, "smtp", v, "a table ([smtp])");
+                None
+            }
+        },
+        None => Some(None),
+    };
+    let mut jobs = Vec::new();
+    let mut locs = Vec::new();
+    if let Some(v) = top.get("job") {
+        match v.get_ref().as_array() {
+            Some(items) => {
+                let mut names: HashMap<String, usize> = HashMap::new();
+                for item in items.iter() {
+                    let Some(t) = item.get_ref().as_table() else {
+                        type_error(cx, "job", item, "a table ([[job]])");
+                        continue;
+                    };
+                    if let Some((job, loc, name_at)) = job(t, item.span().start, cx) {
+                        if let Some(&first) = names.get(&job.name) {
+                            let first = cx.diags.loc(first);
+                            cx.diags.at(
+                                name_at,
+                                format!(
+                                    "duplicate job name \"{}\" (first used on line {}); job names must be unique",
+                                    job.name, first.line
+                                ),
+                            );
+                            continue;
+                        }
+                        names.insert(job.name.clone(), name_at);
+                        jobs.push(job);
+                        locs.push(loc);
+                    }
+                }
+            }
+            None => cx.diags.at(v.span().start, "write each job as [[job]] (an array of tables), not [job]"),
+        }
+    }
+    Some((server?, smtp?, jobs, locs))
+}
+
+fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<ServerSettings> {
+    let errors_before = cx.diags.items.len();
+    let f = fields(t, &SERVER_KEYS, "[server]", cx);
+    let mut listen = None;
+    match f.get("listen") {
+        Some(v) => {
+            if let Some(s) = string(cx, "listen", v) {
+                match s.parse::<SocketAddr>() {
+                    Ok(addr) => listen = Some(addr),
+                    Err(_) => cx.diags.at(
+                        v.span().start,
+                        format!("bad listen address \"{s}\"; expected an IP address and port such as 127.0.0.1:7022"),
+                    ),
+                }
+            }
+        }
+        None => cx.missing(at, "[server] is missing `listen`, the address the SSH endpoint listens on".into()),
+    }
+    let mut endpoint = None;
+    if let Some(v) = f.get("endpoint")
+        && let Some(s) = string(cx, "endpoint", v)
+    {
+        match values::endpoint(s) {
+            Ok(()) => endpoint = Some(s.to_string()),
+            Err(message) => cx.diags.at(v.span().start, message),
+        }
+    }
+    let mut data_dir = None;
+    match f.get("data_dir") {
+        Some(v) => {
+            if let Some(s) = string(cx, "data_dir", v) {
+                if s.trim().is_empty() {
+                    cx.diags.at(v.span().start, "`data_dir` must not be empty");
+                } else {
+                    data_dir = Some(absolute(&base.join(s)));
+                }
+            }
+        }
+        None => cx.missing(at, "[server] is missing `data_dir`, where the host key and database live".into()),
+    }
+    let mut database = PathBuf::from(DEFAULT_DATABASE);
+    if let Some(v) = f.get("database")
+        && let Some(s) = string(cx, "database", v)
+    {
+        if s.trim().is_empty() {
+            cx.diags.at(v.span().start, "`database` must not be empty");
+        } else {
+            database = PathBuf::from(s);
+        }
+    }
+    let mut retention_days = DEFAULT_RETENTION_DAYS;
+    if let Some(v) = f.get("retention_days")
+        && let Some(n) = integer(cx, "retention_days", v)
+    {
+        match u32::try_from(n) {
+            Ok(d) if (1..=MAX_RETENTION_DAYS).contains(&d) => retention_days = d,
+            _ => cx.diags.at(
+                v.span().start,
+                format!("bad retention_days {n}; expected a number of days from 1 to {MAX_RETENTION_DAYS}"),
+            ),
+        }
+    }
+    if cx.diags.items.len() > errors_before {
+        return None;
+    }
+    let (listen, data_dir) = (listen?, data_dir?);
+    Some(ServerSettings {
+        listen,
+        endpoint: endpoint.unwrap_or_else(|| listen.to_string()),
+        database: data_dir.join(database),
+        data_dir,
+        retention_days,
+    })
+}
+
+/// An absolute form of a path, without touching the file system.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn smtp(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<SmtpSettings> {
+    let errors_before = cx.diags.items.len();
+    let f = fields(t, &SMTP_KEYS, "[smtp]", cx);
+    let checked = |key: &str, check: &dyn Fn(&str) -> Result<(), String>, cx: &mut Cx<'_>| -> Option<String> {
+        let v = f.get(key)?;
+        let s = string(cx, key, v)?;
+        match check(s) {
+            Ok(()) => Some(s.to_string()),
+            Err(message) => {
+                cx.diags.at(v.span().start, message);
+                None
+            }
+        }
+    };
+    let host = checked("host", &values::host, cx);
+    let from = checked("from", &values::mail, cx);
+    let nonempty = |s: &str| if s.is_empty() { Err("`username` must not be empty".to_string()) } else { Ok(()) };
+    let username = checked("username", &nonempty, cx);
+    let password_env = checked("password_env", &values::env_name, cx);
+    let tls = match f.get("tls") {
+        None => TlsMode::None,
+        Some(v) => match string(cx, "tls", v) {
+            Some("none") => TlsMode::None,
+            Some("starttls") => TlsMode::StartTls,
+            Some("tls") => TlsMode::Tls,
+            Some(other) => {
+                let dym = values::did_you_mean(other, ["none", "starttls", "tls"]);
+                cx.diags.at(v.span().start, format!("bad tls \"{other}\"{dym}; expected none, starttls or tls"));
+                TlsMode::None
+            }
+            None => TlsMode::None,
+        },
+    };
+    let mut port = 25;
+    if let Some(v) = f.get("port")
+        && let Some(n) = integer(cx, "port", v)
+    {
+        match u16::try_from(n) {
+            Ok(p) if p > 0 => port = p,
+            _ => cx.diags.at(v.span().start, format!("bad port {n}; expected a number from 1 to 65535")),
+        }
+    }
+    if !f.contains_key("host") {
+        cx.missing(at, "[smtp] is missing `host`, the SMTP server to send alerts through".into());
+    }
+    if !f.contains_key("from") {
+        cx.missing(at, "[smtp] is missing `from`, the sender address of alert mails".into());
+    }
+    if cx.diags.items.len() > errors_before {
+        return None;
+    }
+    Some(SmtpSettings { host: host?, port, tls, from: from?, username, password_env })
+}
+
+/// One `[[job]]`: the job, where it and its selectors are, and the offset of its name.
+fn job(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<(JobDef, JobLocs, usize)> {
+    let errors_before = cx.diags.items.len();
+    let f = fields(t, &JOB_KEYS, "[[job]]", cx);
+    let mut name = None;
+    let mut name_at = at;
+    match f.get("name") {
+        Some(v) => {
+            if let Some(s) = string(cx, "name", v) {
+                name_at = v.span().start;
+                match values::name(s, "job name") {
+                    Ok(()) => name = Some(s.to_string()),
+                    Err(message) => cx.diags.at(name_at, message),
+                }
+            }
+        }
+        None => cx.missing(at, "[[job]] is missing `name`".into()),
+    }
+    let mut collectors = Vec::new();
+    match f.get("collectors") {
+        Some(v) => {
+            if let Some(items) = strings(cx, "collectors", v) {
+                if items.is_empty() {
+                    cx.diags.at(v.span().start, "`collectors` is empty; a job needs at least one collector");
+                }
+                let names = Collector::ALL.map(Collector::name);
+                for (s, item_at) in items {
+                    match Collector::from_name(s) {
+                        Some(c) if collectors.contains(&c) => {
+                            cx.diags.at(item_at, format!("collector \"{s}\" is listed twice"));
+                        }
+                        Some(c) => collectors.push(c),
+                        None => {
+                            let dym = values::did_you_mean(s, names);
+                            cx.diags.at(
+                                item_at,
+                                format!("unknown collector \"{s}\"{dym}; expected one of: {}", names.join(", ")),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        None => cx.missing(at, "[[job]] is missing `collectors`, the list of what it collects".into()),
+    }
+    let mut interval_s = None;
+    match f.get("interval") {
+        Some(v) => match seconds(cx, "interval", v) {
+            Some(0) => cx.diags.at(v.span().start, "`interval` must be at least 1 second, not 0"),
+            Some(n) if n > MAX_INTERVAL_S => cx.diags.at(
+                v.span().start,
+                format!("`interval` of {n} seconds is too long; expected at most 1 day (\"1d\" or {MAX_INTERVAL_S})"),
+            ),
+            Some(n) => interval_s = u32::try_from(n).ok(),
+            None => {}
+        },
+        None => cx.missing(at, "[[job]] is missing `interval`, e.g. interval = \"30s\"".into()),
+    }
+    let mut jitter_s = 0;
+    if let Some(v) = f.get("jitter")
+        && let Some(n) = seconds(cx, "jitter", v)
+    {
+        match interval_s {
+            Some(i) if n >= u64::from(i) => cx
+                .diags
+                .at(v.span().start, format!("`jitter` of {n} seconds must be shorter than the interval ({i} seconds)")),
+            _ => jitter_s = u32::try_from(n).unwrap_or(u32::MAX),
+        }
+    }
+    let mut loc = JobLocs { job: cx.diags.loc(name_at), ..JobLocs::default() };
+    let mut hosts = Vec::new();
+    if let Some(v) = f.get("hosts")
+        && let Some(items) = strings(cx, "hosts", v)
+    {
+        for (s, item_at) in items {
+            match values::selector(s) {
+                Ok(()) => {
+                    hosts.push(s.to_string());
+                    loc.hosts.push(cx.diags.loc(item_at));
+                }
+                Err(message) => cx.diags.at(item_at, message),
+            }
+        }
+    }
+    let mut tags = Vec::new();
+    if let Some(v) = f.get("tags")
+        && let Some(items) = strings(cx, "tags", v)
+    {
+        for (s, item_at) in items {
+            match values::name(s, "tag") {
+                Ok(()) => {
+                    tags.push(s.to_string());
+                    loc.tags.push(cx.diags.loc(item_at));
+                }
+                Err(message) => cx.diags.at(item_at, message),
+            }
+        }
+    }
+    if cx.diags.items.len() > errors_before {
+        return None;
+    }
+    let job = JobDef { name: name?, collectors, interval_s: interval_s?, jitter_s, hosts, tags };
+    Some((job, loc, name_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(src: &str) -> Vec<String> {
+        match parse(Path::new("j.toml"), src) {
+            Ok(f) => panic!("expected errors, got {f:#?}"),
+            Err(d) => d.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:7022"
+data_dir = "vigil-data"
+retention_days = 7
+
+[smtp]
+host = "127.0.0.1"
+port = 2525
+tls = "starttls"
+from = "vigil@localhost"
+password_env = "VIGIL_SMTP_PASSWORD"
+
+[[job]]
+name = "vitals"
+collectors = ["memory", "cpu", "swap"]
+interval = "10s"
+jitter = 2
+hosts = ["web-*"]
+tags = ["db"]
+
+[[job]]
+name = "inventory"
+collectors = ["system"]
+interval = 300
+"#;
+
+    #[test]
+    fn good_file() {
+        let f = match parse(Path::new("/etc/vigil/jobs.toml"), GOOD) {
+            Ok(f) => f,
+            Err(d) => panic!("{d:#?}"),
+        };
+        assert_eq!(f.server.listen.to_string(), "127.0.0.1:7022");
+        assert_eq!(f.server.endpoint, "127.0.0.1:7022");
+        assert_eq!(f.server.data_dir, PathBuf::from("/etc/vigil/vigil-data"));
+        assert_eq!(f.server.database, PathBuf::from("/etc/vigil/vigil-data/vigil.db"));
+        assert_eq!(f.server.retention_days, 7);
+        let smtp = f.smtp.expect("smtp");
+        assert_eq!((smtp.port, smtp.tls), (2525, TlsMode::StartTls));
+        assert_eq!(smtp.password_env.as_deref(), Some("VIGIL_SMTP_PASSWORD"));
+        assert_eq!(f.jobs.len(), 2);
+        let v = &f.jobs[0];
+        assert_eq!(v.collectors, [Collector::Memory, Collector::Cpu, Collector::Swap]);
+        assert_eq!((v.interval_s, v.jitter_s), (10, 2));
+        assert_eq!(v.hosts, ["web-*"]);
+        assert_eq!(f.jobs[1].interval_s, 300);
+        assert_eq!(f.locs[0].job, Loc { line: 15, column: 8 });
+        assert_eq!(f.locs[0].hosts, [Loc { line: 19, column: 10 }]);
+    }
+
+    #[test]
+    fn absolute_database_is_kept() {
+        let src = "[server]\nlisten = \"[::1]:7022\"\ndata_dir = \"/var/lib/vigil\"\ndatabase = \"/srv/v.db\"\n";
+        let f = parse(Path::new("jobs.toml"), src).map_err(|d| format!("{d:?}")).expect("valid");
+        assert_eq!(f.server.database, PathBuf::from("/srv/v.db"));
+        assert_eq!(f.server.endpoint, "[::1]:7022");
+    }
+
+    #[test]
+    fn every_problem_is_located() {
+        let src = r#"[server]
+listen = "localhost"
+data_dir = "d"
+retention = 5
+
+[smtp]
+host = "h"
+from = "f@x"
+tls = "tsl"
+password = "nope"
+
+[[job]]
+name = "a"
+collectors = ["cpus", "memory", "memory"]
+interval = "0s"
+
+[[job]]
+name = "a"
+collectors = ["cpu"]
+interval = "2d"
+jitter = "x"
+"#;
+        assert_eq!(
+            errs(src),
+            [
+                "2:10: bad listen address \"localhost\"; expected an IP address and port such as 127.0.0.1:7022",
+                "4:1: unknown key `retention` in [server] (did you mean \"retention_days\"?); expected one of: \
+                 listen, endpoint, data_dir, database, retention_days",
+                "9:7: bad tls \"tsl\" (did you mean \"tls\"?); expected none, starttls or tls",
+                "10:1: the SMTP password is never written in jobs.toml; put it in an environment variable and name \
+                 that variable with `password_env`",
+                "14:15: unknown collector \"cpus\" (did you mean \"cpu\"?); expected one of: system, users, cpu, \
+                 memory, swap, partitions, disk_usage, network, security_events",
+                "14:33: collector \"memory\" is listed twice",
+                "15:12: `interval` must be at least 1 second, not 0",
+                "20:12: `interval` of 172800 seconds is too long; expected at most 1 day (\"1d\" or 86400)",
+                "21:10: bad `jitter`: \"x\" is not a duration; expected e.g. \"30s\", \"5m\", \"1h\" or a number of \
+                 seconds",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_job_names_and_jitter() {
+        let src = "[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\n[[job]]\nname = \"a\"\ncollectors = \
+                   [\"cpu\"]\ninterval = 10\njitter = \"10s\"\n[[job]]\nname = \"b\"\ncollectors = [\"cpu\"]\n\
+                   interval = 10\n[[job]]\nname = \"b\"\ncollectors = [\"cpu\"]\ninterval = 10\n";
+        assert_eq!(
+            errs(src),
+            [
+                "8:10: `jitter` of 10 seconds must be shorter than the interval (10 seconds)",
+                "14:8: duplicate job name \"b\" (first used on line 10); job names must be unique",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_and_mistyped() {
+        assert_eq!(errs(""), ["1:1: missing the [server] table; expected at least `listen` and `data_dir`"]);
+        let e = errs("[server]\nlisten = 7022\n[job]\nname = \"x\"\n");
+        assert_eq!(
+            e,
+            [
+                "1:1: [server] is missing `data_dir`, where the host key and database live",
+                "2:10: `listen` must be a string, not integer",
+                "3:1: write each job as [[job]] (an array of tables), not [job]",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_do_not_cascade() {
+        let e = errs("[server]\nlisten = \"127.0.0.1:7022\ndata_dir = \"d\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("2:25: TOML syntax error"), "{e:?}");
+    }
+}
