@@ -1,1 +1,363 @@
-//! TODO
+//! The single database writer: a dedicated thread owning the [`Store`], fed over a bounded channel.
+//!
+//! Reports arriving together are grouped into one transaction (group commit sized by load: the writer takes one
+//! message, then whatever else is already queued, up to [`IngestOptions::max_batch`]). Each report is answered only
+//! after the transaction holding it commits; when a commit fails, nothing in it is acknowledged. Other writes the
+//! server needs (registering and touching agents, the config error, pruning) run on the same thread through
+//! [`IngestHandle::exec`], so there is only ever one writing connection.
+//!
+//! Decoding, tag checks and validation happen before [`IngestHandle::submit`], never on this thread.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{Incoming, Outcome, Store, StoreError};
+
+/// Tuning for the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOptions {
+    /// Messages that may wait in the queue before `submit` waits for room (back-pressure on the endpoint).
+    pub queue_capacity: usize,
+    /// Most reports committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions { queue_capacity: 4096, max_batch: 1024 }
+    }
+}
+
+/// Why a report (or a job) was not carried out. Cloneable: one failed commit answers every report in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The writer has stopped (shutdown, or it died); nothing more is accepted.
+    #[error("ingest writer has stopped")]
+    Closed,
+    /// The disk is full: the report was not stored; the agent should keep it and retry later.
+    #[error("storage unavailable: disk full")]
+    Unavailable,
+    /// Any other database failure; the report was not stored.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<&StoreError> for IngestError {
+    fn from(e: &StoreError) -> Self {
+        if e.is_full() { IngestError::Unavailable } else { IngestError::Storage(e.to_string()) }
+    }
+}
+
+/// Counters of the writer's work, for logs and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Transactions committed with at least one report.
+    pub commits: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    /// Reports answered with an error.
+    pub failed: u64,
+    /// The largest batch committed so far.
+    pub largest_batch: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    failed: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+type Reply = oneshot::Sender<Result<Outcome, IngestError>>;
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+enum Msg {
+    Report(Box<Incoming>, Reply),
+    Exec(Job),
+    Shutdown,
+}
+
+/// A cheap, cloneable way to reach the writer. The writer exits once every handle is dropped (or after
+/// [`IngestHandle::shutdown`]), committing what was queued first.
+#[derive(Debug, Clone)]
+pub struct IngestHandle {
+    tx: mpsc::Sender<Msg>,
+    counters: Arc<Counters>,
+    /// Set by `shutdown`: later calls are refused here, before reaching the queue.
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Report(inc, _) => write!(f, "Report({}, seq {})", inc.agent_id, inc.report.seq),
+            Msg::Exec(_) => f.write_str("Exec"),
+            Msg::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+/// Starts the writer thread. Joining the handle returns the store once the writer has finished.
+pub fn spawn(store: Store, opts: IngestOptions) -> std::io::Result<(IngestHandle, JoinHandle<Store>)> {
+    let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
+    let counters = Arc::new(Counters::default());
+    let writer = Writer { store, rx, max_batch: opts.max_batch.max(1), counters: Arc::clone(&counters) };
+    let join = std::thread::Builder::new().name("vigil-ingest".into()).spawn(move || writer.run())?;
+    Ok((IngestHandle { tx, counters, closed: Arc::new(AtomicBool::new(false)) }, join))
+}
+
+impl IngestHandle {
+    /// Queues a report and waits until the transaction holding it has committed (or failed).
+    pub async fn submit(&self, inc: Incoming) -> Result<Outcome, IngestError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IngestError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Msg::Report(Box::new(inc), reply)).await.map_err(|_| IngestError::Closed)?;
+        answer.await.map_err(|_| IngestError::Closed)?
+    }
+
+    /// Runs `f` on the writer thread, between transactions, and returns its result.
+    pub async fn exec<F, R>(&self, f: F) -> Result<R, IngestError>
+    where
+        F: FnOnce(&mut Store) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IngestError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |store| {
+            let _ = reply.send(f(store));
+        });
+        self.tx.send(Msg::Exec(job)).await.map_err(|_| IngestError::Closed)?;
+        answer.await.map_err(|_| IngestError::Closed)
+    }
+
+    /// Asks the writer to stop taking new work: what is already queued is committed and answered; calls made after
+    /// this returns get [`IngestError::Closed`]. Join the thread to wait for the end.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.tx.send(Msg::Shutdown).await;
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> IngestStats {
+        let c = &self.counters;
+        IngestStats {
+            commits: c.commits.load(Ordering::Relaxed),
+            stored: c.stored.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            largest_batch: c.largest_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Writer {
+    store: Store,
+    rx: mpsc::Receiver<Msg>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(mut self) -> Store {
+        let mut next: Option<Msg> = None;
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match self.rx.blocking_recv() {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            match msg {
+                Msg::Exec(job) => job(&mut self.store),
+                // Queued messages stay receivable after close; recv returns None once they are drained.
+                Msg::Shutdown => self.rx.close(),
+                Msg::Report(inc, reply) => {
+                    let mut batch = vec![(*inc, reply)];
+                    while batch.len() < self.max_batch {
+                        match self.rx.try_recv() {
+                            Ok(Msg::Report(inc, reply)) => batch.push((*inc, reply)),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(batch);
+                }
+            }
+        }
+        self.store
+    }
+
+    /// Stores a batch in one transaction and answers every report in it. If the grouped commit fails for any reason
+    /// but a full disk, each report is retried alone so one bad report cannot fail its neighbours.
+    fn commit(&mut self, batch: Vec<(Incoming, Reply)>) {
+        let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.into_iter().unzip();
+        match self.store.insert_reports(&items) {
+            Ok(outcomes) => {
+                self.note_commit(items.len());
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    self.answer(reply, Ok(outcome));
+                }
+            }
+            Err(e) if e.is_full() || items.len() == 1 => {
+                tracing::warn!(reports = items.len(), error = %e, "ingest commit failed; nothing acknowledged");
+                for reply in replies {
+                    self.answer(reply, Err(IngestError::from(&e)));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(reports = items.len(), error = %e, "grouped commit failed; retrying reports one by one");
+                for (item, reply) in items.into_iter().zip(replies) {
+                    let result = self.store.insert_reports(std::slice::from_ref(&item));
+                    let answer = match result {
+                        Ok(mut o) => {
+                            self.note_commit(1);
+                            o.pop().ok_or_else(|| IngestError::Storage("no outcome for a stored report".into()))
+                        }
+                        Err(e) => Err(IngestError::from(&e)),
+                    };
+                    self.answer(reply, answer);
+                }
+            }
+        }
+    }
+
+    fn note_commit(&self, n: usize) {
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.largest_batch.fetch_max(n as u64, Ordering::Relaxed);
+    }
+
+    fn answer(&self, reply: Reply, answer: Result<Outcome, IngestError>) {
+        let counter = match &answer {
+            Ok(Outcome::Stored { .. }) => &self.counters.stored,
+            Ok(Outcome::Duplicate) => &self.counters.duplicates,
+            Err(_) => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // The submitter may have given up (connection closed): the report is stored all the same.
+        let _ = reply.send(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_schema::report::{Report, Stats, SwapStats};
+
+    fn incoming(seq: u64) -> Incoming {
+        Incoming {
+            agent_id: "agent-1".into(),
+            host: "db1".into(),
+            ip: "10.0.0.2".into(),
+            received_at_ms: 2_000 + seq as i64,
+            report: Report {
+                seq,
+                job: "vitals".into(),
+                collected_at_ms: 1_000 + seq as i64,
+                dropped: 0,
+                stats: Stats {
+                    swap: Some(SwapStats { total: 10, used: 1, free: 9, used_pct: 10.0 }),
+                    ..Stats::default()
+                },
+            },
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    #[test]
+    fn disk_full_answers_every_report_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        store.insert_reports(&[incoming(1)]).unwrap();
+        let pages: i64 = store.conn().query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        store.limit_pages(pages).unwrap();
+        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        let results = rt().block_on(async {
+            let tasks: Vec<_> = (2..600).map(|s| handle.submit(incoming(s))).collect();
+            futures_join(tasks).await
+        });
+        assert!(results.iter().all(|r| *r == Err(IngestError::Unavailable)), "{:?}", &results[..3]);
+        assert_eq!(handle.stats().stored, 0);
+        drop(handle);
+        let store = join.join().unwrap();
+        let n: i64 = store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn one_bad_report_does_not_fail_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.db")).unwrap();
+        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        let results = rt().block_on(async {
+            // Hold the writer so all three land in one batch.
+            let gate = handle.exec(|_| std::thread::sleep(std::time::Duration::from_millis(100)));
+            let mut bad = incoming(2);
+            bad.report.stats.swap.as_mut().unwrap().used_pct = f32::NAN; // NULL into a NOT NULL column
+            let tasks = vec![handle.submit(incoming(1)), handle.submit(bad), handle.submit(incoming(3))];
+            let (_, r) = tokio::join!(gate, futures_join(tasks));
+            r
+        });
+        assert!(matches!(results[0], Ok(Outcome::Stored { .. })));
+        assert!(matches!(results[1], Err(IngestError::Storage(_))), "{:?}", results[1]);
+        assert!(matches!(results[2], Ok(Outcome::Stored { .. })));
+        drop(handle);
+        join.join().unwrap();
+    }
+
+    #[test]
+    fn shutdown_commits_queued_reports_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.db")).unwrap();
+        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        let (before, after) = rt().block_on(async {
+            let before = handle.submit(incoming(1)).await;
+            handle.shutdown().await;
+            (before, handle.submit(incoming(2)).await)
+        });
+        assert!(matches!(before, Ok(Outcome::Stored { .. })));
+        assert_eq!(after, Err(IngestError::Closed));
+        let store = join.join().unwrap();
+        let n: i64 = store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+        let mut set = Vec::with_capacity(fs.len());
+        // Poll every future together; each awaits its own commit.
+        let mut pinned: Vec<_> = fs.into_iter().map(Box::pin).collect();
+        let mut done: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (f, d) in pinned.iter_mut().zip(done.iter_mut()) {
+                if d.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *d = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        })
+        .await;
+        for d in done {
+            set.extend(d);
+        }
+        set
+    }
+}

@@ -1,1 +1,396 @@
-//! TODO
+//! The SQLite database: opening it (0600, WAL, migrations), agents, the pending config error and retention.
+//!
+//! The schema lives only in `migrations/` (refinery, embedded, applied on every [`Store::open`], append-only: a change
+//! is a new `V<n>__<name>.sql`). Reports and their typed statistics rows are written by [`insert`] (called from the
+//! ingest writer); the operator views read through [`Store::conn`] in `status`.
+//!
+//! Architecture invariant: only the ingest writer thread writes while `vigil serve` runs; `vigil status` opens the
+//! file read-only.
+
+mod insert;
+
+use std::collections::HashMap;
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+pub use insert::{Incoming, Outcome};
+
+mod embedded {
+    refinery::embed_migrations!("src/store/migrations");
+}
+
+/// How long a statement waits for another connection's lock before failing with "busy".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reports deleted per transaction while pruning, so a large prune does not hold one huge transaction.
+const PRUNE_CHUNK: usize = 2_000;
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk (or the database's page limit) is full: nothing was written; try again later.
+    #[error("database is full")]
+    Full,
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] refinery::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// `open_readonly` on a path where no database exists yet.
+    #[error("no database at {0} (has `vigil serve` run?)")]
+    NotFound(PathBuf),
+    /// A value read back from the database does not fit its Rust type.
+    #[error("bad stored value: {0}")]
+    BadValue(String),
+}
+
+impl StoreError {
+    /// True when the failure is a full disk: the caller should answer "unavailable, retry later".
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::Full
+        } else {
+            StoreError::Sqlite(e)
+        }
+    }
+}
+
+/// An agent's credentials and liveness as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub host: String,
+    /// The agent's SSH public key, OpenSSH one-line form.
+    pub public_key: String,
+    /// The envelope secret, hex. Redacted in `Debug`.
+    pub secret_hex: String,
+    pub version: Option<String>,
+    pub registered_at_ms: i64,
+    pub last_seen_at_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for AgentRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRecord")
+            .field("agent_id", &self.agent_id)
+            .field("host", &self.host)
+            .field("public_key", &self.public_key)
+            .field("secret_hex", &"<redacted>")
+            .field("version", &self.version)
+            .field("registered_at_ms", &self.registered_at_ms)
+            .field("last_seen_at_ms", &self.last_seen_at_ms)
+            .finish()
+    }
+}
+
+/// The database. Owns one connection; `Send`, not `Sync`: one thread uses it at a time.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// host name -> (id, ip) of rows known to be committed; cleared when a transaction fails.
+    hosts: HashMap<String, (i64, String)>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating when missing) the database at `path` read-write and applies pending migrations.
+    ///
+    /// A missing parent directory is created 0700; the file (and so its `-wal`/`-shm` files, which SQLite creates
+    /// with the database's mode) is 0600.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.exists()
+        {
+            DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io)?;
+        }
+        OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
+        std::fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(io)?;
+
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::BadValue(format!("journal_mode is {mode}, not wal")));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "cache_size", -32_768)?; // 32 MiB: index pages stay hot across commits.
+        conn.set_prepared_statement_cache_capacity(64);
+        embedded::migrations::runner().run(&mut conn)?;
+        for side in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(side);
+            let p = PathBuf::from(p);
+            if p.exists() {
+                std::fs::set_permissions(&p, Permissions::from_mode(0o600)).map_err(io)?;
+            }
+        }
+        Ok(Store { conn, path: path.to_path_buf(), hosts: HashMap::new() })
+    }
+
+    /// Opens an existing database read-only, for `vigil status`.
+    ///
+    /// When the schema is current nothing is written. When this binary knows newer migrations, they are applied
+    /// first through a short read-write open (the same path `vigil serve` takes), then the file is reopened
+    /// read-only.
+    pub fn open_readonly(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::NotFound(path.to_path_buf()));
+        }
+        let store = Self::open_ro(path)?;
+        let latest_known = embedded::migrations::runner().get_migrations().iter().map(|m| m.version()).max();
+        let applied = store.migration_history()?.last().map(|(v, _)| *v);
+        if applied < latest_known {
+            drop(store);
+            drop(Store::open(path)?);
+            return Self::open_ro(path);
+        }
+        Ok(store)
+    }
+
+    fn open_ro(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(Store { conn, path: path.to_path_buf(), hosts: HashMap::new() })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for read queries of the operator views.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Applied migrations, oldest first: (version, name). Empty on a database never migrated.
+    pub fn migration_history(&self) -> Result<Vec<(i32, String)>, StoreError> {
+        let exists: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'refinery_schema_history')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare("SELECT version, name FROM refinery_schema_history ORDER BY version")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores an agent's credentials, replacing any agent registered for the same host (or with the same id).
+    pub fn register_agent(&mut self, a: &AgentRecord) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM agents WHERE host = ?1 OR agent_id = ?2", params![a.host, a.agent_id])?;
+        tx.execute(
+            "INSERT INTO agents (agent_id, host, public_key, secret_hex, version, registered_at_ms, last_seen_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![a.agent_id, a.host, a.public_key, a.secret_hex, a.version, a.registered_at_ms, a.last_seen_at_ms],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every registered agent, ordered by host name.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT agent_id, host, public_key, secret_hex, version, registered_at_ms, last_seen_at_ms
+             FROM agents ORDER BY host",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentRecord {
+                agent_id: r.get(0)?,
+                host: r.get(1)?,
+                public_key: r.get(2)?,
+                secret_hex: r.get(3)?,
+                version: r.get(4)?,
+                registered_at_ms: r.get(5)?,
+                last_seen_at_ms: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets the agent credentials of `host` (its history stays). Returns how many were removed.
+    pub fn remove_agents_of_host(&mut self, host: &str) -> Result<usize, StoreError> {
+        Ok(self.conn.execute("DELETE FROM agents WHERE host = ?1", params![host])?)
+    }
+
+    /// Records that an agent connected (or reported) at `seen_at_ms`, running `version`. Never moves back in time.
+    pub fn touch_agent(&mut self, agent_id: &str, version: &str, seen_at_ms: i64) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE agents SET version = ?2, last_seen_at_ms = max(coalesce(last_seen_at_ms, ?3), ?3)
+             WHERE agent_id = ?1",
+        )?;
+        stmt.execute(params![agent_id, version, seen_at_ms])?;
+        Ok(())
+    }
+
+    /// Stores a batch of reports in ONE transaction; a report already stored (same agent and sequence) is a
+    /// [`Outcome::Duplicate`] and adds no row. Nothing is stored when this returns an error.
+    pub fn insert_reports(&mut self, batch: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
+        let result = insert::insert_batch(&mut self.conn, &mut self.hosts, batch);
+        if result.is_err() {
+            // Host ids cached during the failed transaction may have been rolled back.
+            self.hosts.clear();
+        }
+        result
+    }
+
+    /// Records the pending config error `vigil status` shows (`None` once the config is good again).
+    pub fn set_config_error(&mut self, err: Option<&str>) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT INTO config_state (id, error, updated_at_ms) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET error = excluded.error, updated_at_ms = excluded.updated_at_ms",
+            params![err, now],
+        )?;
+        Ok(())
+    }
+
+    /// The pending config error recorded by `vigil serve`, if any.
+    pub fn config_error(&self) -> Result<Option<String>, StoreError> {
+        let err: Option<Option<String>> =
+            self.conn.query_row("SELECT error FROM config_state WHERE id = 1", [], |r| r.get(0)).optional()?;
+        Ok(err.flatten())
+    }
+
+    /// Deletes reports received before `older_than_ms` (server clock) and all their statistics rows, in chunks of
+    /// a few thousand reports per transaction. Returns the number of reports deleted.
+    pub fn prune(&mut self, older_than_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        loop {
+            let n = self.prune_chunk(older_than_ms, PRUNE_CHUNK)?;
+            total += n as u64;
+            if n < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One prune transaction: at most `limit` of the oldest reports before `older_than_ms`.
+    fn prune_chunk(&mut self, older_than_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids: Vec<i64> = {
+            let mut stmt =
+                tx.prepare_cached("SELECT id FROM reports WHERE received_at_ms < ?1 ORDER BY received_at_ms LIMIT ?2")?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            stmt.query_map(params![older_than_ms, limit], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        for table in insert::FAMILY_TABLES {
+            let mut stmt = tx.prepare_cached(&format!("DELETE FROM {table} WHERE report_id = ?1"))?;
+            for id in &ids {
+                stmt.execute([id])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM reports WHERE id = ?1")?;
+            for id in &ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(ids.len())
+    }
+
+    /// Caps the database at `pages` pages so a test can see the disk-full path.
+    #[cfg(test)]
+    pub(crate) fn limit_pages(&mut self, pages: i64) -> Result<(), StoreError> {
+        let _: i64 = self.conn.pragma_update_and_check(None, "max_page_count", pages, |r| r.get(0))?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_schema::report::{MemoryStats, Report, Stats};
+
+    fn incoming(seq: u64, received_at_ms: i64) -> Incoming {
+        Incoming {
+            agent_id: "a1".into(),
+            host: "web1".into(),
+            ip: "10.0.0.1".into(),
+            received_at_ms,
+            report: Report {
+                seq,
+                job: "vitals".into(),
+                collected_at_ms: received_at_ms - 5,
+                dropped: 0,
+                stats: Stats {
+                    memory: Some(MemoryStats { total: 100, used: 40, available: 60, free: 50, used_pct: 40.0 }),
+                    ..Stats::default()
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn disk_full_is_its_own_error_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        store.insert_reports(&[incoming(1, 1_000)]).unwrap();
+        let pages: i64 = store.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        store.limit_pages(pages).unwrap();
+        let batch: Vec<_> = (2..2_000).map(|s| incoming(s, 1_000 + s as i64)).collect();
+        let err = store.insert_reports(&batch).unwrap_err();
+        assert!(err.is_full(), "{err:?}");
+        let n: i64 = store.conn.query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1, "a failed batch leaves nothing behind");
+    }
+
+    #[test]
+    fn agent_debug_redacts_the_secret() {
+        let a = AgentRecord {
+            agent_id: "id".into(),
+            host: "h".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            secret_hex: "deadbeefcafe".into(),
+            version: None,
+            registered_at_ms: 1,
+            last_seen_at_ms: None,
+        };
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("deadbeefcafe"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn config_error_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        assert_eq!(store.config_error().unwrap(), None);
+        store.set_config_error(Some("clients.xml:3:5: unknown host attribute")).unwrap();
+        assert_eq!(store.config_error().unwrap().as_deref(), Some("clients.xml:3:5: unknown host attribute"));
+        store.set_config_error(None).unwrap();
+        assert_eq!(store.config_error().unwrap(), None);
+    }
+}

@@ -1,0 +1,259 @@
+//! Writing reports: one `reports` row per report and typed rows in each statistic family's table, all in one
+//! transaction per batch, with cached prepared statements.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use vigil_schema::report::Report;
+
+use super::StoreError;
+
+/// The tables holding statistics rows, each with `host_id`, `client_ip`, `report_id` and `ts`.
+pub(crate) const FAMILY_TABLES: [&str; 9] =
+    ["system_details", "sessions", "cpu", "memory", "swap", "partitions", "disk_usage", "network", "security_events"];
+
+/// A decoded, checked report on its way to the database, with who sent it and when it arrived.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub agent_id: String,
+    /// The host's name in clients.xml.
+    pub host: String,
+    /// The client ip the report is filed under (the host's configured address).
+    pub ip: String,
+    /// Server clock, milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    pub report: Report,
+}
+
+/// What became of one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Newly stored under this `reports.id`.
+    Stored { report_id: i64 },
+    /// Already stored earlier (same agent and sequence): acknowledge again, store nothing.
+    Duplicate,
+}
+
+/// SQLite integers are signed: byte counters beyond `i64::MAX` are clamped (no real counter gets there).
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(super) fn insert_batch(
+    conn: &mut Connection,
+    hosts: &mut HashMap<String, (i64, String)>,
+    batch: &[Incoming],
+) -> Result<Vec<Outcome>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(batch.len());
+    for inc in batch {
+        out.push(insert_one(&tx, hosts, inc)?);
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn host_id(
+    tx: &Transaction<'_>,
+    hosts: &mut HashMap<String, (i64, String)>,
+    name: &str,
+    ip: &str,
+) -> Result<i64, StoreError> {
+    if let Some((id, known_ip)) = hosts.get(name)
+        && known_ip == ip
+    {
+        return Ok(*id);
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO hosts (name, ip) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET ip = excluded.ip WHERE ip <> excluded.ip",
+    )?;
+    stmt.execute(params![name, ip])?;
+    let mut stmt = tx.prepare_cached("SELECT id FROM hosts WHERE name = ?1")?;
+    let id: i64 = stmt.query_row(params![name], |r| r.get(0))?;
+    hosts.insert(name.to_owned(), (id, ip.to_owned()));
+    Ok(id)
+}
+
+fn insert_one(
+    tx: &Transaction<'_>,
+    hosts: &mut HashMap<String, (i64, String)>,
+    inc: &Incoming,
+) -> Result<Outcome, StoreError> {
+    let host = host_id(tx, hosts, &inc.host, &inc.ip)?;
+    let r = &inc.report;
+    let ts = r.collected_at_ms;
+    let ip = inc.ip.as_str();
+    let report_id: Option<i64> = tx
+        .prepare_cached(
+            "INSERT INTO reports (agent_id, seq, host_id, client_ip, job, collected_at_ms, received_at_ms,
+                                  clock_offset_ms, dropped)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (agent_id, seq) DO NOTHING
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                inc.agent_id,
+                // Bit-for-bit: keeps every u64 sequence distinct (and positive ones, i.e. all real ones, unchanged).
+                r.seq as i64,
+                host,
+                ip,
+                r.job,
+                ts,
+                inc.received_at_ms,
+                inc.received_at_ms.saturating_sub(ts),
+                int(r.dropped),
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(rid) = report_id else {
+        return Ok(Outcome::Duplicate);
+    };
+    let s = &r.stats;
+
+    if let Some(x) = &s.system {
+        tx.prepare_cached(
+            "INSERT INTO system_details (host_id, client_ip, report_id, ts, hostname, os_name, os_version, kernel,
+                                         arch, uptime_s, boot_time, cpu_model, cpu_count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            host,
+            ip,
+            rid,
+            ts,
+            x.hostname,
+            x.os_name,
+            x.os_version,
+            x.kernel,
+            x.arch,
+            int(x.uptime_s),
+            x.boot_time,
+            x.cpu_model,
+            x.cpu_count
+        ])?;
+    }
+    if let Some(u) = &s.users {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO sessions (host_id, client_ip, report_id, ts, source, user, terminal, remote_host, login_time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for x in &u.sessions {
+            stmt.execute(params![host, ip, rid, ts, u.source, x.user, x.terminal, x.host, x.login_time])?;
+        }
+    }
+    if let Some(c) = &s.cpu {
+        let cores = serde_json::to_string(&c.per_core_pct).map_err(|e| StoreError::BadValue(e.to_string()))?;
+        tx.prepare_cached(
+            "INSERT INTO cpu (host_id, client_ip, report_id, ts, total_pct, per_core_pct, load1, load5, load15)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![host, ip, rid, ts, f64::from(c.total_pct), cores, c.load1, c.load5, c.load15])?;
+    }
+    if let Some(m) = &s.memory {
+        tx.prepare_cached(
+            "INSERT INTO memory (host_id, client_ip, report_id, ts, total, used, available, free, used_pct)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            host,
+            ip,
+            rid,
+            ts,
+            int(m.total),
+            int(m.used),
+            int(m.available),
+            int(m.free),
+            f64::from(m.used_pct)
+        ])?;
+    }
+    if let Some(m) = &s.swap {
+        tx.prepare_cached(
+            "INSERT INTO swap (host_id, client_ip, report_id, ts, total, used, free, used_pct)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![host, ip, rid, ts, int(m.total), int(m.used), int(m.free), f64::from(m.used_pct)])?;
+    }
+    if let Some(p) = &s.partitions {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO partitions (host_id, client_ip, report_id, ts, device, mount_point, fs_type, options)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for x in p {
+            stmt.execute(params![host, ip, rid, ts, x.device, x.mount_point, x.fs_type, x.options])?;
+        }
+    }
+    if let Some(d) = &s.disk_usage {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO disk_usage (host_id, client_ip, report_id, ts, mount_point, total, used, free, used_pct,
+                                     inodes_total, inodes_used)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for x in d {
+            stmt.execute(params![
+                host,
+                ip,
+                rid,
+                ts,
+                x.mount_point,
+                int(x.total),
+                int(x.used),
+                int(x.free),
+                f64::from(x.used_pct),
+                x.inodes_total.map(int),
+                x.inodes_used.map(int)
+            ])?;
+        }
+    }
+    if let Some(n) = &s.network {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO network (host_id, client_ip, report_id, ts, name, rx_bytes, tx_bytes, rx_packets,
+                                  tx_packets, rx_errors, tx_errors, rx_dropped, tx_dropped, rx_bytes_per_s,
+                                  tx_bytes_per_s)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?;
+        for x in n {
+            stmt.execute(params![
+                host,
+                ip,
+                rid,
+                ts,
+                x.name,
+                int(x.rx_bytes),
+                int(x.tx_bytes),
+                int(x.rx_packets),
+                int(x.tx_packets),
+                int(x.rx_errors),
+                int(x.tx_errors),
+                int(x.rx_dropped),
+                int(x.tx_dropped),
+                x.rx_bytes_per_s,
+                x.tx_bytes_per_s
+            ])?;
+        }
+    }
+    if let Some(e) = &s.security_events {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO security_events (host_id, client_ip, report_id, ts, source, event_time, kind, user,
+                                          event_source, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for x in &e.events {
+            stmt.execute(params![host, ip, rid, ts, e.source, x.time, x.kind.name(), x.user, x.source, x.message])?;
+        }
+    }
+    Ok(Outcome::Stored { report_id: rid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_beyond_i64_are_clamped_not_refused() {
+        assert_eq!(int(u64::MAX), i64::MAX);
+        assert_eq!(int(42), 42);
+    }
+}
