@@ -1,1 +1,33 @@
-//! x
+//! vigil's end-to-end test harness: real processes on real ports, cleaned up by PID.
+//!
+//! The tests in `tests/tests/*.rs` drive the built binaries (`vigil`, `vigil-agent`) against real components, never
+//! mocks. This crate owns the pieces they share:
+//!
+//! - [`paths`]: where the built binaries are ([`bin`]) and a per-test temporary directory ([`TestDir`]).
+//! - [`poll`]: waiting for a condition with a deadline ([`wait_until`], [`wait_for`]); no fixed sleeps in tests.
+//! - [`net`]: free loopback ports ([`free_port`]) and "is something listening" probes.
+//! - [`process`]: [`Proc`], a child whose output goes to files and which is stopped by PID (SIGTERM, then SIGKILL)
+//!   when dropped.
+//! - [`sshd`]: [`Sshd`], a real OpenSSH `sshd` on 127.0.0.1 with its own host key, config and authorized keys, and
+//!   [`ClientKey`], an ed25519 key pair for logging in.
+//! - [`users`]: [`LocalUser`], a throwaway local account with a password, for password and non-root logins.
+//! - [`smtp`]: [`Smtp`], a real SMTP server (Debian's aiosmtpd) writing each mail to a maildir.
+//!
+//! Everything here needs root and the packages `scripts/test.sh` installs (openssh-server, openssh-client,
+//! python3-aiosmtpd); a missing piece is an error that says what to install, never a skipped test.
+
+pub mod net;
+pub mod paths;
+pub mod poll;
+pub mod process;
+pub mod smtp;
+pub mod sshd;
+pub mod users;
+
+pub use net::{free_port, port_accepts};
+pub use paths::{TestDir, bin, try_bin, workspace_root};
+pub use poll::{wait_for, wait_until};
+pub use process::{Proc, SIGHUP, SIGINT, SIGKILL, SIGTERM, kill_processes_under, pid_alive, signal_pid};
+pub use smtp::{Mail, Smtp};
+pub use sshd::{ClientKey, RootLogin, Sshd, SshdOpts};
+pub use users::LocalUser;
