@@ -20,6 +20,7 @@ pub fn collect(sys: &mut System) -> MemoryStats {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

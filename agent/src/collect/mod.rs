@@ -67,6 +67,9 @@ impl Collectors {
     /// Collects the families `which` names (duplicates are collected once) and leaves the others out.
     pub fn collect(&mut self, which: &[Collector]) -> Stats {
         let mut stats = Stats::default();
+        if which.contains(&Collector::Partitions) || which.contains(&Collector::DiskUsage) {
+            self.refresh_disks();
+        }
         for c in Collector::ALL {
             if !which.contains(&c) {
                 continue;
@@ -81,8 +84,8 @@ impl Collectors {
                 Collector::Cpu => stats.cpu = self.sys.as_mut().map(cpu::collect),
                 Collector::Memory => stats.memory = self.sys.as_mut().map(memory::collect),
                 Collector::Swap => stats.swap = self.sys.as_mut().map(swap::collect),
-                Collector::Partitions => stats.partitions = self.disks().map(partitions::collect),
-                Collector::DiskUsage => stats.disk_usage = self.disks().map(disk_usage::collect),
+                Collector::Partitions => stats.partitions = self.disks.as_ref().map(partitions::collect),
+                Collector::DiskUsage => stats.disk_usage = self.disks.as_ref().map(disk_usage::collect),
                 Collector::Network => stats.network = Some(self.network.collect()),
                 Collector::SecurityEvents => stats.security_events = Some(self.security.collect()),
             }
@@ -90,8 +93,8 @@ impl Collectors {
         stats
     }
 
-    /// The disk list, refreshed (mounts only: space comes from statvfs where available).
-    fn disks(&mut self) -> Option<&Disks> {
+    /// Refreshes the disk list (mounts only: space comes from statvfs where available).
+    fn refresh_disks(&mut self) {
         let refresh = disk_refresh_kind();
         match self.disks.as_mut() {
             Some(d) => d.refresh_specifics(true, refresh),
@@ -101,7 +104,6 @@ impl Collectors {
                     .ok()
             }
         }
-        self.disks.as_ref()
     }
 }
 
@@ -150,6 +152,7 @@ pub fn now_unix() -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use vigil_schema::report::Report;

@@ -183,6 +183,7 @@ fn file_id(_m: &std::fs::Metadata) -> FileId {
 }
 
 #[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use std::io::Write;

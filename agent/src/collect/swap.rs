@@ -14,6 +14,7 @@ pub fn collect(sys: &mut System) -> SwapStats {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -30,6 +30,7 @@ pub fn collect(sys: &mut System) -> SystemInfo {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

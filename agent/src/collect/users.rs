@@ -39,6 +39,7 @@ pub fn collect(path: Option<&Path>) -> Users {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::collect::utmp::{USER_PROCESS, tests::record};

@@ -54,6 +54,7 @@ fn field(rec: &[u8], (at, len): (usize, usize)) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 pub(crate) mod tests {
     use super::*;
 
