@@ -232,6 +232,7 @@ pub fn render_json(hosts: &[HostStatus], config_error: Option<&str>) -> Result<S
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::store::Incoming;

@@ -330,6 +330,7 @@ pub fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use vigil_schema::report::{MemoryStats, Report, Stats};
