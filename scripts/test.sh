@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs all of vigil's tests against the real components (OpenSSH sshd, aiosmtpd, SQLite files).
+#
+# Installs what the tests need when it is missing (Debian packages openssh-server, openssh-client, python3-aiosmtpd;
+# the rustfmt and clippy components), builds every binary the end-to-end tests drive, then runs `cargo test` on the
+# whole workspace. Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p vigil-tests harness -- --nocapture`.
+# Needs root: the tests start sshd and create throwaway local users.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: run as root (the tests start sshd and create local users)" >&2
+    exit 1
+fi
+
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+{ [ -x /usr/bin/ssh ] && [ -x /usr/bin/ssh-keygen ]; } || missing+=(openssh-client)
+{ [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; } || missing+=(python3-aiosmtpd)
+command -v useradd >/dev/null || missing+=(passwd)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "scripts/test.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+fi
+
+# sshd's privilege separation directory; a fresh container does not have it.
+mkdir -p /run/sshd
+
+cargo build --workspace --bins
+cargo test --workspace "$@"
