@@ -10,12 +10,18 @@
 //! - [`ingest`]: the single writer that groups reports into transactions and acknowledges each after commit.
 //! - [`store`]: the SQLite database: migrations, typed tables, queries for the operator views, retention.
 //! - [`status`]: the `vigil status` view, read straight from the database.
+//! - [`reload`]: watches both config files and publishes each valid edit; the last good config stays otherwise.
+//! - [`provision`] and [`bootstrap`]: an agent's directory, credentials and registration; installing, upgrading,
+//!   starting and removing agents (on this machine for `transport="local"`).
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
+pub mod bootstrap;
 pub mod config;
 pub mod endpoint;
 pub mod ingest;
 pub mod keys;
+pub mod provision;
+pub mod reload;
 pub mod serve;
 pub mod status;
 pub mod store;
