@@ -12,10 +12,13 @@
 //!   [`ClientKey`], an ed25519 key pair for logging in.
 //! - [`users`]: [`LocalUser`], a throwaway local account with a password, for password and non-root logins.
 //! - [`smtp`]: [`Smtp`], a real SMTP server (Debian's aiosmtpd) writing each mail to a maildir.
+//! - [`fleet`]: `clients.xml` and `jobs.toml` written for the hosts a test started ([`ClientEntry`],
+//!   [`jobs_toml`]) in a [`Workdir`] where `vigil` runs with `--clients` and `--jobs`.
 //!
 //! Everything here needs root and the packages `scripts/test.sh` installs (openssh-server, openssh-client,
 //! python3-aiosmtpd); a missing piece is an error that says what to install, never a skipped test.
 
+pub mod fleet;
 pub mod net;
 pub mod paths;
 pub mod poll;
@@ -24,6 +27,7 @@ pub mod smtp;
 pub mod sshd;
 pub mod users;
 
+pub use fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
 pub use net::{free_port, port_accepts};
 pub use paths::{TestDir, bin, try_bin, workspace_root};
 pub use poll::{wait_for, wait_until};
