@@ -60,10 +60,12 @@ impl AgentConfig {
         }
         let secret = AgentSecret::from_hex(&file.secret.0).map_err(|e| invalid(format!("secret: {e}")))?;
         let key_path = resolve(&file.key_file);
-        let key_text = std::fs::read_to_string(&key_path)
-            .map_err(|source| ConfigError::Io { path: key_path.clone(), source })?;
-        let key = PrivateKey::from_openssh(key_text.as_bytes())
-            .map_err(|e| ConfigError::Invalid { path: key_path.clone(), message: format!("not an OpenSSH private key: {e}") })?;
+        let key_text =
+            std::fs::read_to_string(&key_path).map_err(|source| ConfigError::Io { path: key_path.clone(), source })?;
+        let key = PrivateKey::from_openssh(key_text.as_bytes()).map_err(|e| ConfigError::Invalid {
+            path: key_path.clone(),
+            message: format!("not an OpenSSH private key: {e}"),
+        })?;
         Ok(Self {
             agent_id: file.agent_id.clone(),
             server: file.server.clone(),

@@ -50,10 +50,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if cli.once {
@@ -101,7 +100,8 @@ async fn run(cfg: AgentConfig) -> ExitCode {
         }
     };
     tracing::info!(agent = %cfg.agent_id, server = %cfg.server, spooled = spool.borrow().len(), "starting");
-    let collectors = Collectors::new(CollectOptions { utmp_path: cfg.utmp.clone(), auth_log_path: cfg.auth_log.clone() });
+    let collectors =
+        Collectors::new(CollectOptions { utmp_path: cfg.utmp.clone(), auth_log_path: cfg.auth_log.clone() });
     let (schedule_tx, schedule_rx) = watch::channel(cfg.load_schedule());
     let produced = Notify::new();
     let cancel = CancellationToken::new();

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use vigil_schema::frame::{self, FrameDecoder};
 use vigil_schema::job::Schedule;
-use vigil_schema::proto::{AgentMsg, CONTROL_SEQ, ErrorCode, PROTOCOL_VERSION, SUBSYSTEM, ServerMsg, open_msg, seal_msg};
+use vigil_schema::proto::{
+    AgentMsg, CONTROL_SEQ, ErrorCode, PROTOCOL_VERSION, SUBSYSTEM, ServerMsg, open_msg, seal_msg,
+};
 
 use crate::config::AgentConfig;
 use crate::spool::Spool;
@@ -159,7 +161,8 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").into(),
         schedule_hash: schedule_tx.borrow().hash(),
     };
-    let bytes = seal_msg(&cfg.keys, &cfg.agent_id, CONTROL_SEQ, &hello).map_err(|e| PushError::Protocol(e.to_string()))?;
+    let bytes =
+        seal_msg(&cfg.keys, &cfg.agent_id, CONTROL_SEQ, &hello).map_err(|e| PushError::Protocol(e.to_string()))?;
     wr.data_bytes(bytes).await?;
 
     // Reports spooled before this connection are backlog, drained at a bounded rate; later ones go out at once.

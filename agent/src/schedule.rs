@@ -19,7 +19,8 @@ use crate::spool::Spool;
 /// This agent's fixed offset for `job`, in milliseconds within `[0, jitter]`.
 pub fn phase_ms(agent_id: &str, job: &Job) -> u64 {
     let span = u64::from(job.jitter_s) * 1000 + 1;
-    let h = Sha256::new().chain_update(agent_id.as_bytes()).chain_update(b"/").chain_update(job.name.as_bytes()).finalize();
+    let h =
+        Sha256::new().chain_update(agent_id.as_bytes()).chain_update(b"/").chain_update(job.name.as_bytes()).finalize();
     let mut b = [0u8; 8];
     b.copy_from_slice(&h[..8]);
     u64::from_be_bytes(b) % span
@@ -40,7 +41,8 @@ pub fn run_job(
     let collected_at_ms = now_ms();
     let (seq, dropped) = spool.borrow_mut().next().map_err(|e| format!("spool: {e}"))?;
     let report = Report { seq, job: job.name.clone(), collected_at_ms, dropped, stats };
-    let frame_payload = seal_msg(&cfg.keys, &cfg.agent_id, seq, &AgentMsg::Report(report)).map_err(|e| e.to_string())?;
+    let frame_payload =
+        seal_msg(&cfg.keys, &cfg.agent_id, seq, &AgentMsg::Report(report)).map_err(|e| e.to_string())?;
     // Spool the envelope itself (without the frame prefix).
     let sealed = &frame_payload[vigil_schema::frame::PREFIX_LEN..];
     spool.borrow_mut().put(seq, dropped, sealed).map_err(|e| format!("spool: {e}"))?;
@@ -63,11 +65,8 @@ pub async fn run(
         let schedule = schedule_rx.borrow_and_update().clone();
         tracing::info!(jobs = schedule.jobs.len(), hash = %schedule.hash(), "running schedule");
         let start = Instant::now();
-        let mut due: Vec<Instant> = schedule
-            .jobs
-            .iter()
-            .map(|j| start + Duration::from_millis(phase_ms(&cfg.agent_id, j)))
-            .collect();
+        let mut due: Vec<Instant> =
+            schedule.jobs.iter().map(|j| start + Duration::from_millis(phase_ms(&cfg.agent_id, j))).collect();
         loop {
             let next = due.iter().enumerate().min_by_key(|(_, t)| **t).map(|(i, t)| (i, *t));
             let sleep = async {

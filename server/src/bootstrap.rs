@@ -93,7 +93,9 @@ pub fn bootstrap_local(
     let pinned_ok = std::fs::read_to_string(dir.join(layout::CONFIG))
         .ok()
         .and_then(|t| toml::from_str::<AgentConfigFile>(&t).ok())
-        .is_some_and(|c| c.server_host_key == server_fingerprint && c.server == crate::provision::endpoint_for(config, host));
+        .is_some_and(|c| {
+            c.server_host_key == server_fingerprint && c.server == crate::provision::endpoint_for(config, host)
+        });
     let valid = current.as_ref().is_some_and(|id| registered.iter().any(|a| &a.agent_id == id && a.host == host.name))
         && dir.join(layout::KEY).is_file()
         && pinned_ok;

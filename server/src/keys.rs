@@ -89,9 +89,8 @@ pub fn host_key_fingerprint(data_dir: &Path) -> Result<String, KeyError> {
 
 /// Reads an OpenSSH private key file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?,
-    );
+    let text =
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?);
     PrivateKey::from_openssh(text.as_bytes())
         .map_err(|e| KeyError::Parse { path: path.to_owned(), message: e.to_string() })
 }

@@ -1,1 +1,326 @@
-fn main() {}
+//! `vigil`: the operator's command. Parses arguments, sets up logging, and maps errors to exit codes; the work is
+//! in the `vigil_server` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use vigil_server::config::{Config, ConfigError, Transport};
+use vigil_server::store::Store;
+
+/// vigil: fleet monitoring over SSH.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    files: Files,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The two config files every command reads.
+#[derive(Debug, Args)]
+struct Files {
+    /// The fleet: hosts, logins, alert limits.
+    #[arg(long, global = true, default_value = "clients.xml")]
+    clients: PathBuf,
+    /// What to collect, how often, and the server's settings.
+    #[arg(long, global = true, default_value = "jobs.toml")]
+    jobs: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate clients.xml and jobs.toml without side effects.
+    Check {
+        /// Print each host's resolved schedule.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Run the server: SSH endpoint, ingest, live reload, local agents.
+    Serve,
+    /// One row per host: last report, latest figures, silence, pending config errors.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install (or repair, or upgrade) the agent on hosts.
+    Bootstrap {
+        /// Host names from clients.xml.
+        hosts: Vec<String>,
+        /// Every host in clients.xml.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop and remove the agent from hosts, and forget its registration.
+    Uninstall { hosts: Vec<String> },
+    /// Mint credentials for a host's agent and write its files (agent.toml, key, schedule) into a directory,
+    /// without installing or starting anything: for manual installs and tests.
+    Enroll {
+        host: String,
+        /// Directory to write into (created 0700).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Collector source overrides written into agent.toml.
+        #[arg(long)]
+        utmp: Option<String>,
+        #[arg(long)]
+        auth_log: Option<String>,
+    },
+    /// Print the server's SSH host-key fingerprint (created on first use).
+    HostKey,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,russh=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let files = &cli.files;
+    match cli.command {
+        Command::Check { verbose } => Ok(check(files, verbose)),
+        Command::Serve => serve(files),
+        Command::Status { json } => status(files, json),
+        Command::Bootstrap { hosts, all, dry_run } => bootstrap(files, &hosts, all, dry_run),
+        Command::Uninstall { hosts } => uninstall(files, &hosts),
+        Command::Enroll { host, dir, utmp, auth_log } => enroll(files, &host, &dir, utmp, auth_log),
+        Command::HostKey => {
+            let config = load(files)?;
+            println!("{}", vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(files: &Files) -> anyhow::Result<Config> {
+    let loaded = Config::load(&files.clients, &files.jobs)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded.config)
+}
+
+fn check(files: &Files, verbose: bool) -> ExitCode {
+    match Config::load(&files.clients, &files.jobs) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                println!("warning: {w}");
+            }
+            let c = &loaded.config;
+            println!(
+                "ok: {} host(s) in {}, {} job(s) in {}",
+                c.clients.len(),
+                files.clients.display(),
+                c.jobs.len(),
+                files.jobs.display()
+            );
+            if verbose {
+                for h in &c.clients {
+                    let s = c.schedule_for(&h.name);
+                    println!("{} ({}, {:?}) schedule {}", h.name, h.ip, h.transport, &s.hash()[..12]);
+                    for j in &s.jobs {
+                        let names: Vec<&str> = j.collectors.iter().map(|c| c.name()).collect();
+                        println!(
+                            "  {:<12} every {:>5}s jitter {:>3}s: {}",
+                            j.name,
+                            j.interval_s,
+                            j.jitter_s,
+                            names.join(", ")
+                        );
+                    }
+                    for a in &h.alerts {
+                        println!(
+                            "  alert {:?} limit {}{}",
+                            a.kind,
+                            a.limit,
+                            a.mount.as_deref().map(|m| format!(" on {m}")).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid(diags)) => {
+            for d in &diags {
+                println!("error: {d}");
+            }
+            println!("{} error(s); nothing applied", diags.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(files: &Files) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = {
+            let shutdown = shutdown.clone();
+            async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+                else {
+                    return std::future::pending().await;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                shutdown.cancel();
+            }
+        };
+        let opts = vigil_server::serve::ServeOptions {
+            clients: files.clients.clone(),
+            jobs: files.jobs.clone(),
+            limits: Default::default(),
+            start_local_agents: true,
+        };
+        tokio::select! {
+            r = vigil_server::serve::run(opts, shutdown.clone()) => r?,
+            _ = signals => {}
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn status(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
+    let config = load(files)?;
+    let store = Store::open_readonly(&config.server.database)?;
+    let hosts: Vec<(String, String, Option<u32>)> = config
+        .clients
+        .iter()
+        .map(|h| (h.name.clone(), h.ip.clone(), config.schedule_for(&h.name).min_interval_s()))
+        .collect();
+    let rows = vigil_server::status::collect(&store, &hosts, now_ms())?;
+    let err = vigil_server::status::config_error(&store)?;
+    if json {
+        println!("{}", vigil_server::status::render_json(&rows, err.as_deref())?);
+    } else {
+        print!("{}", vigil_server::status::render_table(&rows, err.as_deref()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn select_hosts<'a>(
+    config: &'a Config,
+    names: &[String],
+    all: bool,
+) -> anyhow::Result<Vec<&'a vigil_server::config::Host>> {
+    if all {
+        return Ok(config.clients.iter().collect());
+    }
+    if names.is_empty() {
+        anyhow::bail!("name hosts from clients.xml, or pass --all");
+    }
+    names.iter().map(|n| config.host(n).with_context(|| format!("{n}: no such host in clients.xml"))).collect()
+}
+
+fn bootstrap(files: &Files, names: &[String], all: bool, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let config = load(files)?;
+    let hosts = select_hosts(&config, names, all)?;
+    if dry_run {
+        for h in &hosts {
+            let dir = vigil_server::provision::local::agent_dir(&h.name);
+            match h.transport {
+                Transport::Local => println!(
+                    "{}: local; would install the agent in {} (0700), register it, and start it dialing {}",
+                    h.name,
+                    dir.display(),
+                    vigil_server::provision::endpoint_for(&config, h)
+                ),
+                Transport::Ssh => println!("{}: ssh to {}:{}; not supported by this build", h.name, h.ip, h.port),
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fingerprint = vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?;
+    let binary = vigil_server::provision::agent_binary()?;
+    let mut store = Store::open(&config.server.database)?;
+    let mut failed = 0;
+    for h in &hosts {
+        match vigil_server::bootstrap::bootstrap_host(&config, h, &mut store, &fingerprint, &binary) {
+            Ok(done) => println!("ok   {}: {done}", h.name),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}: {e}", h.name);
+            }
+        }
+    }
+    println!("{} succeeded, {failed} failed", hosts.len() - failed);
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn uninstall(files: &Files, names: &[String]) -> anyhow::Result<ExitCode> {
+    let config = load(files)?;
+    let hosts = select_hosts(&config, names, false)?;
+    let mut store = Store::open(&config.server.database)?;
+    let mut failed = 0;
+    for h in hosts {
+        let r = match h.transport {
+            Transport::Local => {
+                vigil_server::bootstrap::uninstall_local(&h.name, &mut store).map_err(anyhow::Error::from)
+            }
+            Transport::Ssh => Err(anyhow::anyhow!("uninstall over SSH is not supported by this build")),
+        };
+        match r {
+            Ok(()) => println!("ok   {}: agent stopped and removed", h.name),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}: {e:#}", h.name);
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn enroll(
+    files: &Files,
+    name: &str,
+    dir: &std::path::Path,
+    utmp: Option<String>,
+    auth_log: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use vigil_server::provision::{AgentFiles, layout};
+    let config = load(files)?;
+    let host = config.host(name).with_context(|| format!("{name}: no such host in clients.xml"))?;
+    let fingerprint = vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?;
+    let files =
+        AgentFiles::new(&config, host, &fingerprint, vigil_schema::agent_config::CollectPaths { utmp, auth_log })?;
+    vigil_server::keys::ensure_private_dir(dir)?;
+    let mut store = Store::open(&config.server.database)?;
+    store.remove_agents_of_host(name)?;
+    store.register_agent(&files.record(name, now_ms()))?;
+    vigil_server::keys::write_private(&dir.join(layout::KEY), files.creds.private_key_openssh.as_bytes())?;
+    vigil_server::keys::write_private(&dir.join(layout::SCHEDULE), files.schedule_json.as_bytes())?;
+    vigil_server::keys::write_private(&dir.join(layout::CONFIG), files.agent_toml.as_bytes())?;
+    println!("{}", files.creds.agent_id);
+    Ok(ExitCode::SUCCESS)
+}

@@ -62,7 +62,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The directory name an agent of `host` uses inside the temp directory.
 pub fn dir_name(host: &str) -> String {
-    let safe: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    let safe: String =
+        host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
     format!("vigil-agent-{safe}")
 }
 
@@ -81,7 +82,12 @@ pub struct AgentFiles {
 
 impl AgentFiles {
     /// Mints credentials for `host` and renders its files.
-    pub fn new(config: &Config, host: &Host, server_fingerprint: &str, collect: CollectPaths) -> Result<Self, ProvisionError> {
+    pub fn new(
+        config: &Config,
+        host: &Host,
+        server_fingerprint: &str,
+        collect: CollectPaths,
+    ) -> Result<Self, ProvisionError> {
         let creds = AgentCredentials::mint(&host.name)?;
         let file = AgentConfigFile {
             agent_id: creds.agent_id.clone(),
@@ -140,7 +146,10 @@ pub mod local {
         match std::fs::symlink_metadata(dir) {
             Ok(m) => {
                 if m.file_type().is_symlink() || !m.is_dir() {
-                    return Err(ProvisionError::Unsafe(format!("{} exists and is not a plain directory", dir.display())));
+                    return Err(ProvisionError::Unsafe(format!(
+                        "{} exists and is not a plain directory",
+                        dir.display()
+                    )));
                 }
                 if m.uid() != my_uid()? {
                     return Err(ProvisionError::Unsafe(format!("{} belongs to another user", dir.display())));

@@ -149,7 +149,12 @@ impl russh::server::Handler for Handler {
         Ok(())
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.refuse("exec");
         session.channel_failure(channel)?;
         Ok(())
@@ -206,7 +211,12 @@ impl russh::server::Handler for Handler {
         Ok(())
     }
 
-    async fn tcpip_forward(&mut self, _address: &str, _port: &mut u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         self.refuse("tcpip-forward");
         Ok(false)
     }

@@ -23,10 +23,7 @@ use crate::store::{Incoming, Outcome};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, seq: Option<u64>) -> ServerMsg {
@@ -156,7 +153,13 @@ impl Reader {
         }
     }
 
-    fn refuse(&self, state: &mut State, counter: &std::sync::atomic::AtomicU64, what: &str, detail: &dyn std::fmt::Display) {
+    fn refuse(
+        &self,
+        state: &mut State,
+        counter: &std::sync::atomic::AtomicU64,
+        what: &str,
+        detail: &dyn std::fmt::Display,
+    ) {
         state.errors = state.errors.saturating_add(1);
         if let Some(n) = Counters::bump(counter) {
             tracing::warn!(agent = %self.agent.agent_id, host = %self.agent.host, count = n, "{what}: {detail}");
