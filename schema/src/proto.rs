@@ -21,6 +21,8 @@ pub const CONTROL_SEQ: u64 = 0;
 pub const SUBSYSTEM: &str = "vigil";
 
 /// From agent to server.
+// A message lives only between decoding and storing; boxing the report would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMsg {
