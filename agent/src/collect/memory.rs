@@ -19,12 +19,11 @@ pub fn collect(sys: &mut System) -> MemoryStats {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
-    #[cfg(target_os = "linux")]
     #[test]
     fn total_equals_proc_meminfo() {
         let mut sys = System::new().unwrap();

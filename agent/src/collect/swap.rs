@@ -13,12 +13,11 @@ pub fn collect(sys: &mut System) -> SwapStats {
     SwapStats { total, used, free: sys.free_swap().min(total), used_pct: percent(used, total) }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
-    #[cfg(target_os = "linux")]
     #[test]
     fn totals_match_proc_meminfo() {
         let mut sys = System::new().unwrap();

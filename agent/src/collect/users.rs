@@ -42,7 +42,6 @@ pub fn collect(path: Option<&Path>) -> Users {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
-    use crate::collect::utmp::{USER_PROCESS, tests::record};
 
     #[test]
     fn missing_utmp_is_no_source() {
@@ -61,6 +60,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn written_utmp_is_read() {
+        use crate::collect::utmp::{USER_PROCESS, tests::record};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("utmp");
         let mut bytes = record(USER_PROCESS, "carol", "pts/2", "192.0.2.1", 1_750_000_000);
