@@ -8,7 +8,8 @@ use std::time::Duration;
 /// Ports this test process has handed out already, so two services in one test binary never get the same one.
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// A TCP port on 127.0.0.1 that was free a moment ago and has not been returned before by this process.
+/// A TCP port on 127.0.0.1 that was free a moment ago and has not been returned before by this process. Panics when
+/// no loopback port can be bound at all (the machine cannot run these tests).
 pub fn free_port() -> u16 {
     loop {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -29,7 +30,6 @@ pub fn port_accepts(port: u16) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

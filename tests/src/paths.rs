@@ -92,7 +92,6 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

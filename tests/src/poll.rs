@@ -28,7 +28,6 @@ pub fn wait_for(timeout: Duration, what: &str, cond: impl FnMut() -> bool) -> Re
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -191,7 +191,6 @@ pub fn kill_processes_under(dir: &Path) -> Vec<u32> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::paths::TestDir;

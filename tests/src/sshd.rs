@@ -4,6 +4,10 @@
 //! Authorized keys live in `<dir>/authorized_keys/<user>` (`AuthorizedKeysFile` with `%u`), so a test authorizes a
 //! key for root or a [`LocalUser`](crate::LocalUser) without touching anyone's home. `StrictModes no` lets sshd use
 //! files under /tmp; `UsePAM no` keeps logins independent of the machine's PAM setup.
+//!
+//! Stopping sshd ends the listener only: sessions call setsid(), so a process a login left running (an agent started
+//! detached by `vigil bootstrap`) outlives it. Tests remove those with `vigil uninstall` or
+//! [`kill_processes_under`](crate::kill_processes_under) on the install directory.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -341,7 +345,6 @@ fn read_trimmed(path: &Path) -> Result<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

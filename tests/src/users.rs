@@ -128,7 +128,6 @@ fn random_password() -> Result<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
