@@ -84,16 +84,20 @@ struct RawElement {
     /// Offset of the `<`.
     at: usize,
     attrs: Vec<RawAttr>,
+    /// An attribute could not be read (syntax error), so `attrs` may lack some.
+    broken: bool,
 }
 
 impl RawElement {
     /// Reports every attribute not in `allowed`, and returns the others by name.
-    fn known_attrs<'r>(&'r self, allowed: &[&str], diags: &mut Diags) -> HashMap<&'r str, &'r RawAttr> {
+    fn known_attrs<'r>(&'r self, allowed: &[&str], diags: &mut Diags) -> Attrs<'r> {
         let mut known = HashMap::new();
+        let mut incomplete = self.broken;
         for a in &self.attrs {
             if allowed.contains(&a.name.as_str()) {
                 known.insert(a.name.as_str(), a);
             } else {
+                incomplete = true;
                 let dym = values::did_you_mean(&a.name, allowed.iter().copied());
                 let expected = if allowed.is_empty() {
                     format!("<{}> takes no attributes", self.name)
@@ -103,7 +107,32 @@ impl RawElement {
                 diags.at(a.name_at, format!("unknown attribute `{}` on <{}>{dym}; {expected}", a.name, self.name));
             }
         }
-        known
+        Attrs { known, incomplete }
+    }
+}
+
+/// The known attributes of an element.
+#[derive(Debug)]
+struct Attrs<'r> {
+    known: HashMap<&'r str, &'r RawAttr>,
+    /// An unknown or unreadable attribute was reported: an attribute then reported missing is most likely that one,
+    /// so "missing" is not reported on top.
+    incomplete: bool,
+}
+
+impl<'r> Attrs<'r> {
+    fn get(&self, name: &str) -> Option<&&'r RawAttr> {
+        self.known.get(name)
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.known.contains_key(name)
+    }
+
+    fn missing(&self, diags: &mut Diags, at: usize, message: &str) {
+        if !self.incomplete {
+            diags.at(at, message);
+        }
     }
 }
 
@@ -140,7 +169,8 @@ fn offset_of(source: &str, part: &str) -> Option<usize> {
 fn read_element(source: &str, e: &BytesStart<'_>, diags: &mut Diags) -> RawElement {
     let qname = e.name();
     let name_at = offset_of(source, qname.0).unwrap_or(0);
-    let mut el = RawElement { name: qname.0.to_string(), at: name_at.saturating_sub(1), attrs: Vec::new() };
+    let mut el =
+        RawElement { name: qname.0.to_string(), at: name_at.saturating_sub(1), attrs: Vec::new(), broken: false };
     for attr in e.attributes() {
         match attr {
             Ok(a) => {
@@ -175,6 +205,7 @@ fn read_element(source: &str, e: &BytesStart<'_>, diags: &mut Diags) -> RawEleme
                     }
                 };
                 diags.at(name_at + pos, message);
+                el.broken = true;
                 if fatal {
                     break;
                 }
@@ -318,30 +349,37 @@ fn validate(raw: RawClients, base: &Path, diags: &mut Diags) -> (Vec<Host>, Vec<
     let defaults = alerts(&raw.defaults, diags);
     let mut hosts = Vec::new();
     let mut locs = Vec::new();
-    // name -> (offset of its <client>)
-    let mut names: HashMap<String, usize> = HashMap::new();
+    // Names are checked for duplicates from the raw attributes, so a duplicate shows even when one of the two
+    // clients has other problems.
+    let mut names: HashMap<&str, usize> = HashMap::new();
     for client in &raw.clients {
-        let Some((mut host, name_at, named)) = host(&client.element, base, diags) else {
-            // Still check the alerts so all problems show at once.
-            alerts(&client.alerts, diags);
-            continue;
+        let el = &client.element;
+        let attr = |name: &str| el.attrs.iter().find(|a| a.name == name);
+        let (name, named) = match (attr("name"), attr("ip")) {
+            (Some(n), _) => (Some(n), true),
+            (None, ip) => (ip, false),
         };
-        if let Some(&first) = names.get(&host.name) {
-            let first = diags.loc(first);
-            let hint = if named { "" } else { "; give one of them a `name` attribute" };
-            diags.at(
-                name_at,
-                format!(
-                    "duplicate host name \"{}\" (first used on line {}){hint}; host names must be unique",
-                    host.name, first.line
-                ),
-            );
-        } else {
-            names.insert(host.name.clone(), client.element.at);
+        if let Some(name) = name {
+            if let Some(&first) = names.get(name.value.as_str()) {
+                let first = diags.loc(first);
+                let hint = if named { "" } else { "; give one of them a `name` attribute" };
+                diags.at(
+                    name.value_at,
+                    format!(
+                        "duplicate host name \"{}\" (first used on line {}){hint}; host names must be unique",
+                        name.value, first.line
+                    ),
+                );
+            } else {
+                names.insert(name.value.as_str(), el.at);
+            }
         }
-        host.alerts = merge_defaults(alerts(&client.alerts, diags), &defaults);
-        locs.push(diags.loc(client.element.at));
-        hosts.push(host);
+        let own = alerts(&client.alerts, diags);
+        if let Some(mut host) = host(el, base, diags) {
+            host.alerts = merge_defaults(own, &defaults);
+            locs.push(diags.loc(el.at));
+            hosts.push(host);
+        }
     }
     (hosts, locs, defaults)
 }
@@ -354,9 +392,8 @@ fn merge_defaults(mut own: Vec<AlertRule>, defaults: &[AlertRule]) -> Vec<AlertR
     own
 }
 
-/// Validates one `<client>`: the host (alerts not yet set), the offset to blame for a duplicate name, and whether
-/// the name was given explicitly.
-fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<(Host, usize, bool)> {
+/// Validates one `<client>` into a host (alerts not yet set).
+fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
     let errors_before = diags.items.len();
     let a = el.known_attrs(&CLIENT_ATTRIBUTES, diags);
     let text = |name: &str| a.get(name).map(|attr| attr.value.as_str());
@@ -372,7 +409,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<(Host, usize,
     if a.contains_key("ip") {
         check("ip", diags, &|v| values::host(v).map_err(|m| format!("bad ip: {m}")));
     } else {
-        diags.at(el.at, "<client> is missing the required attribute `ip`");
+        a.missing(diags, el.at, "<client> is missing the required attribute `ip`");
     }
     let name = text("name").unwrap_or(&ip).to_string();
     check("name", diags, &|v| values::name(v, "host name"));
@@ -421,8 +458,9 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<(Host, usize,
             }
         },
     };
-    if transport == Transport::Ssh && !a.contains_key("username") {
-        diags.at(el.at, "<client> is missing `username`, which SSH hosts need (or set transport=\"local\")");
+    let ssh = a.get("transport").is_none_or(|t| t.value == "ssh");
+    if ssh && !a.contains_key("username") {
+        a.missing(diags, el.at, "<client> is missing `username`, which SSH hosts need (or set transport=\"local\")");
     }
 
     let mut tags: Vec<String> = Vec::new();
@@ -456,11 +494,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<(Host, usize,
     if diags.items.len() > errors_before {
         return None;
     }
-    let (name_at, named) = match a.get("name") {
-        Some(attr) => (attr.value_at, true),
-        None => (a.get("ip").map_or(el.at, |attr| attr.value_at), false),
-    };
-    let host = Host {
+    Some(Host {
         name,
         ip,
         port,
@@ -473,8 +507,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<(Host, usize,
         tags,
         endpoint: env("endpoint"),
         alerts: Vec::new(),
-    };
-    Some((host, name_at, named))
+    })
 }
 
 /// An OpenSSH SHA256 fingerprint: `SHA256:` and 43 base64 characters (a trailing `=` allowed).
@@ -515,7 +548,7 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
     let a = el.known_attrs(&ALERT_ATTRIBUTES, diags);
     let kind = match a.get("type") {
         None => {
-            diags.at(el.at, "<alert> is missing the required attribute `type`");
+            a.missing(diags, el.at, "<alert> is missing the required attribute `type`");
             None
         }
         Some(attr) => {
@@ -533,7 +566,7 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
     };
     let limit = match (a.get("limit"), kind) {
         (None, _) => {
-            diags.at(el.at, "<alert> is missing the required attribute `limit`");
+            a.missing(diags, el.at, "<alert> is missing the required attribute `limit`");
             None
         }
         (Some(_), None) => None,
@@ -745,7 +778,7 @@ mod tests {
         assert_eq!(
             e,
             [
-                "2:3: <client> is missing `username`, which SSH hosts need (or set transport=\"local\")",
+                // No "missing username" on top: the unknown `user` is most likely it.
                 "2:31: bad port \"0\"; expected a number from 1 to 65535",
                 "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
                  port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail",

@@ -54,12 +54,15 @@ pub(crate) struct JobLocs {
 
 /// Reads and validates jobs.toml from its text. `path` names the file in diagnostics and anchors `data_dir`.
 pub(crate) fn parse(path: &Path, source: &str) -> Result<JobsFile, Vec<Diagnostic>> {
-    let mut cx = Cx { diags: Diags::new(path, source), syntax_errors: false };
+    let mut cx = Cx { diags: Diags::new(path, source) };
     let (doc, errors) = DeTable::parse_recoverable(source);
     for e in &errors {
         cx.diags.at(e.span().map_or(0, |s| s.start), format!("TOML syntax error: {}", e.message().trim_end()));
     }
-    cx.syntax_errors = !errors.is_empty();
+    if !errors.is_empty() {
+        // The recovered tree holds placeholders where the syntax was broken: checking it would report them.
+        return Err(cx.diags.into_sorted());
+    }
     let base = path.parent().unwrap_or(Path::new(""));
     let validated = validate(doc.get_ref(), base, &mut cx);
     match validated {
@@ -70,34 +73,46 @@ pub(crate) fn parse(path: &Path, source: &str) -> Result<JobsFile, Vec<Diagnosti
     }
 }
 
-/// Validation context: the diagnostics, and whether the document had syntax errors (then keys reported missing
-/// may only be unreadable, so "missing" is not reported on top).
+/// Validation context: the diagnostics of the file.
 struct Cx<'s> {
     diags: Diags<'s>,
-    syntax_errors: bool,
 }
 
-impl Cx<'_> {
-    fn missing(&mut self, at: usize, message: String) {
-        if !self.syntax_errors {
-            self.diags.at(at, message);
+/// The known keys of a table, and whether it also had unknown ones.
+struct Fields<'t, 'i> {
+    known: HashMap<&'t str, &'t Value<'i>>,
+    /// An unknown key was reported: a key then reported missing is most likely that one misspelt, so it is not.
+    had_unknown: bool,
+}
+
+impl<'t, 'i> Fields<'t, 'i> {
+    fn get(&self, key: &str) -> Option<&&'t Value<'i>> {
+        self.known.get(key)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.known.contains_key(key)
+    }
+
+    fn missing(&self, cx: &mut Cx<'_>, at: usize, message: String) {
+        if !self.had_unknown {
+            cx.diags.at(at, message);
         }
     }
 }
 
 /// A table's known keys; unknown keys are reported.
-fn fields<'t, 'i>(
-    table: &'t DeTable<'i>,
-    allowed: &[&str],
-    what: &str,
-    cx: &mut Cx<'_>,
-) -> HashMap<&'t str, &'t Value<'i>> {
+fn fields<'t, 'i>(table: &'t DeTable<'i>, allowed: &[&str], what: &str, cx: &mut Cx<'_>) -> Fields<'t, 'i> {
     let mut known = HashMap::new();
+    let mut had_unknown = false;
     for (key, value) in table.iter() {
         let k: &str = key.get_ref();
         if allowed.contains(&k) {
             known.insert(k, value);
-        } else if what == "[smtp]" && k == "password" {
+            continue;
+        }
+        had_unknown = true;
+        if what == "[smtp]" && k == "password" {
             cx.diags.at(
                 key.span().start,
                 "the SMTP password is never written in jobs.toml; put it in an environment variable and name that \
@@ -111,7 +126,7 @@ fn fields<'t, 'i>(
             );
         }
     }
-    known
+    Fields { known, had_unknown }
 }
 
 fn type_error(cx: &mut Cx<'_>, key: &str, v: &Value<'_>, expected: &str) {
@@ -201,7 +216,7 @@ fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<Validated
             }
         },
         None => {
-            cx.missing(0, "missing the [server] table; expected at least `listen` and `data_dir`".into());
+            top.missing(cx, 0, "missing the [server] table; expected at least `listen` and `data_dir`".into());
             None
         }
     };
@@ -266,7 +281,7 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
                 }
             }
         }
-        None => cx.missing(at, "[server] is missing `listen`, the address the SSH endpoint listens on".into()),
+        None => f.missing(cx, at, "[server] is missing `listen`, the address the SSH endpoint listens on".into()),
     }
     let mut endpoint = None;
     if let Some(v) = f.get("endpoint")
@@ -288,7 +303,7 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
                 }
             }
         }
-        None => cx.missing(at, "[server] is missing `data_dir`, where the host key and database live".into()),
+        None => f.missing(cx, at, "[server] is missing `data_dir`, where the host key and database live".into()),
     }
     let mut database = PathBuf::from(DEFAULT_DATABASE);
     if let Some(v) = f.get("database")
@@ -373,10 +388,10 @@ fn smtp(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<SmtpSettings> {
         }
     }
     if !f.contains_key("host") {
-        cx.missing(at, "[smtp] is missing `host`, the SMTP server to send alerts through".into());
+        f.missing(cx, at, "[smtp] is missing `host`, the SMTP server to send alerts through".into());
     }
     if !f.contains_key("from") {
-        cx.missing(at, "[smtp] is missing `from`, the sender address of alert mails".into());
+        f.missing(cx, at, "[smtp] is missing `from`, the sender address of alert mails".into());
     }
     if cx.diags.items.len() > errors_before {
         return None;
@@ -400,7 +415,7 @@ fn job(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<(JobDef, JobLocs, 
                 }
             }
         }
-        None => cx.missing(at, "[[job]] is missing `name`".into()),
+        None => f.missing(cx, at, "[[job]] is missing `name`".into()),
     }
     let mut collectors = Vec::new();
     match f.get("collectors") {
@@ -427,7 +442,7 @@ fn job(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<(JobDef, JobLocs, 
                 }
             }
         }
-        None => cx.missing(at, "[[job]] is missing `collectors`, the list of what it collects".into()),
+        None => f.missing(cx, at, "[[job]] is missing `collectors`, the list of what it collects".into()),
     }
     let mut interval_s = None;
     match f.get("interval") {
@@ -440,7 +455,7 @@ fn job(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<(JobDef, JobLocs, 
             Some(n) => interval_s = u32::try_from(n).ok(),
             None => {}
         },
-        None => cx.missing(at, "[[job]] is missing `interval`, e.g. interval = \"30s\"".into()),
+        None => f.missing(cx, at, "[[job]] is missing `interval`, e.g. interval = \"30s\"".into()),
     }
     let mut jitter_s = 0;
     if let Some(v) = f.get("jitter")
