@@ -34,3 +34,25 @@ fn a_generated_fleet_loads_with_every_kind_of_host() -> Result<()> {
     ensure!(config.schedule_for("env").jobs.len() == 1);
     Ok(())
 }
+
+#[test]
+fn vigil_check_accepts_a_generated_fleet_through_the_binary() -> Result<()> {
+    let work = Workdir::new()?;
+    let sshd = Sshd::start(SshdOpts::default())?;
+    let key = ClientKey::generate(work.path(), "id")?;
+    work.write_clients(&[
+        ClientEntry::local("here"),
+        ClientEntry::ssh("web-1", &sshd, "root", Auth::Key(key.private.clone())),
+    ])?;
+    work.write_jobs(&jobs_toml(vigil_tests::free_port(), &work.data_dir(), None, "5s"))?;
+    let out = work.vigil(&["check", "-v"]).output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "vigil check refused the generated fleet:\n{text}");
+    ensure!(text.contains("web-1"), "the verbose schedule does not name web-1:\n{text}");
+
+    // And a broken file is refused, so the success above means something.
+    work.write_clients_text("<clients><client ip=\"x\" prot=\"22\"/></clients>")?;
+    let out = work.vigil(&["check"]).output()?;
+    ensure!(!out.status.success(), "vigil check accepted an unknown attribute");
+    Ok(())
+}
