@@ -821,6 +821,19 @@ mod tests {
     }
 
     #[test]
+    fn bom_crlf_and_empty_root() {
+        let f =
+            ok("\u{feff}<?xml version=\"1.0\"?>\r\n<clients>\r\n  <client ip=\"h\" username=\"u\"/>\r\n</clients>\r\n");
+        assert_eq!(f.hosts.len(), 1);
+        assert_eq!(f.locs[0], Loc { line: 3, column: 3 });
+        assert!(ok("<clients/>").hosts.is_empty());
+        assert_eq!(
+            errs("<clients>\r\n  <client ip=\"h\" username=\"u\" port=\"x\"/>\r\n</clients>"),
+            ["2:37: bad port \"x\"; expected a number from 1 to 65535"]
+        );
+    }
+
+    #[test]
     fn secrets_are_not_in_debug_output() {
         let f = ok(r#"<clients><client ip="h" username="u" password="s3cr3t-pw"/></clients>"#);
         let shown = format!("{:?}", f.hosts[0]);
