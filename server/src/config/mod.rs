@@ -111,7 +111,9 @@ pub struct AlertRule {
     pub limit: f64,
     /// For disk: the mount point watched; `None` means every mount.
     pub mount: Option<String>,
-    /// Hysteresis: an alert clears only once the value is below `limit - clear_margin` (0 for silence).
+    /// Hysteresis: an alert clears only once the value is below `limit - clear_margin`. `clear="..."` sets it;
+    /// default 5 percent points (at most half the limit) for percentages, a tenth of the limit for load, 0 for
+    /// silence.
     pub clear_margin: f64,
     /// Minutes between repeated mails while the alert stays raised; `None`: mail once.
     pub repeat_minutes: Option<u32>,
