@@ -9,7 +9,8 @@
 //! - sudo `U : TTY=... ; USER=... ; COMMAND=...` (also its "incorrect password attempts" form):
 //!   [`SecurityEventKind::Sudo`].
 //!
-//! Every other line (session opened/closed, cron, ...) is not an event.
+//! Every other line (session opened/closed, cron, ...) is not an event. The journal reader ([`super::journal`])
+//! classifies its entries with the same rules ([`event`]).
 
 use vigil_schema::report::{SecurityEvent, SecurityEventKind, limits};
 
@@ -30,13 +31,18 @@ pub fn parse_line(line: &str, now: i64) -> Option<SecurityEvent> {
     let (_host, rest) = rest.split_once(' ')?;
     let (tag, msg) = rest.split_once(": ")?;
     let program = tag.split('[').next().unwrap_or(tag);
+    event(time, program, msg, line)
+}
+
+/// Classifies the message `msg` logged by `program` at `time`; `text` is what the event's message shows.
+pub fn event(time: i64, program: &str, msg: &str, text: &str) -> Option<SecurityEvent> {
     let (kind, user, source) = classify(program, msg)?;
     Some(SecurityEvent {
         time,
         kind,
         user: user.map(clean_text).filter(|s| !s.is_empty()),
         source: source.map(clean_text).filter(|s| !s.is_empty()),
-        message: clean(line, MAX_MESSAGE),
+        message: clean(text, MAX_MESSAGE),
     })
 }
 

@@ -7,11 +7,13 @@
 //! [`clean`]), so the output passes `vigil_schema::report::Report::validate`.
 //!
 //! Modules: [`system`], [`users`] (sessions, from [`utmp`]), [`cpu`], [`memory`], [`swap`], [`partitions`],
-//! [`disk_usage`], [`network`], [`security_events`] (auth-log tailing, lines parsed by [`auth_log`]).
+//! [`disk_usage`], [`network`], [`security_events`] (auth-log tailing, lines parsed by [`auth_log`]; the systemd
+//! [`journal`] where there is no auth log).
 
 pub mod auth_log;
 pub mod cpu;
 pub mod disk_usage;
+pub mod journal;
 pub mod memory;
 pub mod network;
 pub mod partitions;

@@ -10,8 +10,9 @@
 //! - **Bounds**: at most [`MAX_EVENTS`] events and [`MAX_READ`] bytes per sample; what is left is read next time.
 //!   A partial last line is left for the next sample. A line longer than [`MAX_READ`] is skipped.
 //!
-//! `source` is the log path, or `None` when there is no log (no file; other platforms). The systemd journal and
-//! the Windows Security event log are not read yet.
+//! With no path configured and neither default file present, the systemd journal is read instead
+//! ([`super::journal`], `source` "journal") if the host keeps one. `source` is `None` when there is no log at all
+//! (and on other platforms: the Windows Security event log is not read yet).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 
 use vigil_schema::report::{SecurityEvent, SecurityEvents};
 
+use super::journal::JournalReader;
 use super::{auth_log, clean_text, now_unix};
 
 /// Where the log is looked for when no path is configured.
@@ -47,13 +49,16 @@ pub struct SecurityCollector {
     tail: Option<Tail>,
     /// The file that existed at start-up: when (re)opened, it is read from its end.
     startup_file: Option<FileId>,
+    /// The journal, used when no path is configured and no auth log file exists.
+    journal: Option<JournalReader>,
     warned: bool,
 }
 
 impl SecurityCollector {
     /// Opens the log at its end (see the module docs). `path` overrides [`DEFAULT_PATHS`].
     pub fn new(path: Option<PathBuf>) -> Self {
-        let mut c = SecurityCollector { configured: path, tail: None, startup_file: None, warned: false };
+        let journal = (cfg!(target_os = "linux") && path.is_none()).then(|| JournalReader::new(now_unix()));
+        let mut c = SecurityCollector { configured: path, tail: None, startup_file: None, journal, warned: false };
         if cfg!(target_os = "linux")
             && let Some(path) = c.resolve()
         {
@@ -91,7 +96,17 @@ impl SecurityCollector {
                 read_new(tail, false, now, &mut events);
             }
         }
-        SecurityEvents { source: source.map(|p| clean_text(&p.to_string_lossy())), events }
+        let mut source = source.map(|p| clean_text(&p.to_string_lossy()));
+        if self.tail.is_none()
+            && source.is_none()
+            && let Some(journal) = self.journal.as_mut().filter(|j| j.available())
+        {
+            if let Err(e) = journal.read(now, &mut events) {
+                tracing::warn!("reading the journal failed: {e}");
+            }
+            source = Some("journal".to_owned());
+        }
+        SecurityEvents { source, events }
     }
 
     /// The configured path, or the first default that exists.

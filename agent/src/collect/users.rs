@@ -50,6 +50,19 @@ mod tests {
     }
 
     #[test]
+    fn glibc_fixture_file_gives_two_sessions() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/utmp-two-sessions");
+        let u = collect(Some(&path));
+        assert!(u.source.as_deref().is_some_and(|s| s.ends_with("utmp-two-sessions")));
+        let got: Vec<_> = u
+            .sessions
+            .iter()
+            .map(|s| (s.user.as_str(), s.terminal.as_str(), s.host.as_deref(), s.login_time))
+            .collect();
+        assert_eq!(got, [("alice", "pts/0", Some("203.0.113.7"), 1_700_000_100), ("bob", "tty2", None, 1_700_000_200)]);
+    }
+
+    #[test]
     fn default_paths_do_not_fail() {
         let u = collect(None);
         if DEFAULT_PATHS.iter().all(|p| !Path::new(p).exists()) {
