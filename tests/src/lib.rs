@@ -18,6 +18,7 @@
 //! Everything here needs root and the packages `scripts/test.sh` installs (openssh-server, openssh-client,
 //! python3-aiosmtpd); a missing piece is an error that says what to install, never a skipped test.
 
+pub mod client;
 pub mod fleet;
 pub mod net;
 pub mod paths;
