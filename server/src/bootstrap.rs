@@ -11,6 +11,7 @@ use vigil_schema::agent_config::{AgentConfigFile, CollectPaths};
 use crate::config::{Config, Host, Transport};
 use crate::provision::{AgentFiles, ProvisionError, layout, local};
 use crate::store::Store;
+use crate::store::now_ms;
 
 /// What a bootstrap did to one host.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -48,10 +49,6 @@ pub enum BootstrapError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Unsupported(String),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The current agent id in an agent directory's agent.toml, if it is readable.

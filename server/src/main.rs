@@ -207,10 +207,6 @@ fn serve(files: &Files) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 fn status(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
     let config = load(files)?;
     let store = Store::open_readonly(&config.server.database)?;
@@ -219,7 +215,7 @@ fn status(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|h| (h.name.clone(), h.ip.clone(), config.schedule_for(&h.name).min_interval_s()))
         .collect();
-    let rows = vigil_server::status::collect(&store, &hosts, now_ms())?;
+    let rows = vigil_server::status::collect(&store, &hosts, vigil_server::store::now_ms())?;
     let err = vigil_server::status::config_error(&store)?;
     if json {
         println!("{}", vigil_server::status::render_json(&rows, err.as_deref())?);
@@ -317,7 +313,7 @@ fn enroll(
     vigil_server::keys::ensure_private_dir(dir)?;
     let mut store = Store::open(&config.server.database)?;
     store.remove_agents_of_host(name)?;
-    store.register_agent(&files.record(name, now_ms()))?;
+    store.register_agent(&files.record(name, vigil_server::store::now_ms()))?;
     vigil_server::keys::write_private(&dir.join(layout::KEY), files.creds.private_key_openssh.as_bytes())?;
     vigil_server::keys::write_private(&dir.join(layout::SCHEDULE), files.schedule_json.as_bytes())?;
     vigil_server::keys::write_private(&dir.join(layout::CONFIG), files.agent_toml.as_bytes())?;

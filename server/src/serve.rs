@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigError, Transport};
 use crate::endpoint::{self, Limits, Shared};
 use crate::ingest::{self, IngestOptions};
 use crate::reload::{self, Reloaded};
+use crate::store::now_ms;
 use crate::store::{Store, StoreError};
 
 /// What `vigil serve` runs on.
@@ -40,10 +41,6 @@ pub enum ServeError {
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("cannot start: {0}")]
     Start(String),
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Runs the server until `shutdown` fires.

@@ -19,12 +19,8 @@ use vigil_schema::proto::{AgentMsg, ErrorCode, MsgError, PROTOCOL_VERSION, Serve
 use super::Shared;
 use super::counters::Counters;
 use super::registry::AgentEntry;
+use crate::store::now_ms;
 use crate::store::{Incoming, Outcome};
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 fn error(code: ErrorCode, message: impl Into<String>, seq: Option<u64>) -> ServerMsg {
     ServerMsg::Error { code, message: message.into(), seq }
