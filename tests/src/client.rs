@@ -835,13 +835,16 @@ impl Served {
         what: &str,
         cond: impl Fn(&serde_json::Value) -> bool,
     ) -> Result<serde_json::Value> {
-        let mut last = serde_json::Value::Null;
+        let mut last: Result<serde_json::Value> = Ok(serde_json::Value::Null);
         let r = wait_for(timeout, what, || {
-            last = self.status_json().unwrap_or(serde_json::Value::Null);
-            cond(&last)
+            last = self.status_json();
+            last.as_ref().is_ok_and(&cond)
         });
-        r.with_context(|| format!("last status: {last:#}"))?;
-        Ok(last)
+        match (r, last) {
+            (Ok(()), Ok(v)) => Ok(v),
+            (Err(e), Ok(v)) => Err(e.context(format!("last status: {v:#}"))),
+            (_, Err(e)) => Err(e.context(format!("waiting for {what}"))),
+        }
     }
 }
 
