@@ -678,7 +678,7 @@ impl Served {
         let mut s =
             Self { work, port, fingerprint: String::new(), hosts, creds: BTreeMap::new(), serve: None, starts: 0 };
         s.work.write_clients(&s.entries(&s.hosts.iter().map(String::as_str).collect::<Vec<_>>()))?;
-        s.work.write_jobs(&s.jobs_text(interval, &crate::fleet::ALL_COLLECTORS))?;
+        s.work.write_jobs(&s.jobs_text(interval, crate::fleet::ALL_COLLECTORS))?;
         for h in s.hosts.clone() {
             let dir = s.work.path().join("agents").join(&h);
             let dir_arg = dir.display().to_string();
@@ -793,7 +793,7 @@ impl Served {
 
     /// A single integer from `sql` with `params`.
     pub fn count(&self, sql: &str, params: impl rusqlite::Params) -> Result<i64> {
-        Ok(self.db()?.query_row(sql, params, |r| r.get(0)).with_context(|| sql.to_owned())?)
+        self.db()?.query_row(sql, params, |r| r.get(0)).with_context(|| sql.to_owned())
     }
 
     /// Whether the report (`host`'s agent, `seq`) is in the reports table.
