@@ -276,6 +276,14 @@ mod tests {
         }
     }
 
+    #[test]
+    fn handle_and_store_cross_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        fn assert_send<T: Send>() {}
+        assert_send_sync::<IngestHandle>();
+        assert_send::<Store>();
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
