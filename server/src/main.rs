@@ -199,16 +199,25 @@ fn serve(files: &Files) -> anyhow::Result<ExitCode> {
             limits: Default::default(),
             start_local_agents: true,
         };
-        tokio::select! {
-            r = vigil_server::serve::run(opts, shutdown.clone()) => r?,
-            _ = signals => {}
-        }
+        // The signal handler only cancels; `run` then shuts down in order (endpoint, in-flight acks, ingest).
+        let signal_task = tokio::spawn(signals);
+        let result = vigil_server::serve::run(opts, shutdown).await;
+        signal_task.abort();
+        result?;
         anyhow::Ok(ExitCode::SUCCESS)
     })
 }
 
 fn status(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
-    let config = load(files)?;
+    // The view must come up while the files on disk are invalid: then it uses the config serve last applied, and
+    // the error (recorded by serve, or found now) is shown with the hosts.
+    let (config, load_error) = match Config::load(&files.clients, &files.jobs) {
+        Ok(l) => (l.config, None),
+        Err(e) => match vigil_server::reload::last_good(&files.clients, &files.jobs) {
+            Some(c) => (c, Some(e.to_string())),
+            None => return Err(e.into()),
+        },
+    };
     let store = Store::open_readonly(&config.server.database)?;
     let hosts: Vec<(String, String, Option<u32>)> = config
         .clients
@@ -216,7 +225,7 @@ fn status(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
         .map(|h| (h.name.clone(), h.ip.clone(), config.schedule_for(&h.name).min_interval_s()))
         .collect();
     let rows = vigil_server::status::collect(&store, &hosts, vigil_server::store::now_ms())?;
-    let err = vigil_server::status::config_error(&store)?;
+    let err = vigil_server::status::config_error(&store)?.or(load_error);
     if json {
         println!("{}", vigil_server::status::render_json(&rows, err.as_deref())?);
     } else {

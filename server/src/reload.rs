@@ -23,9 +23,46 @@ pub enum Reloaded {
     Rejected(String),
 }
 
+/// Where the last applied config is kept (inside the data directory, 0600): `vigil status` falls back to it while
+/// the files on disk are invalid.
+const LAST_GOOD: [&str; 2] = ["last-good-clients.xml", "last-good-jobs.toml"];
+
+/// Reads both files and validates them, the same way at start-up and on every edit. On success the texts are also
+/// saved as the last good config.
+pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loaded, ConfigError> {
+    let read =
+        |path: &Path| std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source });
+    let (clients_src, jobs_src) = (read(clients)?, read(jobs)?);
+    let loaded = Config::from_sources(clients, &clients_src, jobs, &jobs_src)?;
+    let dir = &loaded.config.server.data_dir;
+    for (name, text) in LAST_GOOD.iter().zip([&clients_src, &jobs_src]) {
+        if let Err(e) = crate::keys::ensure_private_dir(dir)
+            .and_then(|()| crate::keys::write_private(&dir.join(name), text.as_bytes()))
+        {
+            tracing::warn!("could not keep a copy of the applied config: {e}");
+        }
+    }
+    Ok(loaded)
+}
+
+/// The last config `vigil serve` applied, for views that must work while the files on disk are invalid. The data
+/// directory is read leniently from jobs.toml (`[server] data_dir`, default `vigil-data` beside it).
+pub fn last_good(clients: &Path, jobs: &Path) -> Option<Config> {
+    let base = jobs.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let data_dir = std::fs::read_to_string(jobs)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("server")?.get("data_dir")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("vigil-data"));
+    let data_dir = base.join(data_dir);
+    let clients_src = std::fs::read_to_string(data_dir.join(LAST_GOOD[0])).ok()?;
+    let jobs_src = std::fs::read_to_string(data_dir.join(LAST_GOOD[1])).ok()?;
+    Config::from_sources(clients, &clients_src, jobs, &jobs_src).ok().map(|l| l.config)
+}
+
 /// Loads both files; on success publishes the config (when it differs) and returns what happened.
 pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> Reloaded {
-    match Config::load(clients, jobs) {
+    match load_and_keep(clients, jobs) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");

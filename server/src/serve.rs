@@ -45,7 +45,7 @@ pub enum ServeError {
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let loaded = Config::load(&opts.clients, &opts.jobs)?;
+    let loaded = crate::reload::load_and_keep(&opts.clients, &opts.jobs)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
