@@ -22,6 +22,9 @@ const HOST: &str = "h1";
 /// Patience for things that take a few intervals.
 const T: Duration = Duration::from_secs(30);
 
+/// A stored security event: kind, user, event source, log path, event time, message.
+type EventRow = (String, Option<String>, Option<String>, Option<String>, i64, String);
+
 /// One `[[job]]`: name, collectors, interval.
 type JobSpec<'a> = (&'a str, &'a [&'a str], &'a str);
 
@@ -347,7 +350,7 @@ fn rows_for_every_collector_family_arrive() -> Result<()> {
         "SELECT e.kind, e.user, e.event_source, e.source, e.event_time, e.message FROM security_events e \
          JOIN reports r ON r.id = e.report_id WHERE r.agent_id = ?1",
     )?;
-    let events: Vec<(String, Option<String>, Option<String>, Option<String>, i64, String)> = stmt
+    let events: Vec<EventRow> = stmt
         .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
         .collect::<rusqlite::Result<_>>()?;
     ensure!(events.len() == 1, "expected exactly the one appended event: {events:?}");
