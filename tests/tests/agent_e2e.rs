@@ -423,7 +423,11 @@ fn a_30_second_outage_loses_and_duplicates_nothing() -> Result<()> {
 
     terminate(&mut serve)?;
     let at_stop = rig.produced();
+    let log_at_stop = agent.stderr().len();
     std::thread::sleep(Duration::from_secs(30));
+    // Reconnects back off exponentially (1, 2, 4, ... s with jitter): a handful of attempts, never a hot loop.
+    let retries = agent.stderr().get(log_at_stop..).unwrap_or_default().matches("reconnecting later").count();
+    ensure!((2..=10).contains(&retries), "{retries} reconnect attempts in 30 s");
     let during = rig.produced() - at_stop;
     ensure!(during >= 25, "only {during} reports made during a 30 s outage at 1 s\n{}", rig.dump(&[&agent]));
     let spooled = rig.spool_files()?.len();
@@ -455,7 +459,7 @@ fn a_30_second_outage_loses_and_duplicates_nothing() -> Result<()> {
     ensure!(max >= target, "max stored {max} < {target} made before the restart");
     ensure!(pending == 0 && rig.query_i64("SELECT sum(dropped) FROM reports WHERE agent_id = ?1")? == 0, "drops");
     // Each report's rows were stored once too (a replay must not add a second cpu row).
-    eprintln!("outage: {during} made while down, {} stored in all", seqs.len());
+    eprintln!("outage: {during} made while down, {retries} retries, {} stored in all", seqs.len());
     let cpu_rows = rig.rows_of("cpu")?;
     ensure!(cpu_rows == seqs.len() as i64, "{cpu_rows} cpu rows for {} reports", seqs.len());
     Ok(())
