@@ -34,9 +34,9 @@ use crate::config::AgentConfig;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The agent's config, written by `vigil bootstrap`.
-    #[arg(long, default_value = "agent.toml")]
-    config: PathBuf,
+    /// The agent's config, written by `vigil bootstrap` (default: agent.toml; optional with --once).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Collect once and exit (with --print: show the JSON that would be sealed and sent).
     #[arg(long)]
     once: bool,
@@ -58,7 +58,8 @@ fn main() -> ExitCode {
     if cli.once {
         return once(&cli);
     }
-    let cfg = match AgentConfig::load(&cli.config) {
+    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from("agent.toml"));
+    let cfg = match AgentConfig::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vigil-agent: cannot start: {e}");
@@ -147,7 +148,14 @@ fn once(cli: &Cli) -> ExitCode {
         }
         v
     };
-    let paths = AgentConfig::load(&cli.config).ok();
+    // With --once the config only supplies collector source paths; a named config that cannot be read is reported.
+    let paths = cli.config.as_deref().and_then(|p| match AgentConfig::load(p) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("vigil-agent: warning: {e}; collecting from the default sources");
+            None
+        }
+    });
     let mut collectors = Collectors::new(CollectOptions {
         utmp_path: paths.as_ref().and_then(|c| c.utmp.clone()),
         auth_log_path: paths.as_ref().and_then(|c| c.auth_log.clone()),
@@ -157,12 +165,18 @@ fn once(cli: &Cli) -> ExitCode {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
     let msg = AgentMsg::Report(Report { seq: 1, job: "once".into(), collected_at_ms, dropped: 0, stats });
     if cli.print {
-        match serde_json::to_string_pretty(&msg) {
-            Ok(s) => println!("{s}"),
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let written =
+            serde_json::to_writer_pretty(&mut out, &msg).map_err(std::io::Error::from).and_then(|()| writeln!(out));
+        match written {
+            // A reader that stops early (`| head`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
             Err(e) => {
                 eprintln!("vigil-agent: {e}");
                 return ExitCode::FAILURE;
             }
+            Ok(()) => {}
         }
     }
     ExitCode::SUCCESS
