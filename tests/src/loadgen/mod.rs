@@ -1,0 +1,12 @@
+//! The fleet-scale load generator behind `vigil-loadgen` (issue 7): simulated agents over real SSH against a real
+//! `vigil serve`, and the SQLite measurements the benchmark compares the server with.
+//!
+//! - [`setup`]: a fleet on disk (clients.xml, jobs.toml, host key, agents registered in the database).
+//! - [`reports`]: the "vitals" and "full" reports and their row counts.
+//! - [`drive`]: N agents, each on its own SSH connection, pipelined, measuring acked reports/s, rows/s, latency.
+//! - [`sql`]: the raw SQLite insert ceiling, the store's ceiling, and a generated history for `vigil status`.
+
+pub mod drive;
+pub mod reports;
+pub mod setup;
+pub mod sql;
