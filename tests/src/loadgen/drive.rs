@@ -409,8 +409,12 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
     let _ = phase_tx.send(Phase::Stopping);
     let mut lat = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        if let Ok(v) = r {
-            lat.extend(v);
+        match r {
+            Ok(v) => lat.extend(v),
+            Err(e) => {
+                eprintln!("vigil-loadgen: an agent task failed: {e}");
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     lat.sort_unstable();

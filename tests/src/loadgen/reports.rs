@@ -78,7 +78,7 @@ pub fn report(shape: Shape, agent: usize, seq: u64, collected_at_ms: i64) -> Rep
             os_version: "12".into(),
             kernel: "6.1.0-18-amd64".into(),
             arch: "x86_64".into(),
-            uptime_s: 86_400 + seq,
+            uptime_s: 86_400 + seq % 1_000_000_000,
             boot_time: 1_700_000_000,
             cpu_model: "Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz".into(),
             cpu_count: 8,
@@ -117,19 +117,21 @@ pub fn report(shape: Shape, agent: usize, seq: u64, collected_at_ms: i64) -> Rep
                         free: total - used,
                         used_pct: pct,
                         inodes_total: Some(32_000_000),
-                        inodes_used: Some(120_000 + seq),
+                        inodes_used: Some(120_000 + seq % 1_000_000),
                     }
                 })
                 .collect(),
         );
+        // Counters grow with the report number (sequences start high: keep the products in range).
+        let n = seq % 1_000_000;
         stats.network = Some(
             (0..FULL_ITEMS)
                 .map(|i| NetInterface {
                     name: format!("eth{i}"),
-                    rx_bytes: 1_000_000 * seq + i as u64,
-                    tx_bytes: 500_000 * seq + i as u64,
-                    rx_packets: 1_000 * seq,
-                    tx_packets: 700 * seq,
+                    rx_bytes: 1_000_000 * n + i as u64,
+                    tx_bytes: 500_000 * n + i as u64,
+                    rx_packets: 1_000 * n,
+                    tx_packets: 700 * n,
                     rx_errors: 0,
                     tx_errors: 0,
                     rx_dropped: seq % 3,
@@ -189,6 +191,13 @@ mod tests {
         let f = report(Shape::Full, 999, 77, 1_700_000_000_000);
         f.validate().unwrap();
         assert_eq!(rows_of(&f), 1 + 4 + 3 * FULL_ITEMS as u64 + 2 * FULL_EVENTS as u64);
+    }
+
+    #[test]
+    fn high_sequence_numbers_make_valid_reports() {
+        let seq = 1_800_000_000_000u64 * 1000 + 5;
+        report(Shape::Full, 3, seq, 1_800_000_000_000).validate().unwrap();
+        report(Shape::Full, 3, u64::MAX, 1_800_000_000_000).validate().unwrap();
     }
 
     #[test]

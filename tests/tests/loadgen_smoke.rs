@@ -1,0 +1,93 @@
+//! Smoke run of the fleet load generator (`vigil-loadgen`, issue 7): a few simulated agents over real SSH against
+//! the real `vigil serve`, for a couple of seconds, as fast as acks allow ("vitals") and at a set rate ("full").
+//! Checks that every agent connects, reports are acked without errors, the figures add up, and the database holds
+//! exactly the rows the generator counts per report. Keeps the benchmark's tool from rotting.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use vigil_tests::{Proc, TestDir, bin, free_port, wait_until};
+
+const AGENTS: usize = 6;
+
+fn loadgen(args: &[&str]) -> Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil-loadgen")).args(args).output().context("running vigil-loadgen")?;
+    ensure!(
+        out.status.success(),
+        "vigil-loadgen {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The JSON summary (last line) of a `vigil-loadgen run`.
+fn run(dir: &str, extra: &[&str]) -> Result<serde_json::Value> {
+    let agents = AGENTS.to_string();
+    let mut args = vec!["run", "--dir", dir, "--agents", &agents, "--warmup", "0.5", "--duration", "2"];
+    args.extend_from_slice(extra);
+    let out = loadgen(&args)?;
+    ensure!(out.starts_with(&format!("READY {AGENTS}\n")), "{out}");
+    serde_json::from_str(out.lines().last().context("no summary")?).with_context(|| out.clone())
+}
+
+fn num(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+#[test]
+fn the_load_generator_drives_a_real_server_over_ssh() -> Result<()> {
+    let work = TestDir::new("loadgen")?;
+    let dir = work.path().display().to_string();
+    let port = free_port();
+    let setup = loadgen(&["setup", "--dir", &dir, "--agents", &AGENTS.to_string(), "--port", &port.to_string()])?;
+    ensure!(setup.contains("SHA256:"), "{setup}");
+
+    let mut cmd = Command::new(bin("vigil"));
+    cmd.arg("serve")
+        .arg("--clients")
+        .arg(work.join("clients.xml"))
+        .arg("--jobs")
+        .arg(work.join("jobs.toml"))
+        .env("VIGIL_LOG", "info,russh=warn");
+    let mut serve = Proc::spawn(cmd, work.path(), "serve")?;
+    ensure!(
+        wait_until(Duration::from_secs(15), || serve.stdout().contains("listening on")),
+        "serve did not start\n{}",
+        serve.logs()
+    );
+    let pid = serve.pid().to_string();
+
+    let vitals = run(&dir, &["--mode", "vitals", "--window", "8", "--server-pid", &pid])?;
+    ensure!(num(&vitals, "connected") == AGENTS as f64 && num(&vitals, "errors") == 0.0, "{vitals}");
+    ensure!(num(&vitals, "acked") > 50.0, "too few acks: {vitals}");
+    ensure!(num(&vitals, "rows") == 4.0 * num(&vitals, "acked"), "{vitals}");
+    ensure!(num(&vitals, "p50_ms") > 0.0 && num(&vitals, "p99_ms") >= num(&vitals, "p50_ms"), "{vitals}");
+    ensure!(num(&vitals, "max_ms") >= num(&vitals, "p99_ms"), "{vitals}");
+    ensure!(num(&vitals, "server_rss_kib") > 0.0 && num(&vitals, "server_cpu") > 0.0, "{vitals}");
+
+    // 30 reports/s for 2 s: about 60 acks, never more than offered.
+    let full = run(&dir, &["--mode", "full", "--rate", "30"])?;
+    ensure!(num(&full, "errors") == 0.0, "{full}");
+    let acked = num(&full, "acked");
+    ensure!((40.0..=70.0).contains(&acked), "rate 30/s for 2 s gave {acked} acks: {full}");
+    ensure!(num(&full, "rows") == 39.0 * acked, "{full}");
+
+    serve.signal(vigil_tests::SIGTERM)?;
+    ensure!(serve.wait_exit(Duration::from_secs(20))?.success(), "serve exit\n{}", serve.logs());
+    ensure!(serve.stderr().contains("bad_tags=0"), "{}", serve.logs());
+
+    // Every stored report has exactly the rows the generator counts for its shape.
+    let db = rusqlite::Connection::open(work.join("data/vigil.db"))?;
+    let q = |sql: &str| -> Result<f64> { Ok(db.query_row(sql, [], |r| r.get::<_, i64>(0))? as f64) };
+    let reports = q("SELECT count(*) FROM reports")?;
+    let full_reports = q("SELECT count(*) FROM reports WHERE job = 'full'")?;
+    ensure!(reports >= num(&vitals, "acked") + acked, "{reports} stored, fewer than acked");
+    ensure!(full_reports >= acked, "{full_reports} full reports stored, {acked} acked");
+    ensure!(q("SELECT count(*) FROM cpu")? == reports, "cpu rows");
+    ensure!(q("SELECT count(*) FROM network")? == 10.0 * full_reports, "network rows");
+    ensure!(q("SELECT count(*) FROM security_events")? == 2.0 * full_reports, "event rows");
+    ensure!(q("SELECT count(DISTINCT host_id) FROM reports")? == AGENTS as f64, "every agent reported");
+    Ok(())
+}
