@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::config::Config;
 use crate::store::{Incoming, Outcome, Store, StoreError};
 
 /// Tuning for the writer.
@@ -79,6 +80,8 @@ type Job = Box<dyn FnOnce(&mut Store) + Send>;
 enum Msg {
     Report(Box<Incoming>, Reply),
     Exec(Job),
+    /// From now on, evaluate alert rules of the config in force in each report's transaction.
+    Alerts(watch::Receiver<Arc<Config>>),
     Shutdown,
 }
 
@@ -97,6 +100,7 @@ impl std::fmt::Debug for Msg {
         match self {
             Msg::Report(inc, _) => write!(f, "Report({}, seq {})", inc.agent_id, inc.report.seq),
             Msg::Exec(_) => f.write_str("Exec"),
+            Msg::Alerts(_) => f.write_str("Alerts"),
             Msg::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -106,7 +110,7 @@ impl std::fmt::Debug for Msg {
 pub fn spawn(store: Store, opts: IngestOptions) -> std::io::Result<(IngestHandle, JoinHandle<Store>)> {
     let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
     let counters = Arc::new(Counters::default());
-    let writer = Writer { store, rx, max_batch: opts.max_batch.max(1), counters: Arc::clone(&counters) };
+    let writer = Writer { store, rx, max_batch: opts.max_batch.max(1), counters: Arc::clone(&counters), alerts: None };
     let join = std::thread::Builder::new().name("vigil-ingest".into()).spawn(move || writer.run())?;
     Ok((IngestHandle { tx, counters, closed: Arc::new(AtomicBool::new(false)) }, join))
 }
@@ -139,6 +143,12 @@ impl IngestHandle {
         answer.await.map_err(|_| IngestError::Closed)
     }
 
+    /// Makes the writer evaluate the alert rules of the config in force (read from `config` for every batch) in the
+    /// transaction of each stored report: see `crate::alert`. Without this call reports are only stored.
+    pub async fn set_alert_config(&self, config: watch::Receiver<Arc<Config>>) -> Result<(), IngestError> {
+        self.tx.send(Msg::Alerts(config)).await.map_err(|_| IngestError::Closed)
+    }
+
     /// Asks the writer to stop taking new work: what is already queued is committed and answered; calls made after
     /// this returns get [`IngestError::Closed`]. Join the thread to wait for the end.
     pub async fn shutdown(&self) {
@@ -164,6 +174,8 @@ struct Writer {
     rx: mpsc::Receiver<Msg>,
     max_batch: usize,
     counters: Arc<Counters>,
+    /// The config whose alert rules are evaluated with each report, once set.
+    alerts: Option<watch::Receiver<Arc<Config>>>,
 }
 
 impl Writer {
@@ -179,6 +191,7 @@ impl Writer {
             };
             match msg {
                 Msg::Exec(job) => job(&mut self.store),
+                Msg::Alerts(config) => self.alerts = Some(config),
                 // Queued messages stay receivable after close; recv returns None once they are drained.
                 Msg::Shutdown => self.rx.close(),
                 Msg::Report(inc, reply) => {
@@ -204,7 +217,7 @@ impl Writer {
     /// but a full disk, each report is retried alone so one bad report cannot fail its neighbours.
     fn commit(&mut self, batch: Vec<(Incoming, Reply)>) {
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.into_iter().unzip();
-        match self.store.insert_reports(&items) {
+        match self.insert(&items) {
             Ok(outcomes) => {
                 self.note_commit(items.len());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -220,7 +233,7 @@ impl Writer {
             Err(e) => {
                 tracing::warn!(reports = items.len(), error = %e, "grouped commit failed; retrying reports one by one");
                 for (item, reply) in items.into_iter().zip(replies) {
-                    let result = self.store.insert_reports(std::slice::from_ref(&item));
+                    let result = self.insert(std::slice::from_ref(&item));
                     let answer = match result {
                         Ok(mut o) => {
                             self.note_commit(1);
@@ -230,6 +243,18 @@ impl Writer {
                     };
                     self.answer(reply, answer);
                 }
+            }
+        }
+    }
+
+    /// Stores reports in one transaction, evaluating alert rules in it once a config is set.
+    fn insert(&mut self, items: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
+        match &self.alerts {
+            None => self.store.insert_reports(items),
+            Some(rx) => {
+                let config = rx.borrow().clone();
+                let now = crate::store::now_ms();
+                self.store.insert_reports_with(items, |conn, inc| crate::alert::on_report(conn, &config, inc, now))
             }
         }
     }

@@ -13,13 +13,17 @@
 //! - [`reload`]: watches both config files and publishes each valid edit; the last good config stays otherwise.
 //! - [`provision`] and [`bootstrap`]: an agent's directory, credentials and registration; installing, upgrading,
 //!   starting and removing agents (on this machine for `transport="local"`).
+//! - [`alert`]: alert rules evaluated in each report's transaction and periodically for silence; transitions and
+//!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
+pub mod alert;
 pub mod bootstrap;
 pub mod config;
 pub mod endpoint;
 pub mod ingest;
 pub mod keys;
+pub mod mail;
 pub mod provision;
 pub mod reload;
 pub mod serve;

@@ -38,6 +38,9 @@ enum Command {
         /// Print each host's resolved schedule.
         #[arg(short, long)]
         verbose: bool,
+        /// Then send a test mail to ADDRESS through the `[smtp]` server of jobs.toml.
+        #[arg(long, value_name = "ADDRESS")]
+        test_mail: Option<String>,
     },
     /// Run the server: SSH endpoint, ingest, live reload, local agents.
     Serve,
@@ -75,6 +78,15 @@ enum Command {
     },
     /// Print the server's SSH host-key fingerprint (created on first use).
     HostKey,
+    /// The alert history: transitions, security reports, and what became of their mail.
+    Alerts {
+        /// Only events this recent: 90s, 15m, 2h, 7d, 1w (default: all).
+        #[arg(long)]
+        since: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,7 +110,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let files = &cli.files;
     match cli.command {
-        Command::Check { verbose } => Ok(check(files, verbose)),
+        Command::Check { verbose, test_mail: None } => Ok(check(files, verbose)),
+        Command::Check { verbose, test_mail: Some(to) } => check_and_mail(files, verbose, &to),
         Command::Serve => serve(files),
         Command::Status { json } => status(files, json),
         Command::Bootstrap { hosts, all, dry_run } => bootstrap(files, &hosts, all, dry_run),
@@ -109,6 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Alerts { since, json } => alerts(files, since.as_deref(), json),
     }
 }
 
@@ -327,5 +341,44 @@ fn enroll(
     vigil_server::keys::write_private(&dir.join(layout::SCHEDULE), files.schedule_json.as_bytes())?;
     vigil_server::keys::write_private(&dir.join(layout::CONFIG), files.agent_toml.as_bytes())?;
     println!("{}", files.creds.agent_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vigil check --test-mail ADDRESS`: the check, then a test mail through the configured SMTP server.
+fn check_and_mail(files: &Files, verbose: bool, to: &str) -> anyhow::Result<ExitCode> {
+    let code = check(files, verbose);
+    let Ok(loaded) = Config::load(&files.clients, &files.jobs) else {
+        return Ok(code);
+    };
+    let smtp = loaded.config.smtp.context("jobs.toml has no [smtp]: there is no server to send a test mail through")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(vigil_server::mail::send_test(&smtp, to))
+        .with_context(|| format!("test mail to {to} through {}:{}", smtp.host, smtp.port))?;
+    println!("test mail sent to {to} through {}:{}", smtp.host, smtp.port);
+    Ok(code)
+}
+
+/// `vigil alerts [--since D] [--json]`: the alert history from the database.
+fn alerts(files: &Files, since: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&files.clients, &files.jobs) {
+        Ok(l) => l.config,
+        Err(e) => vigil_server::reload::last_good(&files.clients, &files.jobs).ok_or(e)?,
+    };
+    let since_ms = match since {
+        None => 0,
+        Some(s) => {
+            let back = vigil_server::alert::history::parse_since(s)
+                .with_context(|| format!("--since {s:?}: expected a duration such as 90s, 15m, 2h, 7d"))?;
+            vigil_server::store::now_ms().saturating_sub(back)
+        }
+    };
+    let store = Store::open_readonly(&config.server.database)?;
+    let events = store.alert_events_since(since_ms)?;
+    let outbox = store.outbox_counts()?;
+    if json {
+        println!("{}", vigil_server::alert::history::render_json(&events, outbox)?);
+    } else {
+        print!("{}", vigil_server::alert::history::render_table(&events, outbox));
+    }
     Ok(ExitCode::SUCCESS)
 }

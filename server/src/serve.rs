@@ -69,6 +69,8 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(%local_addr, %fingerprint, hosts = config.clients.len(), jobs = config.jobs.len(), "serving");
 
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    // Alert rules follow the config in force; set before the endpoint takes reports.
+    ingest.set_alert_config(config_rx.clone()).await.map_err(|e| ServeError::Start(e.to_string()))?;
     let shared = Shared::new(config_rx.clone(), ingest.clone(), opts.limits.clone());
     shared.refresh_registry().await;
 
@@ -135,6 +137,10 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
             }
         });
     }
+
+    // Alerts: the periodic silence check, and the mailer sending the outbox.
+    tracker.spawn(crate::alert::watch_silence(ingest.clone(), config_rx.clone(), cancel.clone()));
+    tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
 
     // Retention: prune hourly (and once at start).
     {

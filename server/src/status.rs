@@ -40,6 +40,20 @@ pub struct HostStatus {
     pub mem_pct: Option<f64>,
     pub swap_pct: Option<f64>,
     pub fullest_disk: Option<DiskFill>,
+    /// Alerts of this host firing now.
+    pub alerts: Vec<FiringAlert>,
+}
+
+/// An alert firing now, as `vigil status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FiringAlert {
+    /// The rule key: `cpu`, `memory`, `swap`, `load`, `silence`, `disk` or `disk:<mount>`.
+    pub rule: String,
+    /// The value that fired it (seconds without a report for silence).
+    pub value: Option<f64>,
+    pub limit: f64,
+    /// Server clock, ms since the epoch.
+    pub since_ms: i64,
 }
 
 /// The whole view, as `vigil status --json` prints it.
@@ -122,7 +136,12 @@ fn host_status(
         mem_pct: None,
         swap_pct: None,
         fullest_disk: None,
+        alerts: Vec::new(),
     };
+    status.alerts = crate::store::alerts::firing_of(conn, name)?
+        .into_iter()
+        .map(|f| FiringAlert { rule: f.rule, value: f.value, limit: f.limit, since_ms: f.since_ms })
+        .collect();
     if let Some(id) = host_id {
         let latest: Option<(i64, i64)> =
             conn.prepare_cached(LATEST_REPORT)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
@@ -219,6 +238,21 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>) -> String 
     }
     if hosts.is_empty() {
         out.push_str("(no hosts)\n");
+    }
+    let firing: Vec<(&str, &FiringAlert)> =
+        hosts.iter().flat_map(|h| h.alerts.iter().map(move |a| (h.name.as_str(), a))).collect();
+    if !firing.is_empty() {
+        let _ = writeln!(out, "\nfiring alerts:");
+        for (host, a) in firing {
+            let value = a.value.map_or_else(|| "-".into(), crate::alert::message::num);
+            let since = crate::alert::message::utc(a.since_ms);
+            let _ = writeln!(
+                out,
+                "  {host}  {}  value {value}  limit {}  since {since}",
+                a.rule,
+                crate::alert::message::num(a.limit)
+            );
+        }
     }
     if let Some(e) = config_error {
         let _ = writeln!(out, "\npending config error (the previous config stays in force):\n{e}");

@@ -75,7 +75,7 @@ fn host_id(
     Ok(id)
 }
 
-fn insert_one(
+pub(super) fn insert_one(
     tx: &Transaction<'_>,
     hosts: &mut HashMap<String, (i64, String)>,
     inc: &Incoming,

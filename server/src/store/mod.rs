@@ -7,6 +7,7 @@
 //! Architecture invariant: only the ingest writer thread writes while `vigil serve` runs; `vigil status` opens the
 //! file read-only.
 
+pub mod alerts;
 mod insert;
 
 use std::collections::HashMap;

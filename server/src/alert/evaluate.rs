@@ -1,0 +1,383 @@
+//! Alert rules applied to the database, always inside a write transaction of the ingest writer.
+//!
+//! [`on_report`] runs in the transaction that stores a report: each value rule of the host is stepped with the
+//! report's value, a firing silence alert resolves, and security events are recorded. [`check_silence`] runs every
+//! few seconds ([`watch_silence`]): a host with no report for `limit` times its shortest job interval goes silent.
+//!
+//! Every transition writes the alert's new `alert_state`, one `alert_events` row and, when `[smtp]` is configured
+//! and the host has a `mail` address, one `outbox` row: in the same transaction, so a transition is never recorded
+//! without its mail nor mailed without being recorded. Without `[smtp]` or a `mail`, events are still recorded (they
+//! show in `vigil alerts` and `vigil status`), but no outbox row is written: nothing would ever send it, and turning
+//! SMTP on later should not flush a backlog of stale mail. Rules and recipients come from the config in force when
+//! the report is stored, so an edit of clients.xml applies to the next report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::message::{self, AlertMail, HISTORY_LEN};
+use super::{Phase, Transition, measure, repeat_due, rule_key, step};
+use crate::config::{AlertKind, AlertRule, Config, Host};
+use crate::ingest::IngestHandle;
+use crate::store::alerts::{self as rows, NewEvent, StateRow};
+use crate::store::{Incoming, StoreError, now_ms};
+
+/// How often [`watch_silence`] looks for silent hosts.
+pub const SILENCE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Where `host`'s mail goes: its `mail`, when SMTP is configured.
+fn recipient<'a>(config: &Config, host: &'a Host) -> Option<&'a str> {
+    config.smtp.as_ref().and(host.mail.as_deref())
+}
+
+/// One transition to record.
+struct Change<'a> {
+    host: &'a str,
+    ip: &'a str,
+    rule: &'a AlertRule,
+    key: &'a str,
+    transition: Transition,
+    value: f64,
+    mount: Option<&'a str>,
+    previous: Option<StateRow>,
+    interval_s: Option<u32>,
+}
+
+/// Writes the state, the event and (with a recipient) the outbox row of one transition.
+fn record(conn: &Connection, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<(), StoreError> {
+    let firing_since = c.previous.as_ref().filter(|p| p.firing).map(|p| p.since_ms);
+    let state = StateRow {
+        firing: c.transition != Transition::Resolve,
+        value: Some(c.value),
+        limit: c.rule.limit,
+        since_ms: match c.transition {
+            Transition::Repeat => firing_since.unwrap_or(now),
+            _ => now,
+        },
+        last_mail_ms: now,
+    };
+    rows::set_state(conn, c.host, c.key, &state, now)?;
+    let history = if to.is_some() {
+        rows::recent_values(conn, c.host, c.rule.kind, c.rule.mount.as_deref(), HISTORY_LEN)?
+    } else {
+        Vec::new()
+    };
+    let mail = AlertMail {
+        host: c.host,
+        ip: c.ip,
+        rule: c.rule,
+        transition: c.transition,
+        value: c.value,
+        mount: c.mount,
+        at_ms: now,
+        firing_since_ms: firing_since,
+        history: &history,
+        interval_s: c.interval_s,
+    };
+    let subject = message::subject(&mail);
+    let detail = subject.trim_start_matches("[vigil] ");
+    let event = rows::insert_event(
+        conn,
+        &NewEvent {
+            at_ms: now,
+            host: c.host,
+            ip: c.ip,
+            rule: c.key,
+            state: c.transition.event_state(),
+            value: Some(c.value),
+            limit: Some(c.rule.limit),
+            detail,
+        },
+    )?;
+    tracing::info!(host = c.host, rule = c.key, "alert {detail}");
+    if let Some(to) = to {
+        rows::enqueue_mail(conn, Some(event), now, to, &subject, &message::body(&mail))?;
+    }
+    Ok(())
+}
+
+fn phase_of(state: Option<&StateRow>) -> Phase {
+    match state {
+        Some(s) if s.firing => Phase::Firing { last_mail_ms: s.last_mail_ms },
+        _ => Phase::Ok,
+    }
+}
+
+/// Applies `config`'s rules for the report's host to a report just stored (in the same transaction).
+pub fn on_report(conn: &Connection, config: &Config, inc: &Incoming, now: i64) -> Result<(), StoreError> {
+    let Some(host) = config.host(&inc.host) else { return Ok(()) };
+    let to = recipient(config, host);
+    for rule in &host.alerts {
+        let key = rule_key(rule);
+        let previous = rows::state(conn, &host.name, &key)?;
+        let (transition, value, mount) = if rule.kind == AlertKind::Silence {
+            // A report ends a silence. The value told is how long the host was silent.
+            match &previous {
+                Some(p) if p.firing => {
+                    let silent_s = p.value.unwrap_or(0.0) + (now - p.since_ms).max(0) as f64 / 1000.0;
+                    (Transition::Resolve, silent_s, None)
+                }
+                _ => continue,
+            }
+        } else {
+            let Some(m) = measure(rule, &inc.report.stats) else { continue };
+            let Some(t) = step(phase_of(previous.as_ref()), rule, m.value, now) else { continue };
+            (t, m.value, m.mount)
+        };
+        let interval_s =
+            (rule.kind == AlertKind::Silence).then(|| config.schedule_for(&host.name).min_interval_s()).flatten();
+        let change = Change {
+            host: &host.name,
+            ip: &inc.ip,
+            rule,
+            key: &key,
+            transition,
+            value,
+            mount: mount.as_deref(),
+            previous,
+            interval_s,
+        };
+        record(conn, &change, to, now)?;
+    }
+    if let Some(events) = inc.report.stats.security_events.as_ref().filter(|e| !e.events.is_empty()) {
+        let (subject, body) = message::security(&host.name, &inc.ip, now, events);
+        let detail = subject.trim_start_matches("[vigil] ");
+        let event = rows::insert_event(
+            conn,
+            &NewEvent {
+                at_ms: now,
+                host: &host.name,
+                ip: &inc.ip,
+                rule: "security",
+                state: "security",
+                value: Some(events.events.len() as f64),
+                limit: None,
+                detail,
+            },
+        )?;
+        if let Some(to) = to {
+            rows::enqueue_mail(conn, Some(event), now, to, &subject, &body)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fires silence alerts of hosts with no report for `limit` x their shortest job interval, repeats them when due,
+/// and clears (without mail) firing alerts whose rule or host left the config. A host that never reported is not
+/// alerted on (`vigil status` shows it as silent); the silence of a host is counted from serve's start at the
+/// earliest (`started_ms`), so a server restart does not raise alerts before agents had a chance to reconnect.
+/// Returns the number of transitions.
+pub fn check_silence(conn: &Connection, config: &Config, started_ms: i64, now: i64) -> Result<usize, StoreError> {
+    let mut changes = 0;
+    for host in &config.clients {
+        for rule in host.alerts.iter().filter(|r| r.kind == AlertKind::Silence) {
+            let Some(interval) = config.schedule_for(&host.name).min_interval_s() else { continue };
+            let Some(last) = rows::last_report_ms(conn, &host.name)? else { continue };
+            let silent_ms = now - last.max(started_ms);
+            let key = rule_key(rule);
+            let previous = rows::state(conn, &host.name, &key)?;
+            let transition = match phase_of(previous.as_ref()) {
+                Phase::Ok if silent_ms as f64 > rule.limit * f64::from(interval) * 1000.0 => Transition::Fire,
+                Phase::Firing { last_mail_ms } if repeat_due(rule, last_mail_ms, now) => Transition::Repeat,
+                _ => continue,
+            };
+            let change = Change {
+                host: &host.name,
+                ip: &host.ip,
+                rule,
+                key: &key,
+                transition,
+                value: (now - last).max(0) as f64 / 1000.0,
+                mount: None,
+                previous,
+                interval_s: Some(interval),
+            };
+            record(conn, &change, recipient(config, host), now)?;
+            changes += 1;
+        }
+    }
+    for f in rows::firing(conn)? {
+        let configured = config.host(&f.host).is_some_and(|h| h.alerts.iter().any(|r| rule_key(r) == f.rule));
+        if configured {
+            continue;
+        }
+        let ip = config.host(&f.host).map_or("", |h| h.ip.as_str());
+        let state = StateRow { firing: false, value: f.value, limit: f.limit, since_ms: now, last_mail_ms: now };
+        rows::set_state(conn, &f.host, &f.rule, &state, now)?;
+        let detail = format!("CLEARED {} on {}: the rule is no longer configured", f.rule, f.host);
+        let ev = NewEvent {
+            at_ms: now,
+            host: &f.host,
+            ip,
+            rule: &f.rule,
+            state: "cleared",
+            value: f.value,
+            limit: Some(f.limit),
+            detail: &detail,
+        };
+        rows::insert_event(conn, &ev)?;
+        changes += 1;
+    }
+    Ok(changes)
+}
+
+/// Runs [`check_silence`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until
+/// `cancel` fires or the writer stops.
+pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
+    let started = now_ms();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SILENCE_CHECK_EVERY) => {}
+        }
+        let cfg = config.borrow().clone();
+        match ingest.exec(move |s| s.write_tx(|c| check_silence(c, &cfg, started, now_ms()))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("silence check failed: {e}"),
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use std::path::Path;
+    use vigil_schema::report::{CpuStats, Report, SecurityEvent, SecurityEventKind, SecurityEvents, Stats};
+
+    const JOBS: &str = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"data\"\n\n\
+        [smtp]\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\nfrom = \"vigil@localhost\"\n\n\
+        [[job]]\nname = \"v\"\ncollectors = [\"cpu\"]\ninterval = \"10s\"\n";
+
+    fn config(alerts: &str, jobs: &str) -> Config {
+        let clients = format!(
+            "<clients><client name=\"web\" ip=\"10.0.0.1\" username=\"u\" mail=\"ops@example.com\">{alerts}</client></clients>"
+        );
+        Config::from_sources(Path::new("c.xml"), &clients, Path::new("j.toml"), jobs).unwrap().config
+    }
+
+    fn report(seq: u64, cpu: f32) -> Incoming {
+        Incoming {
+            agent_id: "a".into(),
+            host: "web".into(),
+            ip: "10.0.0.1".into(),
+            received_at_ms: 1_000 * seq as i64,
+            report: Report {
+                seq,
+                job: "v".into(),
+                collected_at_ms: 1_000 * seq as i64,
+                dropped: 0,
+                stats: Stats {
+                    cpu: Some(CpuStats { total_pct: cpu, per_core_pct: vec![], load1: 0.0, load5: 0.0, load15: 0.0 }),
+                    ..Stats::default()
+                },
+            },
+        }
+    }
+
+    fn ingest(store: &mut Store, cfg: &Config, inc: Incoming) {
+        let now = inc.received_at_ms;
+        store.insert_reports_with(&[inc], |c, i| on_report(c, cfg, i, now)).unwrap();
+    }
+
+    fn subjects(store: &Store) -> Vec<String> {
+        rows::due_mail(store.conn(), i64::MAX, 100).unwrap().into_iter().map(|r| r.subject).collect()
+    }
+
+    #[test]
+    fn a_transition_queues_one_mail_with_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        let cfg = config("<alert type=\"cpu\" limit=\"90%\"/>", JOBS);
+        for (seq, v) in [(1, 50.0), (2, 93.25), (3, 95.0), (4, 89.0), (5, 84.0)] {
+            ingest(&mut store, &cfg, report(seq, v));
+        }
+        assert_eq!(
+            subjects(&store),
+            ["[vigil] FIRING cpu on web (93.2% > 90%)", "[vigil] RESOLVED cpu on web (84.0% < 85%)"]
+        );
+        let mail = &rows::due_mail(store.conn(), i64::MAX, 1).unwrap()[0];
+        assert_eq!(mail.recipient, "ops@example.com");
+        assert!(mail.body.contains("50.0%") && mail.body.contains("IP:     10.0.0.1"), "{}", mail.body);
+        assert_eq!(rows::events_since(store.conn(), 0).unwrap().len(), 2);
+        assert!(rows::firing(store.conn()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_smtp_records_events_but_queues_nothing_and_duplicates_do_not_evaluate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        let jobs = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"data\"\n\n\
+            [[job]]\nname = \"v\"\ncollectors = [\"cpu\"]\ninterval = \"10s\"\n";
+        let cfg = config("<alert type=\"cpu\" limit=\"90%\"/>", jobs);
+        assert!(cfg.smtp.is_none());
+        ingest(&mut store, &cfg, report(1, 99.0));
+        assert!(subjects(&store).is_empty());
+        assert_eq!(rows::firing(store.conn()).unwrap().len(), 1);
+        // The same report again is a duplicate: nothing evaluated.
+        ingest(&mut store, &cfg, report(1, 10.0));
+        assert_eq!(rows::firing(store.conn()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn silence_fires_after_the_intervals_and_a_report_resolves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        let cfg = config("<alert type=\"silence\" limit=\"3\"/>", JOBS);
+        let check = |store: &mut Store, now| store.write_tx(|c| check_silence(c, &cfg, 0, now)).unwrap();
+        assert_eq!(check(&mut store, 1_000_000), 0, "a host that never reported is not alerted on");
+        ingest(&mut store, &cfg, report(1, 10.0)); // received at 1 s
+        assert_eq!(check(&mut store, 31_000), 0, "30 s is exactly 3 intervals: not yet");
+        assert_eq!(check(&mut store, 31_001), 1);
+        assert_eq!(check(&mut store, 60_000), 0, "fires once");
+        let mut back = report(2, 10.0);
+        back.received_at_ms = 61_000;
+        ingest(&mut store, &cfg, back);
+        let s = subjects(&store);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s[0].starts_with("[vigil] FIRING silence on web (no report for 30s > 3 x 10s)"), "{s:?}");
+        assert_eq!(s[1], "[vigil] RESOLVED silence on web (reporting again after 60s)");
+    }
+
+    #[test]
+    fn a_rule_removed_while_firing_is_cleared_without_mail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        let cfg = config("<alert type=\"cpu\" limit=\"90%\"/>", JOBS);
+        ingest(&mut store, &cfg, report(1, 99.0));
+        let without = config("", JOBS);
+        assert_eq!(store.write_tx(|c| check_silence(c, &without, 0, 5_000)).unwrap(), 1);
+        assert!(rows::firing(store.conn()).unwrap().is_empty());
+        assert_eq!(subjects(&store).len(), 1, "only the firing mail");
+        assert_eq!(rows::events_since(store.conn(), 0).unwrap().last().unwrap().state, "cleared");
+    }
+
+    #[test]
+    fn security_events_are_mailed_per_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        let cfg = config("", JOBS);
+        let ev = SecurityEvent {
+            time: 5,
+            kind: SecurityEventKind::LoginFailed,
+            user: Some("root".into()),
+            source: None,
+            message: "Failed password for root".into(),
+        };
+        for seq in 1..=2 {
+            let mut r = report(seq, 1.0);
+            r.report.stats.security_events =
+                Some(SecurityEvents { source: None, events: vec![ev.clone(), ev.clone()] });
+            ingest(&mut store, &cfg, r);
+        }
+        let mut empty = report(3, 1.0);
+        empty.report.stats.security_events = Some(SecurityEvents::default());
+        ingest(&mut store, &cfg, empty);
+        assert_eq!(subjects(&store), ["[vigil] SECURITY web: 2 events (2 login_failed)"; 2]);
+    }
+}

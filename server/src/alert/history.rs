@@ -1,0 +1,89 @@
+//! The `vigil alerts` view: the alert history from the database, as a table or as JSON, and the `--since` argument.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::message::utc;
+use crate::store::alerts::{EventRow, OutboxCounts};
+
+/// `--since`: a duration back from now (`90s`, `15m`, `2h`, `7d`, `1w`; a bare number is seconds). Returns
+/// milliseconds, or `None` when the text is not such a duration.
+pub fn parse_since(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num.parse().ok()?;
+    let unit_s = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return None,
+    };
+    n.checked_mul(unit_s)?.checked_mul(1000)
+}
+
+/// The JSON form of `vigil alerts --json`.
+#[derive(Debug, Serialize)]
+struct View<'a> {
+    events: &'a [EventRow],
+    outbox: OutboxCounts,
+}
+
+/// `{"events": [...], "outbox": {"pending": n, "sent": n, "failed": n}}`.
+pub fn render_json(events: &[EventRow], outbox: OutboxCounts) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(&View { events, outbox })
+}
+
+/// One line per event, oldest first, then the outbox counts.
+pub fn render_table(events: &[EventRow], outbox: OutboxCounts) -> String {
+    let mut out = String::new();
+    if events.is_empty() {
+        out.push_str("(no alerts)\n");
+    }
+    let host_w = events.iter().map(|e| e.host.chars().count()).max().unwrap_or(4).max(4);
+    for e in events {
+        let _ = writeln!(out, "{}  {:<host_w$}  {:<8}  {}", utc(e.at_ms), e.host, e.state, e.detail);
+    }
+    let _ = writeln!(out, "\nmail: {} sent, {} pending, {} failed", outbox.sent, outbox.pending, outbox.failed);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_durations() {
+        assert_eq!(parse_since("90s"), Some(90_000));
+        assert_eq!(parse_since("15m"), Some(900_000));
+        assert_eq!(parse_since("2h"), Some(7_200_000));
+        assert_eq!(parse_since("7d"), Some(604_800_000));
+        assert_eq!(parse_since("1w"), Some(604_800_000));
+        assert_eq!(parse_since("30"), Some(30_000));
+        for bad in ["", "h", "5x", "-5m", "1.5h", "99999999999999999999d"] {
+            assert_eq!(parse_since(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn table_lists_events_and_mail_counts() {
+        let e = EventRow {
+            id: 1,
+            at_ms: 0,
+            host: "web-01".into(),
+            ip: "10.0.0.1".into(),
+            rule: "cpu".into(),
+            state: "firing".into(),
+            value: Some(93.2),
+            limit: Some(90.0),
+            detail: "FIRING cpu on web-01 (93.2% > 90%)".into(),
+        };
+        let t = render_table(&[e], OutboxCounts { pending: 1, sent: 2, failed: 0 });
+        assert!(t.starts_with("1970-01-01 00:00:00 UTC  web-01  firing    FIRING cpu on web-01"), "{t}");
+        assert!(t.contains("mail: 2 sent, 1 pending, 0 failed"), "{t}");
+        assert!(render_table(&[], OutboxCounts::default()).starts_with("(no alerts)"));
+    }
+}

@@ -1,0 +1,429 @@
+//! The alert tables of migration V2: `alert_state` (one row per host and rule that ever fired), `alert_events` (the
+//! history `vigil alerts` lists) and `outbox` (mail waiting for the mailer).
+//!
+//! Functions take a `&Connection` so they run inside the caller's transaction (a `Transaction` derefs to one): the
+//! ingest writer evaluates rules in the transaction that stores the report, so a report, the transition it caused
+//! and the mail telling about it commit together or not at all. Deciding transitions is `crate::alert`'s job; this
+//! module only reads and writes rows.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::{Incoming, Outcome, Store, StoreError, insert};
+use crate::config::AlertKind;
+
+/// The stored state of one (host, rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    pub firing: bool,
+    /// The value that caused the last transition (or repeat).
+    pub value: Option<f64>,
+    pub limit: f64,
+    /// When the alert started firing (or resolved).
+    pub since_ms: i64,
+    /// When the last mail about it was queued.
+    pub last_mail_ms: i64,
+}
+
+/// A row of `alert_events` to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent<'a> {
+    pub at_ms: i64,
+    pub host: &'a str,
+    pub ip: &'a str,
+    /// The rule key (`cpu`, `disk:/data`, `security`, ...).
+    pub rule: &'a str,
+    /// `firing`, `repeat`, `resolved`, `security` or `cleared`.
+    pub state: &'a str,
+    pub value: Option<f64>,
+    pub limit: Option<f64>,
+    /// One line for `vigil alerts`.
+    pub detail: &'a str,
+}
+
+/// A stored alert event, as `vigil alerts` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub host: String,
+    pub ip: String,
+    pub rule: String,
+    pub state: String,
+    pub value: Option<f64>,
+    pub limit: Option<f64>,
+    pub detail: String,
+}
+
+/// An alert that is firing now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FiringRow {
+    pub host: String,
+    pub rule: String,
+    pub value: Option<f64>,
+    pub limit: f64,
+    pub since_ms: i64,
+}
+
+/// A mail waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub created_ms: i64,
+    pub recipient: String,
+    pub subject: String,
+    pub body: String,
+    pub attempts: i64,
+}
+
+/// Counts of the outbox by status, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub sent: i64,
+    pub failed: i64,
+}
+
+/// The state of `host`'s `rule`, if it ever fired.
+pub fn state(conn: &Connection, host: &str, rule: &str) -> Result<Option<StateRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, value, limit_value, since_ms, last_mail_ms FROM alert_state WHERE host = ?1 AND rule = ?2",
+    )?;
+    let row = stmt
+        .query_row(params![host, rule], |r| {
+            Ok(StateRow {
+                firing: r.get::<_, String>(0)? == "firing",
+                value: r.get(1)?,
+                limit: r.get(2)?,
+                since_ms: r.get(3)?,
+                last_mail_ms: r.get(4)?,
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
+/// Writes the state of `host`'s `rule`.
+pub fn set_state(conn: &Connection, host: &str, rule: &str, s: &StateRow, now_ms: i64) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO alert_state (host, rule, state, value, limit_value, since_ms, last_mail_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (host, rule) DO UPDATE SET state = excluded.state, value = excluded.value,
+             limit_value = excluded.limit_value, since_ms = excluded.since_ms, last_mail_ms = excluded.last_mail_ms,
+             updated_ms = excluded.updated_ms",
+    )?;
+    let state = if s.firing { "firing" } else { "resolved" };
+    stmt.execute(params![host, rule, state, s.value, s.limit, s.since_ms, s.last_mail_ms, now_ms])?;
+    Ok(())
+}
+
+/// Appends an event; returns its id.
+pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> Result<i64, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO alert_events (at_ms, host, ip, rule, state, value, limit_value, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+    )?;
+    Ok(stmt.query_row(params![e.at_ms, e.host, e.ip, e.rule, e.state, e.value, e.limit, e.detail], |r| r.get(0))?)
+}
+
+/// Queues a mail; returns the outbox id.
+pub fn enqueue_mail(
+    conn: &Connection,
+    event_id: Option<i64>,
+    created_ms: i64,
+    recipient: &str,
+    subject: &str,
+    body: &str,
+) -> Result<i64, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO outbox (event_id, created_ms, recipient, subject, body, next_attempt_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?2) RETURNING id",
+    )?;
+    Ok(stmt.query_row(params![event_id, created_ms, recipient, subject, body], |r| r.get(0))?)
+}
+
+/// Pending mail whose next attempt is due at `now_ms`, oldest first, at most `limit`.
+pub fn due_mail(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, created_ms, recipient, subject, body, attempts FROM outbox
+         WHERE status = 'pending' AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![now_ms, limit], |r| {
+        Ok(OutboxRow {
+            id: r.get(0)?,
+            created_ms: r.get(1)?,
+            recipient: r.get(2)?,
+            subject: r.get(3)?,
+            body: r.get(4)?,
+            attempts: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Marks a mail sent (the SMTP server accepted it).
+pub fn mark_sent(conn: &Connection, id: i64, now_ms: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE outbox SET status = 'sent', sent_ms = ?2, attempts = attempts + 1 WHERE id = ?1")?
+        .execute(params![id, now_ms])?;
+    Ok(())
+}
+
+/// Records a failed attempt: retried at `retry_at_ms`, or never again when `None` (refused for good).
+pub fn mark_attempt_failed(
+    conn: &Connection,
+    id: i64,
+    error: &str,
+    retry_at_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+             status = CASE WHEN ?3 IS NULL THEN 'failed' ELSE status END,
+             next_attempt_ms = coalesce(?3, next_attempt_ms)
+         WHERE id = ?1",
+    )?;
+    stmt.execute(params![id, error, retry_at_ms])?;
+    Ok(())
+}
+
+/// How many mails are pending, sent and failed.
+pub fn outbox_counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
+    let mut c = OutboxCounts::default();
+    let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM outbox GROUP BY status")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (status, n) = row?;
+        match status.as_str() {
+            "pending" => c.pending = n,
+            "sent" => c.sent = n,
+            _ => c.failed = n,
+        }
+    }
+    Ok(c)
+}
+
+/// Events at or after `since_ms`, oldest first.
+pub fn events_since(conn: &Connection, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events
+         WHERE at_ms >= ?1 ORDER BY at_ms, id",
+    )?;
+    let rows = stmt.query_map(params![since_ms], |r| {
+        Ok(EventRow {
+            id: r.get(0)?,
+            at_ms: r.get(1)?,
+            host: r.get(2)?,
+            ip: r.get(3)?,
+            rule: r.get(4)?,
+            state: r.get(5)?,
+            value: r.get(6)?,
+            limit: r.get(7)?,
+            detail: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Alerts firing now, by host then rule.
+pub fn firing(conn: &Connection) -> Result<Vec<FiringRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE state = 'firing' ORDER BY host, rule",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Alerts of `host` firing now, by rule (a primary-key lookup).
+pub fn firing_of(conn: &Connection, host: &str) -> Result<Vec<FiringRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE host = ?1 AND state = 'firing'
+         ORDER BY rule",
+    )?;
+    let rows = stmt.query_map(params![host], |r| {
+        Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// When the latest report of `host` arrived (server clock), if it ever reported.
+pub fn last_report_ms(conn: &Connection, host: &str) -> Result<Option<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.received_at_ms FROM reports r JOIN hosts h ON h.id = r.host_id WHERE h.name = ?1
+         ORDER BY r.received_at_ms DESC LIMIT 1",
+    )?;
+    Ok(stmt.query_row(params![host], |r| r.get(0)).optional()?)
+}
+
+/// The latest `n` samples (collected time, value) of a host's metric, newest first. For disk, `mount` picks one
+/// mount point; `None` takes the fullest mount of each report. Silence has no samples.
+pub fn recent_values(
+    conn: &Connection,
+    host: &str,
+    kind: AlertKind,
+    mount: Option<&str>,
+    n: usize,
+) -> Result<Vec<(i64, f64)>, StoreError> {
+    let host_id: Option<i64> = conn
+        .prepare_cached("SELECT id FROM hosts WHERE name = ?1")?
+        .query_row(params![host], |r| r.get(0))
+        .optional()?;
+    let Some(host_id) = host_id else { return Ok(Vec::new()) };
+    let limit = i64::try_from(n).unwrap_or(i64::MAX);
+    let simple = |sql: &str| -> Result<Vec<(i64, f64)>, StoreError> {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![host_id, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    };
+    match kind {
+        AlertKind::Cpu => simple("SELECT ts, total_pct FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT ?2"),
+        AlertKind::Load => simple("SELECT ts, load1 FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT ?2"),
+        AlertKind::Memory => {
+            simple("SELECT ts, used_pct FROM memory WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT ?2")
+        }
+        AlertKind::Swap => {
+            simple("SELECT ts, used_pct FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT ?2")
+        }
+        AlertKind::Silence => Ok(Vec::new()),
+        AlertKind::Disk => {
+            // A bounded window of the newest rows (a report has a handful of mounts), grouped here by report.
+            let mut stmt = conn.prepare_cached(
+                "SELECT report_id, ts, mount_point, used_pct FROM disk_usage WHERE host_id = ?1
+                 ORDER BY ts DESC, id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![host_id, limit.saturating_mul(32)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, f64>(3)?))
+            })?;
+            let mut out: Vec<(i64, i64, f64)> = Vec::new();
+            for row in rows {
+                let (report, ts, mp, pct) = row?;
+                if mount.is_some_and(|m| m != mp) {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some(last) if last.0 == report => last.2 = last.2.max(pct),
+                    _ => out.push((report, ts, pct)),
+                }
+            }
+            Ok(out.into_iter().take(n).map(|(_, ts, v)| (ts, v)).collect())
+        }
+    }
+}
+
+impl Store {
+    /// Like [`Store::insert_reports`], and calls `hook` inside the same transaction after each newly stored report
+    /// (not for duplicates). A hook error rolls the whole batch back.
+    pub fn insert_reports_with(
+        &mut self,
+        batch: &[Incoming],
+        mut hook: impl FnMut(&Connection, &Incoming) -> Result<(), StoreError>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let result = (|| {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for inc in batch {
+                let outcome = insert::insert_one(&tx, &mut self.hosts, inc)?;
+                if matches!(outcome, Outcome::Stored { .. }) {
+                    hook(&tx, inc)?;
+                }
+                out.push(outcome);
+            }
+            tx.commit()?;
+            Ok(out)
+        })();
+        if result.is_err() {
+            // Host ids cached during the failed transaction may have been rolled back.
+            self.hosts.clear();
+        }
+        result
+    }
+
+    /// Alert events at or after `since_ms`, oldest first (for `vigil alerts`).
+    pub fn alert_events_since(&self, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
+        events_since(&self.conn, since_ms)
+    }
+
+    /// Outbox counts by status (for `vigil alerts` and tests).
+    pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        outbox_counts(&self.conn)
+    }
+
+    /// Runs `f` in one immediate transaction, committed when it returns `Ok`.
+    pub fn write_tx<R>(&mut self, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let r = f(&tx)?;
+        tx.commit()?;
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("v.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn state_round_trips_and_updates() {
+        let (_d, mut s) = store();
+        assert_eq!(state(s.conn(), "h", "cpu").unwrap(), None);
+        let row = StateRow { firing: true, value: Some(93.0), limit: 90.0, since_ms: 5, last_mail_ms: 5 };
+        s.write_tx(|c| set_state(c, "h", "cpu", &row, 5)).unwrap();
+        assert_eq!(state(s.conn(), "h", "cpu").unwrap(), Some(row.clone()));
+        let resolved = StateRow { firing: false, value: Some(50.0), since_ms: 9, ..row };
+        s.write_tx(|c| set_state(c, "h", "cpu", &resolved, 9)).unwrap();
+        assert_eq!(state(s.conn(), "h", "cpu").unwrap(), Some(resolved));
+        assert!(firing(s.conn()).unwrap().is_empty());
+        assert!(firing_of(s.conn(), "h").unwrap().is_empty());
+        s.write_tx(|c| set_state(c, "h", "memory", &StateRow { firing: true, ..resolved_copy() }, 9)).unwrap();
+        assert_eq!(firing_of(s.conn(), "h").unwrap().len(), 1);
+        assert!(firing_of(s.conn(), "other").unwrap().is_empty());
+    }
+
+    fn resolved_copy() -> StateRow {
+        StateRow { firing: false, value: None, limit: 1.0, since_ms: 1, last_mail_ms: 1 }
+    }
+
+    #[test]
+    fn outbox_lifecycle() {
+        let (_d, mut s) = store();
+        let id = s
+            .write_tx(|c| {
+                let ev = NewEvent {
+                    at_ms: 10,
+                    host: "h",
+                    ip: "1.2.3.4",
+                    rule: "cpu",
+                    state: "firing",
+                    value: Some(1.0),
+                    limit: Some(0.5),
+                    detail: "d",
+                };
+                let e = insert_event(c, &ev)?;
+                enqueue_mail(c, Some(e), 10, "ops@x", "subj", "body")
+            })
+            .unwrap();
+        assert_eq!(due_mail(s.conn(), 9, 10).unwrap().len(), 0, "not due before it was created");
+        let due = due_mail(s.conn(), 10, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].recipient, "ops@x");
+        s.write_tx(|c| mark_attempt_failed(c, id, "refused", Some(100))).unwrap();
+        assert!(due_mail(s.conn(), 50, 10).unwrap().is_empty(), "backing off");
+        assert_eq!(due_mail(s.conn(), 100, 10).unwrap()[0].attempts, 1);
+        s.write_tx(|c| mark_sent(c, id, 101)).unwrap();
+        assert!(due_mail(s.conn(), 1_000, 10).unwrap().is_empty());
+        assert_eq!(outbox_counts(s.conn()).unwrap(), OutboxCounts { pending: 0, sent: 1, failed: 0 });
+        let id2 = s.write_tx(|c| enqueue_mail(c, None, 10, "bad", "s", "b")).unwrap();
+        s.write_tx(|c| mark_attempt_failed(c, id2, "bad address", None)).unwrap();
+        assert!(due_mail(s.conn(), 1_000, 10).unwrap().is_empty(), "a failed mail is not retried");
+        assert_eq!(outbox_counts(s.conn()).unwrap().failed, 1);
+        assert_eq!(events_since(s.conn(), 0).unwrap().len(), 1);
+        assert!(events_since(s.conn(), 11).unwrap().is_empty());
+    }
+}
