@@ -75,7 +75,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if lock.try_lock().is_err() {
+    // A probe (`flock -n agent.lock true` from bootstrap) may hold the lock for an instant: retry briefly.
+    let locked = (0..40).any(|i| {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        lock.try_lock().is_ok()
+    });
+    if !locked {
         eprintln!("vigil-agent: another agent already runs in {}", cfg.dir.display());
         return ExitCode::from(3);
     }
@@ -119,6 +126,8 @@ async fn run(cfg: AgentConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Waits for SIGTERM or SIGINT.
+#[cfg(unix)]
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -129,6 +138,25 @@ async fn wait_for_signal() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+/// Waits for Ctrl-C, Ctrl-Break, the console closing or the system shutting down.
+#[cfg(windows)]
+async fn wait_for_signal() {
+    use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
+    match (ctrl_break(), ctrl_close(), ctrl_shutdown()) {
+        (Ok(mut brk), Ok(mut close), Ok(mut shutdown)) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = brk.recv() => {}
+                _ = close.recv() => {}
+                _ = shutdown.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Done {
     pub minted: bool,
     pub uploaded: bool,
     pub started: bool,
+    /// What the operator should know (a noexec temp directory, a server that was not running, ...).
+    pub notes: Vec<String>,
 }
 
 impl std::fmt::Display for Done {
@@ -36,7 +38,11 @@ impl std::fmt::Display for Done {
         if parts.is_empty() {
             parts.push("already up to date and running");
         }
-        f.write_str(&parts.join(", "))
+        f.write_str(&parts.join(", "))?;
+        for n in &self.notes {
+            write!(f, "; {n}")?;
+        }
+        Ok(())
     }
 }
 
@@ -49,29 +55,16 @@ pub enum BootstrapError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The current agent id in an agent directory's agent.toml, if it is readable.
 fn installed_agent_id(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join(layout::CONFIG)).ok()?;
     toml::from_str::<AgentConfigFile>(&text).ok().map(|c| c.agent_id)
-}
-
-/// Bootstraps one host. Only local hosts are supported by this build; SSH hosts are refused with a clear error.
-pub fn bootstrap_host(
-    config: &Config,
-    host: &Host,
-    store: &mut Store,
-    server_fingerprint: &str,
-    binary: &Path,
-) -> Result<Done, BootstrapError> {
-    match host.transport {
-        Transport::Local => bootstrap_local(config, host, store, server_fingerprint, binary),
-        Transport::Ssh => Err(BootstrapError::Unsupported(format!(
-            "{}: bootstrap over SSH is not available in this build (only transport=\"local\")",
-            host.name
-        ))),
-    }
 }
 
 /// Installs or repairs the agent of a local host.
@@ -125,4 +118,224 @@ pub fn uninstall_local(host: &str, store: &mut Store) -> Result<(), BootstrapErr
     }
     store.remove_agents_of_host(host)?;
     Ok(())
+}
+
+/// Everything a bootstrap run shares between hosts.
+#[derive(Debug)]
+pub struct Ctx {
+    pub config: std::sync::Arc<Config>,
+    pub store: std::sync::Mutex<Store>,
+    pub fingerprint: String,
+    pub binary_path: std::path::PathBuf,
+    pub binary: Vec<u8>,
+    pub binary_sha: String,
+    pub known: crate::remote::KnownHosts,
+    pub new_keys: crate::remote::NewKeys,
+    /// Whether `vigil serve` answers on its listen address: then check-in is confirmed, else only the process.
+    pub server_up: bool,
+    /// How long to wait for a check-in.
+    pub checkin_timeout: std::time::Duration,
+}
+
+impl Ctx {
+    fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, BootstrapError> {
+        self.store.lock().map_err(|_| BootstrapError::Failed("store lock poisoned".into()))
+    }
+}
+
+/// `key=value` lines of the probe.
+fn parse_probe(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect()
+}
+
+/// Installs, repairs or upgrades the agent of an SSH host. `step` reports progress.
+pub async fn bootstrap_ssh(ctx: &Ctx, host: &Host, step: &(dyn Fn(&str) + Sync)) -> Result<Done, BootstrapError> {
+    use crate::remote::Session;
+
+    if host.os == Some(crate::config::Os::Windows) {
+        return Err(BootstrapError::Unsupported(
+            "Windows: no Windows agent build ships with this server (the commands exist, the binary does not)".into(),
+        ));
+    }
+    step("connecting");
+    let s = Session::open(host, &ctx.known, ctx.new_keys).await?;
+    let result = install_over(ctx, host, &s, step).await;
+    s.close().await;
+    result
+}
+
+async fn install_over(
+    ctx: &Ctx,
+    host: &Host,
+    s: &crate::remote::Session,
+    step: &(dyn Fn(&str) + Sync),
+) -> Result<Done, BootstrapError> {
+    use crate::bootstrap_cmds::linux;
+
+    step("probing");
+    let probe = s.run(&linux::probe(&crate::provision::dir_name(&host.name)), None).await?;
+    let kv = parse_probe(&probe.stdout_text());
+    let os = kv.get("os").cloned().unwrap_or_default();
+    let arch = kv.get("arch").cloned().unwrap_or_default();
+    if os != "Linux" {
+        let what = if os.is_empty() { "an unknown OS (uname failed: Windows?)".to_owned() } else { os };
+        return Err(BootstrapError::Unsupported(format!("{what}: no agent build for it")));
+    }
+    if arch != std::env::consts::ARCH {
+        return Err(BootstrapError::Unsupported(format!(
+            "Linux {arch}: no agent build for it (this server ships {})",
+            std::env::consts::ARCH
+        )));
+    }
+    if let Some(m) = kv.get("missing") {
+        return Err(BootstrapError::Unsupported(format!("the host lacks `{m}` (util-linux/coreutils)")));
+    }
+    let dir = kv.get("dir").cloned().ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
+    let mut done = Done::default();
+    if let Some(t) = kv.get("noexec") {
+        done.notes.push(format!("{t} is mounted noexec: installed in {dir} instead"));
+    }
+    if let Some(t) = kv.get("tmp_unusable") {
+        done.notes.push(format!("{t} is not a writable directory: installed in {dir} instead"));
+    }
+    let free: u64 = kv.get("free_kb").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if free < linux::NEED_KB {
+        return Err(BootstrapError::Failed(format!("only {free} KiB free for {dir}, {} KiB needed", linux::NEED_KB)));
+    }
+    step("preparing directory");
+    s.check(&linux::prepare(&dir), None).await?;
+    if kv.get("agent_sha") != Some(&ctx.binary_sha) {
+        step("uploading agent");
+        s.check(&linux::write_file(&dir, layout::BINARY, "700"), Some(&ctx.binary)).await?;
+        done.uploaded = true;
+    }
+    let endpoint = crate::provision::endpoint_for(&ctx.config, host);
+    let registered = ctx.store()?.agents()?;
+    let creds_ok =
+        kv.get("cfg_agent_id").is_some_and(|id| registered.iter().any(|a| &a.agent_id == id && a.host == host.name))
+            && kv.get("cfg_server_host_key") == Some(&ctx.fingerprint)
+            && kv.get("cfg_server") == Some(&endpoint);
+    let running = kv.contains_key("running");
+    let mut agent_id = kv.get("cfg_agent_id").cloned().unwrap_or_default();
+    if !creds_ok || ((done.uploaded) && running) {
+        step("stopping old agent");
+        s.check(&linux::stop(&dir), None).await?;
+    }
+    if !creds_ok {
+        step("writing credentials");
+        let files = AgentFiles::new(&ctx.config, host, &ctx.fingerprint, CollectPaths::default())?;
+        s.check(&linux::write_file(&dir, layout::KEY, "600"), Some(files.creds.private_key_openssh.as_bytes())).await?;
+        s.check(&linux::write_file(&dir, layout::SCHEDULE, "600"), Some(files.schedule_json.as_bytes())).await?;
+        s.check(&linux::write_file(&dir, layout::CONFIG, "600"), Some(files.agent_toml.as_bytes())).await?;
+        {
+            let mut store = ctx.store()?;
+            store.remove_agents_of_host(&host.name)?;
+            store.register_agent(&files.record(&host.name, now_ms()))?;
+        }
+        agent_id = files.creds.agent_id.clone();
+        done.minted = true;
+    }
+    let started_at = now_ms();
+    let still_running = running && creds_ok && !done.uploaded;
+    if !still_running {
+        step("starting agent");
+        s.check(&linux::start(&dir), None).await?;
+        done.started = true;
+    }
+    if ctx.server_up && (done.started || done.minted) {
+        step("waiting for check-in");
+        let deadline = tokio::time::Instant::now() + ctx.checkin_timeout;
+        loop {
+            let seen =
+                ctx.store()?.agents()?.into_iter().find(|a| a.agent_id == agent_id).and_then(|a| a.last_seen_at_ms);
+            if seen.is_some_and(|t| t >= started_at - 1000) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(BootstrapError::Failed(format!(
+                    "agent started but did not check in within {} s (can the host reach {endpoint}? see {dir}/agent.log)",
+                    ctx.checkin_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    } else if !ctx.server_up {
+        if s.run(&linux::is_running(&dir), None).await?.code != 0 {
+            return Err(BootstrapError::Failed(format!("agent is not running; see {dir}/agent.log")));
+        }
+        done.notes.push("server not running: agent alive, it will check in when the server starts".into());
+    }
+    Ok(done)
+}
+
+/// Stops and removes an SSH host's agent, and forgets its registration.
+pub async fn uninstall_ssh(ctx: &Ctx, host: &Host) -> Result<(), BootstrapError> {
+    use crate::bootstrap_cmds::linux;
+    let s = crate::remote::Session::open(host, &ctx.known, ctx.new_keys).await?;
+    let result = async {
+        let probe = s.run(&linux::probe(&crate::provision::dir_name(&host.name)), None).await?;
+        let kv = parse_probe(&probe.stdout_text());
+        let dir = kv.get("dir").cloned().ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
+        s.check(&linux::uninstall(&dir), None).await?;
+        // Also the directory used when /tmp was noexec at install time, and the plain one.
+        Ok::<_, BootstrapError>(())
+    }
+    .await;
+    s.close().await;
+    result?;
+    ctx.store()?.remove_agents_of_host(&host.name)?;
+    Ok(())
+}
+
+/// One host's outcome.
+#[derive(Debug)]
+pub struct HostResult {
+    pub host: String,
+    pub result: Result<Done, BootstrapError>,
+}
+
+/// Bootstraps `hosts` with at most `parallel` at once, a progress line per host on stderr, and returns every
+/// outcome in the hosts' order.
+pub async fn run_all(ctx: std::sync::Arc<Ctx>, hosts: Vec<Host>, parallel: usize) -> Vec<HostResult> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let width = hosts.iter().map(|h| h.name.len()).max().unwrap_or(4);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, host) in hosts.into_iter().enumerate() {
+        let bar = multi
+            .add(ProgressBar::new_spinner().with_style(style.clone()).with_prefix(format!("{:width$}", host.name)));
+        bar.set_message("waiting");
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        let ctx = ctx.clone();
+        let slots = slots.clone();
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let step = |m: &str| bar.set_message(m.to_owned());
+            let result = match host.transport {
+                Transport::Ssh => bootstrap_ssh(&ctx, &host, &step).await,
+                Transport::Local => {
+                    step("installing locally");
+                    let ctx2 = ctx.clone();
+                    let host2 = host.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut store = ctx2.store()?;
+                        bootstrap_local(&ctx2.config, &host2, &mut store, &ctx2.fingerprint, &ctx2.binary_path)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(BootstrapError::Failed(e.to_string())))
+                }
+            };
+            match &result {
+                Ok(done) => bar.finish_with_message(format!("ok: {done}")),
+                Err(e) => bar.finish_with_message(format!("FAILED: {e}")),
+            }
+            (i, HostResult { host: host.name.clone(), result })
+        });
+    }
+    let mut out: Vec<(usize, HostResult)> = set.join_all().await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }

@@ -12,13 +12,15 @@
 //! - [`status`]: the `vigil status` view, read straight from the database.
 //! - [`reload`]: watches both config files and publishes each valid edit; the last good config stays otherwise.
 //! - [`provision`] and [`bootstrap`]: an agent's directory, credentials and registration; installing, upgrading,
-//!   starting and removing agents (on this machine for `transport="local"`).
+//!   starting and removing agents, on this machine (`transport="local"`) or over SSH ([`remote`], with the
+//!   commands in [`bootstrap_cmds`]).
 //! - [`alert`]: alert rules evaluated in each report's transaction and periodically for silence; transitions and
 //!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
 pub mod alert;
 pub mod bootstrap;
+pub mod bootstrap_cmds;
 pub mod config;
 pub mod endpoint;
 pub mod ingest;
@@ -26,6 +28,7 @@ pub mod keys;
 pub mod mail;
 pub mod provision;
 pub mod reload;
+pub mod remote;
 pub mod serve;
 pub mod status;
 pub mod store;

@@ -60,9 +60,20 @@ enum Command {
         /// Show what would be done and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Accept (and record) a host key never seen before. A changed key is always refused.
+        #[arg(long)]
+        accept_new_host_key: bool,
+        /// Hosts bootstrapped at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
     },
     /// Stop and remove the agent from hosts, and forget its registration.
-    Uninstall { hosts: Vec<String> },
+    Uninstall {
+        hosts: Vec<String>,
+        /// Accept (and record) a host key never seen before.
+        #[arg(long)]
+        accept_new_host_key: bool,
+    },
     /// Mint credentials for a host's agent and write its files (agent.toml, key, schedule) into a directory,
     /// without installing or starting anything: for manual installs and tests.
     Enroll {
@@ -114,8 +125,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { verbose, test_mail: Some(to) } => check_and_mail(files, verbose, &to),
         Command::Serve => serve(files),
         Command::Status { json } => status(files, json),
-        Command::Bootstrap { hosts, all, dry_run } => bootstrap(files, &hosts, all, dry_run),
-        Command::Uninstall { hosts } => uninstall(files, &hosts),
+        Command::Bootstrap { hosts, all, dry_run, accept_new_host_key, parallel } => {
+            bootstrap(files, &hosts, all, dry_run, accept_new_host_key, parallel)
+        }
+        Command::Uninstall { hosts, accept_new_host_key } => uninstall(files, &hosts, accept_new_host_key),
         Command::Enroll { host, dir, utmp, auth_log } => enroll(files, &host, &dir, utmp, auth_log),
         Command::HostKey => {
             let config = load(files)?;
@@ -262,58 +275,113 @@ fn select_hosts<'a>(
     names.iter().map(|n| config.host(n).with_context(|| format!("{n}: no such host in clients.xml"))).collect()
 }
 
-fn bootstrap(files: &Files, names: &[String], all: bool, dry_run: bool) -> anyhow::Result<ExitCode> {
+fn bootstrap_ctx(config: Config, accept_new: bool) -> anyhow::Result<std::sync::Arc<vigil_server::bootstrap::Ctx>> {
+    use vigil_server::remote::{KnownHosts, NewKeys};
+    let fingerprint = vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?;
+    let binary_path = vigil_server::provision::agent_binary()?;
+    let binary = std::fs::read(&binary_path).with_context(|| format!("reading {}", binary_path.display()))?;
+    let binary_sha = vigil_server::provision::sha256_hex(&binary);
+    let store = Store::open(&config.server.database)?;
+    let server_up =
+        std::net::TcpStream::connect_timeout(&config.server.listen, std::time::Duration::from_millis(500)).is_ok();
+    Ok(std::sync::Arc::new(vigil_server::bootstrap::Ctx {
+        known: KnownHosts::new(&config.server.data_dir),
+        config: std::sync::Arc::new(config),
+        store: std::sync::Mutex::new(store),
+        fingerprint,
+        binary_path,
+        binary,
+        binary_sha,
+        new_keys: if accept_new { NewKeys::Accept } else { NewKeys::Refuse },
+        server_up,
+        checkin_timeout: std::time::Duration::from_secs(20),
+    }))
+}
+
+fn bootstrap(
+    files: &Files,
+    names: &[String],
+    all: bool,
+    dry_run: bool,
+    accept_new: bool,
+    parallel: usize,
+) -> anyhow::Result<ExitCode> {
     let config = load(files)?;
-    let hosts = select_hosts(&config, names, all)?;
+    let hosts: Vec<vigil_server::config::Host> = select_hosts(&config, names, all)?.into_iter().cloned().collect();
     if dry_run {
+        let known = vigil_server::remote::KnownHosts::new(&config.server.data_dir);
         for h in &hosts {
-            let dir = vigil_server::provision::local::agent_dir(&h.name);
+            let endpoint = vigil_server::provision::endpoint_for(&config, h);
+            let dir = vigil_server::provision::dir_name(&h.name);
             match h.transport {
                 Transport::Local => println!(
-                    "{}: local; would install the agent in {} (0700), register it, and start it dialing {}",
+                    "{}: local: install the agent in {} (0700), register it, start it dialing {endpoint}",
                     h.name,
-                    dir.display(),
-                    vigil_server::provision::endpoint_for(&config, h)
+                    vigil_server::provision::local::agent_dir(&h.name).display(),
                 ),
-                Transport::Ssh => println!("{}: ssh to {}:{}; not supported by this build", h.name, h.ip, h.port),
+                Transport::Ssh => {
+                    let key = match (&h.host_key, known.get(h)) {
+                        (Some(k), _) => format!("pinned host key {k}"),
+                        (None, Some(k)) => format!("recorded host key {k}"),
+                        (None, None) if accept_new => "new host key will be accepted and recorded".to_owned(),
+                        (None, None) => "unknown host key: would be refused without --accept-new-host-key".to_owned(),
+                    };
+                    let auth = match &h.auth {
+                        vigil_server::config::Auth::Password(_) => "password",
+                        vigil_server::config::Auth::PasswordEnv(_) => "password from the environment",
+                        vigil_server::config::Auth::KeyFile { .. } => "key file",
+                        vigil_server::config::Auth::None => "no credentials",
+                    };
+                    println!(
+                        "{}: ssh {}@{}:{} ({auth}; {key}); install in $TMPDIR/{dir} (0700, /tmp by default; the home \
+                         directory if /tmp is noexec), upload the agent unless its sha256 matches, write agent.toml, \
+                         key and schedule (0600), start it dialing {endpoint}, confirm its check-in",
+                        h.name,
+                        h.username.as_deref().unwrap_or("?"),
+                        h.ip,
+                        h.port
+                    );
+                }
             }
         }
+        println!("dry run: nothing changed");
         return Ok(ExitCode::SUCCESS);
     }
-    let fingerprint = vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?;
-    let binary = vigil_server::provision::agent_binary()?;
-    let mut store = Store::open(&config.server.database)?;
-    let mut failed = 0;
-    for h in &hosts {
-        match vigil_server::bootstrap::bootstrap_host(&config, h, &mut store, &fingerprint, &binary) {
-            Ok(done) => println!("ok   {}: {done}", h.name),
-            Err(e) => {
-                failed += 1;
-                println!("FAIL {}: {e}", h.name);
-            }
+    let ctx = bootstrap_ctx(config, accept_new)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let results = rt.block_on(vigil_server::bootstrap::run_all(ctx, hosts, parallel));
+    let failed = results.iter().filter(|r| r.result.is_err()).count();
+    println!("summary:");
+    for r in &results {
+        match &r.result {
+            Ok(done) => println!("  ok     {}: {done}", r.host),
+            Err(e) => println!("  FAILED {}: {e}", r.host),
         }
     }
-    println!("{} succeeded, {failed} failed", hosts.len() - failed);
+    println!("{} succeeded, {failed} failed", results.len() - failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn uninstall(files: &Files, names: &[String]) -> anyhow::Result<ExitCode> {
+fn uninstall(files: &Files, names: &[String], accept_new: bool) -> anyhow::Result<ExitCode> {
     let config = load(files)?;
-    let hosts = select_hosts(&config, names, false)?;
-    let mut store = Store::open(&config.server.database)?;
+    let hosts: Vec<vigil_server::config::Host> = select_hosts(&config, names, false)?.into_iter().cloned().collect();
+    let ctx = bootstrap_ctx(config, accept_new)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     let mut failed = 0;
-    for h in hosts {
+    for h in &hosts {
         let r = match h.transport {
-            Transport::Local => {
-                vigil_server::bootstrap::uninstall_local(&h.name, &mut store).map_err(anyhow::Error::from)
-            }
-            Transport::Ssh => Err(anyhow::anyhow!("uninstall over SSH is not supported by this build")),
+            Transport::Local => ctx
+                .store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("store lock poisoned"))
+                .and_then(|mut s| Ok(vigil_server::bootstrap::uninstall_local(&h.name, &mut s)?)),
+            Transport::Ssh => rt.block_on(vigil_server::bootstrap::uninstall_ssh(&ctx, h)).map_err(anyhow::Error::from),
         };
         match r {
-            Ok(()) => println!("ok   {}: agent stopped and removed", h.name),
+            Ok(()) => println!("ok     {}: agent stopped, removed, registration forgotten", h.name),
             Err(e) => {
                 failed += 1;
-                println!("FAIL {}: {e:#}", h.name);
+                println!("FAILED {}: {e:#}", h.name);
             }
         }
     }

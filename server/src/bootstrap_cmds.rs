@@ -1,0 +1,227 @@
+//! The commands bootstrap runs on a host, as text: POSIX shell for Linux, PowerShell for Windows. Pure functions,
+//! unit-tested; `bootstrap` runs them over SSH.
+
+/// Quotes a value for POSIX sh (single quotes; an embedded quote becomes `'\''`).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Commands for Linux (and other POSIX) hosts.
+pub mod linux {
+    use super::sh_quote;
+
+    /// Free space the agent directory needs, in KiB.
+    pub const NEED_KB: u64 = 32 * 1024;
+
+    /// Reports OS, architecture, the temp directory's state, and what an earlier install left, as `key=value` lines.
+    /// A temp directory mounted noexec is replaced by the home directory.
+    pub fn probe(dir_name: &str) -> String {
+        let name = sh_quote(dir_name);
+        format!(
+            r#"T="${{TMPDIR:-/tmp}}"; N={name}
+echo "os=$(uname -s)"; echo "arch=$(uname -m)"
+if [ ! -d "$T" ] || [ ! -w "$T" ]; then echo "tmp_unusable=$T"; T="$HOME"; fi
+if command -v findmnt >/dev/null 2>&1 && findmnt -no OPTIONS --target "$T" | tr , '\n' | grep -qx noexec; then echo "noexec=$T"; T="$HOME"; N=".$N"; fi
+D="$T/$N"; echo "dir=$D"
+echo "free_kb=$(df -Pk "$T" | awk 'NR==2{{print $4}}')"
+if [ -f "$D/vigil-agent" ]; then echo "agent_sha=$(sha256sum "$D/vigil-agent" | cut -d' ' -f1)"; fi
+if [ -f "$D/agent.toml" ]; then sed -n 's/^\(agent_id\|server\|server_host_key\) = "\(.*\)"$/cfg_\1=\2/p' "$D/agent.toml"; fi
+if [ -f "$D/agent.lock" ] && ! flock -n "$D/agent.lock" true 2>/dev/null; then echo "running=1"; fi
+for t in flock setsid sha256sum; do command -v $t >/dev/null 2>&1 || echo "missing=$t"; done
+exit 0"#
+        )
+    }
+
+    /// Creates the private directory, refusing a symlink or someone else's directory.
+    pub fn prepare(dir: &str) -> String {
+        let d = sh_quote(dir);
+        format!(
+            "umask 077; D={d}; mkdir -p \"$D\" && [ ! -L \"$D\" ] && [ -O \"$D\" ] && chmod 700 \"$D\" || \
+             {{ echo \"$D is not a private directory of this user\" >&2; exit 1; }}"
+        )
+    }
+
+    /// Writes stdin to `dir/name` atomically with the given mode.
+    pub fn write_file(dir: &str, name: &str, mode: &str) -> String {
+        let d = sh_quote(dir);
+        let n = sh_quote(name);
+        format!(
+            "umask 077; D={d}; cat > \"$D/.upload.tmp\" && chmod {mode} \"$D/.upload.tmp\" && mv -f \"$D/.upload.tmp\" \"$D/\"{n}"
+        )
+    }
+
+    /// Stops a running agent: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(dir: &str) -> String {
+        let d = sh_quote(dir);
+        format!(
+            r#"D={d}; L="$D/agent.lock"
+if [ -f "$L" ] && ! flock -n "$L" true; then
+  P="$(cat "$D/agent.pid" 2>/dev/null)"; [ -n "$P" ] && kill -TERM "$P"
+  i=0; while [ $i -lt 50 ] && ! flock -n "$L" true; do sleep 0.1; i=$((i+1)); done
+  flock -n "$L" true || {{ [ -n "$P" ] && kill -KILL "$P"; sleep 0.2; }}
+fi
+exit 0"#
+        )
+    }
+
+    /// Starts the agent detached (its own session, so it outlives the SSH connection) and waits until it holds its
+    /// lock.
+    pub fn start(dir: &str) -> String {
+        let d = sh_quote(dir);
+        format!(
+            r#"cd {d} || exit 1
+setsid -f ./vigil-agent --config agent.toml >> agent.log 2>&1 < /dev/null
+i=0; while [ $i -lt 150 ]; do sleep 0.1; flock -n agent.lock true || exit 0; i=$((i+1)); done
+echo "the agent did not start:" >&2; tail -n 5 agent.log >&2; exit 1"#
+        )
+    }
+
+    /// Whether the agent runs: exit 0 when it does.
+    pub fn is_running(dir: &str) -> String {
+        format!("! flock -n {}/agent.lock true", sh_quote(dir))
+    }
+
+    /// Stops the agent and removes its directory.
+    pub fn uninstall(dir: &str) -> String {
+        format!("{}\nrm -rf {}", stop(dir).trim_end_matches("exit 0"), sh_quote(dir))
+    }
+}
+
+/// Commands for Windows hosts (OpenSSH for Windows, PowerShell). Generated and tested here; no Windows agent build
+/// ships yet, so bootstrap refuses Windows hosts before running them.
+pub mod windows {
+    /// The agent directory under C:\Windows\Temp.
+    pub fn dir(dir_name: &str) -> String {
+        format!(r"C:\Windows\Temp\{dir_name}")
+    }
+
+    fn ps_quote(s: &str) -> String {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+
+    fn powershell(script: &str) -> String {
+        format!("powershell -NoProfile -NonInteractive -Command \"{}\"", script.replace('"', "\\\""))
+    }
+
+    /// OS and architecture.
+    pub fn probe() -> String {
+        powershell("Write-Output \"os=Windows\"; Write-Output (\"arch=\" + $env:PROCESSOR_ARCHITECTURE)")
+    }
+
+    /// Creates the directory, readable by the current user (and SYSTEM, Administrators) only.
+    pub fn prepare(dir: &str) -> String {
+        let d = ps_quote(dir);
+        powershell(&format!(
+            "New-Item -ItemType Directory -Force -Path {d} | Out-Null; icacls {d} /inheritance:r /grant:r \
+             \"$($env:USERNAME):(OI)(CI)F\" SYSTEM:(OI)(CI)F Administrators:(OI)(CI)F | Out-Null"
+        ))
+    }
+
+    /// Starts the agent hidden and detached.
+    pub fn start(dir: &str) -> String {
+        let exe = ps_quote(&format!(r"{dir}\vigil-agent.exe"));
+        let d = ps_quote(dir);
+        powershell(&format!(
+            "Start-Process -WindowStyle Hidden -WorkingDirectory {d} -FilePath {exe} -ArgumentList '--config','agent.toml'"
+        ))
+    }
+
+    /// Stops the agent and removes its directory.
+    pub fn uninstall(dir: &str) -> String {
+        let exe = format!(r"{dir}\vigil-agent.exe");
+        let d = ps_quote(dir);
+        powershell(&format!(
+            "Get-Process vigil-agent -ErrorAction SilentlyContinue | Where-Object {{ $_.Path -eq {} }} | Stop-Process -Force; \
+             Remove-Item -Recurse -Force {d}",
+            ps_quote(&exe)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_hostile_names() {
+        assert_eq!(sh_quote("a'b"), r"'a'\''b'");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", sh_quote("x'; rm -rf /; '")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "x'; rm -rf /; '");
+    }
+
+    #[test]
+    fn linux_scripts_are_valid_sh() {
+        for script in [
+            linux::probe("vigil-agent-web"),
+            linux::prepare("/tmp/vigil-agent-web"),
+            linux::write_file("/tmp/vigil-agent-web", "agent.toml", "600"),
+            linux::stop("/tmp/vigil-agent-web"),
+            linux::start("/tmp/vigil-agent-web"),
+            linux::uninstall("/tmp/vigil-agent-web"),
+        ] {
+            let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
+            assert!(out.status.success(), "{script}\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    #[test]
+    fn linux_probe_reports_a_fresh_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(linux::probe("vigil-agent-t"))
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("os=Linux"), "{text}");
+        assert!(text.contains(&format!("dir={}/vigil-agent-t", tmp.path().display())), "{text}");
+        assert!(!text.contains("agent_sha="), "{text}");
+        assert!(!text.contains("running=1"), "{text}");
+    }
+
+    #[test]
+    fn prepare_refuses_a_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        let link = tmp.path().join("vigil-agent-x");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(linux::prepare(&link.display().to_string()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let fresh = tmp.path().join("vigil-agent-y");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(linux::prepare(&fresh.display().to_string()))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn windows_commands_target_the_windows_temp_directory() {
+        let d = windows::dir("vigil-agent-web");
+        assert_eq!(d, r"C:\Windows\Temp\vigil-agent-web");
+        let prep = windows::prepare(&d);
+        assert!(prep.starts_with("powershell -NoProfile"), "{prep}");
+        assert!(prep.contains(r"'C:\Windows\Temp\vigil-agent-web'"), "{prep}");
+        assert!(prep.contains("/inheritance:r"), "{prep}");
+        let start = windows::start(&d);
+        assert!(start.contains(r"'C:\Windows\Temp\vigil-agent-web\vigil-agent.exe'"), "{start}");
+        assert!(start.contains("'--config','agent.toml'"), "{start}");
+        let un = windows::uninstall(&d);
+        assert!(un.contains("Stop-Process") && un.contains("Remove-Item -Recurse -Force"), "{un}");
+        // A quote in a name cannot break out of the PowerShell string.
+        assert!(windows::prepare(r"C:\Windows\Temp\a'b").contains("'C:\\Windows\\Temp\\a''b'"));
+    }
+}

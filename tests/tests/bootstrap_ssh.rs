@@ -1,0 +1,193 @@
+//! `vigil bootstrap` and `vigil uninstall` over SSH against real OpenSSH sshd hosts (each its own sshd on
+//! 127.0.0.1; they share this machine's /tmp, so every test uses host names of its own).
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use vigil_tests::fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
+use vigil_tests::net::free_port;
+use vigil_tests::poll::wait_for;
+use vigil_tests::process::{Proc, kill_processes_under, pid_alive};
+use vigil_tests::sshd::{ClientKey, Sshd, SshdOpts};
+use vigil_tests::users::LocalUser;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique(label: &str) -> String {
+    format!("bs{}{label}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn agent_dir(host: &str) -> PathBuf {
+    PathBuf::from("/tmp").join(format!("vigil-agent-{host}"))
+}
+
+/// A fleet of sshd hosts and a running `vigil serve`; kills every installed agent on drop.
+struct Fleet {
+    w: Workdir,
+    port: u16,
+    serve: Option<Proc>,
+    names: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for n in &self.names {
+            kill_processes_under(&agent_dir(n));
+            let _ = std::fs::remove_dir_all(agent_dir(n));
+        }
+    }
+}
+
+impl Fleet {
+    fn new(entries: &[ClientEntry], names: Vec<String>, env: Vec<(String, String)>) -> Result<Self> {
+        let w = Workdir::new()?;
+        let port = free_port();
+        w.write_clients_text(&clients_xml(entries))?;
+        w.write_jobs(&jobs_toml(port, &w.data_dir(), None, "1s"))?;
+        Ok(Self { w, port, serve: None, names, env })
+    }
+
+    fn serve(&mut self) -> Result<()> {
+        self.serve = Some(self.w.spawn_vigil(&["serve"], "serve")?);
+        let port = self.port;
+        wait_for(Duration::from_secs(20), "serve listening", || vigil_tests::net::port_accepts(port))
+    }
+
+    fn vigil(&self, args: &[&str], agent_bin: Option<&PathBuf>) -> Output {
+        let mut cmd = self.w.vigil(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(b) = agent_bin {
+            cmd.env("VIGIL_AGENT_BIN", b);
+        }
+        cmd.output().expect("run vigil")
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.w.data_dir().join("vigil.db")).expect("open db")
+    }
+
+    fn count(&self, table: &str, host: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {table} t JOIN hosts h ON h.id = t.host_id WHERE h.name = ?1");
+        self.db().query_row(&sql, [host], |r| r.get(0)).unwrap_or(0)
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn agent_pid(host: &str) -> Option<u32> {
+    std::fs::read_to_string(agent_dir(host).join("agent.pid")).ok()?.trim().parse().ok()
+}
+
+/// Live processes whose executable is the agent in `dir`.
+fn agents_in(dir: &std::path::Path) -> usize {
+    let exe = dir.join("vigil-agent");
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+                .filter(|e| std::fs::read_link(e.path().join("exe")).is_ok_and(|p| p == exe))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+const TABLES: [&str; 9] =
+    ["system_details", "sessions", "cpu", "memory", "swap", "partitions", "disk_usage", "network", "security_events"];
+
+#[test]
+fn three_hosts_key_password_and_env_password_then_rerun_upgrade_and_repair() -> Result<()> {
+    // Host 1: root with a key. Host 2: a non-root user with a password. Host 3: another user, password from env.
+    let h1 = Sshd::start(SshdOpts::default())?;
+    let h2 = Sshd::start(SshdOpts::with_passwords())?;
+    let h3 = Sshd::start(SshdOpts::with_passwords())?;
+    let work = tempfile::tempdir()?;
+    let key = ClientKey::generate(work.path(), "id_boot")?;
+    h1.authorize("root", &key)?;
+    let u2 = LocalUser::create()?;
+    let u3 = LocalUser::create()?;
+    let names = vec![unique("key"), unique("pw"), unique("env")];
+    let env_var = format!("VIGIL_TEST_PW_{}", std::process::id());
+    let entries = [
+        ClientEntry::ssh(&names[0], &h1, "root", Auth::Key(key.private.clone())),
+        ClientEntry::ssh(&names[1], &h2, u2.name(), Auth::Password(u2.password().to_owned())),
+        ClientEntry::ssh(&names[2], &h3, u3.name(), Auth::PasswordEnv(env_var.clone())),
+    ];
+    let mut f = Fleet::new(&entries, names.clone(), vec![(env_var, u3.password().to_owned())])?;
+    f.serve()?;
+
+    let out = f.vigil(&["bootstrap", "--all", "--accept-new-host-key"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("3 succeeded, 0 failed"), "{t}");
+    // Every statistics table has rows for all three hosts within seconds.
+    wait_for(Duration::from_secs(30), "rows in every table for every host", || {
+        names
+            .iter()
+            .all(|n| TABLES.iter().filter(|t| **t != "sessions" && **t != "security_events").all(|t| f.count(t, n) > 0))
+    })?;
+    let status = f.vigil(&["status", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    for n in &names {
+        let row = v["hosts"].as_array().and_then(|a| a.iter().find(|h| h["name"] == n.as_str())).cloned();
+        let row = row.unwrap_or_else(|| panic!("{n} missing from status: {v}"));
+        assert!(row["cpu_pct"].is_number() && row["mem_pct"].is_number(), "{row}");
+        assert_eq!(row["silent"], false, "{row}");
+    }
+    // The non-root user's agent runs as that user, in a 0700 directory of its own.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(agent_dir(&names[1]))?;
+    assert_eq!(m.uid(), u2.uid());
+    assert_eq!(m.mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(agent_dir(&names[1]).join("agent.toml"))?.mode() & 0o777, 0o600);
+
+    // A second run uploads nothing and restarts nothing.
+    let pids: Vec<Option<u32>> = names.iter().map(|n| agent_pid(n)).collect();
+    let out = f.vigil(&["bootstrap", "--all"], None);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(t.matches("already up to date and running").count(), 3, "{t}");
+    assert_eq!(pids, names.iter().map(|n| agent_pid(n)).collect::<Vec<_>>());
+
+    // A new agent binary: upgraded and restarted.
+    let newer = work.path().join("vigil-agent");
+    let mut bytes = std::fs::read(vigil_tests::paths::bin("vigil-agent"))?;
+    bytes.extend_from_slice(b"\nvigil-test-upgrade\n");
+    std::fs::write(&newer, bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&newer, std::fs::Permissions::from_mode(0o755))?;
+    let out = f.vigil(&["bootstrap", names[0].as_str()], Some(&newer));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("agent installed") && t.contains("agent started"), "{t}");
+    assert_ne!(agent_pid(&names[0]), pids[0], "restarted");
+
+    // A dead agent: restarted, with the same credentials.
+    let pid = agent_pid(&names[2]).expect("agent pid");
+    vigil_tests::process::signal_pid(pid, libc::SIGKILL)?;
+    wait_for(Duration::from_secs(5), "agent dead", || !pid_alive(pid))?;
+    let out = f.vigil(&["bootstrap", names[2].as_str()], None);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("agent started") && !t.contains("new credentials") && !t.contains("agent installed"), "{t}");
+    assert!(agent_pid(&names[2]).is_some_and(pid_alive));
+    // Never two agents in one directory.
+    assert_eq!(agents_in(&agent_dir(&names[2])), 1, "one agent process");
+    // Starting a second agent by hand in the same directory is refused by the agent itself.
+    let second = std::process::Command::new(agent_dir(&names[2]).join("vigil-agent"))
+        .arg("--config")
+        .arg(agent_dir(&names[2]).join("agent.toml"))
+        .output()?;
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another agent already runs"));
+    drop(u2);
+    drop(u3);
+    Ok(())
+}
