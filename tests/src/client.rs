@@ -10,6 +10,8 @@
 //! - [`Served`]: a work directory with SSH-transport hosts in clients.xml, each enrolled with `vigil enroll`, and
 //!   `vigil serve` running on a free port; plus readers for its database, its logs and `vigil status`.
 //! - [`sample_report`]: a valid report with every statistic family filled.
+//! - [`RealAgent`] and [`SpoolView`]: the real `vigil-agent` run from an enrolled directory, and what its spool
+//!   holds; [`Served::verify_exactly_once`] checks its reports against the database. [`rss_bytes`]: a process's RSS.
 //!
 //! The API is blocking (a shared tokio runtime drives the SSH tasks) so tests mix it freely with processes, files
 //! and SQLite. Nothing here calls server code: everything crosses a real socket.
@@ -672,7 +674,18 @@ impl Served {
     /// Writes the config (every collector every `interval`), enrolls every host, starts `vigil serve` and waits for
     /// its "listening" line.
     pub fn start(hosts: &[&str], interval: &str) -> Result<Self> {
+        Ok(Self::start_with(hosts, interval, |_| Ok(()))?.0)
+    }
+
+    /// Like [`start`](Self::start), but runs `setup` on the empty work directory first (before the data directory
+    /// exists), e.g. to mount a small file system on [`Workdir::data_dir`]; returns what `setup` returned.
+    pub fn start_with<T>(
+        hosts: &[&str],
+        interval: &str,
+        setup: impl FnOnce(&Workdir) -> Result<T>,
+    ) -> Result<(Self, T)> {
         let work = Workdir::new()?;
+        let prepared = setup(&work)?;
         let port = free_port();
         let hosts: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
         let mut s =
@@ -687,7 +700,7 @@ impl Served {
             s.creds.insert(h.clone(), AgentCreds::load(&dir)?);
         }
         s.start_serve()?;
-        Ok(s)
+        Ok((s, prepared))
     }
 
     /// The clients.xml entries for `names` (each keeps its ip from its position in [`hosts`](Self::hosts)).
@@ -803,6 +816,61 @@ impl Served {
         Ok(n > 0)
     }
 
+    /// The directory `vigil enroll` wrote for `host` (agent.toml, agent_key, schedule.json; the spool goes here too).
+    pub fn agent_dir(&self, host: &str) -> PathBuf {
+        self.work.path().join("agents").join(host)
+    }
+
+    /// Starts the real `vigil-agent` enrolled for `host` (logs in the work directory as `agent-<host>.*`).
+    pub fn spawn_agent(&self, host: &str) -> Result<RealAgent> {
+        self.creds(host)?;
+        RealAgent::spawn(host, &self.agent_dir(host), self.work.path())
+    }
+
+    /// The seqs stored for `host`'s agent, in order, duplicates kept.
+    pub fn stored_seqs(&self, host: &str) -> Result<Vec<u64>> {
+        let agent = self.creds(host)?.agent_id.clone();
+        let db = self.db()?;
+        let mut stmt = db.prepare("SELECT seq FROM reports WHERE agent_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([&agent], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| Ok(u64::try_from(r?)?)).collect()
+    }
+
+    /// Checks that every report `host`'s agent issued is accounted for exactly once: each seq in
+    /// `1..next_seq` is stored or still spooled, nothing is stored twice or stored that was never issued, each
+    /// stored report has exactly one `cpu` row (its statistics were not inserted twice), and no drops were reported.
+    /// Call it with the agent stopped, so its spool is still.
+    pub fn verify_exactly_once(&self, host: &str) -> Result<Delivery> {
+        let spool = SpoolView::read(&self.agent_dir(host))?;
+        let stored = self.stored_seqs(host)?;
+        let unique: std::collections::BTreeSet<u64> = stored.iter().copied().collect();
+        ensure!(unique.len() == stored.len(), "{host}: a report is stored twice: {stored:?}");
+        let issued: std::collections::BTreeSet<u64> = (1..spool.next_seq).collect();
+        let never_issued: Vec<u64> = unique.difference(&issued).copied().collect();
+        ensure!(never_issued.is_empty(), "{host}: stored seqs never issued: {never_issued:?}");
+        let lost: Vec<u64> =
+            issued.iter().filter(|s| !unique.contains(s) && !spool.spooled.contains(s)).copied().collect();
+        ensure!(
+            lost.is_empty(),
+            "{host}: {} issued reports neither stored nor spooled: {lost:?} (stored {}, spooled {:?}, next {})",
+            lost.len(),
+            unique.len(),
+            spool.spooled,
+            spool.next_seq
+        );
+        let agent = &self.creds(host)?.agent_id;
+        let cpu_rows = self
+            .count("SELECT count(*) FROM cpu c JOIN reports r ON r.id = c.report_id WHERE r.agent_id = ?1", [agent])?;
+        ensure!(cpu_rows == stored.len() as i64, "{host}: {cpu_rows} cpu rows for {} reports", stored.len());
+        let dropped = self.count("SELECT coalesce(sum(dropped), 0) FROM reports WHERE agent_id = ?1", [agent])?;
+        ensure!(
+            dropped == 0 && spool.pending_drops == 0,
+            "{host}: drops reported ({dropped} stored, {} pending)",
+            spool.pending_drops
+        );
+        Ok(Delivery { issued: spool.next_seq - 1, stored: unique.len() as u64, spooled: spool.spooled.len() as u64 })
+    }
+
     /// Rewrites clients.xml (temp + rename) to hold `names`.
     pub fn set_clients(&self, names: &[&str]) -> Result<()> {
         replace_file(&self.work.clients_path(), &crate::fleet::clients_xml(&self.entries(names)))
@@ -848,6 +916,126 @@ impl Served {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Real agents
+
+/// A real `vigil-agent` running from an enrolled directory, stopped by PID on drop.
+#[derive(Debug)]
+pub struct RealAgent {
+    pub host: String,
+    pub dir: PathBuf,
+    proc: Proc,
+}
+
+impl RealAgent {
+    /// Runs `vigil-agent --config <dir>/agent.toml` (`VIGIL_LOG=info`), logging to `<log_dir>/agent-<host>.*`.
+    pub fn spawn(host: &str, dir: &Path, log_dir: &Path) -> Result<Self> {
+        let mut cmd = std::process::Command::new(crate::paths::bin("vigil-agent"));
+        cmd.arg("--config").arg(dir.join("agent.toml")).env("VIGIL_LOG", "info");
+        let proc = Proc::spawn(cmd, log_dir, &format!("agent-{host}"))?;
+        Ok(Self { host: host.to_owned(), dir: dir.to_path_buf(), proc })
+    }
+
+    /// The agent process.
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+
+    /// Whether the agent is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// The agent's stdout and stderr (its log), for assertion messages.
+    pub fn logs(&self) -> String {
+        self.proc.logs()
+    }
+
+    /// SIGTERM (the agent waits briefly for the acks of what is in flight), then waits for the exit.
+    pub fn terminate(&mut self) -> Result<()> {
+        if self.proc.is_running() {
+            self.proc.signal(crate::process::SIGTERM)?;
+        }
+        self.proc.wait_exit(Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    /// What its spool says now.
+    pub fn spool(&self) -> Result<SpoolView> {
+        SpoolView::read(&self.dir)
+    }
+
+    /// Reports made so far (next seq - 1); 0 before the first or while the state file is being replaced.
+    pub fn produced(&self) -> u64 {
+        self.spool().map(|s| s.next_seq.saturating_sub(1)).unwrap_or(0)
+    }
+}
+
+/// An agent's spool directory (`<agent dir>/spool`): `<seq>-<carried drops>.env` files, one per unacknowledged
+/// report, and a `state` file holding `next_seq pending_drops`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolView {
+    pub next_seq: u64,
+    pub pending_drops: u64,
+    pub spooled: std::collections::BTreeSet<u64>,
+}
+
+impl SpoolView {
+    /// Reads `<agent_dir>/spool`; a missing spool (nothing made yet) reads as empty with `next_seq` 1.
+    pub fn read(agent_dir: &Path) -> Result<Self> {
+        let dir = agent_dir.join("spool");
+        let mut view = Self { next_seq: 1, ..Self::default() };
+        if !dir.exists() {
+            return Ok(view);
+        }
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".env") else { continue };
+            let (seq, _) = stem.split_once('-').with_context(|| format!("odd spool file {name}"))?;
+            view.spooled.insert(seq.parse().with_context(|| format!("odd spool file {name}"))?);
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join("state")) {
+            let mut it = text.split_whitespace().map(str::parse::<u64>);
+            match (it.next(), it.next()) {
+                (Some(Ok(next)), Some(Ok(pending))) => {
+                    view.next_seq = next;
+                    view.pending_drops = pending;
+                }
+                _ => bail!("unreadable spool state {text:?}"),
+            }
+        }
+        if let Some(&last) = view.spooled.last() {
+            view.next_seq = view.next_seq.max(last + 1);
+        }
+        Ok(view)
+    }
+}
+
+/// The outcome of [`Served::verify_exactly_once`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Reports the agent made (`next_seq - 1`).
+    pub issued: u64,
+    /// Reports in the database, each once.
+    pub stored: u64,
+    /// Reports still in the spool (made but not yet acknowledged).
+    pub spooled: u64,
+}
+
+/// The resident set size of process `pid` in bytes (`VmRSS` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .with_context(|| format!("no VmRSS in {path}"))?
+        .parse()
+        .context("VmRSS")?;
+    Ok(kib * 1024)
+}
+
 /// The counters of the endpoint's closing summary line (`endpoint closed: connections=.. auth_rejected=..`) in a
 /// serve log, if the line is there.
 pub fn closing_counters(log: &str) -> Option<BTreeMap<String, u64>> {
@@ -889,6 +1077,29 @@ mod tests {
         assert_eq!(c["auth_rejected"], 1);
         assert_eq!(c.len(), 3);
         assert!(closing_counters("nothing").is_none());
+    }
+
+    #[test]
+    fn a_spool_view_reads_files_and_state() {
+        let dir = crate::paths::TestDir::new("client").unwrap();
+        assert_eq!(SpoolView::read(dir.path()).unwrap(), SpoolView { next_seq: 1, ..SpoolView::default() });
+        let spool = dir.join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::write(spool.join("00000000000000000004-0.env"), b"x").unwrap();
+        std::fs::write(spool.join("00000000000000000007-2.env"), b"x").unwrap();
+        std::fs::write(spool.join("00000000000000000008-0.tmp"), b"x").unwrap();
+        std::fs::write(spool.join("state"), "6 1\n").unwrap();
+        let v = SpoolView::read(dir.path()).unwrap();
+        assert_eq!(v.spooled.iter().copied().collect::<Vec<_>>(), vec![4, 7]);
+        assert_eq!((v.next_seq, v.pending_drops), (8, 1), "a spooled seq past the state raises next_seq");
+        std::fs::write(spool.join("state"), "garbage").unwrap();
+        assert!(SpoolView::read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn rss_of_this_process_is_plausible() {
+        let rss = rss_bytes(std::process::id()).unwrap();
+        assert!(rss > 1 << 20 && rss < 1 << 40, "{rss}");
     }
 
     #[test]
