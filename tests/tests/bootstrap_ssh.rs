@@ -191,3 +191,117 @@ fn three_hosts_key_password_and_env_password_then_rerun_upgrade_and_repair() -> 
     drop(u3);
     Ok(())
 }
+
+#[test]
+fn host_keys_unknown_refused_without_the_flag_and_changed_always_refused() -> Result<()> {
+    let mut h = Sshd::start(SshdOpts::default())?;
+    let work = tempfile::tempdir()?;
+    let key = ClientKey::generate(work.path(), "id_hk")?;
+    h.authorize("root", &key)?;
+    let name = unique("hk");
+    let mut f =
+        Fleet::new(&[ClientEntry::ssh(&name, &h, "root", Auth::Key(key.private.clone()))], vec![name.clone()], vec![])?;
+    f.serve()?;
+
+    // Unknown key, no flag: refused, nothing installed.
+    let out = f.vigil(&["bootstrap", name.as_str()], None);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("unknown host key") && t.contains("--accept-new-host-key"), "{t}");
+    assert!(!agent_dir(&name).exists(), "nothing may reach the host");
+
+    // Accepted once with the flag, and recorded.
+    let first = h.host_key_fingerprint()?;
+    let out = f.vigil(&["bootstrap", name.as_str(), "--accept-new-host-key"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let known = std::fs::read_to_string(f.w.data_dir().join("known_hosts"))?;
+    assert!(known.contains(&first), "{known}");
+    kill_processes_under(&agent_dir(&name));
+    std::fs::remove_dir_all(agent_dir(&name))?;
+
+    // The host's key changes: refused even with the flag, both fingerprints shown, nothing uploaded.
+    h.regenerate_host_key()?;
+    let second = h.host_key_fingerprint()?;
+    assert_ne!(first, second);
+    let out = f.vigil(&["bootstrap", name.as_str(), "--accept-new-host-key"], None);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("HOST KEY CHANGED") && t.contains(&first) && t.contains(&second), "{t}");
+    assert!(!agent_dir(&name).exists(), "nothing uploaded after a key change");
+
+    // A key pinned in clients.xml wins over the known-hosts file: pinning the new key lets it through.
+    f.w.write_clients_text(&clients_xml(&[
+        ClientEntry::ssh(&name, &h, "root", Auth::Key(key.private.clone())).attr("host_key", second.clone())
+    ]))?;
+    let out = f.vigil(&["bootstrap", name.as_str()], None);
+    assert!(out.status.success(), "{}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn failures_are_summarised_with_reasons_while_the_others_succeed() -> Result<()> {
+    let good = Sshd::start(SshdOpts::default())?;
+    let pw = Sshd::start(SshdOpts::with_passwords())?;
+    let work = tempfile::tempdir()?;
+    let key = ClientKey::generate(work.path(), "id_f")?;
+    good.authorize("root", &key)?;
+    let user = LocalUser::create()?;
+    let names = vec![unique("ok"), unique("down"), unique("badpw")];
+    let dead_port = free_port();
+    let entries = [
+        ClientEntry::ssh(&names[0], &good, "root", Auth::Key(key.private.clone())),
+        ClientEntry::ssh(&names[1], &good, "root", Auth::Key(key.private.clone())).attr("port", dead_port.to_string()),
+        ClientEntry::ssh(&names[2], &pw, user.name(), Auth::Password("not-the-password".into())),
+    ];
+    let mut f = Fleet::new(&entries, names.clone(), vec![])?;
+    f.serve()?;
+    let out = f.vigil(&["bootstrap", "--all", "--accept-new-host-key", "--parallel", "3"], None);
+    let t = text(&out);
+    assert!(!out.status.success(), "exit code must say not all succeeded: {t}");
+    assert!(t.contains("1 succeeded, 2 failed"), "{t}");
+    let line = |n: &str| {
+        t.lines().find(|l| l.contains(n) && (l.contains("ok ") || l.contains("FAILED"))).unwrap_or("").to_owned()
+    };
+    assert!(line(&names[0]).contains("ok"), "{t}");
+    assert!(line(&names[1]).contains("FAILED") && line(&names[1]).contains("cannot reach"), "{t}");
+    assert!(
+        line(&names[2]).contains("FAILED")
+            && line(&names[2]).contains("authentication")
+            && line(&names[2]).contains("password"),
+        "{t}"
+    );
+    assert!(!t.contains("not-the-password"), "a password must never be printed: {t}");
+    Ok(())
+}
+
+#[test]
+fn uninstall_leaves_nothing_and_a_dry_run_changes_nothing() -> Result<()> {
+    let h = Sshd::start(SshdOpts::default())?;
+    let work = tempfile::tempdir()?;
+    let key = ClientKey::generate(work.path(), "id_u")?;
+    h.authorize("root", &key)?;
+    let name = unique("un");
+    let mut f =
+        Fleet::new(&[ClientEntry::ssh(&name, &h, "root", Auth::Key(key.private.clone()))], vec![name.clone()], vec![])?;
+    f.serve()?;
+
+    let out = f.vigil(&["bootstrap", name.as_str(), "--dry-run"], None);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("nothing changed") && t.contains(&format!("vigil-agent-{name}")), "{t}");
+    assert!(!agent_dir(&name).exists());
+    assert!(!f.w.data_dir().join("known_hosts").exists(), "a dry run does not even record host keys");
+    let agents: i64 = f.db().query_row("SELECT count(*) FROM agents", [], |r| r.get(0))?;
+    assert_eq!(agents, 0);
+
+    let out = f.vigil(&["bootstrap", name.as_str(), "--accept-new-host-key"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = agent_pid(&name).expect("agent runs");
+    let out = f.vigil(&["uninstall", name.as_str()], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!agent_dir(&name).exists(), "the directory is gone");
+    wait_for(Duration::from_secs(5), "agent stopped", || !pid_alive(pid))?;
+    let agents: i64 = f.db().query_row("SELECT count(*) FROM agents", [], |r| r.get(0))?;
+    assert_eq!(agents, 0, "the registration is gone");
+    Ok(())
+}
