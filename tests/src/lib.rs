@@ -19,6 +19,7 @@
 //! python3-aiosmtpd); a missing piece is an error that says what to install, never a skipped test.
 
 pub mod client;
+pub mod fixtures;
 pub mod fleet;
 pub mod net;
 pub mod paths;

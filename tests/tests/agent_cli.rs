@@ -7,21 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use vigil_tests::fixtures::utmp_record;
 use vigil_tests::{Proc, TestDir, Workdir, bin, free_port};
 
 const FAMILIES: [&str; 9] =
     ["system", "users", "cpu", "memory", "swap", "partitions", "disk_usage", "network", "security_events"];
-
-/// One glibc `struct utmp` record (384 bytes; offsets as in agent/src/collect/utmp.rs).
-fn utmp_record(ut_type: i16, user: &str, line: &str, host: &str, tv_sec: i32) -> Vec<u8> {
-    let mut r = vec![0u8; 384];
-    r[0..2].copy_from_slice(&ut_type.to_ne_bytes());
-    r[8..8 + line.len()].copy_from_slice(line.as_bytes());
-    r[44..44 + user.len()].copy_from_slice(user.as_bytes());
-    r[76..76 + host.len()].copy_from_slice(host.as_bytes());
-    r[340..344].copy_from_slice(&tv_sec.to_ne_bytes());
-    r
-}
 
 /// An enrolled agent directory `<work>/agent` (no server running) whose agent.toml points at a utmp fixture with
 /// one session and at an auth log.
