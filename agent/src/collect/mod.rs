@@ -8,7 +8,7 @@
 //!
 //! Modules: [`system`], [`users`] (sessions, from [`utmp`]), [`cpu`], [`memory`], [`swap`], [`partitions`],
 //! [`disk_usage`], [`network`], [`security_events`] (auth-log tailing, lines parsed by [`auth_log`]; the systemd
-//! [`journal`] where there is no auth log).
+//! [`journal`] where there is no auth log; on Windows the Security event log, `windows_events`).
 
 pub mod auth_log;
 pub mod cpu;
@@ -22,6 +22,8 @@ pub mod swap;
 pub mod system;
 pub mod users;
 pub mod utmp;
+#[cfg(any(windows, test))]
+pub mod windows_events;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -12,7 +12,10 @@
 //!
 //! With no path configured and neither default file present, the systemd journal is read instead
 //! ([`super::journal`], `source` "journal") if the host keeps one. `source` is `None` when there is no log at all
-//! (and on other platforms: the Windows Security event log is not read yet).
+//! (and on platforms other than Linux and Windows).
+//!
+//! On Windows the Security event log is read instead, by `super::windows_events::EventLogReader` (`source`
+//! "eventlog:Security"); the auth-log path is not used there.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -52,13 +55,24 @@ pub struct SecurityCollector {
     /// The journal, used when no path is configured and no auth log file exists.
     journal: Option<JournalReader>,
     warned: bool,
+    /// The Security event log, the only source on Windows.
+    #[cfg(windows)]
+    event_log: super::windows_events::EventLogReader,
 }
 
 impl SecurityCollector {
     /// Opens the log at its end (see the module docs). `path` overrides [`DEFAULT_PATHS`].
     pub fn new(path: Option<PathBuf>) -> Self {
         let journal = (cfg!(target_os = "linux") && path.is_none()).then(|| JournalReader::new(now_unix()));
-        let mut c = SecurityCollector { configured: path, tail: None, startup_file: None, journal, warned: false };
+        let mut c = SecurityCollector {
+            configured: path,
+            tail: None,
+            startup_file: None,
+            journal,
+            warned: false,
+            #[cfg(windows)]
+            event_log: super::windows_events::EventLogReader::new(),
+        };
         if cfg!(target_os = "linux")
             && let Some(path) = c.resolve()
         {
@@ -69,7 +83,20 @@ impl SecurityCollector {
     }
 
     /// Reports the events logged since the previous call.
+    #[cfg(windows)]
     pub fn collect(&mut self) -> SecurityEvents {
+        self.event_log.collect()
+    }
+
+    /// Reports the events logged since the previous call.
+    #[cfg(not(windows))]
+    pub fn collect(&mut self) -> SecurityEvents {
+        self.collect_log()
+    }
+
+    /// Reads the auth log (or the journal) from where the previous call stopped.
+    #[cfg_attr(windows, allow(dead_code))] // Windows reads the event log instead
+    fn collect_log(&mut self) -> SecurityEvents {
         if !cfg!(target_os = "linux") {
             return SecurityEvents::default();
         }
