@@ -167,16 +167,25 @@ fn three_hosts_key_password_and_env_password_then_rerun_upgrade_and_repair() -> 
     ];
     let mut f = Fleet::new(&entries, names.clone(), vec![(env_var, u3.password().to_owned())])?;
     f.serve()?;
+    let logs = SystemLogs::install()?;
 
     let out = f.vigil(&["bootstrap", "--all", "--accept-new-host-key"], None);
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("3 succeeded, 0 failed"), "{t}");
+    // A failed login after the agents started: each reports it (agents read the log from where it ended at start).
+    logs.failed_login()?;
     // Every statistics table has rows for all three hosts within seconds.
     wait_for(Duration::from_secs(30), "rows in every table for every host", || {
-        names
+        names.iter().all(|n| TABLES.iter().all(|t| f.count(t, n) > 0))
+    })
+    .map_err(|e| {
+        let counts: Vec<String> = names
             .iter()
-            .all(|n| TABLES.iter().filter(|t| **t != "sessions" && **t != "security_events").all(|t| f.count(t, n) > 0))
+            .flat_map(|n| TABLES.iter().map(move |t| (n, t)))
+            .map(|(n, t)| format!("{n}.{t}={}", f.count(t, n)))
+            .collect();
+        e.context(counts.join(" "))
     })?;
     let status = f.vigil(&["status", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout)?;
