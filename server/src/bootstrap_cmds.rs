@@ -185,6 +185,32 @@ mod tests {
     }
 
     #[test]
+    fn a_noexec_temp_directory_falls_back_to_home() {
+        // Needs root (the test suite runs as root): a real noexec tmpfs as TMPDIR.
+        let tmp = tempfile::tempdir().unwrap();
+        let mnt = tmp.path().join("noexec");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "noexec,size=1m", "tmpfs"])
+            .arg(&mnt)
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "mounting a tmpfs needs root");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(linux::probe("vigil-agent-t"))
+            .env("TMPDIR", &mnt)
+            .env("HOME", &home)
+            .output()
+            .unwrap();
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("noexec={}", mnt.display())), "{text}");
+        assert!(text.contains(&format!("dir={}/.vigil-agent-t", home.display())), "{text}");
+    }
+
+    #[test]
     fn prepare_refuses_a_symlink() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("elsewhere");
