@@ -75,6 +75,8 @@ pub struct Summary {
     pub loadgen_cpu: f64,
     /// CPU seconds per measured second of the server, when its pid was given.
     pub server_cpu: Option<f64>,
+    /// Busy CPU seconds per measured second of the whole machine (anything beyond server + loadgen is other work).
+    pub machine_cpu: f64,
     /// Server VmRSS at the end of the measured window (idle: with every agent connected), KiB.
     pub server_rss_kib: Option<u64>,
     pub server_hwm_kib: Option<u64>,
@@ -354,6 +356,15 @@ pub fn proc_cpu_s(pid: u32) -> Option<f64> {
     Some(ticks / USER_HZ)
 }
 
+/// Busy CPU seconds of the whole machine since boot (all but idle and iowait), from /proc/stat.
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let total: f64 = f.iter().take(8).sum();
+    Some((total - f.get(3)? - f.get(4)?) / USER_HZ)
+}
+
 /// A `Vm*` field of /proc/PID/status, KiB.
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -395,6 +406,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
     tokio::time::sleep(opts.warmup).await;
     let cpu0 = own_cpu_s();
     let srv0 = opts.server_pid.and_then(proc_cpu_s);
+    let machine0 = machine_busy_s().unwrap_or(0.0);
     shared.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(opts.duration).await;
@@ -402,6 +414,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
     let measured = t0.elapsed().as_secs_f64();
     let cpu1 = own_cpu_s();
     let srv1 = opts.server_pid.and_then(proc_cpu_s);
+    let machine1 = machine_busy_s().unwrap_or(0.0);
     let rss = opts.server_pid.and_then(|p| proc_status_kib(p, "VmRSS"));
     let hwm = opts.server_pid.and_then(|p| proc_status_kib(p, "VmHWM"));
     let acked = shared.acked.load(Ordering::Relaxed);
@@ -439,6 +452,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
         max_ms: lat.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
         loadgen_cpu: (cpu1 - cpu0) / measured,
         server_cpu: srv0.zip(srv1).map(|(a, b)| (b - a) / measured),
+        machine_cpu: (machine1 - machine0) / measured,
         server_rss_kib: rss,
         server_hwm_kib: hwm,
     })
@@ -466,5 +480,6 @@ mod tests {
         assert!(proc_cpu_s(pid).unwrap() >= 0.0);
         assert!(proc_status_kib(pid, "NoSuchField").is_none());
         assert!(own_cpu_s() >= 0.0);
+        assert!(machine_busy_s().unwrap() > 0.0);
     }
 }
