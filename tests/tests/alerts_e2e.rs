@@ -189,6 +189,10 @@ fn a_mail_raised_while_smtp_is_down_arrives_once_after_smtp_and_serve_restart() 
         s.count("SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts >= 1", []).is_ok_and(|n| n == 1)
     })
     .map_err(|e| e.context(s.logs()))?;
+    // While SMTP stays down the mailer backs off (1 s doubling) instead of hammering it.
+    std::thread::sleep(Duration::from_secs(5));
+    let attempts = s.count("SELECT attempts FROM outbox", [])?;
+    ensure!((1..=5).contains(&attempts), "{attempts} attempts in about 5 s of SMTP outage");
     web.close();
     ensure!(s.terminate(T)? == Some(0), "serve did not stop cleanly\n{}", s.logs());
 

@@ -224,10 +224,14 @@ pub fn check_silence(conn: &Connection, config: &Config, started_ms: i64, now: i
     Ok(changes)
 }
 
-/// Runs [`check_silence`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until
-/// `cancel` fires or the writer stops.
+/// How often alert history and finished mail older than the retention are pruned.
+const PRUNE_EVERY_MS: i64 = 3_600_000;
+
+/// Runs [`check_silence`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, and prunes
+/// alert history older than `retention_days` hourly, until `cancel` fires or the writer stops.
 pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
     let started = now_ms();
+    let mut last_prune = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -238,6 +242,17 @@ pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Con
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("silence check failed: {e}"),
             Err(_) => return,
+        }
+        let now = now_ms();
+        if now - last_prune >= PRUNE_EVERY_MS {
+            last_prune = now;
+            let cutoff = now - i64::from(config.borrow().server.retention_days) * 86_400_000;
+            match ingest.exec(move |s| s.write_tx(|c| rows::prune(c, cutoff))).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "pruned old alert history"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("pruning alert history failed: {e}"),
+                Err(_) => return,
+            }
         }
     }
 }

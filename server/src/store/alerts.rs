@@ -202,6 +202,21 @@ pub fn outbox_counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
     Ok(c)
 }
 
+/// Deletes alert events and finished (sent or failed) mail older than `older_than_ms`; pending mail and the
+/// events it refers to stay. Returns the number of rows deleted.
+pub fn prune(conn: &Connection, older_than_ms: i64) -> Result<usize, StoreError> {
+    let mail = conn
+        .prepare_cached("DELETE FROM outbox WHERE status <> 'pending' AND created_ms < ?1")?
+        .execute(params![older_than_ms])?;
+    let events = conn
+        .prepare_cached(
+            "DELETE FROM alert_events WHERE at_ms < ?1 AND id NOT IN (SELECT event_id FROM outbox
+             WHERE event_id IS NOT NULL)",
+        )?
+        .execute(params![older_than_ms])?;
+    Ok(mail + events)
+}
+
 /// Events at or after `since_ms`, oldest first.
 pub fn events_since(conn: &Connection, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
@@ -344,6 +359,11 @@ impl Store {
         events_since(&self.conn, since_ms)
     }
 
+    /// Mail not sent yet (pending), oldest first: for operators and tests.
+    pub fn pending_mail(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        due_mail(&self.conn, i64::MAX, usize::MAX >> 1)
+    }
+
     /// Outbox counts by status (for `vigil alerts` and tests).
     pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         outbox_counts(&self.conn)
@@ -425,5 +445,11 @@ mod tests {
         assert_eq!(outbox_counts(s.conn()).unwrap().failed, 1);
         assert_eq!(events_since(s.conn(), 0).unwrap().len(), 1);
         assert!(events_since(s.conn(), 11).unwrap().is_empty());
+
+        // Pruning keeps pending mail (and its event), drops finished mail and old events.
+        let pending = s.write_tx(|c| enqueue_mail(c, None, 10, "ops@x", "later", "b")).unwrap();
+        assert_eq!(s.write_tx(|c| prune(c, 11)).unwrap(), 3, "two finished mails and the event");
+        assert_eq!(s.pending_mail().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [pending]);
+        assert!(events_since(s.conn(), 0).unwrap().is_empty());
     }
 }
