@@ -32,6 +32,9 @@ use crate::ingest::IngestHandle;
 use counters::Counters;
 use registry::Registry;
 
+/// Least time between two registry refreshes caused by unknown keys.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(200);
+
 /// Limits and timeouts of the endpoint.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -72,8 +75,9 @@ pub struct Shared {
     pub limits: Limits,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
-    /// Serialises registry refreshes after an unknown key, at most one per second.
-    last_refresh: std::sync::Mutex<Option<Instant>>,
+    /// Serialises registry refreshes after an unknown key: one at a time, at most one per [`REFRESH_EVERY`];
+    /// connections that miss meanwhile wait for the running refresh instead of starting their own.
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -86,7 +90,7 @@ impl Shared {
             limits,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
-            last_refresh: std::sync::Mutex::new(None),
+            last_refresh: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -109,17 +113,18 @@ impl Shared {
             Ok(Err(e)) => tracing::warn!("could not read the agents table: {e}"),
             Err(e) => tracing::warn!("could not read the agents table: {e}"),
         }
-        if let Ok(mut t) = self.last_refresh.lock() {
-            *t = Some(Instant::now());
-        }
     }
 
-    /// Refreshes after an unknown key (a host may just have been bootstrapped), at most once a second.
+    /// Refreshes after an unknown key (a host may just have been bootstrapped by another process). Misses that
+    /// arrive while a refresh runs wait for it; a brute force of unknown keys costs at most one read of the agents
+    /// table per [`REFRESH_EVERY`].
     pub async fn refresh_if_stale(&self) {
-        let stale = self.last_refresh.lock().map(|t| t.is_none_or(|t| t.elapsed() > Duration::from_secs(1)));
-        if stale.unwrap_or(false) {
-            self.refresh_registry().await;
+        let mut last = self.last_refresh.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return;
         }
+        self.refresh_registry().await;
+        *last = Some(Instant::now());
     }
 }
 
