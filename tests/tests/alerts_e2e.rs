@@ -276,3 +276,27 @@ fn check_test_mail_sends_through_the_configured_server() -> Result<()> {
     ensure!(subject(&mails[0]) == "[vigil] TEST mail" && to(&mails[0]).contains("me@example.org"), "{}", mails[0].raw);
     Ok(())
 }
+
+#[test]
+fn a_hung_smtp_server_does_not_hold_up_shutdown_and_the_mail_stays_queued() -> Result<()> {
+    // A listener that never accepts: connections complete in the backlog and the greeting never comes.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let hung_port = hung.local_addr()?.port();
+    let mut s = Served::start(&["web-01"], "5s")?;
+    ensure!(s.terminate(T)? == Some(0), "serve did not stop cleanly\n{}", s.logs());
+    s.work.write_jobs(&jobs_with_smtp(&s, "5s", hung_port))?;
+    write_clients(&s, &["web-01"], &|_, e: ClientEntry| e.attr("mail", "ops@example.org").alert("cpu", "90%"))?;
+    s.start_serve()?;
+    let mut web = s.session("web-01")?;
+    send(&mut web, 1, 99.0)?;
+    web.close();
+    std::thread::sleep(Duration::from_secs(2)); // the mailer is now waiting on the hung server
+    let stopping = Instant::now();
+    ensure!(s.terminate(T)? == Some(0), "serve did not stop cleanly\n{}", s.logs());
+    let took = stopping.elapsed();
+    ensure!(took < Duration::from_secs(9), "shutdown took {took:?} behind a hung SMTP server\n{}", s.logs());
+    ensure!(s.count("SELECT count(*) FROM outbox WHERE status = 'pending'", [])? == 1, "the mail is not queued");
+    ensure!(s.log().contains("abandoned a mail send in flight"), "the send was not in flight\n{}", s.logs());
+    drop(hung);
+    Ok(())
+}

@@ -13,7 +13,9 @@
 //! residual window: a crash (or power loss) after the server accepted the message and before the mark commits sends
 //! that mail again after restart. Each message carries a Message-ID derived from its outbox row
 //! (`<vigil.CREATED.ID@DOMAIN>`), so such a duplicate is recognisable (and deduplicated by mail systems that do so).
-//! A shutdown waits for the send in flight and its mark: the mailer only stops between messages.
+//! A shutdown lets the send in flight finish (for up to [`SHUTDOWN_GRACE`]) and records it, then stops; a send still
+//! unanswered after the grace is abandoned with its row pending, so it is sent again after restart: the same
+//! residual window as a crash.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -38,6 +40,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const SMTP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Rows taken per look at the outbox.
 const BATCH: usize = 20;
+/// On shutdown, how long a send already in flight may still take before it is abandoned (the row stays pending).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a mail was not sent.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +149,7 @@ pub async fn run(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, can
         let smtp = config.borrow().smtp.clone();
         let pause = match smtp {
             None => POLL,
-            Some(smtp) => match round(&ingest, &smtp, &mut cached).await {
+            Some(smtp) => match round(&ingest, &smtp, &mut cached, &cancel).await {
                 Round::Idle => {
                     backoff = POLL;
                     POLL
@@ -181,7 +185,12 @@ enum Round {
     Stopped,
 }
 
-async fn round(ingest: &IngestHandle, smtp: &SmtpSettings, cached: &mut Option<(SmtpSettings, Mailer)>) -> Round {
+async fn round(
+    ingest: &IngestHandle,
+    smtp: &SmtpSettings,
+    cached: &mut Option<(SmtpSettings, Mailer)>,
+    cancel: &CancellationToken,
+) -> Round {
     let due = match ingest.exec(|s| rows::due_mail(s.conn(), now_ms(), BATCH)).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => return Round::Down(MailError::Transient(format!("reading the outbox: {e}"))),
@@ -199,7 +208,21 @@ async fn round(ingest: &IngestHandle, smtp: &SmtpSettings, cached: &mut Option<(
     let Some((_, mailer)) = cached.as_ref() else { return Round::Idle };
     let full = due.len() == BATCH;
     for row in due {
-        let result = mailer.send_row(&row).await;
+        if cancel.is_cancelled() {
+            return Round::Stopped;
+        }
+        let sent = {
+            let send = mailer.send_row(&row);
+            tokio::pin!(send);
+            tokio::select! {
+                r = &mut send => Some(r),
+                _ = cancel.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut send).await.ok(),
+            }
+        };
+        let Some(result) = sent else {
+            tracing::warn!(outbox = row.id, "shutdown: abandoned a mail send in flight; it stays queued");
+            return Round::Stopped;
+        };
         let (id, now) = (row.id, now_ms());
         let mark = match &result {
             Ok(()) => {
