@@ -797,6 +797,29 @@ mod tests {
         assert_eq!((events.len(), c.last(), pulled), (0, Some(MAX_SCANNED as u64), MAX_SCANNED));
     }
 
+    /// The real reader, on Windows: whatever access the test has (none, under Wine, or an administrator's), it
+    /// neither panics nor reports anything invalid, and a second sample repeats nothing.
+    #[cfg(windows)]
+    #[test]
+    fn the_real_reader_reports_valid_samples_or_no_source() {
+        let mut reader = EventLogReader::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2 {
+            let got = reader.collect();
+            match got.source.as_deref() {
+                None => assert!(got.events.is_empty(), "{got:?}"),
+                Some(s) => assert_eq!(s, SOURCE),
+            }
+            for e in &got.events {
+                assert!(seen.insert((e.time, e.message.clone())), "reported twice: {e:?}");
+            }
+            let stats = vigil_schema::report::Stats { security_events: Some(got), ..Default::default() };
+            let report =
+                vigil_schema::report::Report { seq: 1, job: "w".into(), collected_at_ms: 0, dropped: 0, stats };
+            report.validate().unwrap();
+        }
+    }
+
     #[test]
     fn logon_types_and_failure_codes_have_names() {
         assert_eq!(logon_type_name(10), "RemoteInteractive");
