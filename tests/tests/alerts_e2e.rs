@@ -300,3 +300,25 @@ fn a_hung_smtp_server_does_not_hold_up_shutdown_and_the_mail_stays_queued() -> R
     drop(hung);
     Ok(())
 }
+
+#[test]
+fn starttls_mode_never_falls_back_to_plain_text() -> Result<()> {
+    // aiosmtpd here offers no STARTTLS: with tls = "starttls" nothing may be sent, and the mail stays queued.
+    let smtp = Smtp::start()?;
+    let mut s = Served::start(&["web-01"], "5s")?;
+    ensure!(s.terminate(T)? == Some(0), "serve did not stop cleanly\n{}", s.logs());
+    let jobs = jobs_with_smtp(&s, "5s", smtp.port()).replace("tls = \"none\"", "tls = \"starttls\"");
+    s.work.write_jobs(&jobs)?;
+    write_clients(&s, &["web-01"], &|_, e: ClientEntry| e.attr("mail", "ops@example.org").alert("cpu", "90%"))?;
+    s.start_serve()?;
+    let mut web = s.session("web-01")?;
+    send(&mut web, 1, 99.0)?;
+    wait_for(T, "a refused attempt", || {
+        s.count("SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts >= 1", []).is_ok_and(|n| n == 1)
+    })
+    .map_err(|e| e.context(s.logs()))?;
+    exactly(&smtp, &s, 0)?;
+    let err: String = s.db()?.query_row("SELECT last_error FROM outbox", [], |r| r.get(0))?;
+    ensure!(err.to_lowercase().contains("tls"), "last error {err:?}");
+    Ok(())
+}

@@ -28,9 +28,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SmtpSettings, TlsMode};
-use crate::ingest::IngestHandle;
+use crate::ingest::{IngestError, IngestHandle};
 use crate::store::alerts::{self as rows, OutboxRow};
-use crate::store::now_ms;
+use crate::store::{StoreError, now_ms};
 
 /// How often the outbox is looked at when idle.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -227,7 +227,7 @@ async fn round(
         let mark = match &result {
             Ok(()) => {
                 tracing::info!(outbox = id, to = %row.recipient, "mail sent: {}", row.subject);
-                ingest.exec(move |s| s.write_tx(|c| rows::mark_sent(c, id, now))).await
+                mark_sent(ingest, id, now).await
             }
             Err(e) => {
                 let retry = (!e.is_permanent()).then(|| now + retry_delay(row.attempts));
@@ -252,6 +252,19 @@ async fn round(
         }
     }
     if full { Round::More } else { Round::Idle }
+}
+
+/// Marks a row sent, retrying a few times: a mark that never lands means the mail is sent again after restart.
+async fn mark_sent(ingest: &IngestHandle, id: i64, now: i64) -> Result<Result<(), StoreError>, IngestError> {
+    let mut tries = 0;
+    loop {
+        let r = ingest.exec(move |s| s.write_tx(|c| rows::mark_sent(c, id, now))).await?;
+        tries += 1;
+        if r.is_ok() || tries == 5 {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Delay before the next attempt of a row that failed `attempts` times before: 1 s doubling, at most
