@@ -1,8 +1,8 @@
 //! Hostile peers against the real `vigil serve`, beyond the endpoint tests: silent and byte-a-second connections
 //! (slowloris), hundreds of unauthenticated connections at once, an authentication brute force, a frame captured
 //! from a real agent's spool replayed on another agent's connection and on its own, and frames announcing huge
-//! lengths. Throughout, an agent that is already connected keeps getting its acks, and the server's resident memory
-//! stays within a generous bound (a bound on growth, not a timing).
+//! lengths. None of it puts key material in a log. Throughout, an agent that is already connected keeps getting its
+//! acks, and the server's resident memory stays within a generous bound (a bound on growth, not a timing).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -348,7 +348,35 @@ fn a_frame_captured_from_a_real_agent_is_refused_elsewhere_and_stored_once_on_it
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
     ensure!(get("bad_frames") >= 1 && get("bad_tags") >= 2, "{c:?}");
     ensure!(get("reports_duplicate") >= 2, "the two resends were answered as duplicates: {c:?}");
+    // All this refusing and logging leaked no key material: neither agent's envelope secret nor any line of its SSH
+    // private key is in any log of serve or the agent.
+    let mut secrets = Vec::new();
+    for host in ["alpha", "beta"] {
+        secrets.extend(secrets_of(&s.agent_dir(host))?);
+    }
+    for e in std::fs::read_dir(s.work.path())? {
+        let path = e?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".stdout") || name.ends_with(".stderr") {
+            let log = std::fs::read_to_string(&path)?;
+            for secret in &secrets {
+                ensure!(!log.contains(secret.as_str()), "{name} holds key material");
+            }
+        }
+    }
     Ok(())
+}
+
+/// The envelope secret (hex, from agent.toml) and the base64 lines of the SSH private key of an agent directory.
+fn secrets_of(dir: &std::path::Path) -> Result<Vec<String>> {
+    let conf: toml::Table = std::fs::read_to_string(dir.join("agent.toml"))?.parse()?;
+    let secret = conf.get("secret").and_then(|v| v.as_str()).context("agent.toml has a secret")?;
+    ensure!(secret.len() >= 64, "an envelope secret of {} hex digits", secret.len());
+    let mut out = vec![secret.to_owned()];
+    let key = std::fs::read_to_string(dir.join("agent_key"))?;
+    out.extend(key.lines().filter(|l| !l.starts_with("-----") && l.len() >= 32).map(str::to_owned));
+    ensure!(out.len() >= 3, "no private key lines in {}", dir.display());
+    Ok(out)
 }
 
 #[test]
