@@ -430,3 +430,34 @@ fn frames_announcing_huge_lengths_are_refused_on_their_prefix_and_memory_stays_b
     ensure!(c.get("bad_frames").copied().unwrap_or(0) >= refused, "{c:?}");
     Ok(())
 }
+
+#[test]
+fn a_connection_sending_only_refused_frames_is_closed_after_32_and_nothing_is_stored() -> Result<()> {
+    let mut s = Served::start(&["good", "evil"], "5s")?;
+    let pinger = Pinger::start(&s, "good")?;
+    let mut evil = s.session("evil")?;
+    // Forged tags, one frame at a time: each refused with an error; the 32nd refusal closes the connection.
+    let mut refusals = 0;
+    for seq in 1..=40u64 {
+        if evil.sender().forged_tag(&sample_report(seq, now_ms(), 1.0, 1.0, 1.0)).is_err() {
+            break; // the server has closed the channel
+        }
+        match evil.recv(T)? {
+            Event::Msg(ServerMsg::Error { code: ErrorCode::BadFrame, .. }) => refusals += 1,
+            Event::Closed => break,
+            other => bail!("forged frame {seq}: {other:?}"),
+        }
+    }
+    ensure!(refusals == 32, "{refusals} refusals before the close (the limit is 32)");
+    ensure!(evil.wait_closed(T)?, "the connection stayed open after 32 refused frames");
+    ensure!(s.stored_seqs("evil")?.is_empty(), "a forged report was stored");
+    // The agent can reconnect and is served normally: the limit is per connection, not a ban.
+    let mut again = s.session("evil")?;
+    again.send_report(&sample_report(1, now_ms(), 1.0, 1.0, 1.0))?;
+    again.wait_acks([1], T)?;
+    again.close();
+    pinger.finish()?;
+    let c = stop_and_count(&mut s)?;
+    ensure!(c.get("bad_tags").copied() == Some(32), "{c:?}");
+    Ok(())
+}
