@@ -164,6 +164,11 @@ print(f"{name:<15} {int(size):>12} {mib(rss):>9.2f} {mib(hwm):>9.2f} {mib(anon):
 EOF
 done
 echo "collectd plugins mapped: $(echo "$cd_plugins" | wc -w), $cd_plugins_size bytes (not in binary(B))"
+# utime/stime tick at 1/CLK_TCK s; the scheduler's own run-time account is in ns (per thread: sum the threads).
+agent_ns=$(cat /proc/"$AGENT_PID"/task/*/schedstat | awk '{ s += $1 } END { print s }')
+python3 -c "import sys; ns, start, end = map(float, sys.argv[1:]); \
+print(f'vigil-agent run time by schedstat (ns precision): {ns / 1e9:.3f} s, {ns / 1e9 / ((end - start) / 60):.3f} s/min')" \
+    "$agent_ns" "$START" "$END"
 echo "agent threads: $(status_kib "$AGENT_PID" Threads)"
 echo
 echo "agent /proc/PID/smaps_rollup:"
