@@ -202,13 +202,6 @@ async fn install_over(
     if free < linux::NEED_KB {
         return Err(BootstrapError::Failed(format!("only {free} KiB free for {dir}, {} KiB needed", linux::NEED_KB)));
     }
-    step("preparing directory");
-    s.check(&linux::prepare(&dir), None).await?;
-    if kv.get("agent_sha") != Some(&ctx.binary_sha) {
-        step("uploading agent");
-        s.check(&linux::write_file(&dir, layout::BINARY, "700"), Some(&ctx.binary)).await?;
-        done.uploaded = true;
-    }
     let endpoint = crate::provision::endpoint_for(&ctx.config, host);
     let registered = ctx.store()?.agents()?;
     let creds_ok =
@@ -217,31 +210,41 @@ async fn install_over(
             && kv.get("cfg_server") == Some(&endpoint);
     let running = kv.contains_key("running");
     let mut agent_id = kv.get("cfg_agent_id").cloned().unwrap_or_default();
-    if !creds_ok || ((done.uploaded) && running) {
-        step("stopping old agent");
-        s.check(&linux::stop(&dir), None).await?;
+    // Everything the host receives travels on one stdin, in one command: each exec costs a session on the host.
+    let mut parts = Vec::new();
+    let mut payload: Vec<u8> = Vec::new();
+    let mut add = |name: &str, mode: &'static str, bytes: &[u8]| {
+        parts.push(linux::Part { name: name.to_owned(), mode, len: bytes.len() });
+        payload.extend_from_slice(bytes);
+    };
+    if kv.get("agent_sha") != Some(&ctx.binary_sha) {
+        add(layout::BINARY, "700", &ctx.binary);
+        done.uploaded = true;
     }
     if !creds_ok {
-        step("writing credentials");
         let files = AgentFiles::new(&ctx.config, host, &ctx.fingerprint, CollectPaths::default())?;
-        s.check(&linux::write_file(&dir, layout::KEY, "600"), Some(files.creds.private_key_openssh.as_bytes())).await?;
-        s.check(&linux::write_file(&dir, layout::SCHEDULE, "600"), Some(files.schedule_json.as_bytes())).await?;
-        s.check(&linux::write_file(&dir, layout::CONFIG, "600"), Some(files.agent_toml.as_bytes())).await?;
-        {
-            let mut store = ctx.store()?;
-            store.remove_agents_of_host(&host.name)?;
-            store.register_agent(&files.record(&host.name, now_ms()))?;
-        }
+        add(layout::KEY, "600", files.creds.private_key_openssh.as_bytes());
+        add(layout::SCHEDULE, "600", files.schedule_json.as_bytes());
+        add(layout::CONFIG, "600", files.agent_toml.as_bytes());
+        // Registered before the agent starts, so its first check-in is accepted.
+        let mut store = ctx.store()?;
+        store.remove_agents_of_host(&host.name)?;
+        store.register_agent(&files.record(&host.name, now_ms()))?;
         agent_id = files.creds.agent_id.clone();
         done.minted = true;
     }
+    let restart = running && (done.uploaded || done.minted);
+    let start = !running || restart;
+    step(match (done.uploaded, done.minted, start) {
+        (true, _, _) => "uploading and starting agent",
+        (false, true, _) => "writing credentials and starting agent",
+        (false, false, true) => "starting agent",
+        (false, false, false) => "checking directory",
+    });
     let started_at = now_ms();
-    let still_running = running && creds_ok && !done.uploaded;
-    if !still_running {
-        step("starting agent");
-        s.check(&linux::start(&dir), None).await?;
-        done.started = true;
-    }
+    let script = linux::install(&dir, &parts, restart, start);
+    s.check(&script, (!payload.is_empty()).then_some(payload.as_slice())).await?;
+    done.started = start;
     if ctx.server_up && (done.started || done.minted) {
         step("waiting for check-in");
         let deadline = tokio::time::Instant::now() + ctx.checkin_timeout;
@@ -313,7 +316,11 @@ pub async fn run_all(ctx: std::sync::Arc<Ctx>, hosts: Vec<Host>, parallel: usize
         let slots = slots.clone();
         set.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let step = |m: &str| bar.set_message(m.to_owned());
+            let started = std::time::Instant::now();
+            let step = |m: &str| {
+                tracing::debug!(host = %host.name, elapsed_ms = started.elapsed().as_millis() as u64, "{m}");
+                bar.set_message(m.to_owned());
+            };
             let result = match host.transport {
                 Transport::Ssh => bootstrap_ssh(&ctx, &host, &step).await,
                 Transport::Local => {

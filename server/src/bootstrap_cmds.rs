@@ -50,6 +50,38 @@ exit 0"#
         )
     }
 
+    /// One file an install receives on stdin: its name in the agent directory, its mode, its length in bytes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Part {
+        pub name: String,
+        pub mode: &'static str,
+        pub len: usize,
+    }
+
+    /// The whole install in one remote command (each exec costs a session on the host): make the private
+    /// directory, optionally stop the running agent, receive `parts` from stdin in order (each written to a temporary
+    /// file and renamed into place), and optionally start the agent.
+    pub fn install(dir: &str, parts: &[Part], stop_first: bool, start_after: bool) -> String {
+        let mut script = prepare(dir);
+        script.push('\n');
+        if stop_first {
+            script.push_str(stop(dir).trim_end_matches("exit 0"));
+        }
+        for p in parts {
+            let n = sh_quote(&p.name);
+            script.push_str(&format!(
+                "head -c {len} > \"$D/.upload.tmp\" && [ \"$(wc -c < \"$D/.upload.tmp\")\" -eq {len} ] && chmod {mode} \"$D/.upload.tmp\" \
+                 && mv -f \"$D/.upload.tmp\" \"$D/\"{n} || {{ echo \"short upload of \"{n} >&2; exit 1; }}\n",
+                len = p.len,
+                mode = p.mode,
+            ));
+        }
+        if start_after {
+            script.push_str(&start(dir));
+        }
+        script
+    }
+
     /// Stops a running agent: SIGTERM, then SIGKILL after 5 s.
     pub fn stop(dir: &str) -> String {
         let d = sh_quote(dir);
@@ -162,6 +194,12 @@ mod tests {
             linux::stop("/tmp/vigil-agent-web"),
             linux::start("/tmp/vigil-agent-web"),
             linux::uninstall("/tmp/vigil-agent-web"),
+            linux::install(
+                "/tmp/vigil-agent-web",
+                &[linux::Part { name: "agent.toml".into(), mode: "600", len: 10 }],
+                true,
+                true,
+            ),
         ] {
             let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
             assert!(out.status.success(), "{script}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -182,6 +220,44 @@ mod tests {
         assert!(text.contains(&format!("dir={}/vigil-agent-t", tmp.path().display())), "{text}");
         assert!(!text.contains("agent_sha="), "{text}");
         assert!(!text.contains("running=1"), "{text}");
+    }
+
+    #[test]
+    fn install_receives_parts_from_one_stream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vigil-agent-i");
+        let parts = [
+            linux::Part { name: "a.bin".into(), mode: "700", len: 5 },
+            linux::Part { name: "b.toml".into(), mode: "600", len: 3 },
+        ];
+        let script = linux::install(&dir.display().to_string(), &parts, false, false);
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"12345abc").unwrap();
+        assert!(child.wait().unwrap().success());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::read(dir.join("a.bin")).unwrap(), b"12345");
+        assert_eq!(std::fs::read(dir.join("b.toml")).unwrap(), b"abc");
+        assert_eq!(std::fs::metadata(dir.join("a.bin")).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(dir.join("b.toml")).unwrap().permissions().mode() & 0o777, 0o600);
+        // A stream cut short fails, and leaves no half-written file in place.
+        let dir2 = tmp.path().join("vigil-agent-j");
+        let script = linux::install(&dir2.display().to_string(), &parts, false, false);
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"123").unwrap();
+        assert!(!child.wait().unwrap().success());
+        assert!(!dir2.join("a.bin").exists());
     }
 
     #[test]

@@ -33,7 +33,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let vigil = pick(&["release", "debug"], "vigil")?;
+    let profiles: &[&str] = if std::env::var_os("BENCH_DEBUG").is_some() { &["debug"] } else { &["release", "debug"] };
+    let vigil = pick(profiles, "vigil")?;
     let agent = pick(&["agent", "release", "debug"], "vigil-agent")?;
     let agent_size = std::fs::metadata(&agent)?.len();
     println!(
@@ -111,7 +112,11 @@ fn main() -> Result<()> {
             .arg("--jobs")
             .arg(w.jobs_path())
             .env("VIGIL_AGENT_BIN", &agent)
+            .env("VIGIL_LOG", std::env::var("VIGIL_LOG").unwrap_or_else(|_| "warn".into()))
             .output()?;
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        }
         let elapsed = t.elapsed().as_secs_f64();
         if !out.status.success() {
             bail!("bootstrap failed:\n{}", String::from_utf8_lossy(&out.stdout));
