@@ -258,9 +258,14 @@ fn two_hundred_random_config_edits_under_load_never_apply_an_invalid_config() ->
         let pause = if rng.below(2) == 0 { 250 + rng.below(150) } else { rng.below(80) };
         std::thread::sleep(Duration::from_millis(pause));
     }
-    // The last word: a valid jobs.toml (so the final schedule is new), then garbage over it. The garbage must not
-    // win: the final state is the last valid version of each file.
+    // The last word: a valid clients.xml (the storm may have left an invalid one, which would hold back any jobs
+    // edit), a valid jobs.toml (so the final schedule is new), then garbage over it. The garbage must not win: the
+    // final state is the last valid version of each file.
     let k = 1000 + EDITS as u64;
+    let good = texts.clients(k).into_bytes();
+    parse(&s, &good, &last_jobs).context("the final clients.xml is valid")?;
+    replace_file(&clients_path, std::str::from_utf8(&good)?)?;
+    last_clients = good;
     let good = texts.jobs(k).into_bytes();
     let config = parse(&s, &last_clients, &good).context("the final jobs.toml is valid")?;
     valid_hashes.insert(config.schedule_for("main").hash());
