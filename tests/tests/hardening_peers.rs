@@ -204,7 +204,11 @@ fn an_authentication_brute_force_gets_nowhere_and_is_cut_per_connection() -> Res
                 let (mut attempts, mut connections, mut most_on_one) = (0u64, 0u64, 0u64);
                 let end = Instant::now() + RUN;
                 while Instant::now() < end {
-                    let Ok(mut conn) = vigil_tests::client::SshConn::connect(&addr, &fp) else { continue };
+                    let Ok(mut conn) = vigil_tests::client::SshConn::connect(&addr, &fp) else {
+                        // Refused at accept (a limit): try again shortly, as a real guesser would.
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
                     connections += 1;
                     let mut on_this = 0u64;
                     for k in keys.iter().cycle().skip(t) {
