@@ -48,9 +48,18 @@ struct Cli {
     collectors: Vec<String>,
 }
 
+/// The log level from `VIGIL_LOG` (error, warn, info, debug, trace; default info). A plain level rather than an
+/// env filter keeps the regex engine out of the agent.
+fn log_level() -> tracing::Level {
+    std::env::var("VIGIL_LOG")
+        .ok()
+        .and_then(|v| v.rsplit([',', '=']).next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(tracing::Level::INFO)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()))
+        .with_max_level(log_level())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

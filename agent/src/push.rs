@@ -169,13 +169,20 @@ async fn session(
     let backlog_below = spool.borrow().peek_next_seq();
     let mut in_flight: BTreeSet<u64> = BTreeSet::new();
     let mut retry_after: Option<Instant> = None;
-    let mut tokens = BACKLOG_PER_SECOND;
-    let mut refill = tokio::time::interval(Duration::from_millis(100));
+    // Token bucket for the backlog, refilled from elapsed time when it is used: no timer ticks while idle.
+    let mut tokens = f64::from(BACKLOG_PER_SECOND);
+    let mut refilled = Instant::now();
+    let mut backlog_wait: Option<Instant> = None;
     let mut decoder = FrameDecoder::default();
     let mut welcomed = false;
     let result = loop {
         if welcomed && retry_after.is_none_or(|t| Instant::now() >= t) {
             retry_after = None;
+            backlog_wait = None;
+            let now = Instant::now();
+            let rate = f64::from(BACKLOG_PER_SECOND);
+            tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate);
+            refilled = now;
             // Fresh reports first, then the oldest backlog within the rate budget.
             let candidates: Vec<u64> = {
                 let s = spool.borrow();
@@ -185,10 +192,13 @@ async fn session(
             };
             for seq in candidates {
                 if seq < backlog_below {
-                    if tokens == 0 {
+                    if tokens < 1.0 {
+                        // Wake when the next token is due.
+                        let due = (1.0 - tokens) / f64::from(BACKLOG_PER_SECOND);
+                        backlog_wait = Some(now + Duration::from_secs_f64(due));
                         break;
                     }
-                    tokens -= 1;
+                    tokens -= 1.0;
                 }
                 let Some(sealed) = spool.borrow().read(seq) else { continue };
                 wr.data_bytes(frame::encode(&sealed)).await?;
@@ -214,9 +224,7 @@ async fn session(
                 break Ok(());
             }
             _ = produced.notified() => {}
-            _ = refill.tick() => {
-                tokens = (tokens + BACKLOG_PER_SECOND / 10).min(BACKLOG_PER_SECOND);
-            }
+            _ = sleep_until_some(wake_at(retry_after, backlog_wait)) => {}
             msg = rd.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     decoder.push(&data).map_err(|e| PushError::Protocol(e.to_string()))?;
@@ -274,6 +282,22 @@ async fn session(
     // disconnect() only queues the message: wait for the session to wind down.
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut handle).await;
     result
+}
+
+/// The earlier of two optional instants.
+fn wake_at(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleeps until `t`, or forever when there is nothing to wake for.
+async fn sleep_until_some(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn break_revoked(message: &str) -> Result<(), PushError> {
