@@ -68,17 +68,6 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-/// The listen address in a fleet's jobs.toml.
-fn listen_of(dir: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(dir.join("jobs.toml")).context("reading jobs.toml")?;
-    let v: toml::Value = toml::from_str(&text).context("parsing jobs.toml")?;
-    v.get("server")
-        .and_then(|s| s.get("listen"))
-        .and_then(|l| l.as_str())
-        .map(str::to_owned)
-        .context("jobs.toml has no server.listen")
-}
-
 fn main_inner() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else { bail!("usage: vigil-loadgen setup|run|ceiling|history ...") };
@@ -97,7 +86,7 @@ fn main_inner() -> Result<()> {
                 m => (m.parse::<Shape>().map_err(anyhow::Error::msg)?, false),
             };
             let opts = RunOpts {
-                addr: listen_of(&dir)?,
+                addr: setup::endpoint(&dir)?,
                 fingerprint: setup::fingerprint(&dir)?,
                 shape,
                 rate: a.get("rate", Some(0.0))?,
@@ -174,12 +163,5 @@ mod tests {
         assert!(Args::parse(&["agents".into(), "1".into()]).is_err());
         let bad = Args::parse(&["--agents".into(), "x".into()]).unwrap();
         assert!(bad.get::<usize>("agents", None).is_err());
-    }
-
-    #[test]
-    fn the_listen_address_comes_from_jobs_toml() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("jobs.toml"), setup::jobs_toml(7123, dir.path())).unwrap();
-        assert_eq!(listen_of(dir.path()).unwrap(), "127.0.0.1:7123");
     }
 }

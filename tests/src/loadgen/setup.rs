@@ -1,7 +1,8 @@
 //! A load-test fleet on disk: clients.xml with N SSH-transport hosts, a jobs.toml, the server's data directory with
 //! its host key, and every agent registered straight into the database through the store's `register_agent` (one
 //! `vigil enroll` per host would take minutes for 10,000 hosts). The agents' private halves go to one file,
-//! `agents.jsonl` (mode 0600), which the load generator reads back.
+//! `loadgen/agents.jsonl` (mode 0600), which the load generator reads back with the endpoint address, so that it
+//! never opens the files serve watches.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,6 +18,11 @@ use vigil_tests::fleet::{ClientEntry, clients_xml};
 
 /// The file holding every simulated agent's credentials.
 pub const AGENTS_FILE: &str = "agents.jsonl";
+
+/// The file holding the address agents dial. The load generator reads it instead of jobs.toml: serve watches the
+/// directory of its config files, and (as measured here) merely reading jobs.toml while serve runs starts a reload
+/// loop that would load the server during the benchmark.
+pub const ENDPOINT_FILE: &str = "endpoint";
 
 /// The name of simulated host `i`.
 pub fn host_name(i: usize) -> String {
@@ -84,10 +90,13 @@ pub fn setup(dir: &Path, agents: usize, port: u16) -> Result<Fleet> {
         .collect();
     std::fs::write(dir.join("clients.xml"), clients_xml(&entries)).context("writing clients.xml")?;
     std::fs::write(dir.join("jobs.toml"), jobs_toml(port, dir)).context("writing jobs.toml")?;
+    std::fs::create_dir_all(dir.join("loadgen"))?;
+    std::fs::write(dir.join("loadgen").join(ENDPOINT_FILE), format!("127.0.0.1:{port}\n"))
+        .context("writing endpoint")?;
     let data = dir.join("data");
     let fingerprint = vigil_server::keys::host_key_fingerprint(&data).context("creating the server host key")?;
     let mut store = Store::open(&data.join("vigil.db")).context("opening the database")?;
-    let path = dir.join(AGENTS_FILE);
+    let path = dir.join("loadgen").join(AGENTS_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -126,7 +135,7 @@ pub fn setup(dir: &Path, agents: usize, port: u16) -> Result<Fleet> {
 
 /// The first `n` agents of `dir`'s [`AGENTS_FILE`].
 pub fn load_agents(dir: &Path, n: usize) -> Result<Vec<Agent>> {
-    let path = dir.join(AGENTS_FILE);
+    let path = dir.join("loadgen").join(AGENTS_FILE);
     let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut agents = Vec::with_capacity(n);
     for line in std::io::BufReader::new(file).lines().take(n) {
@@ -137,6 +146,12 @@ pub fn load_agents(dir: &Path, n: usize) -> Result<Vec<Agent>> {
     }
     ensure!(agents.len() == n, "{} holds {} agents, {n} wanted", path.display(), agents.len());
     Ok(agents)
+}
+
+/// The address agents of a fleet directory dial (written by [`setup`]).
+pub fn endpoint(dir: &Path) -> Result<String> {
+    let path = dir.join("loadgen").join(ENDPOINT_FILE);
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?.trim().to_owned())
 }
 
 /// The server key fingerprint of a fleet directory (created by [`setup`]).
@@ -161,7 +176,8 @@ mod tests {
         let rows = store.agents().unwrap();
         assert_eq!(rows.len(), 3);
         assert!(rows.iter().any(|r| r.agent_id == agents[0].agent_id));
-        let mode = std::fs::metadata(dir.path().join(AGENTS_FILE)).unwrap().permissions().mode();
+        assert_eq!(endpoint(dir.path()).unwrap(), "127.0.0.1:7022");
+        let mode = std::fs::metadata(dir.path().join("loadgen").join(AGENTS_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(load_agents(dir.path(), 4).is_err());
         let xml = std::fs::read_to_string(dir.path().join("clients.xml")).unwrap();

@@ -178,7 +178,13 @@ pub fn history(dir: &Path, hosts: usize, days: u32, vitals_s: u32, disks_s: u32)
     use vigil_tests::fleet::{ClientEntry, clients_xml};
     std::fs::create_dir_all(dir.join("data"))?;
     let entries: Vec<ClientEntry> = (0..hosts)
-        .map(|i| ClientEntry::local(&host_name(i)).attr("transport", "ssh").attr("ip", host_ip(i)).attr("port", "22").attr("username", "vigil"))
+        .map(|i| {
+            ClientEntry::local(&host_name(i))
+                .attr("transport", "ssh")
+                .attr("ip", host_ip(i))
+                .attr("port", "22")
+                .attr("username", "vigil")
+        })
         .collect();
     std::fs::write(dir.join("clients.xml"), clients_xml(&entries))?;
     std::fs::write(
