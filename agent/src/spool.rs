@@ -93,19 +93,16 @@ impl Spool {
         write_atomic(&self.dir.join("state"), format!("{} {}\n", self.next_seq, self.dropped_pending).as_bytes())
     }
 
-    /// Reserves the next sequence number and takes the pending drop count for the report about to be made.
+    /// Reserves the next sequence number and takes the pending drop count for the report about to be made. Nothing
+    /// is written until [`Spool::put`]: a crash in between leaves no gap that is neither spooled nor counted.
     pub fn next(&mut self) -> std::io::Result<(u64, u64)> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let dropped = std::mem::take(&mut self.dropped_pending);
-        if let Err(e) = self.save_state() {
-            self.dropped_pending = dropped;
-            return Err(e);
-        }
-        Ok((seq, dropped))
+        Ok((seq, std::mem::take(&mut self.dropped_pending)))
     }
 
-    /// Stores a sealed report, then enforces the bounds by dropping the oldest.
+    /// Stores a sealed report (file first, then the state, so a crash can only over-count drops, never lose a
+    /// report), then enforces the bounds by dropping the oldest.
     pub fn put(&mut self, seq: u64, dropped: u64, sealed: &[u8]) -> std::io::Result<()> {
         if let Err(e) = write_atomic(&self.path(seq, dropped), sealed) {
             // Could not spool (disk full?): this report is lost, so it is counted like a drop.
@@ -115,19 +112,14 @@ impl Spool {
         }
         self.entries.insert(seq, Entry { size: sealed.len() as u64, carried: dropped });
         self.bytes += sealed.len() as u64;
-        let mut changed = false;
         while self.entries.len() as u64 > self.max_reports || self.bytes > self.max_bytes {
             let Some((old, e)) = self.entries.pop_first() else { break };
             self.bytes -= e.size;
             let _ = std::fs::remove_file(self.path(old, e.carried));
             self.dropped_pending += 1 + e.carried;
             self.dropped_total += 1;
-            changed = true;
         }
-        if changed {
-            self.save_state()?;
-        }
-        Ok(())
+        self.save_state()
     }
 
     fn path(&self, seq: u64, carried: u64) -> PathBuf {

@@ -49,15 +49,31 @@ pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loade
 /// directory is read leniently from jobs.toml (`[server] data_dir`, default `vigil-data` beside it).
 pub fn last_good(clients: &Path, jobs: &Path) -> Option<Config> {
     let base = jobs.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let data_dir = std::fs::read_to_string(jobs)
+    let text = std::fs::read(jobs).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let data_dir = text
+        .parse::<toml::Table>()
         .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
         .and_then(|t| t.get("server")?.get("data_dir")?.as_str().map(PathBuf::from))
+        .or_else(|| data_dir_line(&text))
         .unwrap_or_else(|| PathBuf::from("vigil-data"));
     let data_dir = base.join(data_dir);
     let clients_src = std::fs::read_to_string(data_dir.join(LAST_GOOD[0])).ok()?;
     let jobs_src = std::fs::read_to_string(data_dir.join(LAST_GOOD[1])).ok()?;
     Config::from_sources(clients, &clients_src, jobs, &jobs_src).ok().map(|l| l.config)
+}
+
+/// `data_dir = "..."` from a jobs.toml that is not valid TOML any more (truncated, half-written): the line, if it
+/// survived.
+fn data_dir_line(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        if k.trim() != "data_dir" {
+            return None;
+        }
+        let v = v.trim();
+        let v = v.strip_prefix('"')?;
+        Some(PathBuf::from(&v[..v.find('"')?]))
+    })
 }
 
 /// Loads both files; on success publishes the config (when it differs) and returns what happened.
@@ -127,5 +143,19 @@ pub async fn watch_files(
             Reloaded::Rejected(e) => tracing::error!("configuration edit rejected, the last good one stays:\n{e}"),
         }
         on_result(&result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_survives_a_broken_jobs_toml() {
+        let broken = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"/srv/vigil\"  # here\n[[job]]\nname = \"vit";
+        assert!(broken.parse::<toml::Table>().is_err());
+        assert_eq!(data_dir_line(broken), Some(PathBuf::from("/srv/vigil")));
+        assert_eq!(data_dir_line("nothing here"), None);
+        assert_eq!(data_dir_line("data_dir = unquoted"), None);
     }
 }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
 use super::counters::Counters;
@@ -22,7 +21,7 @@ pub struct Handler {
     peer: SocketAddr,
     authenticated: Arc<AtomicBool>,
     /// Held until authentication: bounds the number of anonymous connections.
-    unauth_permit: Option<OwnedSemaphorePermit>,
+    unauth_permit: Option<super::Anonymous>,
     agent: Option<Arc<AgentEntry>>,
     channel: Option<Channel<Msg>>,
     subsystem_started: bool,
@@ -33,7 +32,7 @@ impl Handler {
         shared: Arc<Shared>,
         peer: SocketAddr,
         authenticated: Arc<AtomicBool>,
-        unauth_permit: OwnedSemaphorePermit,
+        unauth_permit: super::Anonymous,
     ) -> Self {
         Self {
             shared,

@@ -42,6 +42,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most connections that have not authenticated yet.
     pub max_unauthenticated: usize,
+    /// Most connections from one source address that have not authenticated yet: one source cannot take every
+    /// anonymous slot and lock the fleet out.
+    pub max_unauthenticated_per_source: usize,
     /// Time a peer has to authenticate.
     pub auth_deadline: Duration,
     /// Time an authenticated peer may stay silent (the agent sends keepalives more often).
@@ -57,6 +60,7 @@ impl Default for Limits {
         Self {
             max_connections: 20_000,
             max_unauthenticated: 512,
+            max_unauthenticated_per_source: 64,
             auth_deadline: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(180),
             max_in_flight: 256,
@@ -128,6 +132,56 @@ impl Shared {
     }
 }
 
+/// Held by a connection until it authenticates: its place among the anonymous connections, overall and per source.
+#[derive(Debug)]
+pub struct Anonymous {
+    _overall: tokio::sync::OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+/// Counts unauthenticated connections per source address.
+#[derive(Debug)]
+struct SourceSlots {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One taken place of a source; given back on drop.
+#[derive(Debug)]
+pub struct SourceSlot {
+    slots: Arc<SourceSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl SourceSlots {
+    fn new(max: usize) -> Self {
+        Self { max, open: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { slots: self.clone(), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.slots.open.lock()
+            && let Some(n) = open.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// The russh server configuration: our host key, public-key auth only, bounded windows, keepalives.
 pub fn ssh_config(host_key: PrivateKey, limits: &Limits) -> SshConfig {
     SshConfig {
@@ -150,6 +204,7 @@ pub fn ssh_config(host_key: PrivateKey, limits: &Limits) -> SshConfig {
 pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>) {
     let total = Arc::new(Semaphore::new(shared.limits.max_connections));
     let unauth = Arc::new(Semaphore::new(shared.limits.max_unauthenticated));
+    let sources = Arc::new(SourceSlots::new(shared.limits.max_unauthenticated_per_source));
     loop {
         let accepted = tokio::select! {
             _ = shared.cancel.cancelled() => break,
@@ -168,6 +223,12 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
             tracing::warn!(%peer, "connection limit reached; closing");
             continue;
         };
+        let Some(source_slot) = sources.take(peer.ip()) else {
+            if let Some(n) = Counters::bump(&shared.counters.auth_rejected) {
+                tracing::info!(%peer, count = n, "too many unauthenticated connections from this source; closing");
+            }
+            continue;
+        };
         let Ok(unauth_permit) = unauth.clone().try_acquire_owned() else {
             Counters::bump(&shared.counters.auth_rejected);
             tracing::debug!(%peer, "too many unauthenticated connections; closing");
@@ -176,7 +237,8 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
         shared.counters.connections.fetch_add(1, Ordering::Relaxed);
         let _ = socket.set_nodelay(true);
         let authenticated = Arc::new(AtomicBool::new(false));
-        let handler = handler::Handler::new(shared.clone(), peer, authenticated.clone(), unauth_permit);
+        let anonymous = Anonymous { _overall: unauth_permit, _source: source_slot };
+        let handler = handler::Handler::new(shared.clone(), peer, authenticated.clone(), anonymous);
         let ssh = ssh.clone();
         let shared2 = shared.clone();
         shared.tracker.spawn(async move {
@@ -224,4 +286,22 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
     shared.tracker.close();
     shared.tracker.wait().await;
     tracing::info!("endpoint closed: {}", shared.counters.summary());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_slots_cap_one_address_and_come_back() {
+        let slots = Arc::new(SourceSlots::new(2));
+        let a: std::net::IpAddr = [127, 0, 0, 2].into();
+        let b: std::net::IpAddr = [127, 0, 0, 1].into();
+        let first = slots.take(a).unwrap();
+        let _second = slots.take(a).unwrap();
+        assert!(slots.take(a).is_none(), "a third from the same source is refused");
+        assert!(slots.take(b).is_some(), "another source still gets in");
+        drop(first);
+        assert!(slots.take(a).is_some(), "a place comes back when its connection authenticates or ends");
+    }
 }
