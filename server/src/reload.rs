@@ -105,7 +105,9 @@ pub async fn watch_files(
     let names: Vec<std::ffi::OsString> =
         [&clients, &jobs].iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only changes count: reading a file (ours included) raises access events, which must not reload.
         if let Ok(ev) = res
+            && !matches!(ev.kind, notify::EventKind::Access(_) | notify::EventKind::Other)
             && ev.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
         {
             let _ = ev_tx.try_send(());

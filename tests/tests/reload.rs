@@ -193,3 +193,27 @@ fn vigil_status_shows_a_pending_config_error_while_the_file_is_still_invalid() -
     agent.close();
     Ok(())
 }
+
+#[test]
+fn reading_the_config_files_does_not_reload() -> Result<()> {
+    // Reading a watched file raises inotify access events; only changes may reload (a reload reads the files again,
+    // so counting reads would loop forever).
+    let w = vigil_tests::fleet::Workdir::new()?;
+    let port = vigil_tests::net::free_port();
+    w.write_clients_text(&vigil_tests::fleet::clients_xml(&[vigil_tests::fleet::ClientEntry::local("here")]))?;
+    w.write_jobs(&vigil_tests::fleet::jobs_toml(port, &w.data_dir(), None, "5s"))?;
+    let mut cmd = w.vigil(&["serve"]);
+    cmd.env("VIGIL_LOG", "vigil_server=debug").env("TMPDIR", w.path());
+    let serve = vigil_tests::process::Proc::spawn(cmd, w.path(), "serve")?;
+    vigil_tests::poll::wait_for(Duration::from_secs(20), "serve", || vigil_tests::net::port_accepts(port))?;
+    for _ in 0..5 {
+        std::fs::read_to_string(w.jobs_path())?;
+        std::fs::read_to_string(w.clients_path())?;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let log = serve.stderr();
+    vigil_tests::process::kill_processes_under(w.path());
+    let reloads = log.matches("configuration files touched").count() + log.matches("configuration reloaded").count();
+    ensure!(reloads == 0, "reading the files reloaded {reloads} times:\n{log}");
+    Ok(())
+}
