@@ -111,6 +111,7 @@ status_time() {
         "$label" "$hosts" "${times[@]}" >>"$RESULTS"
 }
 
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 RUN=(--warmup "$WARMUP" --duration "$DURATION")
 # Throughput: as fast as acks allow, every agent with up to WINDOW reports awaiting their ack.
 load "vitals, 100 agents, max"   --agents 100  --mode vitals --window 64 "${RUN[@]}"
@@ -163,22 +164,24 @@ if [[ "$HISTORY" != 0 ]]; then
     rm -rf "$TMP/h1"
 fi
 
-python3 - "$RESULTS" "$(nproc)" "$(uname -r)" "$TMP/perf.txt" <<'PY'
+python3 - "$RESULTS" "$(nproc)" "$(uname -r)" "$TMP/perf.txt" "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print(f"\nvigil ingest benchmark: {sys.argv[2]} cores, kernel {sys.argv[3]}, server and load generator on the same machine\n")
-print("| run | agents (connected) | acked reports/s | rows/s | ack p50 / p99 / max ms | CPU: server / loadgen / machine | server RSS MiB | reports in DB |")
-print("|---|---|---|---|---|---|---|---|")
+print(f"\nvigil ingest benchmark at {sys.argv[7]}: {sys.argv[2]} cores, kernel {sys.argv[3]}, server and load generator on the same machine;"
+      f" load average {sys.argv[5]} at the start, {sys.argv[6]} at the end\n")
+print("| run | agents (connected) | acked reports/s | rows/s | ack p50 / p99 / max ms | CPU: server / loadgen / machine | server waiting for a CPU | server RSS MiB | reports in DB |")
+print("|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     if "acked" not in r:
         continue
     rss = f"{r['server_rss_kib']/1024:.0f}" if r.get("server_rss_kib") else "-"
     if r["mode"] == "idle":
         per = r["server_rss_kib"] / max(r["connected"], 1) if r.get("server_rss_kib") else 0
-        print(f"| {r['label']} | {r['agents']} ({r['connected']}) | - | - | connect all: {r['connect_s']:.1f} s | - | {rss} ({per:.0f} KiB per connection, base included) | - |")
+        print(f"| {r['label']} | {r['agents']} ({r['connected']}) | - | - | connect all: {r['connect_s']:.1f} s | - | - | {rss} ({per:.0f} KiB per connection, base included) | - |")
         continue
     print(f"| {r['label']} | {r['agents']} ({r['connected']}) | {r['reports_per_s']:,.0f} | {r['rows_per_s']:,.0f} | "
-          f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.0f} | {r['server_cpu'] or 0:.2f} / {r['loadgen_cpu']:.2f} / {r['machine_cpu']:.2f} | {rss} | {r['db_reports']:,} |")
+          f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.0f} | {r['server_cpu'] or 0:.2f} / {r['loadgen_cpu']:.2f} / {r['machine_cpu']:.2f} | {r.get('server_runq_wait') or 0:.2f} | {rss} | {r['db_reports']:,} |")
 print()
 print("| SQLite | reports | rows | per txn (reports) | rows/s | reports/s | DB MiB |")
 print("|---|---|---|---|---|---|---|")

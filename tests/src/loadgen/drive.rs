@@ -75,6 +75,9 @@ pub struct Summary {
     pub loadgen_cpu: f64,
     /// CPU seconds per measured second of the server, when its pid was given.
     pub server_cpu: Option<f64>,
+    /// Seconds per measured second the server's threads (summed) spent runnable but waiting for a CPU
+    /// (/proc/PID/task/*/schedstat): above zero, the server was short of CPU rather than of work.
+    pub server_runq_wait: Option<f64>,
     /// Busy CPU seconds per measured second of the whole machine (anything beyond server + loadgen is other work).
     pub machine_cpu: f64,
     /// Server VmRSS at the end of the measured window (idle: with every agent connected), KiB.
@@ -365,6 +368,16 @@ pub fn machine_busy_s() -> Option<f64> {
     Some((total - f.get(3)? - f.get(4)?) / USER_HZ)
 }
 
+/// Seconds the threads of `pid` have spent waiting on a run queue (runnable, not running), summed.
+pub fn proc_runq_wait_s(pid: u32) -> Option<f64> {
+    let mut total = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+        total += text.split_whitespace().nth(1).and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total as f64 / 1e9)
+}
+
 /// A `Vm*` field of /proc/PID/status, KiB.
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -407,6 +420,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
     let cpu0 = own_cpu_s();
     let srv0 = opts.server_pid.and_then(proc_cpu_s);
     let machine0 = machine_busy_s().unwrap_or(0.0);
+    let wait0 = opts.server_pid.and_then(proc_runq_wait_s);
     shared.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(opts.duration).await;
@@ -415,6 +429,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
     let cpu1 = own_cpu_s();
     let srv1 = opts.server_pid.and_then(proc_cpu_s);
     let machine1 = machine_busy_s().unwrap_or(0.0);
+    let wait1 = opts.server_pid.and_then(proc_runq_wait_s);
     let rss = opts.server_pid.and_then(|p| proc_status_kib(p, "VmRSS"));
     let hwm = opts.server_pid.and_then(|p| proc_status_kib(p, "VmHWM"));
     let acked = shared.acked.load(Ordering::Relaxed);
@@ -452,6 +467,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
         max_ms: lat.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
         loadgen_cpu: (cpu1 - cpu0) / measured,
         server_cpu: srv0.zip(srv1).map(|(a, b)| (b - a) / measured),
+        server_runq_wait: wait0.zip(wait1).map(|(a, b)| (b - a) / measured),
         machine_cpu: (machine1 - machine0) / measured,
         server_rss_kib: rss,
         server_hwm_kib: hwm,
@@ -481,5 +497,7 @@ mod tests {
         assert!(proc_status_kib(pid, "NoSuchField").is_none());
         assert!(own_cpu_s() >= 0.0);
         assert!(machine_busy_s().unwrap() > 0.0);
+        assert!(proc_runq_wait_s(pid).unwrap() >= 0.0);
+        assert!(proc_runq_wait_s(u32::MAX).is_none());
     }
 }
