@@ -139,7 +139,7 @@ fi
 # Memory per idle connection (connected, welcomed, silent).
 load "idle, 1000 agents"  --agents 1000 --mode idle --warmup 2 --duration 5
 if (( IDLE_MAX > 1000 )); then
-    load "idle, $IDLE_MAX agents" --agents "$IDLE_MAX" --mode idle --warmup 2 --duration 5 --connect 256
+    load "idle, $IDLE_MAX agents" --agents "$IDLE_MAX" --mode idle --warmup 2 --duration 5
 fi
 
 # The SQLite ceiling of this machine, in the same run: vitals-shaped rows from 1,000 hosts interleaved, the server's

@@ -93,7 +93,7 @@ fn main_inner() -> Result<()> {
                 window: a.get("window", Some(32))?,
                 warmup: Duration::from_secs_f64(a.get("warmup", Some(3.0))?),
                 duration: Duration::from_secs_f64(a.get("duration", Some(10.0))?),
-                connect_concurrency: a.get("connect", Some(128))?,
+                connect_concurrency: a.get("connect", Some(32))?,
                 idle,
                 server_pid: a.map.get("server-pid").map(|p| p.parse()).transpose().context("--server-pid")?,
             };

@@ -25,6 +25,8 @@ pub const LOADGEN_VERSION: &str = "vigil-loadgen-1.0";
 
 /// How long connecting (TCP, key exchange, auth, subsystem, welcome) may take per agent.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connection attempts per agent before it counts as failed.
+const CONNECT_ATTEMPTS: u32 = 5;
 /// How long stopping agents wait for the acks of reports still in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,7 +44,7 @@ pub struct RunOpts {
     pub window: usize,
     pub warmup: Duration,
     pub duration: Duration,
-    /// Connection set-ups at once (the server refuses beyond 512 unauthenticated connections).
+    /// Connection set-ups at once (the server refuses more than 64 unauthenticated connections from one address).
     pub connect_concurrency: usize,
     /// Connect, say hello, then send nothing for `duration` (for memory per idle connection).
     pub idle: bool,
@@ -57,6 +59,8 @@ pub struct Summary {
     pub agents: usize,
     pub connected: usize,
     pub connect_failures: usize,
+    /// Refused or failed connection attempts that a retry then fixed (or not).
+    pub connect_retries: u64,
     pub connect_s: f64,
     pub offered_rate: f64,
     pub window: usize,
@@ -101,6 +105,7 @@ struct Shared {
     window_full: AtomicU64,
     connected: AtomicU64,
     failed: AtomicU64,
+    retries: AtomicU64,
     measuring: AtomicBool,
     /// Agents in the run (the offered rate is spread over them).
     agents: usize,
@@ -204,22 +209,27 @@ async fn agent_task(
     gate: Arc<Semaphore>,
     mut phase: watch::Receiver<Phase>,
 ) -> Vec<u32> {
-    let conn = {
-        let Ok(_permit) = gate.acquire().await else { return Vec::new() };
-        tokio::time::timeout(CONNECT_TIMEOUT, connect(&agent, &opts)).await
-    };
-    let mut conn = match conn {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
+    // Like a real agent, retry a refused connection (the server caps anonymous connections per source address).
+    let mut attempt = 0u32;
+    let mut conn = loop {
+        attempt += 1;
+        let conn = {
+            let Ok(_permit) = gate.acquire().await else { return Vec::new() };
+            tokio::time::timeout(CONNECT_TIMEOUT, connect(&agent, &opts)).await
+        };
+        let err = match conn {
+            Ok(Ok(c)) => break c,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "connect timed out".to_owned(),
+        };
+        if attempt >= CONNECT_ATTEMPTS {
             if shared.failed.fetch_add(1, Ordering::Relaxed) < 3 {
-                eprintln!("vigil-loadgen: {}: {e:#}", agent.agent_id);
+                eprintln!("vigil-loadgen: {}: {err} ({attempt} attempts)", agent.agent_id);
             }
             return Vec::new();
         }
-        Err(_) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-            return Vec::new();
-        }
+        shared.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
     };
     shared.connected.fetch_add(1, Ordering::Relaxed);
     if phase.wait_for(|p| *p != Phase::Connecting).await.is_err() || opts.idle {
@@ -452,6 +462,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
         agents: n,
         connected,
         connect_failures: shared.failed.load(Ordering::Relaxed) as usize,
+        connect_retries: shared.retries.load(Ordering::Relaxed),
         connect_s,
         offered_rate: opts.rate,
         window: opts.window,
