@@ -20,8 +20,7 @@ use vigil_tests::fleet::{ClientEntry, clients_xml};
 pub const AGENTS_FILE: &str = "agents.jsonl";
 
 /// The file holding the address agents dial. The load generator reads it instead of jobs.toml: serve watches the
-/// directory of its config files, and (as measured here) merely reading jobs.toml while serve runs starts a reload
-/// loop that would load the server during the benchmark.
+/// directory of its config files, and a benchmark should not touch them (reading them once started a reload loop).
 pub const ENDPOINT_FILE: &str = "endpoint";
 
 /// The name of simulated host `i`.
