@@ -26,6 +26,9 @@ fn error(code: ErrorCode, message: impl Into<String>, seq: Option<u64>) -> Serve
     ServerMsg::Error { code, message: message.into(), seq }
 }
 
+/// Replies gathered into one channel write, at most (about two SSH packets of the endpoint's 32 KiB).
+const COALESCE_BYTES: usize = 60 * 1024;
+
 /// Why the reader stopped.
 enum End {
     Closed,
@@ -39,15 +42,24 @@ pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<M
     let (out_tx, mut out_rx) = mpsc::channel::<ServerMsg>(shared.limits.max_in_flight + 16);
     let writer_agent = agent.clone();
     let writer = async move {
+        let seal = |msg: &ServerMsg| match seal_msg(&writer_agent.keys, &writer_agent.agent_id, msg.seq(), msg) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(agent = %writer_agent.agent_id, "could not seal a reply: {e}");
+                None
+            }
+        };
         while let Some(msg) = out_rx.recv().await {
-            let frame = match seal_msg(&writer_agent.keys, &writer_agent.agent_id, msg.seq(), &msg) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(agent = %writer_agent.agent_id, "could not seal a reply: {e}");
-                    continue;
+            let mut buf = seal(&msg).unwrap_or_default();
+            // Every reply already waiting goes out in the same channel write: under load one SSH packet carries
+            // many acks instead of one each.
+            while buf.len() < COALESCE_BYTES {
+                match out_rx.try_recv() {
+                    Ok(more) => buf.extend(seal(&more).unwrap_or_default()),
+                    Err(_) => break,
                 }
-            };
-            if wr.data_bytes(frame).await.is_err() {
+            }
+            if !buf.is_empty() && wr.data_bytes(buf).await.is_err() {
                 break;
             }
         }
