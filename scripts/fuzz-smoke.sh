@@ -28,6 +28,8 @@ cargo fuzz build "${flags[@]}"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+# report_store's SQLite database goes there too.
+export VIGIL_FUZZ_DB_DIR="$work"
 failed=()
 for t in "${targets[@]}"; do
     mkdir -p "$work/$t/new" "$work/$t/artifacts"

@@ -3,7 +3,7 @@
 //! "retry later" otherwise, so a valid report the store refuses would be retried by its agent forever.
 #![no_main]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
@@ -22,7 +22,7 @@ struct Db {
 
 static DB: Mutex<Option<Db>> = Mutex::new(None);
 
-fn fresh(dir: &PathBuf) -> Store {
+fn fresh(dir: &Path) -> Store {
     let path = dir.join("vigil.db");
     for side in ["", "-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();

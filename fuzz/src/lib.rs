@@ -122,7 +122,7 @@ impl Rng {
         Self(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -131,7 +131,7 @@ impl Rng {
 
     /// A value in `1..=max` (`max` >= 1).
     pub fn between_1_and(&mut self, max: usize) -> usize {
-        1 + (self.next() % max as u64) as usize
+        1 + (self.next_u64() % max as u64) as usize
     }
 }
 
