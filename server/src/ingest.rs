@@ -28,7 +28,7 @@ pub struct IngestOptions {
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        IngestOptions { queue_capacity: 4096, max_batch: 1024 }
+        IngestOptions { queue_capacity: 8192, max_batch: 4096 }
     }
 }
 
