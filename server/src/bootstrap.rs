@@ -62,9 +62,32 @@ pub enum BootstrapError {
 }
 
 /// The current agent id in an agent directory's agent.toml, if it is readable.
-fn installed_agent_id(dir: &Path) -> Option<String> {
+fn installed_config(dir: &Path) -> Option<AgentConfigFile> {
     let text = std::fs::read_to_string(dir.join(layout::CONFIG)).ok()?;
-    toml::from_str::<AgentConfigFile>(&text).ok().map(|c| c.agent_id)
+    toml::from_str::<AgentConfigFile>(&text).ok()
+}
+
+/// What an installed agent.toml says, as far as deciding whether its credentials still serve.
+struct Installed<'a> {
+    agent_id: &'a str,
+    server_host_key: &'a str,
+    server: &'a str,
+}
+
+/// Whether an installed agent's credentials can stay: its id is registered for this host, and it pins the current
+/// server key and dials the current endpoint. Otherwise bootstrap mints new ones. Local and SSH installs share it.
+fn credentials_current(
+    registered: &[crate::store::AgentRecord],
+    host: &str,
+    installed: Option<Installed<'_>>,
+    fingerprint: &str,
+    endpoint: &str,
+) -> bool {
+    installed.is_some_and(|i| {
+        registered.iter().any(|a| a.agent_id == i.agent_id && a.host == host)
+            && i.server_host_key == fingerprint
+            && i.server == endpoint
+    })
 }
 
 /// Installs or repairs the agent of a local host.
@@ -78,17 +101,18 @@ pub fn bootstrap_local(
     let dir = local::agent_dir(&host.name);
     local::ensure_dir(&dir)?;
     let mut done = Done { uploaded: local::install_binary(&dir, binary)?, ..Done::default() };
-    let registered = store.agents()?;
-    let current = installed_agent_id(&dir);
-    let pinned_ok = std::fs::read_to_string(dir.join(layout::CONFIG))
-        .ok()
-        .and_then(|t| toml::from_str::<AgentConfigFile>(&t).ok())
-        .is_some_and(|c| {
-            c.server_host_key == server_fingerprint && c.server == crate::provision::endpoint_for(config, host)
-        });
-    let valid = current.as_ref().is_some_and(|id| registered.iter().any(|a| &a.agent_id == id && a.host == host.name))
-        && dir.join(layout::KEY).is_file()
-        && pinned_ok;
+    let installed = installed_config(&dir);
+    let valid = credentials_current(
+        &store.agents()?,
+        &host.name,
+        installed.as_ref().map(|c| Installed {
+            agent_id: &c.agent_id,
+            server_host_key: &c.server_host_key,
+            server: &c.server,
+        }),
+        server_fingerprint,
+        &crate::provision::endpoint_for(config, host),
+    ) && dir.join(layout::KEY).is_file();
     if !valid {
         let files = AgentFiles::new(config, host, server_fingerprint, CollectPaths::default())?;
         local::stop(&dir)?;
@@ -203,11 +227,11 @@ async fn install_over(
         return Err(BootstrapError::Failed(format!("only {free} KiB free for {dir}, {} KiB needed", linux::NEED_KB)));
     }
     let endpoint = crate::provision::endpoint_for(&ctx.config, host);
-    let registered = ctx.store()?.agents()?;
-    let creds_ok =
-        kv.get("cfg_agent_id").is_some_and(|id| registered.iter().any(|a| &a.agent_id == id && a.host == host.name))
-            && kv.get("cfg_server_host_key") == Some(&ctx.fingerprint)
-            && kv.get("cfg_server") == Some(&endpoint);
+    let installed = match (kv.get("cfg_agent_id"), kv.get("cfg_server_host_key"), kv.get("cfg_server")) {
+        (Some(agent_id), Some(server_host_key), Some(server)) => Some(Installed { agent_id, server_host_key, server }),
+        _ => None,
+    };
+    let creds_ok = credentials_current(&ctx.store()?.agents()?, &host.name, installed, &ctx.fingerprint, &endpoint);
     let running = kv.contains_key("running");
     let mut agent_id = kv.get("cfg_agent_id").cloned().unwrap_or_default();
     // Everything the host receives travels on one stdin, in one command: each exec costs a session on the host.
@@ -279,8 +303,8 @@ pub async fn uninstall_ssh(ctx: &Ctx, host: &Host) -> Result<(), BootstrapError>
         let probe = s.run(&linux::probe(&crate::provision::dir_name(&host.name)), None).await?;
         let kv = parse_probe(&probe.stdout_text());
         let dir = kv.get("dir").cloned().ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
+        // The probe names the directory an install would use now (the home fallback when /tmp is noexec).
         s.check(&linux::uninstall(&dir), None).await?;
-        // Also the directory used when /tmp was noexec at install time, and the plain one.
         Ok::<_, BootstrapError>(())
     }
     .await;
@@ -345,4 +369,33 @@ pub async fn run_all(ctx: std::sync::Arc<Ctx>, hosts: Vec<Host>, parallel: usize
     let mut out: Vec<(usize, HostResult)> = set.join_all().await;
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, host: &str) -> crate::store::AgentRecord {
+        crate::store::AgentRecord {
+            agent_id: id.into(),
+            host: host.into(),
+            public_key: String::new(),
+            secret_hex: String::new(),
+            version: None,
+            registered_at_ms: 0,
+            last_seen_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn credentials_stay_only_when_registered_pinned_and_pointed_right() {
+        let reg = [record("web-1", "web")];
+        let ok = |id, pin, server| Some(Installed { agent_id: id, server_host_key: pin, server });
+        assert!(credentials_current(&reg, "web", ok("web-1", "SHA256:k", "s:1"), "SHA256:k", "s:1"));
+        assert!(!credentials_current(&reg, "web", None, "SHA256:k", "s:1"), "nothing installed");
+        assert!(!credentials_current(&reg, "db", ok("web-1", "SHA256:k", "s:1"), "SHA256:k", "s:1"), "other host");
+        assert!(!credentials_current(&reg, "web", ok("web-2", "SHA256:k", "s:1"), "SHA256:k", "s:1"), "unregistered");
+        assert!(!credentials_current(&reg, "web", ok("web-1", "SHA256:old", "s:1"), "SHA256:k", "s:1"), "new key");
+        assert!(!credentials_current(&reg, "web", ok("web-1", "SHA256:k", "s:2"), "SHA256:k", "s:1"), "moved");
+    }
 }
