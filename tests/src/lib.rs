@@ -8,6 +8,7 @@
 //! - [`net`]: free loopback ports ([`free_port`]) and "is something listening" probes.
 //! - [`process`]: [`Proc`], a child whose output goes to files and which is stopped by PID (SIGTERM, then SIGKILL)
 //!   when dropped.
+//! - [`rng`]: [`Rng`], seeded pseudo-random numbers for tests that make random choices.
 //! - [`service`]: [`Service`], one server process on a free loopback port in its own directory, waited for until
 //!   ready, stopped by PID, restartable; what [`Sshd`] and [`Smtp`] are built on.
 //! - [`sshd`]: [`Sshd`], a real OpenSSH `sshd` on 127.0.0.1 with its own host key, config and authorized keys, and
@@ -30,6 +31,7 @@ pub mod net;
 pub mod paths;
 pub mod poll;
 pub mod process;
+pub mod rng;
 pub mod service;
 pub mod smtp;
 pub mod sshd;
@@ -40,6 +42,7 @@ pub use net::{free_port, port_accepts};
 pub use paths::{TestDir, bin, try_bin, workspace_root};
 pub use poll::{wait_for, wait_until};
 pub use process::{Proc, SIGHUP, SIGINT, SIGKILL, SIGTERM, kill_processes_under, pid_alive, signal_pid};
+pub use rng::Rng;
 pub use service::Service;
 pub use smtp::{Mail, Smtp};
 pub use sshd::{ClientKey, RootLogin, Sshd, SshdOpts};

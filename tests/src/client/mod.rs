@@ -37,7 +37,7 @@ pub use observe::{closing_counters, rss_bytes};
 pub use protocol::{Event, FrameSender, VigilSession};
 pub use reports::{noise, sample_report};
 pub use served::{Served, host_ip, replace_file};
-pub use ssh::{RawChannel, SshConn};
+pub use ssh::{Pinned, RawChannel, SshConn};
 /// Milliseconds since the Unix epoch (the workspace's one clock, re-exported where tests always found it).
 pub use vigil_sys::clock::now_ms;
 

@@ -80,11 +80,7 @@ impl Served {
             .iter()
             .map(|n| {
                 let i = self.hosts.iter().position(|h| h == n).unwrap_or(self.hosts.len());
-                ClientEntry::local(n)
-                    .attr("transport", "ssh")
-                    .attr("ip", host_ip(i))
-                    .attr("port", "22")
-                    .attr("username", "vigil")
+                ClientEntry::enrolled(n, host_ip(i))
             })
             .collect()
     }

@@ -12,9 +12,10 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertifi
 
 use super::{STEP_TIMEOUT, block, rt};
 
-/// Accepts exactly the pinned server key.
-struct Pinned {
-    fingerprint: String,
+/// A russh client handler that accepts exactly the pinned server key (`SHA256:...`), and nothing else.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    pub fingerprint: String,
 }
 
 impl client::Handler for Pinned {
