@@ -8,6 +8,8 @@
 //! - [`net`]: free loopback ports ([`free_port`]) and "is something listening" probes.
 //! - [`process`]: [`Proc`], a child whose output goes to files and which is stopped by PID (SIGTERM, then SIGKILL)
 //!   when dropped.
+//! - [`reports`]: every report the tests send ([`sample_report`](reports::sample_report)) and the load generator's
+//!   shapes.
 //! - [`rng`]: [`Rng`], seeded pseudo-random numbers for tests that make random choices.
 //! - [`service`]: [`Service`], one server process on a free loopback port in its own directory, waited for until
 //!   ready, stopped by PID, restartable; what [`Sshd`] and [`Smtp`] are built on.
@@ -31,6 +33,7 @@ pub mod net;
 pub mod paths;
 pub mod poll;
 pub mod process;
+pub mod reports;
 pub mod rng;
 pub mod service;
 pub mod smtp;

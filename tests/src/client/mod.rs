@@ -9,7 +9,7 @@
 //!   collects the server's replies (welcome, jobs, ack, error). [`FrameSender`] writes on it from another thread.
 //! - [`served`]: [`Served`], a work directory with SSH-transport hosts in clients.xml, each enrolled with `vigil
 //!   enroll`, and `vigil serve` running on a free port; plus readers for its database, its logs and `vigil status`.
-//! - [`reports`]: [`sample_report`], a valid report with every statistic family filled, and [`noise`].
+//! - [`sample_report`] and [`noise`] (re-exported from [`crate::reports`]): the reports and garbage it sends.
 //! - [`agent`]: [`RealAgent`] and [`SpoolView`], the real `vigil-agent` run from an enrolled directory, and what its
 //!   spool holds; [`Served::verify_exactly_once`] checks its reports against the database.
 //! - [`observe`]: [`rss_bytes`], a process's RSS, and [`closing_counters`], the endpoint's closing summary.
@@ -27,15 +27,14 @@ pub mod agent;
 pub mod creds;
 pub mod observe;
 pub mod protocol;
-pub mod reports;
 pub mod served;
 pub mod ssh;
 
+pub use crate::reports::{noise, sample_report};
 pub use agent::{Delivery, RealAgent, SpoolView};
 pub use creds::{AgentCreds, load_key};
 pub use observe::{closing_counters, rss_bytes};
 pub use protocol::{Event, FrameSender, VigilSession};
-pub use reports::{noise, sample_report};
 pub use served::{Served, host_ip, replace_file};
 pub use ssh::{Pinned, RawChannel, SshConn};
 /// Milliseconds since the Unix epoch (the workspace's one clock, re-exported where tests always found it).

@@ -18,8 +18,8 @@ use vigil_schema::frame::FrameDecoder;
 use vigil_schema::proto::{AgentMsg, CONTROL_SEQ, PROTOCOL_VERSION, SUBSYSTEM, ServerMsg, open_msg, seal_msg};
 use vigil_tests::client::Pinned;
 
-use super::reports::{Shape, report, rows_of};
 use super::setup::Agent;
+use vigil_tests::reports::{Shape, report, rows_of};
 
 /// The agent version the load generator announces.
 pub const LOADGEN_VERSION: &str = "vigil-loadgen-1.0";

@@ -10,8 +10,8 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use vigil_server::store::{Incoming, Store};
 
-use super::reports::{Shape, report, rows_of};
 use super::setup::{host_ip, host_name};
+use vigil_tests::reports::{Shape, report, rows_of};
 
 /// Rows written and how fast.
 #[derive(Debug, Clone, Serialize)]
