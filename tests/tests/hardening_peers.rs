@@ -262,6 +262,10 @@ fn one_flooding_source_cannot_lock_other_agents_out() -> Result<()> {
     Ok(())
 }
 
+/// What one brute-force thread did: wrong keys tried, connections opened, the most keys tried on one connection, and
+/// the quickest refusal after a connection's first.
+type Guessed = (u64, u64, u64, Duration);
+
 #[test]
 fn an_authentication_brute_force_gets_nowhere_and_is_cut_per_connection() -> Result<()> {
     const THREADS: usize = 8;
@@ -279,7 +283,7 @@ fn an_authentication_brute_force_gets_nowhere_and_is_cut_per_connection() -> Res
     let keys = Arc::new(keys);
     let target = s.creds("good")?.agent_id.clone();
 
-    let workers: Vec<JoinHandle<Result<(u64, u64, u64, Duration)>>> = (0..THREADS)
+    let workers: Vec<JoinHandle<Result<Guessed>>> = (0..THREADS)
         .map(|t| {
             let (addr, fp, keys, user) = (s.addr(), s.fingerprint.clone(), keys.clone(), target.clone());
             std::thread::spawn(move || {
