@@ -59,6 +59,12 @@ impl ClientEntry {
         Self { attrs, alerts: Vec::new() }
     }
 
+    /// A host on SSH transport at `ip` (port 22, user `vigil`) whose agent the test enrolls itself (`vigil enroll`, or
+    /// registered in the database): serve never dials it, so `ip` may be any address.
+    pub fn enrolled(name: &str, ip: impl Into<String>) -> Self {
+        Self::local(name).attr("transport", "ssh").attr("ip", ip).attr("port", "22").attr("username", "vigil")
+    }
+
     /// Sets (or replaces) an attribute, e.g. `host_key`, `mail`, `tags`, `endpoint`.
     pub fn attr(mut self, key: &'static str, value: impl Into<String>) -> Self {
         self.attrs.retain(|(k, _)| *k != key);

@@ -8,10 +8,18 @@
 //! - [`net`]: free loopback ports ([`free_port`]) and "is something listening" probes.
 //! - [`process`]: [`Proc`], a child whose output goes to files and which is stopped by PID (SIGTERM, then SIGKILL)
 //!   when dropped.
+//! - [`reports`]: every report the tests send ([`sample_report`](reports::sample_report)) and the load generator's
+//!   shapes.
+//! - [`rng`]: [`Rng`], seeded pseudo-random numbers for tests that make random choices.
+//! - [`service`]: [`Service`], one server process on a free loopback port in its own directory, waited for until
+//!   ready, stopped by PID, restartable; what [`Sshd`] and [`Smtp`] are built on.
 //! - [`sshd`]: [`Sshd`], a real OpenSSH `sshd` on 127.0.0.1 with its own host key, config and authorized keys, and
 //!   [`ClientKey`], an ed25519 key pair for logging in.
 //! - [`users`]: [`LocalUser`], a throwaway local account with a password, for password and non-root logins.
 //! - [`smtp`]: [`Smtp`], a real SMTP server (Debian's aiosmtpd) writing each mail to a maildir.
+//! - [`client`]: the protocol test client for vigil's SSH endpoint and [`Served`](client::Served), the real `vigil
+//!   serve` it talks to (see its own map).
+//! - [`fixtures`]: canned input files for collectors (utmp records).
 //! - [`fleet`]: `clients.xml` and `jobs.toml` written for the hosts a test started ([`ClientEntry`],
 //!   [`jobs_toml`]) in a [`Workdir`] where `vigil` runs with `--clients` and `--jobs`.
 //!
@@ -25,6 +33,9 @@ pub mod net;
 pub mod paths;
 pub mod poll;
 pub mod process;
+pub mod reports;
+pub mod rng;
+pub mod service;
 pub mod smtp;
 pub mod sshd;
 pub mod users;
@@ -34,6 +45,8 @@ pub use net::{free_port, port_accepts};
 pub use paths::{TestDir, bin, try_bin, workspace_root};
 pub use poll::{wait_for, wait_until};
 pub use process::{Proc, SIGHUP, SIGINT, SIGKILL, SIGTERM, kill_processes_under, pid_alive, signal_pid};
+pub use rng::Rng;
+pub use service::Service;
 pub use smtp::{Mail, Smtp};
 pub use sshd::{ClientKey, RootLogin, Sshd, SshdOpts};
 pub use users::LocalUser;

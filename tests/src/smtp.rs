@@ -4,17 +4,16 @@
 //! is first on PATH. [`Smtp::stop`] and [`Smtp::start_again`] take it down and bring it back on the same port, to
 //! test mail that must wait out an SMTP outage.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::net::{free_port, port_accepts};
-use crate::paths::TestDir;
+use crate::net::port_accepts;
 use crate::poll::wait_until;
-use crate::process::Proc;
+use crate::service::Service;
 
 /// Debian's python, which has the python3-aiosmtpd package.
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -69,11 +68,7 @@ impl Mail {
 /// A running (or stopped) aiosmtpd on 127.0.0.1.
 #[derive(Debug)]
 pub struct Smtp {
-    port: u16,
-    proc: Option<Proc>,
-    runs: u32,
-    // Last, so the maildir outlives the process writing to it.
-    dir: TestDir,
+    svc: Service,
 }
 
 impl Smtp {
@@ -82,35 +77,25 @@ impl Smtp {
         if !Path::new(PYTHON).is_file() {
             bail!("{PYTHON} is missing: install python3-aiosmtpd (scripts/test.sh does)");
         }
-        let mut smtp = Self { port: free_port(), proc: None, runs: 0, dir: TestDir::new("smtp")? };
+        let mut smtp = Self { svc: Service::new("aiosmtpd")? };
         smtp.launch()?;
         Ok(smtp)
     }
 
     fn launch(&mut self) -> Result<()> {
+        let port = self.port();
         let mut cmd = Command::new(PYTHON);
-        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{}", self.port)])
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(self.maildir());
-        self.runs += 1;
-        let mut proc = Proc::spawn(cmd, self.dir.path(), &format!("aiosmtpd.{}", self.runs))?;
-        let port = self.port;
-        wait_until(READY_TIMEOUT, || port_accepts(port) || !proc.is_running());
-        if !proc.is_running() || !port_accepts(port) {
-            let logs = proc.logs();
-            drop(proc);
-            bail!("aiosmtpd on port {port} did not start (is python3-aiosmtpd installed for {PYTHON}?)\n{logs}");
-        }
-        self.proc = Some(proc);
-        Ok(())
+        self.svc
+            .launch(cmd, READY_TIMEOUT, |_| port_accepts(port))
+            .with_context(|| format!("is python3-aiosmtpd installed for {PYTHON}?"))
     }
 
     /// Stops the server by PID; the port then refuses connections until [`Smtp::start_again`].
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut proc) = self.proc.take() {
-            proc.stop()?;
-        }
-        Ok(())
+        self.svc.stop()
     }
 
     /// Starts the server again on the same port and maildir.
@@ -121,27 +106,27 @@ impl Smtp {
 
     /// Whether the server process is running.
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(|p| p.is_running())
+        self.svc.is_running()
     }
 
     /// The server's PID, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().map(Proc::pid)
+        self.svc.pid()
     }
 
     /// The TCP port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.svc.port()
     }
 
     /// 127.0.0.1 and the port.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        self.svc.addr()
     }
 
     /// The maildir the handler writes to.
     pub fn maildir(&self) -> PathBuf {
-        self.dir.join("maildir")
+        self.svc.join("maildir")
     }
 
     /// Every message received so far, oldest first (by file time, then name).
@@ -173,15 +158,9 @@ impl Smtp {
         Ok(got)
     }
 
-    /// The server's logs, for assertion messages.
+    /// The server's log (every run), for assertion messages.
     pub fn logs(&self) -> String {
-        self.proc.as_ref().map(Proc::logs).unwrap_or_default()
-    }
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.stop();
+        self.svc.logs()
     }
 }
 

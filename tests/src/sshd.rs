@@ -11,17 +11,15 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::net::free_port;
-use crate::paths::{TestDir, set_mode};
-use crate::poll::wait_until;
-use crate::process::Proc;
+use crate::paths::set_mode;
+use crate::service::Service;
 
 /// The sshd binary, by absolute path: sshd re-executes itself and refuses a relative one.
 pub const SSHD: &str = "/usr/sbin/sshd";
@@ -100,11 +98,7 @@ impl ClientKey {
 #[derive(Debug)]
 pub struct Sshd {
     opts: SshdOpts,
-    port: u16,
-    proc: Option<Proc>,
-    restarts: u32,
-    // Last, so the directory outlives the process that uses it.
-    dir: TestDir,
+    svc: Service,
 }
 
 impl Sshd {
@@ -115,29 +109,29 @@ impl Sshd {
         if !Path::new(SSHD).is_file() {
             bail!("{SSHD} is missing: install openssh-server (scripts/test.sh does)");
         }
-        let dir = TestDir::new("sshd")?;
-        std::fs::create_dir(dir.join("authorized_keys")).context("creating authorized_keys/")?;
-        set_mode(&dir.join("authorized_keys"), 0o755)?;
-        keygen(&dir.join("host_ed25519"), "vigil-test-host")?;
-        let mut sshd = Self { opts, port: free_port(), proc: None, restarts: 0, dir };
+        let svc = Service::new("sshd")?;
+        std::fs::create_dir(svc.join("authorized_keys")).context("creating authorized_keys/")?;
+        set_mode(&svc.join("authorized_keys"), 0o755)?;
+        keygen(&svc.join("host_ed25519"), "vigil-test-host")?;
+        let mut sshd = Self { opts, svc };
         sshd.write_config()?;
         sshd.launch()?;
         Ok(sshd)
     }
 
     fn config_path(&self) -> PathBuf {
-        self.dir.join("sshd_config")
+        self.svc.join("sshd_config")
     }
 
     fn host_key_path(&self) -> PathBuf {
-        self.dir.join("host_ed25519")
+        self.svc.join("host_ed25519")
     }
 
     fn write_config(&self) -> Result<()> {
-        let d = self.dir.path().display();
+        let d = self.svc.dir().display();
         let mut conf = String::new();
         let _ = writeln!(conf, "ListenAddress 127.0.0.1");
-        let _ = writeln!(conf, "Port {}", self.port);
+        let _ = writeln!(conf, "Port {}", self.svc.port());
         let _ = writeln!(conf, "HostKey {d}/host_ed25519");
         let _ = writeln!(conf, "PidFile {d}/sshd.pid");
         let _ = writeln!(conf, "AuthorizedKeysFile {d}/authorized_keys/%u");
@@ -164,31 +158,18 @@ impl Sshd {
     fn launch(&mut self) -> Result<()> {
         let mut cmd = Command::new(SSHD);
         cmd.arg("-D").arg("-e").arg("-f").arg(self.config_path());
-        let name = if self.restarts == 0 { "sshd".to_owned() } else { format!("sshd.{}", self.restarts) };
-        let mut proc = Proc::spawn(cmd, self.dir.path(), &name)?;
-        let ready = format!("Server listening on 127.0.0.1 port {}", self.port);
-        wait_until(READY_TIMEOUT, || proc.stderr().contains(&ready) || !proc.is_running());
-        if !proc.stderr().contains(&ready) {
-            let logs = proc.logs();
-            drop(proc);
-            bail!("sshd on port {} did not start\n{logs}", self.port);
-        }
-        self.proc = Some(proc);
-        Ok(())
+        let ready = format!("Server listening on 127.0.0.1 port {}", self.svc.port());
+        self.svc.launch(cmd, READY_TIMEOUT, |p| p.stderr().contains(&ready))
     }
 
     /// Stops sshd (SIGTERM, then SIGKILL). Established sessions keep running; new connections are refused.
     pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut proc) = self.proc.take() {
-            proc.stop()?;
-        }
-        Ok(())
+        self.svc.stop()
     }
 
     /// Starts sshd again on the same port with the same config and host key.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        self.restarts += 1;
         self.launch()
     }
 
@@ -199,33 +180,32 @@ impl Sshd {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
         keygen(&self.host_key_path(), "vigil-test-host")?;
-        self.restarts += 1;
         self.launch()
     }
 
     /// Whether the sshd process is running.
     pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(|p| p.is_running())
+        self.svc.is_running()
     }
 
     /// The listening sshd's PID, if it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.proc.as_ref().map(Proc::pid)
+        self.svc.pid()
     }
 
     /// The TCP port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.svc.port()
     }
 
     /// 127.0.0.1 and the port.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        self.svc.addr()
     }
 
     /// The host's own directory (config, keys, logs).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.svc.dir()
     }
 
     /// The host key's fingerprint as clients print it: `SHA256:...`.
@@ -241,12 +221,12 @@ impl Sshd {
 
     /// A known_hosts line pinning this host: `[127.0.0.1]:PORT ssh-ed25519 AAAA...`.
     pub fn known_hosts_line(&self) -> Result<String> {
-        Ok(format!("[127.0.0.1]:{} {}", self.port, self.host_public_key()?))
+        Ok(format!("[127.0.0.1]:{} {}", self.port(), self.host_public_key()?))
     }
 
     /// Lets `key` log in as `user`.
     pub fn authorize(&self, user: &str, key: &ClientKey) -> Result<()> {
-        let path = self.dir.join("authorized_keys").join(user);
+        let path = self.svc.join("authorized_keys").join(user);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -268,7 +248,7 @@ impl Sshd {
 
     /// The system `ssh` client logging in as `user` with `password` (handed over through SSH_ASKPASS, no key).
     pub fn ssh_with_password(&self, user: &str, password: &str) -> Result<Command> {
-        let askpass = self.dir.join("askpass.sh");
+        let askpass = self.svc.join("askpass.sh");
         if !askpass.exists() {
             std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$VIGIL_TEST_PASSWORD\"\n")
                 .context("writing askpass.sh")?;
@@ -286,10 +266,10 @@ impl Sshd {
     }
 
     fn ssh_base(&self) -> Result<Command> {
-        let known_hosts = self.dir.join("known_hosts");
+        let known_hosts = self.svc.join("known_hosts");
         std::fs::write(&known_hosts, format!("{}\n", self.known_hosts_line()?)).context("writing known_hosts")?;
         let mut cmd = Command::new(SSH);
-        cmd.args(["-F", "/dev/null", "-p", &self.port.to_string()])
+        cmd.args(["-F", "/dev/null", "-p", &self.port().to_string()])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
             .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes"])
@@ -300,18 +280,7 @@ impl Sshd {
 
     /// sshd's log so far (all runs), for assertion messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for n in 0..=self.restarts {
-            let name = if n == 0 { "sshd.stderr".to_owned() } else { format!("sshd.{n}.stderr") };
-            out.push_str(&std::fs::read_to_string(self.dir.join(name)).unwrap_or_default());
-        }
-        out
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.stop();
+        self.svc.logs()
     }
 }
 
@@ -347,6 +316,7 @@ fn read_trimmed(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths::TestDir;
 
     #[test]
     fn client_keys_are_private_and_fingerprinted() {

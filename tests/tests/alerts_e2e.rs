@@ -5,11 +5,13 @@
 //! the limit gives one firing and one resolved mail; a host that stops reporting gets a silence alert after the
 //! configured intervals and a recovery mail on return; a mail raised while SMTP is down arrives once SMTP is back,
 //! exactly once, across a serve restart; editing a limit or a mail address in clients.xml applies without restart;
-//! security events are mailed with every report that carries them.
+//! security events are mailed with every report that carries them; a report whose alert mail cannot be queued
+//! leaves neither the report nor the alert behind (one transaction).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use vigil_schema::proto::{ErrorCode, ServerMsg};
 use vigil_schema::report::{SecurityEvent, SecurityEventKind, SecurityEvents};
 use vigil_tests::client::{Served, VigilSession, now_ms, replace_file, sample_report};
 use vigil_tests::fleet::{ALL_COLLECTORS, ClientEntry, clients_xml};
@@ -321,5 +323,47 @@ fn starttls_mode_never_falls_back_to_plain_text() -> Result<()> {
     exactly(&smtp, &s, 0)?;
     let err: String = s.db()?.query_row("SELECT last_error FROM outbox", [], |r| r.get(0))?;
     ensure!(err.to_lowercase().contains("tls"), "last error {err:?}");
+    Ok(())
+}
+
+/// The report, the alert transition it causes (state and event) and the transition's outbox row commit in one
+/// transaction. The database is made to refuse outbox rows (a trigger, the last write of that transaction), so the
+/// report's commit fails: then none of it may be visible. Were the transition or its mail committed apart from the
+/// report, the state or the event would survive the failed mail, or the report its alert.
+#[test]
+fn a_report_whose_alert_mail_cannot_be_queued_leaves_neither_report_nor_alert_behind() -> Result<()> {
+    let smtp = Smtp::start()?;
+    let s = start(&["web-01"], "5s", &smtp, |h, e| e.attr("mail", format!("ops-{h}@example.org")).alert("cpu", "90%"))?;
+    let mut web = s.session("web-01")?;
+    send(&mut web, 1, 50.0)?;
+    let db = rusqlite::Connection::open(s.db_path())?;
+    db.busy_timeout(T)?;
+    db.execute_batch(
+        "CREATE TRIGGER test_refuse_mail BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'test: outbox refused'); END;",
+    )?;
+
+    web.send_report(&sample_report(2, now_ms(), 93.2, 30.0, 40.0))?;
+    match web.wait_error(T)? {
+        ServerMsg::Error { code: ErrorCode::Unavailable, seq: Some(2), .. } => {}
+        other => anyhow::bail!("a report whose transaction failed: expected an unavailable error, got {other:?}"),
+    }
+    ensure!(s.log().contains("test: outbox refused"), "the injected failure did not happen\n{}", s.logs());
+    ensure!(!s.has_report("web-01", 2)?, "the report was stored although its alert's mail was not queued");
+    let cpu_rows = s.count("SELECT count(*) FROM cpu", [])?;
+    ensure!(cpu_rows == 1, "{cpu_rows} cpu rows: the failed report's statistics stayed");
+    ensure!(s.count("SELECT count(*) FROM alert_state", [])? == 0, "the transition's state stayed without its mail");
+    ensure!(s.count("SELECT count(*) FROM alert_events", [])? == 0, "the transition's event stayed without its mail");
+    ensure!(s.count("SELECT count(*) FROM outbox", [])? == 0, "an outbox row despite the failure");
+
+    // Once outbox rows are taken again, the same report is stored with its state, its event and its one mail.
+    db.execute_batch("DROP TRIGGER test_refuse_mail;")?;
+    send(&mut web, 2, 93.2)?;
+    ensure!(s.has_report("web-01", 2)?);
+    ensure!(s.count("SELECT count(*) FROM alert_state WHERE state = 'firing'", [])? == 1);
+    let linked = s.count("SELECT count(*) FROM outbox o JOIN alert_events e ON e.id = o.event_id", [])?;
+    ensure!(linked == 1, "{linked} outbox rows tied to an event");
+    let mails = exactly(&smtp, &s, 1)?;
+    ensure!(subject(&mails[0]).starts_with("[vigil] FIRING cpu on web-01"), "{:?}", subject(&mails[0]));
+    web.close();
     Ok(())
 }

@@ -2,17 +2,15 @@
 //! reports stored once each and acked only after their commit, resent reports acked again but stored once, and
 //! every kind of bad peer refused (and counted) while a valid agent on another connection keeps getting acks.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use vigil_schema::proto::{ErrorCode, ServerMsg};
 use vigil_schema::secret::AgentSecret;
-use vigil_tests::client::{
-    Event, Served, VigilSession, closing_counters, host_ip, load_key, noise, now_ms, sample_report,
-};
-use vigil_tests::{ClientKey, TestDir};
+use vigil_tests::client::{Served, VigilSession, closing_counters, host_ip, load_key, noise, now_ms, sample_report};
+use vigil_tests::{ClientKey, TestDir, wait_for};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -117,6 +115,38 @@ fn expect_error(session: &mut VigilSession, code: ErrorCode, what: &str) -> Resu
     }
 }
 
+/// Sends random bytes instead of SSH to `addr` and requires the peer to close the connection (end of file or a
+/// reset) within `within`. A connection still open when the read times out is a failure, not a pass.
+fn garbage_is_answered_by_a_close(addr: &str, within: Duration) -> Result<()> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(within))?;
+    tcp.write_all(&noise(4096, 11))?;
+    let mut sink = Vec::new();
+    match tcp.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            anyhow::bail!("the connection is still open {within:?} after garbage ({} bytes received)", sink.len())
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => {}
+        Err(e) => return Err(e.into()),
+    }
+    ensure!(sink.len() < 4096, "the server kept talking to a peer that sent garbage");
+    Ok(())
+}
+
+/// Negative control for [`garbage_is_answered_by_a_close`]: against a peer that accepts and holds the connection
+/// open (what a server that ignored garbage would do) the check fails.
+#[test]
+fn the_garbage_check_fails_against_a_peer_that_keeps_the_connection_open() -> Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let holder = std::thread::spawn(move || listener.accept().map(|(conn, _)| conn));
+    let verdict = garbage_is_answered_by_a_close(&addr, Duration::from_secs(1));
+    let _held = holder.join().map_err(|_| anyhow::anyhow!("the holding peer panicked"))??;
+    ensure!(verdict.is_err(), "the check passed although the peer never closed the connection");
+    Ok(())
+}
+
 #[test]
 fn bad_peers_are_refused_and_counted_while_a_valid_agent_keeps_getting_acks() -> Result<()> {
     let mut s = Served::start(&["good", "evil"], "5s")?;
@@ -181,15 +211,8 @@ fn bad_peers_are_refused_and_counted_while_a_valid_agent_keeps_getting_acks() ->
     ensure!(big.wait_closed(T)?, "the server kept a connection that announced a 2 MiB frame");
     good.round(&s, "2 MiB frame")?;
 
-    // Random bytes instead of SSH: the server drops the connection.
-    let mut tcp = TcpStream::connect(s.addr())?;
-    tcp.set_read_timeout(Some(T))?;
-    tcp.write_all(&noise(4096, 11))?;
-    let mut sink = Vec::new();
-    let _ = tcp.read_to_end(&mut sink); // returns once the server closed (or the timeout passed)
-    ensure!(sink.len() < 4096, "the server kept talking to a peer that sent garbage");
-    let mut buf = [0u8; 1];
-    ensure!(matches!(tcp.read(&mut buf), Ok(0) | Err(_)), "connection still open after garbage");
+    // Random bytes instead of SSH: the server drops the connection (well before the 20 s authentication deadline).
+    garbage_is_answered_by_a_close(&s.addr(), T)?;
     good.round(&s, "random bytes over TCP")?;
 
     // Unknown key: refused.
@@ -245,17 +268,46 @@ fn bad_peers_are_refused_and_counted_while_a_valid_agent_keeps_getting_acks() ->
     Ok(())
 }
 
+/// Rewrites the `server_host_key` line of `host`'s agent.toml to pin `pin`.
+fn pin_host_key(s: &Served, host: &str, pin: &str) -> Result<()> {
+    let path = s.agent_dir(host).join("agent.toml");
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(text.lines().any(|l| l.starts_with("server_host_key")), "no server_host_key in {text}");
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| if l.starts_with("server_host_key") { format!("server_host_key = \"{pin}\"") } else { l.to_owned() })
+        .collect();
+    std::fs::write(&path, edited.join("\n") + "\n")?;
+    Ok(())
+}
+
 #[test]
 fn an_agent_pinning_another_host_key_does_not_connect() -> Result<()> {
-    let s = Served::start(&["alpha"], "5s")?;
+    // The real vigil-agent, enrolled by `vigil enroll`, with its pinned host key replaced by another one.
+    let s = Served::start(&["alpha"], "1s")?;
+    ensure!(s.creds("alpha")?.server_host_key == s.fingerprint, "the enrolled pin is not the key serve printed");
     let wrong_pin = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    ensure!(vigil_tests::client::SshConn::connect(&s.addr(), wrong_pin).is_err(), "connected despite a wrong pin");
-    // The enrolled pin is the key serve printed.
-    ensure!(s.creds("alpha")?.server_host_key == s.fingerprint);
-    let mut a = s.session("alpha")?;
-    a.send_report(&sample_report(1, now_ms(), 1.0, 1.0, 1.0))?;
-    a.wait_acks([1], T)?;
-    ensure!(matches!(a.recv(Duration::from_millis(200))?, Event::Timeout), "unexpected extra message");
-    a.close();
+    pin_host_key(&s, "alpha", wrong_pin)?;
+    let mut agent = s.spawn_agent("alpha")?;
+    wait_for(T, "the mismatch in the agent's log", || agent.logs().contains("does not match the pinned"))
+        .with_context(|| format!("{}\n{}", agent.logs(), s.logs()))?;
+    wait_for(T, "three reports made", || agent.produced() >= 3).with_context(|| agent.logs())?;
+    // Nothing reached the server: no report stored, no authentication, the reports are kept in the spool.
+    ensure!(s.stored_seqs("alpha")?.is_empty(), "reports stored despite the wrong pin: {:?}", s.stored_seqs("alpha")?);
+    let agent_id = &s.creds("alpha")?.agent_id;
+    let seen =
+        s.count("SELECT count(*) FROM agents WHERE agent_id = ?1 AND last_seen_at_ms IS NOT NULL", [agent_id])?;
+    ensure!(seen == 0, "the server saw the agent despite the wrong pin\n{}", s.logs());
+    ensure!(agent.spool()?.spooled.len() >= 3, "the reports are not kept for later: {:?}", agent.spool()?);
+    agent.terminate()?;
+
+    // Positive control: the same agent with the right pin delivers what it kept.
+    pin_host_key(&s, "alpha", &s.fingerprint)?;
+    let mut agent = s.spawn_agent("alpha")?;
+    wait_for(Duration::from_secs(30), "the spooled reports to arrive", || {
+        s.stored_seqs("alpha").is_ok_and(|v| v.len() >= 3)
+    })
+    .with_context(|| format!("{}\n{}", agent.logs(), s.logs()))?;
+    agent.terminate()?;
     Ok(())
 }

@@ -19,24 +19,12 @@ use vigil_schema::job::Schedule;
 use vigil_schema::proto::{ErrorCode, ServerMsg};
 use vigil_server::config::Config;
 use vigil_tests::client::{AgentCreds, Event, Served, VigilSession, noise, now_ms, replace_file};
-use vigil_tests::{clients_xml, wait_for};
+use vigil_tests::{Rng, clients_xml, wait_for};
 
 const HOSTS: &[&str] = &["main", "probe", "spare"];
 const EDITS: usize = 200;
 const T: Duration = Duration::from_secs(15);
 const COLLECTORS: &[&str] = &["cpu", "memory", "swap", "network", "disk_usage", "partitions", "system"];
-
-/// xorshift64: random edits, the seed printed to replay a run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 /// The texts of the storm, for one server.
 struct Texts<'a> {
@@ -187,7 +175,7 @@ fn stored(s: &Served, host: &str) -> usize {
 fn two_hundred_random_config_edits_under_load_never_apply_an_invalid_config() -> Result<()> {
     let seed = std::env::var("VIGIL_STORM_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(now_ms() as u64 | 1);
     eprintln!("storm seed {seed} (set VIGIL_STORM_SEED to replay)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut s = Served::start(HOSTS, "1s")?;
     let texts = Texts { s: &s };
     let (clients_path, jobs_path) = (s.work.clients_path(), s.work.jobs_path());

@@ -212,8 +212,14 @@ fn reading_the_config_files_does_not_reload() -> Result<()> {
     }
     std::thread::sleep(Duration::from_secs(2));
     let log = serve.stderr();
-    vigil_tests::process::kill_processes_under(w.path());
     let reloads = log.matches("configuration files touched").count() + log.matches("configuration reloaded").count();
     ensure!(reloads == 0, "reading the files reloaded {reloads} times:\n{log}");
+
+    // Positive control: the watcher was armed all along. A real edit of the same file now reloads, so the silence
+    // above means the reads were ignored, not that nothing was watching.
+    vigil_tests::client::replace_file(&w.jobs_path(), &vigil_tests::fleet::jobs_toml(port, &w.data_dir(), None, "7s"))?;
+    let reloaded = wait_for(T, "a real edit to reload", || serve.stderr().contains("configuration reloaded"));
+    vigil_tests::process::kill_processes_under(w.path());
+    reloaded.map_err(|e| e.context(serve.stderr()))?;
     Ok(())
 }

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use loadgen::drive::{RunOpts, run};
-use loadgen::reports::Shape;
 use loadgen::{setup, sql};
+use vigil_tests::reports::Shape;
 
 /// `--key value` options after the subcommand.
 #[derive(Debug, Default)]

@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use russh::client::{self, Handle};
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::PrivateKeyWithHashAlg;
 use russh::{ChannelMsg, ChannelReadHalf};
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
 use vigil_schema::frame::FrameDecoder;
 use vigil_schema::proto::{AgentMsg, CONTROL_SEQ, PROTOCOL_VERSION, SUBSYSTEM, ServerMsg, open_msg, seal_msg};
+use vigil_tests::client::Pinned;
 
-use super::reports::{Shape, report, rows_of};
 use super::setup::Agent;
+use vigil_tests::reports::{Shape, report, rows_of};
 
 /// The agent version the load generator announces.
 pub const LOADGEN_VERSION: &str = "vigil-loadgen-1.0";
@@ -110,20 +111,6 @@ struct Shared {
     /// Agents in the run (the offered rate is spread over them).
     agents: usize,
     rows_per_report: u64,
-}
-
-/// Accepts exactly the pinned server key.
-struct Pinned {
-    fingerprint: String,
-}
-
-impl client::Handler for Pinned {
-    type Error = russh::Error;
-
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else { return Ok(false) };
-        Ok(key.fingerprint(HashAlg::Sha256).to_string() == self.fingerprint)
-    }
 }
 
 /// One connected agent, welcomed.

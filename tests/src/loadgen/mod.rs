@@ -2,11 +2,10 @@
 //! `vigil serve`, and the SQLite measurements the benchmark compares the server with.
 //!
 //! - [`setup`]: a fleet on disk (clients.xml, jobs.toml, host key, agents registered in the database).
-//! - [`reports`]: the "vitals" and "full" reports and their row counts.
+//! - The "vitals" and "full" reports and their row counts live in the test crate (`vigil_tests::reports`).
 //! - [`drive`]: N agents, each on its own SSH connection, pipelined, measuring acked reports/s, rows/s, latency.
 //! - [`sql`]: the raw SQLite insert ceiling, the store's ceiling, and a generated history for `vigil status`.
 
 pub mod drive;
-pub mod reports;
 pub mod setup;
 pub mod sql;

@@ -78,15 +78,7 @@ pub fn jobs_toml(port: u16, dir: &Path) -> String {
 /// with every agent registered) and [`AGENTS_FILE`].
 pub fn setup(dir: &Path, agents: usize, port: u16) -> Result<Fleet> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let entries: Vec<ClientEntry> = (0..agents)
-        .map(|i| {
-            ClientEntry::local(&host_name(i))
-                .attr("transport", "ssh")
-                .attr("ip", host_ip(i))
-                .attr("port", "22")
-                .attr("username", "vigil")
-        })
-        .collect();
+    let entries: Vec<ClientEntry> = (0..agents).map(|i| ClientEntry::enrolled(&host_name(i), host_ip(i))).collect();
     std::fs::write(dir.join("clients.xml"), clients_xml(&entries)).context("writing clients.xml")?;
     std::fs::write(dir.join("jobs.toml"), jobs_toml(port, dir)).context("writing jobs.toml")?;
     std::fs::create_dir_all(dir.join("loadgen"))?;

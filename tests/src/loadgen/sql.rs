@@ -10,8 +10,8 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use vigil_server::store::{Incoming, Store};
 
-use super::reports::{Shape, report, rows_of};
 use super::setup::{host_ip, host_name};
+use vigil_tests::reports::{Shape, report, rows_of};
 
 /// Rows written and how fast.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +25,32 @@ pub struct Inserted {
     pub rows_per_s: f64,
     pub reports_per_s: f64,
     pub db_mib: f64,
+}
+
+impl Inserted {
+    /// The figures of a load that wrote `reports` reports as `rows` rows into the database at `path` in `took`.
+    fn measured(
+        what: String,
+        hosts: usize,
+        reports: u64,
+        rows: u64,
+        per_txn_reports: usize,
+        took: std::time::Duration,
+        path: &Path,
+    ) -> Self {
+        let secs = took.as_secs_f64();
+        Self {
+            what,
+            hosts,
+            reports,
+            rows,
+            per_txn_reports,
+            secs,
+            rows_per_s: rows as f64 / secs,
+            reports_per_s: reports as f64 / secs,
+            db_mib: file_mib(path),
+        }
+    }
 }
 
 fn file_mib(path: &Path) -> f64 {
@@ -111,19 +137,7 @@ pub fn ceiling_raw(path: &Path, hosts: usize, reports: u64, per_txn: usize) -> R
         }
         tx.commit()?;
     }
-    let secs = t.elapsed().as_secs_f64();
-    let rows = done * 4;
-    Ok(Inserted {
-        what: "raw SQL, vitals rows".into(),
-        hosts,
-        reports: done,
-        rows,
-        per_txn_reports: per_txn,
-        secs,
-        rows_per_s: rows as f64 / secs,
-        reports_per_s: done as f64 / secs,
-        db_mib: file_mib(path),
-    })
+    Ok(Inserted::measured("raw SQL, vitals rows".into(), hosts, done, done * 4, per_txn, t.elapsed(), path))
 }
 
 /// The store's own ceiling: `Store::insert_reports` on decoded reports of `shape`, fleet-interleaved, `batch` per
@@ -155,19 +169,8 @@ pub fn ceiling_store(path: &Path, hosts: usize, reports: u64, batch: usize, shap
         store.insert_reports(&items)?;
         done += n;
     }
-    let secs = t.elapsed().as_secs_f64();
-    let rows = done * per_report;
-    Ok(Inserted {
-        what: format!("Store::insert_reports, {shape:?}").to_lowercase(),
-        hosts,
-        reports: done,
-        rows,
-        per_txn_reports: batch,
-        secs,
-        rows_per_s: rows as f64 / secs,
-        reports_per_s: done as f64 / secs,
-        db_mib: file_mib(path),
-    })
+    let what = format!("Store::insert_reports, {shape:?}").to_lowercase();
+    Ok(Inserted::measured(what, hosts, done, done * per_report, batch, t.elapsed(), path))
 }
 
 /// A history database for `vigil status`: `hosts` hosts with `days` days of vitals reports every `vitals_s`
@@ -177,15 +180,7 @@ pub fn ceiling_store(path: &Path, hosts: usize, reports: u64, batch: usize, shap
 pub fn history(dir: &Path, hosts: usize, days: u32, vitals_s: u32, disks_s: u32) -> Result<Inserted> {
     use vigil_tests::fleet::{ClientEntry, clients_xml};
     std::fs::create_dir_all(dir.join("data"))?;
-    let entries: Vec<ClientEntry> = (0..hosts)
-        .map(|i| {
-            ClientEntry::local(&host_name(i))
-                .attr("transport", "ssh")
-                .attr("ip", host_ip(i))
-                .attr("port", "22")
-                .attr("username", "vigil")
-        })
-        .collect();
+    let entries: Vec<ClientEntry> = (0..hosts).map(|i| ClientEntry::enrolled(&host_name(i), host_ip(i))).collect();
     std::fs::write(dir.join("clients.xml"), clients_xml(&entries))?;
     std::fs::write(
         dir.join("jobs.toml"),
@@ -269,18 +264,9 @@ pub fn history(dir: &Path, hosts: usize, days: u32, vitals_s: u32, disks_s: u32)
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.execute_batch("ANALYZE")?;
     drop(conn);
-    let secs = t.elapsed().as_secs_f64();
-    Ok(Inserted {
-        what: format!("history {hosts} hosts x {days} d, vitals every {vitals_s} s, disks every {disks_s} s"),
-        hosts,
-        reports,
-        rows,
-        per_txn_reports: (reports / hosts.max(1) as u64) as usize,
-        secs,
-        rows_per_s: rows as f64 / secs,
-        reports_per_s: reports as f64 / secs,
-        db_mib: file_mib(&path),
-    })
+    let what = format!("history {hosts} hosts x {days} d, vitals every {vitals_s} s, disks every {disks_s} s");
+    let per_txn = (reports / hosts.max(1) as u64) as usize;
+    Ok(Inserted::measured(what, hosts, reports, rows, per_txn, t.elapsed(), &path))
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
-//! The reports the load generator sends: "vitals" (CPU total and 8 cores, load, memory, swap) and "full" (every
-//! statistic family, 10 interfaces, 10 partitions and mounts, sessions and security events), and how many database
-//! rows each one becomes.
+//! Every report the tests and the load generator send, in one place:
+//!
+//! - [`sample_report`]: the end-to-end tests' report, every family the store types with values a test sets (cpu,
+//!   memory, the `/data` disk) and fixed item counts (two partitions and disks, one interface) their row checks rely
+//!   on.
+//! - [`report`] in a [`Shape`]: the load generator's "vitals" (CPU total and 8 cores, load, memory, swap) and "full"
+//!   (every statistic family, 10 interfaces, 10 partitions and mounts, sessions and security events), values moving
+//!   with the agent and the sequence number; [`rows_of`] says how many database rows a report becomes.
+//! - [`noise`]: deterministic garbage bytes, for frames no agent would send.
 
 use vigil_schema::report::{
     CpuStats, DiskUsage, MemoryStats, NetInterface, Partition, Report, SecurityEvent, SecurityEventKind,
@@ -177,6 +183,108 @@ pub fn rows_of(r: &Report) -> u64 {
         + s.security_events.as_ref().map_or(0, |e| e.events.len() as u64)
 }
 
+/// A valid report for `seq`, collected at `collected_at_ms`, with every family the store types: system, cpu (two
+/// cores), memory, swap, two partitions, disk usage on `/` at 40% and `/data` at `disk_pct`, one network interface.
+pub fn sample_report(seq: u64, collected_at_ms: i64, cpu_pct: f32, mem_pct: f32, disk_pct: f32) -> Report {
+    let used = |total: u64, pct: f32| (total as f64 * f64::from(pct) / 100.0) as u64;
+    Report {
+        seq,
+        job: "all".into(),
+        collected_at_ms,
+        dropped: 0,
+        stats: Stats {
+            system: Some(SystemInfo {
+                hostname: "test-host".into(),
+                os_name: "Debian GNU/Linux".into(),
+                os_version: "12".into(),
+                kernel: "6.1.0".into(),
+                arch: "x86_64".into(),
+                uptime_s: 1000 + seq,
+                boot_time: 1_700_000_000,
+                cpu_model: "Test CPU".into(),
+                cpu_count: 2,
+            }),
+            users: None,
+            cpu: Some(CpuStats {
+                total_pct: cpu_pct,
+                per_core_pct: vec![cpu_pct, cpu_pct],
+                load1: 0.5,
+                load5: 0.25,
+                load15: 0.125,
+            }),
+            memory: Some(MemoryStats {
+                total: 8 * GIB,
+                used: used(8 * GIB, mem_pct),
+                available: 8 * GIB - used(8 * GIB, mem_pct),
+                free: 8 * GIB - used(8 * GIB, mem_pct),
+                used_pct: mem_pct,
+            }),
+            swap: Some(SwapStats { total: 2 * GIB, used: GIB / 4, free: 2 * GIB - GIB / 4, used_pct: 12.5 }),
+            partitions: Some(vec![
+                Partition {
+                    device: "/dev/sda1".into(),
+                    mount_point: "/".into(),
+                    fs_type: "ext4".into(),
+                    options: "rw".into(),
+                },
+                Partition {
+                    device: "/dev/sdb1".into(),
+                    mount_point: "/data".into(),
+                    fs_type: "xfs".into(),
+                    options: "rw".into(),
+                },
+            ]),
+            disk_usage: Some(vec![
+                DiskUsage {
+                    mount_point: "/".into(),
+                    total: 100 * GIB,
+                    used: 40 * GIB,
+                    free: 60 * GIB,
+                    used_pct: 40.0,
+                    inodes_total: Some(1000),
+                    inodes_used: Some(10),
+                },
+                DiskUsage {
+                    mount_point: "/data".into(),
+                    total: 100 * GIB,
+                    used: used(100 * GIB, disk_pct),
+                    free: 100 * GIB - used(100 * GIB, disk_pct),
+                    used_pct: disk_pct,
+                    inodes_total: None,
+                    inodes_used: None,
+                },
+            ]),
+            network: Some(vec![NetInterface {
+                name: "eth0".into(),
+                rx_bytes: 1000 * seq,
+                tx_bytes: 500 * seq,
+                rx_packets: 10 * seq,
+                tx_packets: 5 * seq,
+                rx_errors: 0,
+                tx_errors: 0,
+                rx_dropped: 0,
+                tx_dropped: 0,
+                rx_bytes_per_s: Some(100.0),
+                tx_bytes_per_s: None,
+            }]),
+            security_events: None,
+        },
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), for garbage that is the same on every run.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
@@ -209,5 +317,20 @@ mod tests {
         assert_ne!(a.stats.cpu, c.stats.cpu);
         assert!("nope".parse::<Shape>().is_err());
         assert_eq!("full".parse::<Shape>().unwrap(), Shape::Full);
+    }
+
+    #[test]
+    fn sample_reports_are_valid() {
+        for (cpu, mem, disk) in [(0.0, 0.0, 0.0), (42.5, 63.0, 91.5), (100.0, 100.0, 100.0)] {
+            sample_report(7, vigil_sys::clock::now_ms(), cpu, mem, disk).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn noise_is_deterministic_and_varied() {
+        assert_eq!(noise(64, 3), noise(64, 3));
+        assert_ne!(noise(64, 3), noise(64, 4));
+        let distinct: std::collections::BTreeSet<u8> = noise(256, 9).into_iter().collect();
+        assert!(distinct.len() > 100);
     }
 }
