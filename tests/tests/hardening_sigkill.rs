@@ -15,18 +15,6 @@ use vigil_tests::wait_for;
 const HOSTS: &[&str] = &["k1", "k2", "k3"];
 const KILLS: usize = 5;
 
-/// A small xorshift generator: the kill moments differ between runs, and the seed is printed to replay one.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 /// Reports stored per host, in `HOSTS` order.
 fn stored(s: &Served) -> Vec<usize> {
     HOSTS.iter().map(|h| s.stored_seqs(h).map(|v| v.len()).unwrap_or(0)).collect()
@@ -46,7 +34,8 @@ fn dump(s: &Served, agents: &mut [RealAgent]) -> String {
 fn sigkill_at_random_moments_loses_and_duplicates_no_report() -> Result<()> {
     let seed = std::env::var("VIGIL_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(now_ms() as u64 | 1);
     eprintln!("kill seed {seed} (set VIGIL_KILL_SEED to replay)");
-    let mut rng = Rng(seed);
+    // The kill moments differ between runs; the seed is printed to replay one.
+    let mut rng = vigil_tests::Rng::new(seed);
     let mut s = Served::start(HOSTS, "1s")?;
     let mut agents: Vec<RealAgent> = HOSTS.iter().map(|h| s.spawn_agent(h)).collect::<Result<_>>()?;
 
