@@ -98,6 +98,9 @@ mod tests {
     #[test]
     fn messages_show_the_text_and_the_grammar() {
         let e = parse_duration("x").expect_err("not a duration");
-        assert_eq!(e.to_string(), "\"x\" is not a duration; expected e.g. \"30s\", \"5m\", \"1h\" or a number of seconds");
+        assert_eq!(
+            e.to_string(),
+            "\"x\" is not a duration; expected e.g. \"30s\", \"5m\", \"1h\" or a number of seconds"
+        );
     }
 }

@@ -11,10 +11,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::Sha256;
+use vigil_config::{Config, ConfigError, Diagnostic};
 use vigil_schema::envelope::{self, IV_LEN, TAG_LEN};
 use vigil_schema::proto::ServerMsg;
 use vigil_schema::secret::{AgentSecret, EnvelopeKeys};
-use vigil_config::{Config, ConfigError, Diagnostic};
 
 /// The agent secret of every envelope target (fixed, so crashes reproduce).
 pub const SECRET: [u8; 32] = [0x42; 32];

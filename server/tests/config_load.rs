@@ -548,9 +548,10 @@ fn the_shipped_smtp_example_is_valid_when_uncommented() {
         .lines()
         .map(|l| {
             let uncommented = l.strip_prefix("# ").unwrap_or(l);
-            let smtp_line = ["[smtp]", "host", "port", "tls", "from", "username", "password_env", "allow_plaintext_auth"]
-                .iter()
-                .any(|k| uncommented.starts_with(k));
+            let smtp_line =
+                ["[smtp]", "host", "port", "tls", "from", "username", "password_env", "allow_plaintext_auth"]
+                    .iter()
+                    .any(|k| uncommented.starts_with(k));
             if smtp_line { uncommented.to_string() } else { l.to_string() }
         })
         .collect::<Vec<_>>()
@@ -587,7 +588,10 @@ fn a_pinned_host_key_with_base64_padding_equals_the_printed_fingerprint() {
 fn a_broken_password_is_not_echoed_in_any_message() {
     let clients = "<clients>\n<client ip=\"10.0.0.5\" username=\"u\" password=\"p&qx9k;w\"/>\n</clients>\n";
     let shown = load(clients, JOBS).expect_err("bad entity").to_string();
-    assert!(shown.starts_with("clients.xml:2:46: bad value of attribute `password` (not shown: it is secret)"), "{shown}");
+    assert!(
+        shown.starts_with("clients.xml:2:46: bad value of attribute `password` (not shown: it is secret)"),
+        "{shown}"
+    );
     assert!(!shown.contains("qx9k"), "{shown}");
 }
 
