@@ -389,4 +389,12 @@ interval = "10s"
         assert!(cfg.schedule_for("nope").jobs.is_empty());
         assert_eq!(cfg.hosts_of(&cfg.jobs[0]).len(), 1);
     }
+
+    #[test]
+    fn sources_debug_shows_no_text() {
+        let s = Sources { clients: CLIENTS.into(), jobs: JOBS.into() };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(shown, format!("Sources {{ clients: <{} bytes>, jobs: <{} bytes> }}", CLIENTS.len(), JOBS.len()));
+    }
 }
