@@ -4,6 +4,8 @@
 # New inputs and any crash go to a temporary directory; a crash is copied to fuzz/artifacts/<target>/ and fails the
 # script. See FUZZING.md.
 #
+# Reports into SQLite are checked by server/tests/report_store_corpus.rs (fuzz/ builds without SQLite).
+#
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); runs on the stable toolchain through RUSTC_BOOTSTRAP=1.
 # Environment: FUZZ_BUDGET_S (total seconds, default 30), FUZZ_TARGETS (space-separated subset).
 set -euo pipefail
@@ -28,8 +30,6 @@ cargo fuzz build "${flags[@]}"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# report_store's SQLite database goes there too.
-export VIGIL_FUZZ_DB_DIR="$work"
 failed=()
 for t in "${targets[@]}"; do
     mkdir -p "$work/$t/new" "$work/$t/artifacts"

@@ -11,10 +11,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::Sha256;
+use vigil_config::{Config, ConfigError, Diagnostic};
 use vigil_schema::envelope::{self, IV_LEN, TAG_LEN};
 use vigil_schema::proto::ServerMsg;
 use vigil_schema::secret::{AgentSecret, EnvelopeKeys};
-use vigil_server::config::{Config, ConfigError, Diagnostic};
 
 /// The agent secret of every envelope target (fixed, so crashes reproduce).
 pub const SECRET: [u8; 32] = [0x42; 32];
@@ -163,6 +163,7 @@ endpoint = "vigil.example.com:7022"
 data_dir = "vigil-data"
 database = "vigil.db"
 retention_days = 30
+max_connections_per_agent = 8
 
 [smtp]
 host = "127.0.0.1"
@@ -171,6 +172,10 @@ tls = "none"
 from = "vigil@localhost"
 username = "vigil"
 password_env = "VIGIL_SMTP_PASSWORD"
+allow_plaintext_auth = true
+
+[alerts]
+security_digest = "10m"
 
 [[job]]
 name = "vitals"

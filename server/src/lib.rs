@@ -2,8 +2,8 @@
 //!
 //! Data flows through the modules in this order:
 //!
-//! - [`config`]: `clients.xml` and `jobs.toml`, read in two stages (raw, then validated) with located errors; the
-//!   schedule each host runs; watching both files for live edits.
+//! - [`config`]: re-export of the `vigil-config` crate: `clients.xml` and `jobs.toml`, read in two stages (raw,
+//!   then validated) with located errors; the schedule each host runs.
 //! - [`keys`]: the server's SSH host key and the credentials minted for each agent.
 //! - [`endpoint`]: the embedded SSH server agents dial; authenticates agents, speaks the protocol from
 //!   `vigil-schema`, opens envelopes and hands reports to ingest.
@@ -18,10 +18,11 @@
 //!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
+pub use vigil_config as config;
+
 pub mod alert;
 pub mod bootstrap;
 pub mod bootstrap_cmds;
-pub mod config;
 pub mod endpoint;
 pub mod ingest;
 pub mod keys;

@@ -30,12 +30,9 @@ const LAST_GOOD: [&str; 2] = ["last-good-clients.xml", "last-good-jobs.toml"];
 /// Reads both files and validates them, the same way at start-up and on every edit. On success the texts are also
 /// saved as the last good config.
 pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loaded, ConfigError> {
-    let read =
-        |path: &Path| std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source });
-    let (clients_src, jobs_src) = (read(clients)?, read(jobs)?);
-    let loaded = Config::from_sources(clients, &clients_src, jobs, &jobs_src)?;
+    let (loaded, sources) = Config::load_with_sources(clients, jobs)?;
     let dir = &loaded.config.server.data_dir;
-    for (name, text) in LAST_GOOD.iter().zip([&clients_src, &jobs_src]) {
+    for (name, text) in LAST_GOOD.iter().zip([&sources.clients, &sources.jobs]) {
         if let Err(e) = crate::keys::ensure_private_dir(dir)
             .and_then(|()| crate::keys::write_private(&dir.join(name), text.as_bytes()))
         {

@@ -548,9 +548,10 @@ fn the_shipped_smtp_example_is_valid_when_uncommented() {
         .lines()
         .map(|l| {
             let uncommented = l.strip_prefix("# ").unwrap_or(l);
-            let smtp_line = ["[smtp]", "host", "port", "tls", "from", "username", "password_env"]
-                .iter()
-                .any(|k| uncommented.starts_with(k));
+            let smtp_line =
+                ["[smtp]", "host", "port", "tls", "from", "username", "password_env", "allow_plaintext_auth"]
+                    .iter()
+                    .any(|k| uncommented.starts_with(k));
             if smtp_line { uncommented.to_string() } else { l.to_string() }
         })
         .collect::<Vec<_>>()
@@ -561,4 +562,47 @@ fn the_shipped_smtp_example_is_valid_when_uncommented() {
         .config;
     let smtp = cfg.smtp.expect("smtp enabled");
     assert_eq!((smtp.host.as_str(), smtp.port, smtp.tls), ("127.0.0.1", 2525, TlsMode::None));
+}
+
+#[test]
+fn smtp_login_over_a_plain_connection_is_refused_unless_opted_in() {
+    let smtp = "[smtp]\nhost = \"mail\"\ntls = \"none\"\nfrom = \"v@example.com\"\nusername = \"vigil\"\n\
+                password_env = \"VIGIL_SMTP_PASSWORD\"\n";
+    let err = load(CLIENTS, &format!("{JOBS}{smtp}")).expect_err("plaintext login");
+    let shown = err.to_string();
+    assert!(shown.starts_with("jobs.toml:11:7: [smtp] logs in (`username`) over a plain connection"), "{shown}");
+    assert!(shown.contains("allow_plaintext_auth = true"), "{shown}");
+    let loaded = load(CLIENTS, &format!("{JOBS}{smtp}allow_plaintext_auth = true\n")).expect("explicit opt-in");
+    assert_eq!(loaded.config.smtp.expect("smtp").tls, TlsMode::None);
+}
+
+#[test]
+fn a_pinned_host_key_with_base64_padding_equals_the_printed_fingerprint() {
+    let printed = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+    let clients = format!("<clients>\n<client ip=\"10.0.0.5\" username=\"u\" host_key=\"{printed}=\"/>\n</clients>\n");
+    let cfg = load(&clients, JOBS).expect("valid").config;
+    assert_eq!(cfg.clients[0].host_key.as_deref(), Some(printed));
+}
+
+#[test]
+fn a_broken_password_is_not_echoed_in_any_message() {
+    let clients = "<clients>\n<client ip=\"10.0.0.5\" username=\"u\" password=\"p&qx9k;w\"/>\n</clients>\n";
+    let shown = load(clients, JOBS).expect_err("bad entity").to_string();
+    assert!(
+        shown.starts_with("clients.xml:2:46: bad value of attribute `password` (not shown: it is secret)"),
+        "{shown}"
+    );
+    assert!(!shown.contains("qx9k"), "{shown}");
+}
+
+#[test]
+fn alert_digest_and_connection_cap_defaults_and_settings() {
+    let cfg = load(CLIENTS, JOBS).expect("valid").config;
+    assert_eq!(cfg.alerts.security_digest, std::time::Duration::from_secs(300));
+    assert_eq!(cfg.server.max_connections_per_agent, 4);
+    let jobs = JOBS.replace("data_dir = \"d\"\n", "data_dir = \"d\"\nmax_connections_per_agent = 2\n")
+        + "[alerts]\nsecurity_digest = \"2m\"\n";
+    let cfg = load(CLIENTS, &jobs).expect("valid").config;
+    assert_eq!(cfg.alerts.security_digest, std::time::Duration::from_secs(120));
+    assert_eq!(cfg.server.max_connections_per_agent, 2);
 }

@@ -7,22 +7,12 @@ use serde::Serialize;
 use super::message::utc;
 use crate::store::alerts::{EventRow, OutboxCounts};
 
-/// `--since`: a duration back from now (`90s`, `15m`, `2h`, `7d`, `1w`; a bare number is seconds). Returns
-/// milliseconds, or `None` when the text is not such a duration.
+/// `--since`: a duration back from now in vigil's one duration grammar ([`crate::config::parse_duration`]: `90s`,
+/// `15m`, `2h`, `7d`, `1w`, `1m30s`; a bare number is seconds). Returns milliseconds, or `None` when the text is not
+/// such a duration.
 pub fn parse_since(text: &str) -> Option<i64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: i64 = num.parse().ok()?;
-    let unit_s = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return None,
-    };
-    n.checked_mul(unit_s)?.checked_mul(1000)
+    let d = crate::config::parse_duration(text).ok()?;
+    i64::try_from(d.as_millis()).ok()
 }
 
 /// The JSON form of `vigil alerts --json`.
@@ -63,7 +53,10 @@ mod tests {
         assert_eq!(parse_since("7d"), Some(604_800_000));
         assert_eq!(parse_since("1w"), Some(604_800_000));
         assert_eq!(parse_since("30"), Some(30_000));
-        for bad in ["", "h", "5x", "-5m", "1.5h", "99999999999999999999d"] {
+        // The grammar jobs.toml uses: compound durations too.
+        assert_eq!(parse_since("1m30s"), Some(90_000));
+        assert_eq!(parse_since("1w1d"), Some(691_200_000));
+        for bad in ["", "h", "5x", "-5m", "1.5h", "99999999999999999999d", "10 s", "9999999999999999w"] {
             assert_eq!(parse_since(bad), None, "{bad}");
         }
     }

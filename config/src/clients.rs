@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use quick_xml::escape::EscapeError;
 use quick_xml::events::attributes::AttrError;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
@@ -34,6 +35,12 @@ pub const CLIENT_ATTRIBUTES: [&str; 13] = [
     "endpoint",
     "mail",
 ];
+
+/// Whether an attribute holds a secret: no diagnostic may show any part of its value.
+pub fn is_secret_attribute(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    (name.contains("password") || name.contains("passphrase") || name.contains("secret")) && !name.ends_with("_env")
+}
 
 /// The attributes `<alert>` accepts.
 pub const ALERT_ATTRIBUTES: [&str; 5] = ["type", "limit", "mount", "clear", "repeat"];
@@ -184,6 +191,7 @@ fn read_element(source: &str, e: &BytesStart<'_>, diags: &mut Diags) -> RawEleme
                         name_at: key_at,
                         value_at,
                     }),
+                    Err(err) if is_secret_attribute(key) => diags.at(value_at, secret_value_error(key, &err)),
                     Err(err) => diags.at(value_at, format!("bad value of attribute `{key}`: {err}")),
                 }
             }
@@ -213,6 +221,23 @@ fn read_element(source: &str, e: &BytesStart<'_>, diags: &mut Diags) -> RawEleme
         }
     }
     el
+}
+
+/// Why a secret attribute's value cannot be read, in words that show no part of it: quick-xml's own messages quote
+/// the entity name (`p&ss;w` would print `ss`) and its position.
+fn secret_value_error(key: &str, err: &quick_xml::Error) -> String {
+    let why = match err {
+        quick_xml::Error::Escape(EscapeError::UnrecognizedEntity(..)) => {
+            "it has an `&` that starts no known entity; write a literal & as &amp;"
+        }
+        quick_xml::Error::Escape(EscapeError::UnterminatedEntity(_)) => {
+            "it has an `&` without a closing `;`; write a literal & as &amp;"
+        }
+        quick_xml::Error::Escape(EscapeError::InvalidCharRef(_)) => "it has a bad character reference (`&#...;`)",
+        quick_xml::Error::Escape(EscapeError::TooManyNestedEntities) => "it has too many nested entities",
+        _ => "it cannot be read",
+    };
+    format!("bad value of attribute `{key}` (not shown: it is secret): {why}")
 }
 
 /// First offset of non-whitespace text starting at `at`, if the text is not all whitespace.
@@ -501,13 +526,19 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
         username: env("username"),
         auth,
         mail: env("mail"),
-        host_key: env("host_key"),
+        host_key: text("host_key").map(normalize_fingerprint),
         os,
         transport,
         tags,
         endpoint: env("endpoint"),
         alerts: Vec::new(),
     })
+}
+
+/// A fingerprint as `ssh-keygen -l` prints it: without the base64 padding some tools add (`SHA256:...=`). Only
+/// called on values [`fingerprint`] accepted.
+fn normalize_fingerprint(value: &str) -> String {
+    value.strip_suffix('=').unwrap_or(value).to_string()
 }
 
 /// An OpenSSH SHA256 fingerprint: `SHA256:` and 43 base64 characters (a trailing `=` allowed).
@@ -839,5 +870,54 @@ mod tests {
         let shown = format!("{:?}", f.hosts[0]);
         assert!(!shown.contains("s3cr3t-pw"), "{shown}");
         assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn host_key_with_base64_padding_is_stored_as_ssh_keygen_prints_it() {
+        // `ssh-keygen -l` prints no padding; a pinned key copied with its `=` must still compare equal.
+        let printed = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+        for written in [printed.to_string(), format!("{printed}=")] {
+            let f = ok(&format!(r#"<clients><client ip="h" username="u" host_key="{written}"/></clients>"#));
+            assert_eq!(f.hosts[0].host_key.as_deref(), Some(printed), "{written}");
+        }
+        for bad in [format!("{printed}=="), printed[..printed.len() - 1].to_string(), printed.replace("SHA256:", "")] {
+            let e = errs(&format!(r#"<clients><client ip="h" username="u" host_key="{bad}"/></clients>"#));
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(e[0].contains("bad host_key"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_password_value_is_never_echoed() {
+        // quick-xml's own message would quote the entity name: `p&ss;w` printed `ss`.
+        let e = errs(r#"<clients><client ip="h" username="u" password="p&zq7x;w"/></clients>"#);
+        assert_eq!(
+            e,
+            ["1:48: bad value of attribute `password` (not shown: it is secret): it has an `&` that starts no known \
+              entity; write a literal & as &amp;"]
+        );
+        for (value, why) in [
+            ("pa&zq7xw", "it has an `&` without a closing `;`"),
+            ("p&#xzq7x;w", "it has a bad character reference"),
+            ("p&#zq7x;w", "it has a bad character reference"),
+        ] {
+            let e = errs(&format!(r#"<clients><client ip="h" username="u" password="{value}"/></clients>"#));
+            assert_eq!(e.len(), 1, "{value}: {e:?}");
+            assert!(e[0].contains(why), "{value}: {e:?}");
+            assert!(!e[0].contains("zq7x"), "the password leaks: {e:?}");
+        }
+        // Other attributes keep quick-xml's detailed message.
+        let e = errs(r#"<clients><client ip="h" username="u&zq7x;"/></clients>"#);
+        assert!(e.iter().any(|m| m.contains("unrecognized entity `zq7x`")), "{e:?}");
+    }
+
+    #[test]
+    fn secret_attributes() {
+        for name in ["password", "PASSWORD", "key_passphrase", "secret", "smtp_password"] {
+            assert!(is_secret_attribute(name), "{name}");
+        }
+        for name in ["password_env", "username", "key_file", "host_key"] {
+            assert!(!is_secret_attribute(name), "{name}");
+        }
     }
 }

@@ -1,19 +1,24 @@
 //! vigil's configuration: `clients.xml` (the fleet and its alert limits) and `jobs.toml` (the server's settings, SMTP
-//! and what is collected where), loaded in two stages and resolved into one [`Config`].
+//! and what is collected where), loaded in two stages and resolved into one [`Config`]. A crate of its own so that
+//! what only reads config (the fuzz targets, `vigil check`'s logic) builds without tokio, russh or SQLite; the server
+//! re-exports it as `vigil_server::config`.
 //!
 //! - [`clients`]: reads clients.xml with quick-xml's event reader into raw elements with byte positions, then
 //!   validates them into [`Host`]s (the exercise's form verbatim plus vigil's extensions) and merges `<defaults>`.
-//! - [`jobs`]: reads jobs.toml with toml's spanned document tree, then validates `[server]`, `[smtp]` and `[[job]]`.
+//! - [`jobs`]: reads jobs.toml with toml's spanned document tree, then validates `[server]`, `[smtp]`, `[alerts]` and
+//!   `[[job]]`.
 //! - [`resolve`]: what needs both files: which jobs select which host ([`Config::schedule_for`]), and warnings for
 //!   selectors that match no host.
 //! - [`diag`]: [`Diagnostic`] (file, line, column, message) and the offset-to-position bookkeeping.
 //! - [`secret`]: [`Secret`], a password that never prints.
+//! - [`duration`]: vigil's one duration grammar ([`parse_duration`]), for jobs.toml and the CLI alike.
 //!
 //! Every problem of a file is reported, not only the first, and both files' problems are reported together. Loading
 //! reads the two files and nothing else: no environment variables, no network, no files written.
 
 pub mod clients;
 pub mod diag;
+pub mod duration;
 pub mod jobs;
 pub mod resolve;
 pub mod secret;
@@ -21,10 +26,12 @@ mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use vigil_schema::job::{Collector, Schedule};
 
 pub use diag::Diagnostic;
+pub use duration::{DurationError, parse_duration};
 pub use secret::Secret;
 
 /// The validated configuration of both files.
@@ -34,6 +41,8 @@ pub struct Config {
     pub clients: Vec<Host>,
     pub server: ServerSettings,
     pub smtp: Option<SmtpSettings>,
+    /// `[alerts]` of jobs.toml.
+    pub alerts: AlertSettings,
     /// The jobs, in jobs.toml order.
     pub jobs: Vec<JobDef>,
     /// The `<defaults>` alert rules of clients.xml (already merged into each host's `alerts`).
@@ -54,7 +63,8 @@ pub struct Host {
     pub auth: Auth,
     /// Where this host's alerts are mailed.
     pub mail: Option<String>,
-    /// Pinned SSH host key fingerprint, `SHA256:<base64>` as `ssh-keygen -l` prints it.
+    /// Pinned SSH host key fingerprint, `SHA256:<43 base64 characters>` as `ssh-keygen -l` prints it: a trailing
+    /// `=` (base64 padding) written in clients.xml is removed, so the value compares equal to the printed form.
     pub host_key: Option<String>,
     /// `None`: detected at bootstrap.
     pub os: Option<Os>,
@@ -173,6 +183,23 @@ pub struct ServerSettings {
     /// Absolute path of the SQLite database.
     pub database: PathBuf,
     pub retention_days: u32,
+    /// How many connections one agent key may hold open at once (`max_connections_per_agent`, default
+    /// [`jobs::DEFAULT_MAX_CONNECTIONS_PER_AGENT`], 1 to [`jobs::MAX_CONNECTIONS_PER_AGENT`]).
+    pub max_connections_per_agent: usize,
+}
+
+/// `[alerts]` of jobs.toml: alert settings of the whole server (per-host limits are in clients.xml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSettings {
+    /// How long security events are gathered into one digest mail (`security_digest`, default
+    /// [`jobs::DEFAULT_SECURITY_DIGEST`], at least [`jobs::MIN_SECURITY_DIGEST`]).
+    pub security_digest: Duration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self { security_digest: jobs::DEFAULT_SECURITY_DIGEST }
+    }
 }
 
 /// `[smtp]` of jobs.toml.
@@ -217,6 +244,23 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// The text of both files as they were read and validated, for a caller that keeps a copy of what it applied.
+/// `Debug` shows only the lengths: clients.xml may hold passwords.
+#[derive(Clone)]
+pub struct Sources {
+    pub clients: String,
+    pub jobs: String,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("clients", &format_args!("<{} bytes>", self.clients.len()))
+            .field("jobs", &format_args!("<{} bytes>", self.jobs.len()))
+            .finish()
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -230,12 +274,19 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates both files. Nothing else is touched.
     pub fn load(clients: &Path, jobs: &Path) -> Result<Loaded, ConfigError> {
+        Self::load_with_sources(clients, jobs).map(|(loaded, _)| loaded)
+    }
+
+    /// [`Config::load`], also returning the text that was validated. Every load goes through here: `vigil check`
+    /// and the other commands through [`Config::load`], `vigil serve`'s start-up and each live reload directly
+    /// (they keep the text as the last good config).
+    pub fn load_with_sources(clients: &Path, jobs: &Path) -> Result<(Loaded, Sources), ConfigError> {
         let read = |path: &Path| {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
         };
-        let clients_src = read(clients)?;
-        let jobs_src = read(jobs)?;
-        Self::from_sources(clients, &clients_src, jobs, &jobs_src)
+        let sources = Sources { clients: read(clients)?, jobs: read(jobs)? };
+        let loaded = Self::from_sources(clients, &sources.clients, jobs, &sources.jobs)?;
+        Ok((loaded, sources))
     }
 
     /// Validates both files from their text; the paths name them in diagnostics and anchor relative paths.
@@ -337,5 +388,13 @@ interval = "10s"
         assert_eq!(cfg.schedule_for("10.0.0.5").jobs.len(), 1);
         assert!(cfg.schedule_for("nope").jobs.is_empty());
         assert_eq!(cfg.hosts_of(&cfg.jobs[0]).len(), 1);
+    }
+
+    #[test]
+    fn sources_debug_shows_no_text() {
+        let s = Sources { clients: CLIENTS.into(), jobs: JOBS.into() };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(shown, format!("Sources {{ clients: <{} bytes>, jobs: <{} bytes> }}", CLIENTS.len(), JOBS.len()));
     }
 }

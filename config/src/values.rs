@@ -1,5 +1,6 @@
 //! The scalar forms both config files share, each parsed to a typed value or a message saying what was expected:
-//! names, tags, e-mail addresses, `host:port` endpoints, durations and environment variable names.
+//! names, tags, e-mail addresses, `host:port` endpoints and environment variable names (durations are
+//! [`crate::duration`]).
 
 use std::net::IpAddr;
 
@@ -101,40 +102,6 @@ pub(crate) fn endpoint(value: &str) -> Result<(), String> {
     }
 }
 
-/// A duration such as `30s`, `5m`, `1h`, `1d`, `1m30s` or bare seconds `45`, in seconds.
-pub(crate) fn duration(value: &str) -> Result<u64, String> {
-    let bad = || format!("\"{value}\" is not a duration; expected e.g. \"30s\", \"5m\", \"1h\" or a number of seconds");
-    let text = value.trim();
-    if text.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(s) = text.parse::<u64>() {
-        return Ok(s);
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
-        digits.clear();
-    }
-    if !digits.is_empty() {
-        return Err(bad());
-    }
-    Ok(total)
-}
-
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub(crate) fn env_name(value: &str) -> Result<(), String> {
     let mut chars = value.chars();
@@ -221,19 +188,6 @@ mod tests {
         }
         for bad in ["127.0.0.1", "host:0", "host:65536", "host:x", "::1:22", ":22", "bad host:22", "[zz]:1"] {
             assert!(endpoint(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(duration("30s"), Ok(30));
-        assert_eq!(duration("5m"), Ok(300));
-        assert_eq!(duration("1h"), Ok(3600));
-        assert_eq!(duration("1d"), Ok(86_400));
-        assert_eq!(duration("1m30s"), Ok(90));
-        assert_eq!(duration("45"), Ok(45));
-        for bad in ["", "s", "10x", "1.5m", "-1s", "10 s", "m5", "99999999999999999999d"] {
-            assert!(duration(bad).is_err(), "{bad}");
         }
     }
 

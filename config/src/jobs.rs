@@ -1,10 +1,11 @@
-//! jobs.toml: the server's settings (`[server]`, `[smtp]`) and what is collected where (`[[job]]`). Stage one is
+//! jobs.toml: the server's settings (`[server]`, `[smtp]`, `[alerts]`) and what is collected where (`[[job]]`). Stage one is
 //! toml's spanned document tree (every key and value keeps its byte range); stage two walks it and validates each
 //! key, reporting every unknown key, wrong type and bad value at its line and column.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -12,16 +13,19 @@ use vigil_schema::job::Collector;
 
 use super::diag::{Diagnostic, Diags, Loc};
 use super::values;
-use super::{JobDef, ServerSettings, SmtpSettings, TlsMode};
+use super::{AlertSettings, JobDef, ServerSettings, SmtpSettings, TlsMode};
 
 /// Keys of `[server]`.
-pub const SERVER_KEYS: [&str; 5] = ["listen", "endpoint", "data_dir", "database", "retention_days"];
+pub const SERVER_KEYS: [&str; 6] =
+    ["listen", "endpoint", "data_dir", "database", "retention_days", "max_connections_per_agent"];
 /// Keys of `[smtp]`.
-pub const SMTP_KEYS: [&str; 6] = ["host", "port", "tls", "from", "username", "password_env"];
+pub const SMTP_KEYS: [&str; 7] = ["host", "port", "tls", "from", "username", "password_env", "allow_plaintext_auth"];
+/// Keys of `[alerts]`.
+pub const ALERTS_KEYS: [&str; 1] = ["security_digest"];
 /// Keys of each `[[job]]`.
 pub const JOB_KEYS: [&str; 6] = ["name", "collectors", "interval", "jitter", "hosts", "tags"];
 /// Top-level tables.
-const TOP_KEYS: [&str; 3] = ["server", "smtp", "job"];
+const TOP_KEYS: [&str; 4] = ["server", "smtp", "alerts", "job"];
 
 /// Default `retention_days`.
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
@@ -31,6 +35,16 @@ pub const MAX_RETENTION_DAYS: u32 = 3650;
 pub const DEFAULT_DATABASE: &str = "vigil.db";
 /// Longest job interval: a day.
 pub const MAX_INTERVAL_S: u64 = 86_400;
+/// Default `max_connections_per_agent`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_AGENT: usize = 4;
+/// Largest `max_connections_per_agent`.
+pub const MAX_CONNECTIONS_PER_AGENT: usize = 64;
+/// Default `[alerts] security_digest`: five minutes.
+pub const DEFAULT_SECURITY_DIGEST: Duration = Duration::from_secs(5 * 60);
+/// Shortest `[alerts] security_digest`: a minute.
+pub const MIN_SECURITY_DIGEST: Duration = Duration::from_secs(60);
+/// Longest `[alerts] security_digest`: a day.
+pub const MAX_SECURITY_DIGEST: Duration = Duration::from_secs(86_400);
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -40,6 +54,7 @@ pub(crate) struct JobsFile {
     pub(crate) path: PathBuf,
     pub(crate) server: ServerSettings,
     pub(crate) smtp: Option<SmtpSettings>,
+    pub(crate) alerts: AlertSettings,
     pub(crate) jobs: Vec<JobDef>,
     pub(crate) locs: Vec<JobLocs>,
 }
@@ -66,8 +81,8 @@ pub(crate) fn parse(path: &Path, source: &str) -> Result<JobsFile, Vec<Diagnosti
     let base = path.parent().unwrap_or(Path::new(""));
     let validated = validate(doc.get_ref(), base, &mut cx);
     match validated {
-        Some((server, smtp, jobs, locs)) if cx.diags.is_empty() => {
-            Ok(JobsFile { path: path.to_path_buf(), server, smtp, jobs, locs })
+        Some((server, smtp, alerts, jobs, locs)) if cx.diags.is_empty() => {
+            Ok(JobsFile { path: path.to_path_buf(), server, smtp, alerts, jobs, locs })
         }
         _ => Err(cx.diags.into_sorted()),
     }
@@ -181,10 +196,10 @@ fn strings<'v>(cx: &mut Cx<'_>, key: &str, v: &'v Value<'_>) -> Option<Vec<(&'v 
 fn seconds(cx: &mut Cx<'_>, key: &str, v: &Value<'_>) -> Option<u64> {
     let at = v.span().start;
     match v.get_ref() {
-        DeValue::String(s) => match values::duration(s) {
-            Ok(n) => Some(n),
-            Err(message) => {
-                cx.diags.at(at, format!("bad `{key}`: {message}"));
+        DeValue::String(s) => match crate::duration::parse_duration(s) {
+            Ok(d) => Some(d.as_secs()),
+            Err(e) => {
+                cx.diags.at(at, format!("bad `{key}`: {e}"));
                 None
             }
         },
@@ -203,7 +218,7 @@ fn seconds(cx: &mut Cx<'_>, key: &str, v: &Value<'_>) -> Option<u64> {
     }
 }
 
-type Validated = (ServerSettings, Option<SmtpSettings>, Vec<JobDef>, Vec<JobLocs>);
+type Validated = (ServerSettings, Option<SmtpSettings>, AlertSettings, Vec<JobDef>, Vec<JobLocs>);
 
 fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<Validated> {
     let top = fields(doc, &TOP_KEYS, "jobs.toml (top level)", cx);
@@ -229,6 +244,16 @@ fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<Validated
             }
         },
         None => Some(None),
+    };
+    let alerts = match top.get("alerts") {
+        Some(v) => match v.get_ref().as_table() {
+            Some(t) => alerts(t, cx),
+            None => {
+                type_error(cx, "alerts", v, "a table ([alerts])");
+                None
+            }
+        },
+        None => Some(AlertSettings::default()),
     };
     let mut jobs = Vec::new();
     let mut locs = Vec::new();
@@ -262,7 +287,7 @@ fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<Validated
             None => cx.diags.at(v.span().start, "write each job as [[job]] (an array of tables), not [job]"),
         }
     }
-    Some((server?, smtp?, jobs, locs))
+    Some((server?, smtp?, alerts?, jobs, locs))
 }
 
 fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<ServerSettings> {
@@ -327,6 +352,21 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
             ),
         }
     }
+    let mut max_connections_per_agent = DEFAULT_MAX_CONNECTIONS_PER_AGENT;
+    if let Some(v) = f.get("max_connections_per_agent")
+        && let Some(n) = integer(cx, "max_connections_per_agent", v)
+    {
+        match usize::try_from(n) {
+            Ok(c) if (1..=MAX_CONNECTIONS_PER_AGENT).contains(&c) => max_connections_per_agent = c,
+            _ => cx.diags.at(
+                v.span().start,
+                format!(
+                    "bad max_connections_per_agent {n}; expected a number of connections from 1 to \
+                     {MAX_CONNECTIONS_PER_AGENT}"
+                ),
+            ),
+        }
+    }
     if cx.diags.items.len() > errors_before {
         return None;
     }
@@ -337,7 +377,32 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
         database: data_dir.join(database),
         data_dir,
         retention_days,
+        max_connections_per_agent,
     })
+}
+
+/// `[alerts]`: the security-event digest interval.
+fn alerts(t: &DeTable<'_>, cx: &mut Cx<'_>) -> Option<AlertSettings> {
+    let errors_before = cx.diags.items.len();
+    let f = fields(t, &ALERTS_KEYS, "[alerts]", cx);
+    let mut settings = AlertSettings::default();
+    if let Some(v) = f.get("security_digest")
+        && let Some(n) = seconds(cx, "security_digest", v)
+    {
+        let d = Duration::from_secs(n);
+        if (MIN_SECURITY_DIGEST..=MAX_SECURITY_DIGEST).contains(&d) {
+            settings.security_digest = d;
+        } else {
+            cx.diags.at(
+                v.span().start,
+                format!(
+                    "`security_digest` of {n} seconds is out of range; expected from 1 minute (\"1m\") to 1 day \
+                     (\"1d\")"
+                ),
+            );
+        }
+    }
+    (cx.diags.items.len() == errors_before).then_some(settings)
 }
 
 /// An absolute form of a path, without touching the file system.
@@ -392,6 +457,28 @@ fn smtp(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<SmtpSettings> {
     }
     if !f.contains_key("from") {
         f.missing(cx, at, "[smtp] is missing `from`, the sender address of alert mails".into());
+    }
+    // `None`: written but not a boolean (reported), so the opt-in is not reported missing on top.
+    let allow_plaintext_auth = match f.get("allow_plaintext_auth") {
+        None => Some(false),
+        Some(v) => {
+            let b = v.get_ref().as_bool();
+            if b.is_none() {
+                type_error(cx, "allow_plaintext_auth", v, "true or false");
+            }
+            b
+        }
+    };
+    // Logging in over a plain connection sends the password in clear text: only when the operator says so.
+    let logs_in = f.contains_key("username") || f.contains_key("password_env");
+    let plain = f.get("tls").is_none_or(|v| v.get_ref().as_str() == Some("none"));
+    if plain && logs_in && allow_plaintext_auth == Some(false) {
+        let at = f.get("tls").map_or(at, |v| v.span().start);
+        cx.diags.at(
+            at,
+            "[smtp] logs in (`username`) over a plain connection (tls = \"none\", the default), which would send the \
+             password in clear text; set tls = \"starttls\" or \"tls\", or allow_plaintext_auth = true to accept it",
+        );
     }
     if cx.diags.items.len() > errors_before {
         return None;
@@ -603,7 +690,7 @@ jitter = "x"
             [
                 "2:10: bad listen address \"localhost\"; expected an IP address and port such as 127.0.0.1:7022",
                 "4:1: unknown key `retention` in [server] (did you mean \"retention_days\"?); expected one of: \
-                 listen, endpoint, data_dir, database, retention_days",
+                 listen, endpoint, data_dir, database, retention_days, max_connections_per_agent",
                 "9:7: bad tls \"tsl\" (did you mean \"tls\"?); expected none, starttls or tls",
                 "10:1: the SMTP password is never written in jobs.toml; put it in an environment variable and name \
                  that variable with `password_env`",
@@ -651,5 +738,82 @@ jitter = "x"
         let e = errs("[server]\nlisten = \"127.0.0.1:7022\ndata_dir = \"d\"\n");
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("2:25: TOML syntax error"), "{e:?}");
+    }
+
+    const SERVER: &str = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"d\"\n";
+
+    #[test]
+    fn smtp_login_over_a_plain_connection_needs_an_explicit_opt_in() {
+        let smtp = "[smtp]\nhost = \"mail\"\nfrom = \"v@example.com\"\nusername = \"vigil\"\npassword_env = \"P\"\n";
+        let message = "[smtp] logs in (`username`) over a plain connection (tls = \"none\", the default), which would \
+                       send the password in clear text; set tls = \"starttls\" or \"tls\", or allow_plaintext_auth = \
+                       true to accept it";
+        // tls left out (none by default): located at [smtp]; tls = "none" written: located at the value.
+        assert_eq!(errs(&format!("{SERVER}{smtp}")), [format!("4:1: {message}")]);
+        assert_eq!(errs(&format!("{SERVER}{smtp}tls = \"none\"\n")), [format!("9:7: {message}")]);
+        assert_eq!(errs(&format!("{SERVER}{smtp}allow_plaintext_auth = false\n")), [format!("4:1: {message}")]);
+        // A username alone logs in too.
+        let user_only = "[smtp]\nhost = \"mail\"\nfrom = \"v@example.com\"\nusername = \"vigil\"\n";
+        assert_eq!(errs(&format!("{SERVER}{user_only}")), [format!("4:1: {message}")]);
+        for fine in [
+            format!("{SERVER}{smtp}allow_plaintext_auth = true\n"),
+            format!("{SERVER}{smtp}tls = \"starttls\"\n"),
+            format!("{SERVER}{smtp}tls = \"tls\"\n"),
+            format!("{SERVER}[smtp]\nhost = \"mail\"\nfrom = \"v@example.com\"\n"),
+        ] {
+            let f = parse(Path::new("j.toml"), &fine).map_err(|d| format!("{fine}\n{d:?}")).expect("valid");
+            assert!(f.smtp.is_some());
+        }
+        assert_eq!(
+            errs(&format!("{SERVER}{smtp}allow_plaintext_auth = \"yes\"\n")),
+            ["9:24: `allow_plaintext_auth` must be true or false, not string"]
+        );
+    }
+
+    #[test]
+    fn security_digest_interval() {
+        let f = parse(Path::new("j.toml"), SERVER).map_err(|d| format!("{d:?}")).expect("valid");
+        assert_eq!(f.alerts.security_digest, Duration::from_secs(300));
+        for (value, secs) in [("\"1m\"", 60), ("\"15m\"", 900), ("\"1h30m\"", 5400), ("120", 120), ("\"1d\"", 86_400)] {
+            let src = format!("{SERVER}[alerts]\nsecurity_digest = {value}\n");
+            let f = parse(Path::new("j.toml"), &src).map_err(|d| format!("{d:?}")).expect("valid");
+            assert_eq!(f.alerts.security_digest, Duration::from_secs(secs), "{value}");
+        }
+        let range = "is out of range; expected from 1 minute (\"1m\") to 1 day (\"1d\")";
+        assert_eq!(
+            errs(&format!("{SERVER}[alerts]\nsecurity_digest = \"59s\"\n")),
+            [format!("5:19: `security_digest` of 59 seconds {range}")]
+        );
+        assert_eq!(
+            errs(&format!("{SERVER}[alerts]\nsecurity_digest = \"2d\"\n")),
+            [format!("5:19: `security_digest` of 172800 seconds {range}")]
+        );
+        assert_eq!(
+            errs(&format!("{SERVER}[alerts]\nsecurity_digest = \"soon\"\n")),
+            ["5:19: bad `security_digest`: \"soon\" is not a duration; expected e.g. \"30s\", \"5m\", \"1h\" or a \
+              number of seconds"]
+        );
+        assert_eq!(
+            errs(&format!("{SERVER}[alerts]\ndigest = \"5m\"\n")),
+            ["5:1: unknown key `digest` in [alerts]; expected one of: security_digest"]
+        );
+        assert_eq!(errs(&format!("alerts = 5\n{SERVER}")), ["1:10: `alerts` must be a table ([alerts]), not integer"]);
+    }
+
+    #[test]
+    fn connections_per_agent() {
+        let f = parse(Path::new("j.toml"), SERVER).map_err(|d| format!("{d:?}")).expect("valid");
+        assert_eq!(f.server.max_connections_per_agent, DEFAULT_MAX_CONNECTIONS_PER_AGENT);
+        for n in [1, 16, 64] {
+            let src = format!("{SERVER}max_connections_per_agent = {n}\n");
+            let f = parse(Path::new("j.toml"), &src).map_err(|d| format!("{d:?}")).expect("valid");
+            assert_eq!(f.server.max_connections_per_agent, n);
+        }
+        for n in ["0", "65", "-1"] {
+            assert_eq!(
+                errs(&format!("{SERVER}max_connections_per_agent = {n}\n")),
+                [format!("4:29: bad max_connections_per_agent {n}; expected a number of connections from 1 to 64")]
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) fn resolve(clients: ClientsFile, jobs: JobsFile) -> Loaded {
         clients: clients.hosts,
         server: jobs.server,
         smtp: jobs.smtp,
+        alerts: jobs.alerts,
         jobs: jobs.jobs,
         defaults: clients.defaults,
     };
