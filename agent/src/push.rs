@@ -18,6 +18,8 @@ use vigil_schema::proto::{
     AgentMsg, CONTROL_SEQ, ErrorCode, PROTOCOL_VERSION, SUBSYSTEM, ServerMsg, open_msg, seal_msg,
 };
 
+use vigil_sys::backoff::{Backoff, jittered};
+
 use crate::config::AgentConfig;
 use crate::spool::Spool;
 
@@ -31,8 +33,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Why a session with the server ended.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("connect to {0}: {1}")]
-    Connect(String, String),
+    #[error("connect to {server}: {cause}")]
+    Connect { server: String, cause: russh::Error },
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(String),
     #[error("server host key {seen} does not match the pinned {pinned}; refusing to send")]
     HostKeyMismatch { seen: String, pinned: String },
     #[error("the server refused this agent's key")]
@@ -42,9 +46,19 @@ pub enum PushError {
     #[error("the server revoked this agent: {0}")]
     Revoked(String),
     #[error("ssh: {0}")]
-    Ssh(#[from] russh::Error),
-    #[error("protocol: {0}")]
-    Protocol(String),
+    Ssh(russh::Error),
+    #[error("sealing: {0}")]
+    Seal(vigil_schema::proto::MsgError),
+    #[error("framing: {0}")]
+    Frame(vigil_schema::frame::FrameError),
+    #[error("the server refused this agent's protocol: {0}")]
+    Version(String),
+}
+
+impl From<russh::Error> for PushError {
+    fn from(e: russh::Error) -> Self {
+        Self::Ssh(e)
+    }
 }
 
 struct Client {
@@ -74,7 +88,7 @@ pub async fn run(
     produced: &Notify,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
     loop {
         let started = Instant::now();
         let result = tokio::select! {
@@ -84,32 +98,22 @@ pub async fn run(
         match &result {
             Ok(()) if cancel.is_cancelled() => return,
             Ok(()) => tracing::info!("server closed the session"),
-            Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!("{e}"),
-            Err(e) => tracing::warn!("session with {} ended: {e}", cfg.server),
+            Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!(error = %e, "refusing the server"),
+            Err(e) => tracing::warn!(server = %cfg.server, error = %e, "session ended"),
         }
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
         let revoked = matches!(result, Err(PushError::Revoked(_) | PushError::HostKeyMismatch { .. }));
-        let base = if revoked { MAX_BACKOFF } else { backoff };
-        // Full jitter in [base/2, base].
-        let wait = base / 2 + Duration::from_millis(fastrand_ms(base.as_millis() as u64 / 2));
+        // Jittered in [step/2, step]; the longest step after a revocation or a host key mismatch.
+        let step = backoff.next_wait();
+        let wait = if revoked { jittered(backoff.max()) } else { step };
         tracing::debug!(?wait, "reconnecting later");
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-/// A random number of milliseconds in `[0, max]`, from the OS random source.
-fn fastrand_ms(max: u64) -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        return max / 2;
-    }
-    u64::from_le_bytes(b) % (max + 1)
 }
 
 async fn session(
@@ -130,14 +134,14 @@ async fn session(
     let client = Client { pinned: cfg.server_host_key.clone(), seen: seen.clone() };
     let connect = russh::client::connect(ssh_config, cfg.server.as_str(), client);
     let mut handle = match tokio::time::timeout(Duration::from_secs(15), connect).await {
-        Err(_) => return Err(PushError::Connect(cfg.server.clone(), "timed out".into())),
+        Err(_) => return Err(PushError::ConnectTimeout(cfg.server.clone())),
         Ok(Err(e)) => {
             if let Some(fp) = seen.lock().ok().and_then(|s| s.clone())
                 && fp != cfg.server_host_key
             {
                 return Err(PushError::HostKeyMismatch { seen: fp, pinned: cfg.server_host_key.clone() });
             }
-            return Err(PushError::Connect(cfg.server.clone(), e.to_string()));
+            return Err(PushError::Connect { server: cfg.server.clone(), cause: e });
         }
         Ok(Ok(h)) => h,
     };
@@ -161,8 +165,7 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").into(),
         schedule_hash: schedule_tx.borrow().hash(),
     };
-    let bytes =
-        seal_msg(&cfg.keys, &cfg.agent_id, CONTROL_SEQ, &hello).map_err(|e| PushError::Protocol(e.to_string()))?;
+    let bytes = seal_msg(&cfg.keys, &cfg.agent_id, CONTROL_SEQ, &hello).map_err(PushError::Seal)?;
     wr.data_bytes(bytes).await?;
 
     // Reports spooled before this connection are backlog, drained at a bounded rate; later ones go out at once.
@@ -227,12 +230,12 @@ async fn session(
             _ = sleep_until_some(wake_at(retry_after, backlog_wait)) => {}
             msg = rd.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    decoder.push(&data).map_err(|e| PushError::Protocol(e.to_string()))?;
-                    while let Some(f) = decoder.next_frame().map_err(|e| PushError::Protocol(e.to_string()))? {
+                    decoder.push(&data).map_err(PushError::Frame)?;
+                    while let Some(f) = decoder.next_frame().map_err(PushError::Frame)? {
                         let (_, reply) = match open_msg::<ServerMsg>(&cfg.keys, &f) {
                             Ok(x) => x,
                             Err(e) => {
-                                tracing::warn!("unreadable frame from the server: {e}");
+                                tracing::warn!(error = %e, "unreadable frame from the server");
                                 continue;
                             }
                         };
@@ -244,7 +247,7 @@ async fn session(
                             ServerMsg::Jobs { hash, schedule } => {
                                 tracing::info!(%hash, jobs = schedule.jobs.len(), "new job list from the server");
                                 if let Err(e) = cfg.save_schedule(&schedule) {
-                                    tracing::warn!("could not save the schedule: {e}");
+                                    tracing::warn!(error = %e, "could not save the schedule");
                                 }
                                 schedule_tx.send_replace(schedule);
                             }
@@ -266,7 +269,7 @@ async fn session(
                                         retry_after = Some(Instant::now() + Duration::from_secs(5));
                                     }
                                     (ErrorCode::Unknown, _) => break_revoked(&message)?,
-                                    (ErrorCode::Version, _) => return Err(PushError::Protocol(message)),
+                                    (ErrorCode::Version, _) => return Err(PushError::Version(message)),
                                     _ => tracing::warn!(?code, ?seq, "server error: {message}"),
                                 }
                             }

@@ -135,7 +135,6 @@ pub fn parse_proc_net_dev(text: &str) -> HashMap<String, Drops> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

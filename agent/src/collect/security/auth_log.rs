@@ -1,23 +1,178 @@
-//! Parsing of syslog-format authentication log lines (`/var/log/auth.log`, `/var/log/secure`) into security events.
+//! The syslog-format authentication log (`/var/log/auth.log` on Debian and Ubuntu, `/var/log/secure` on RHEL and
+//! Fedora, or the configured path): tailing it ([`AuthLog`]) and parsing its lines ([`parse_line`]).
+//!
+//! Only lines new since the previous sample are reported:
+//! - **Start-up**: a log that exists when the agent starts is read from its end, so a restart does not report
+//!   (and mail) old history again. A log that appears later is new and is read from its beginning.
+//! - **Rotation** (the path now names another file): the rest of the old file, still open, is read first, then the
+//!   new file from its beginning.
+//! - **Truncation** (copytruncate: the file is shorter than the read position): reading restarts at 0.
+//! - **Bounds**: at most [`MAX_EVENTS`] events and [`MAX_READ`] bytes per sample; what is left is read next time.
+//!   A partial last line is left for the next sample. A line longer than [`MAX_READ`] is skipped.
 //!
 //! Both timestamp styles are read: the traditional `Nov 26 09:14:01` (no year: the current year is assumed, or the
 //! previous one if that would put the line more than a day in the future; the time is taken as UTC) and rsyslog's
-//! RFC 3339 `2026-11-26T09:14:01.118311+00:00`. Classification:
-//! - sshd `Failed <method> for [invalid user] U from IP`, sshd `Invalid user U from IP`, and any PAM
-//!   `authentication failure; ... rhost=IP user=U` line: [`SecurityEventKind::LoginFailed`];
-//! - sshd `Accepted <method> for U from IP`: [`SecurityEventKind::LoginSucceeded`];
-//! - sudo `U : TTY=... ; USER=... ; COMMAND=...` (also its "incorrect password attempts" form):
-//!   [`SecurityEventKind::Sudo`].
-//!
-//! Every other line (session opened/closed, cron, ...) is not an event. The journal reader ([`super::journal`])
-//! classifies its entries with the same rules ([`event`]).
+//! RFC 3339 `2026-11-26T09:14:01.118311+00:00`. Messages are classified by [`super::event`]; every other line
+//! (session opened/closed, cron, ...) is not an event.
 
-use vigil_schema::report::{SecurityEvent, SecurityEventKind, limits};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 
-use super::{clean, clean_text};
+use vigil_schema::report::SecurityEvent;
+use vigil_sys::clock::{civil_from_days, days_from_civil};
 
-/// Longest message kept, in bytes (the schema allows four times its text bound).
-pub const MAX_MESSAGE: usize = 4 * limits::MAX_TEXT;
+use super::{DEFAULT_PATHS, MAX_EVENTS, MAX_READ, clean_text, event};
+
+/// Follows the authentication log across samples.
+#[derive(Debug)]
+pub struct AuthLog {
+    configured: Option<PathBuf>,
+    tail: Option<Tail>,
+    /// The file that existed at start-up: when (re)opened, it is read from its end.
+    startup_file: Option<FileId>,
+    warned: bool,
+}
+
+impl AuthLog {
+    /// Opens the log at its end (see the module docs). `path` overrides [`DEFAULT_PATHS`].
+    pub fn new(path: Option<PathBuf>) -> Self {
+        let mut log = AuthLog { configured: path, tail: None, startup_file: None, warned: false };
+        if cfg!(target_os = "linux")
+            && let Some(path) = log.resolve()
+        {
+            log.startup_file = std::fs::metadata(&path).ok().map(|m| file_id(&m));
+            log.tail = log.open(path);
+        }
+        log
+    }
+
+    /// Appends the events logged since the previous call; returns the path read (cleaned for the report), or
+    /// `None` when there is no log.
+    pub fn read(&mut self, now: i64, events: &mut Vec<SecurityEvent>) -> Option<String> {
+        let current = self.resolve();
+        let current_id = current.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| file_id(&m));
+        let mut source = None;
+        if let Some(mut tail) = self.tail.take() {
+            source = Some(tail.path.clone());
+            let same = current.as_ref() == Some(&tail.path) && current_id == Some(tail.id);
+            read_new(&mut tail, !same, now, events);
+            if same || events.len() >= MAX_EVENTS {
+                // Keep the old file while it still has unread events.
+                self.tail = Some(tail);
+            }
+        }
+        if self.tail.is_none()
+            && let Some(path) = current
+        {
+            self.tail = self.open(path);
+            if let Some(tail) = self.tail.as_mut() {
+                source = Some(tail.path.clone());
+                read_new(tail, false, now, events);
+            }
+        }
+        source.map(|p| clean_text(&p.to_string_lossy()))
+    }
+
+    /// The configured path, or the first default that exists.
+    fn resolve(&self) -> Option<PathBuf> {
+        match &self.configured {
+            Some(p) => p.exists().then(|| p.clone()),
+            None => DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists()),
+        }
+    }
+
+    /// Opens `path`: at its end if it is the file that existed at start-up, else at its beginning.
+    fn open(&mut self, path: PathBuf) -> Option<Tail> {
+        let opened = File::open(&path).and_then(|f| f.metadata().map(|m| (f, m)));
+        match opened {
+            Ok((file, meta)) => {
+                let id = file_id(&meta);
+                let offset = if Some(id) == self.startup_file { meta.len() } else { 0 };
+                Some(Tail { path, file, id, offset })
+            }
+            Err(e) => {
+                if !self.warned {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the auth log");
+                    self.warned = true;
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Identity of a file across renames: device and inode on Unix.
+type FileId = (u64, u64);
+
+/// An open log and the position up to which it has been read.
+#[derive(Debug)]
+struct Tail {
+    path: PathBuf,
+    file: File,
+    id: FileId,
+    offset: u64,
+}
+
+/// Reads complete lines after `tail.offset` (and, when `to_eof`, a final unterminated line too), classifying them.
+fn read_new(tail: &mut Tail, to_eof: bool, now: i64, events: &mut Vec<SecurityEvent>) {
+    if let Err(e) = try_read_new(tail, to_eof, now, events) {
+        tracing::warn!(path = %tail.path.display(), error = %e, "reading the auth log failed");
+    }
+}
+
+fn try_read_new(tail: &mut Tail, to_eof: bool, now: i64, events: &mut Vec<SecurityEvent>) -> std::io::Result<()> {
+    let len = tail.file.metadata()?.len();
+    if len < tail.offset {
+        tracing::info!(path = %tail.path.display(), "auth log truncated; reading from its start");
+        tail.offset = 0;
+    }
+    while events.len() < MAX_EVENTS && tail.offset < len {
+        tail.file.seek(SeekFrom::Start(tail.offset))?;
+        let mut buf = Vec::new();
+        let got = (&mut tail.file).take(MAX_READ.min(len - tail.offset)).read_to_end(&mut buf)? as u64;
+        if got == 0 {
+            break;
+        }
+        let at_eof = tail.offset + got >= len;
+        // Whole lines only, except at the end of a file no longer written to (`to_eof`).
+        let end = match buf.iter().rposition(|&b| b == b'\n') {
+            _ if to_eof && at_eof => buf.len(),
+            Some(i) => i + 1,
+            None if got >= MAX_READ => {
+                // A fragment of an over-long line: skip it.
+                tail.offset += got;
+                continue;
+            }
+            None => break,
+        };
+        for line in buf[..end].split_inclusive(|&b| b == b'\n') {
+            tail.offset += line.len() as u64;
+            if let Some(e) = parse_line(String::from_utf8_lossy(line).trim_end(), now) {
+                events.push(e);
+                if events.len() >= MAX_EVENTS {
+                    return Ok(());
+                }
+            }
+        }
+        if end < buf.len() {
+            // The rest is a partial line: it is read once it is complete.
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn file_id(m: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn file_id(_m: &std::fs::Metadata) -> FileId {
+    (0, 0)
+}
 
 /// Turns one log line into an event, or `None` if it is not an authentication or privilege event. `now` (seconds
 /// since the epoch) is used for the year of traditional timestamps and when the line has no readable time.
@@ -32,68 +187,6 @@ pub fn parse_line(line: &str, now: i64) -> Option<SecurityEvent> {
     let (tag, msg) = rest.split_once(": ")?;
     let program = tag.split('[').next().unwrap_or(tag);
     event(time, program, msg, line)
-}
-
-/// Classifies the message `msg` logged by `program` at `time`; `text` is what the event's message shows.
-pub fn event(time: i64, program: &str, msg: &str, text: &str) -> Option<SecurityEvent> {
-    let (kind, user, source) = classify(program, msg)?;
-    Some(SecurityEvent {
-        time,
-        kind,
-        user: user.map(clean_text).filter(|s| !s.is_empty()),
-        source: source.map(clean_text).filter(|s| !s.is_empty()),
-        message: clean(text, MAX_MESSAGE),
-    })
-}
-
-type Classified<'a> = (SecurityEventKind, Option<&'a str>, Option<&'a str>);
-
-fn classify<'a>(program: &str, msg: &'a str) -> Option<Classified<'a>> {
-    if program.starts_with("sshd") {
-        if let Some(after) = after(msg, "Accepted ") {
-            let (user, source) = for_user_from(after)?;
-            return Some((SecurityEventKind::LoginSucceeded, user, source));
-        }
-        if let Some(after) = after(msg, "Failed ") {
-            let (user, source) = for_user_from(after)?;
-            return Some((SecurityEventKind::LoginFailed, user, source));
-        }
-        if let Some(after) = after(msg, "Invalid user ") {
-            let (user, rest) = after.split_once(" from ").unwrap_or((after, ""));
-            return Some((SecurityEventKind::LoginFailed, Some(user.trim()), first_word(rest)));
-        }
-    }
-    if msg.contains("authentication failure;") {
-        return Some((SecurityEventKind::LoginFailed, key_value(msg, "user="), key_value(msg, "rhost=")));
-    }
-    if program == "sudo" && msg.contains("COMMAND=") {
-        let user = msg.split(" : ").next().map(str::trim);
-        return Some((SecurityEventKind::Sudo, user, None));
-    }
-    None
-}
-
-/// The text after the first occurrence of `pat` (not anchored: rsyslog's "message repeated N times: [ ... ]"
-/// wraps the original message).
-fn after<'a>(msg: &'a str, pat: &str) -> Option<&'a str> {
-    msg.find(pat).map(|i| &msg[i + pat.len()..])
-}
-
-/// Parses `<method> for [invalid user ]USER from SOURCE port N ...`.
-fn for_user_from(s: &str) -> Option<(Option<&str>, Option<&str>)> {
-    let (_method, rest) = s.split_once(" for ")?;
-    let rest = rest.strip_prefix("invalid user ").unwrap_or(rest);
-    let (user, rest) = rest.split_once(" from ")?;
-    Some((Some(user.trim()), first_word(rest)))
-}
-
-fn first_word(s: &str) -> Option<&str> {
-    s.split_whitespace().next()
-}
-
-/// The value of a `key=value` field (space separated), if not empty.
-fn key_value<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
-    msg.split_whitespace().find_map(|w| w.strip_prefix(key)).map(|v| v.trim_end_matches(';')).filter(|v| !v.is_empty())
 }
 
 /// Reads the leading timestamp; returns seconds since the epoch and the rest of the line.
@@ -154,48 +247,19 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days_from_civil(year, month, day) * 86_400 + secs - offset)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The (year, month, day) of a day count since 1970-01-01.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { era * 400 + yoe + 1 } else { era * 400 + yoe }, m, d)
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
-    use SecurityEventKind::*;
+    use crate::collect::security::MAX_MESSAGE;
+    use vigil_schema::report::SecurityEventKind::{self, *};
+    use vigil_schema::report::limits;
 
     /// 2026-11-26T12:00:00Z
     const NOW: i64 = 1_795_694_400;
 
     #[test]
-    fn calendar_round_trips() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    fn now_is_the_date_the_tests_assume() {
         assert_eq!(civil_from_days(NOW / 86_400), (2026, 11, 26));
-        for z in [-1000, 0, 59, 60, 11_016, 20_000, 40_000] {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
-        }
     }
 
     #[test]

@@ -1,85 +1,60 @@
-//! `security_events`: login failures, logins and sudo use, read incrementally from the authentication log.
+//! `security_events`: login failures, logins and sudo use, new since the previous sample. This module owns the
+//! family's bounds and its classification rules; each backend reads one kind of log and imports only from here:
 //!
-//! Linux reads `/var/log/auth.log` (Debian, Ubuntu) or `/var/log/secure` (RHEL, Fedora), or the configured path;
-//! lines are classified by [`super::auth_log`]. Only lines new since the previous sample are reported:
-//! - **Start-up**: a log that exists when the agent starts is read from its end, so a restart does not report
-//!   (and mail) old history again. A log that appears later is new and is read from its beginning.
-//! - **Rotation** (the path now names another file): the rest of the old file, still open, is read first, then the
-//!   new file from its beginning.
-//! - **Truncation** (copytruncate: the file is shorter than the read position): reading restarts at 0.
-//! - **Bounds**: at most [`MAX_EVENTS`] events and [`MAX_READ`] bytes per sample; what is left is read next time.
-//!   A partial last line is left for the next sample. A line longer than [`MAX_READ`] is skipped.
+//! - [`auth_log`]: the syslog-format authentication log (`/var/log/auth.log`, `/var/log/secure`, or the configured
+//!   path), tailed across rotation and truncation; Linux.
+//! - [`journal`]: the systemd journal, when no path is configured and neither default file exists (`source`
+//!   "journal").
+//! - `windows`: the Security event log, the only source on Windows (`source` "eventlog:Security"); its pure half
+//!   (XML parsing, filtering, the cursor) also compiles in tests everywhere.
 //!
-//! With no path configured and neither default file present, the systemd journal is read instead
-//! ([`super::journal`], `source` "journal") if the host keeps one. `source` is `None` when there is no log at all
-//! (and on platforms other than Linux and Windows).
-//!
-//! On Windows the Security event log is read instead, by `super::windows_events::EventLogReader` (`source`
-//! "eventlog:Security"); the auth-log path is not used there.
+//! `source` is `None` when there is no log at all (and on platforms other than Linux and Windows). The syslog and
+//! journal backends classify a message with the same rules ([`event`]).
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+pub mod auth_log;
+pub mod journal;
+#[cfg(any(windows, test))]
+pub mod windows;
+
 use std::path::PathBuf;
 
-use vigil_schema::report::{SecurityEvent, SecurityEvents};
+use vigil_schema::report::{SecurityEvent, SecurityEventKind, SecurityEvents, limits};
 
-use super::journal::JournalReader;
-use super::{auth_log, clean_text, now_unix};
+// The backends take the collectors' text cleaning from here, so they import only from their parent.
+use super::{clean, clean_text};
+use journal::JournalReader;
 
-/// Where the log is looked for when no path is configured.
+/// Where the auth log is looked for when no path is configured.
 pub const DEFAULT_PATHS: [&str; 2] = ["/var/log/auth.log", "/var/log/secure"];
 /// Most events reported per sample.
 pub const MAX_EVENTS: usize = 2000;
-/// Most bytes read per sample.
+/// Most bytes of the auth log read per sample.
 pub const MAX_READ: u64 = 4 << 20;
+/// Longest message kept, in bytes (the schema's bound on a security event message).
+pub const MAX_MESSAGE: usize = limits::MAX_MESSAGE;
 
-/// Identity of a file across renames: device and inode on Unix.
-type FileId = (u64, u64);
-
-/// An open log and the position up to which it has been read.
-#[derive(Debug)]
-struct Tail {
-    path: PathBuf,
-    file: File,
-    id: FileId,
-    offset: u64,
-}
-
-/// Follows the authentication log across samples.
+/// Follows the host's security log across samples: the auth log, else the journal; the event log on Windows.
 #[derive(Debug)]
 pub struct SecurityCollector {
-    configured: Option<PathBuf>,
-    tail: Option<Tail>,
-    /// The file that existed at start-up: when (re)opened, it is read from its end.
-    startup_file: Option<FileId>,
+    auth_log: auth_log::AuthLog,
     /// The journal, used when no path is configured and no auth log file exists.
     journal: Option<JournalReader>,
-    warned: bool,
     /// The Security event log, the only source on Windows.
     #[cfg(windows)]
-    event_log: super::windows_events::EventLogReader,
+    event_log: windows::EventLogReader,
 }
 
 impl SecurityCollector {
-    /// Opens the log at its end (see the module docs). `path` overrides [`DEFAULT_PATHS`].
+    /// Opens the log at its end (see [`auth_log`]). `path` overrides [`DEFAULT_PATHS`].
     pub fn new(path: Option<PathBuf>) -> Self {
-        let journal = (cfg!(target_os = "linux") && path.is_none()).then(|| JournalReader::new(now_unix()));
-        let mut c = SecurityCollector {
-            configured: path,
-            tail: None,
-            startup_file: None,
+        let now = vigil_sys::clock::now_unix();
+        let journal = (cfg!(target_os = "linux") && path.is_none()).then(|| JournalReader::new(now));
+        SecurityCollector {
+            auth_log: auth_log::AuthLog::new(path),
             journal,
-            warned: false,
             #[cfg(windows)]
-            event_log: super::windows_events::EventLogReader::new(),
-        };
-        if cfg!(target_os = "linux")
-            && let Some(path) = c.resolve()
-        {
-            c.startup_file = std::fs::metadata(&path).ok().map(|m| file_id(&m));
-            c.tail = c.open(path);
+            event_log: windows::EventLogReader::new(),
         }
-        c
     }
 
     /// Reports the events logged since the previous call.
@@ -100,138 +75,97 @@ impl SecurityCollector {
         if !cfg!(target_os = "linux") {
             return SecurityEvents::default();
         }
-        let now = now_unix();
+        let now = vigil_sys::clock::now_unix();
         let mut events = Vec::new();
-        let current = self.resolve();
-        let current_id = current.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| file_id(&m));
-        let mut source = None;
-        if let Some(mut tail) = self.tail.take() {
-            source = Some(tail.path.clone());
-            let same = current.as_ref() == Some(&tail.path) && current_id == Some(tail.id);
-            read_new(&mut tail, !same, now, &mut events);
-            if same || events.len() >= MAX_EVENTS {
-                // Keep the old file while it still has unread events.
-                self.tail = Some(tail);
-            }
-        }
-        if self.tail.is_none()
-            && let Some(path) = current
-        {
-            self.tail = self.open(path);
-            if let Some(tail) = self.tail.as_mut() {
-                source = Some(tail.path.clone());
-                read_new(tail, false, now, &mut events);
-            }
-        }
-        let mut source = source.map(|p| clean_text(&p.to_string_lossy()));
-        if self.tail.is_none()
-            && source.is_none()
+        let mut source = self.auth_log.read(now, &mut events);
+        if source.is_none()
             && let Some(journal) = self.journal.as_mut().filter(|j| j.available())
         {
             if let Err(e) = journal.read(now, &mut events) {
-                tracing::warn!("reading the journal failed: {e}");
+                tracing::warn!(error = %e, "reading the journal failed");
             }
             source = Some("journal".to_owned());
         }
         SecurityEvents { source, events }
     }
-
-    /// The configured path, or the first default that exists.
-    fn resolve(&self) -> Option<PathBuf> {
-        match &self.configured {
-            Some(p) => p.exists().then(|| p.clone()),
-            None => DEFAULT_PATHS.iter().map(PathBuf::from).find(|p| p.exists()),
-        }
-    }
-
-    /// Opens `path`: at its end if it is the file that existed at start-up, else at its beginning.
-    fn open(&mut self, path: PathBuf) -> Option<Tail> {
-        let opened = File::open(&path).and_then(|f| f.metadata().map(|m| (f, m)));
-        match opened {
-            Ok((file, meta)) => {
-                let id = file_id(&meta);
-                let offset = if Some(id) == self.startup_file { meta.len() } else { 0 };
-                Some(Tail { path, file, id, offset })
-            }
-            Err(e) => {
-                if !self.warned {
-                    tracing::warn!(path = %path.display(), "cannot read the auth log: {e}");
-                    self.warned = true;
-                }
-                None
-            }
-        }
-    }
 }
 
-/// Reads complete lines after `tail.offset` (and, when `to_eof`, a final unterminated line too), classifying them.
-fn read_new(tail: &mut Tail, to_eof: bool, now: i64, events: &mut Vec<SecurityEvent>) {
-    if let Err(e) = try_read_new(tail, to_eof, now, events) {
-        tracing::warn!(path = %tail.path.display(), "reading the auth log failed: {e}");
-    }
+/// Classifies the message `msg` logged by `program` at `time`; `text` is what the event's message shows. `None` if
+/// it is not an authentication or privilege event:
+/// - sshd `Failed <method> for [invalid user] U from IP`, sshd `Invalid user U from IP`, and any PAM
+///   `authentication failure; ... rhost=IP user=U` line: [`SecurityEventKind::LoginFailed`];
+/// - sshd `Accepted <method> for U from IP`: [`SecurityEventKind::LoginSucceeded`];
+/// - sudo `U : TTY=... ; USER=... ; COMMAND=...` (also its "incorrect password attempts" form):
+///   [`SecurityEventKind::Sudo`].
+pub fn event(time: i64, program: &str, msg: &str, text: &str) -> Option<SecurityEvent> {
+    let (kind, user, source) = classify(program, msg)?;
+    Some(SecurityEvent {
+        time,
+        kind,
+        user: user.map(clean_text).filter(|s| !s.is_empty()),
+        source: source.map(clean_text).filter(|s| !s.is_empty()),
+        message: clean(text, MAX_MESSAGE),
+    })
 }
 
-fn try_read_new(tail: &mut Tail, to_eof: bool, now: i64, events: &mut Vec<SecurityEvent>) -> std::io::Result<()> {
-    let len = tail.file.metadata()?.len();
-    if len < tail.offset {
-        tracing::info!(path = %tail.path.display(), "auth log truncated; reading from its start");
-        tail.offset = 0;
-    }
-    while events.len() < MAX_EVENTS && tail.offset < len {
-        tail.file.seek(SeekFrom::Start(tail.offset))?;
-        let mut buf = Vec::new();
-        let got = (&mut tail.file).take(MAX_READ.min(len - tail.offset)).read_to_end(&mut buf)? as u64;
-        if got == 0 {
-            break;
+type Classified<'a> = (SecurityEventKind, Option<&'a str>, Option<&'a str>);
+
+fn classify<'a>(program: &str, msg: &'a str) -> Option<Classified<'a>> {
+    if program.starts_with("sshd") {
+        if let Some(after) = after(msg, "Accepted ") {
+            let (user, source) = for_user_from(after)?;
+            return Some((SecurityEventKind::LoginSucceeded, user, source));
         }
-        let at_eof = tail.offset + got >= len;
-        // Whole lines only, except at the end of a file no longer written to (`to_eof`).
-        let end = match buf.iter().rposition(|&b| b == b'\n') {
-            _ if to_eof && at_eof => buf.len(),
-            Some(i) => i + 1,
-            None if got >= MAX_READ => {
-                // A fragment of an over-long line: skip it.
-                tail.offset += got;
-                continue;
-            }
-            None => break,
-        };
-        for line in buf[..end].split_inclusive(|&b| b == b'\n') {
-            tail.offset += line.len() as u64;
-            if let Some(e) = auth_log::parse_line(String::from_utf8_lossy(line).trim_end(), now) {
-                events.push(e);
-                if events.len() >= MAX_EVENTS {
-                    return Ok(());
-                }
-            }
+        if let Some(after) = after(msg, "Failed ") {
+            let (user, source) = for_user_from(after)?;
+            return Some((SecurityEventKind::LoginFailed, user, source));
         }
-        if end < buf.len() {
-            // The rest is a partial line: it is read once it is complete.
-            break;
+        if let Some(after) = after(msg, "Invalid user ") {
+            let (user, rest) = after.split_once(" from ").unwrap_or((after, ""));
+            return Some((SecurityEventKind::LoginFailed, Some(user.trim()), first_word(rest)));
         }
     }
-    Ok(())
+    if msg.contains("authentication failure;") {
+        return Some((SecurityEventKind::LoginFailed, key_value(msg, "user="), key_value(msg, "rhost=")));
+    }
+    if program == "sudo" && msg.contains("COMMAND=") {
+        let user = msg.split(" : ").next().map(str::trim);
+        return Some((SecurityEventKind::Sudo, user, None));
+    }
+    None
 }
 
-#[cfg(unix)]
-fn file_id(m: &std::fs::Metadata) -> FileId {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
+/// The text after the first occurrence of `pat` (not anchored: rsyslog's "message repeated N times: [ ... ]"
+/// wraps the original message).
+fn after<'a>(msg: &'a str, pat: &str) -> Option<&'a str> {
+    msg.find(pat).map(|i| &msg[i + pat.len()..])
 }
 
-#[cfg(not(unix))]
-fn file_id(_m: &std::fs::Metadata) -> FileId {
-    (0, 0)
+/// Parses `<method> for [invalid user ]USER from SOURCE port N ...`.
+fn for_user_from(s: &str) -> Option<(Option<&str>, Option<&str>)> {
+    let (_method, rest) = s.split_once(" for ")?;
+    let rest = rest.strip_prefix("invalid user ").unwrap_or(rest);
+    let (user, rest) = rest.split_once(" from ")?;
+    Some((Some(user.trim()), first_word(rest)))
 }
 
-#[cfg(all(test, target_os = "linux"))]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+fn first_word(s: &str) -> Option<&str> {
+    s.split_whitespace().next()
+}
+
+/// The value of a `key=value` field (space separated), if not empty.
+fn key_value<'a>(msg: &'a str, key: &str) -> Option<&'a str> {
+    msg.split_whitespace().find_map(|w| w.strip_prefix(key)).map(|v| v.trim_end_matches(';')).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+#[cfg(target_os = "linux")]
 mod tests {
     use super::*;
     use std::io::Write;
     use vigil_schema::report::SecurityEventKind::{self, *};
 
-    const FIXTURE: &str = include_str!("../../tests/fixtures/auth.log");
+    const FIXTURE: &str = include_str!("../../../tests/fixtures/auth.log");
 
     fn append(path: &std::path::Path, text: &str) {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
@@ -272,7 +206,10 @@ mod tests {
             ]
         );
         assert!(got.events[0].message.contains("Failed password for root"));
-        assert_eq!(got.events[6].time, auth_log::days_from_civil(2026, 11, 26) * 86_400 + 9 * 3600 + 19 * 60 + 42);
+        assert_eq!(
+            got.events[6].time,
+            vigil_sys::clock::days_from_civil(2026, 11, 26) * 86_400 + 9 * 3600 + 19 * 60 + 42
+        );
         assert!(c.collect().events.is_empty(), "nothing is reported twice");
 
         append(&path, &line("late"));
