@@ -239,40 +239,20 @@ async fn session(
                                 continue;
                             }
                         };
-                        match reply {
-                            ServerMsg::Welcome { server_version, .. } => {
+                        match on_reply(reply, spool, &mut in_flight)? {
+                            Reply::Nothing => {}
+                            Reply::Welcomed(server_version) => {
                                 tracing::info!(server = %cfg.server, %server_version, "connected");
                                 welcomed = true;
                             }
-                            ServerMsg::Jobs { hash, schedule } => {
+                            Reply::Jobs { hash, schedule } => {
                                 tracing::info!(%hash, jobs = schedule.jobs.len(), "new job list from the server");
                                 if let Err(e) = cfg.save_schedule(&schedule) {
                                     tracing::warn!(error = %e, "could not save the schedule");
                                 }
                                 schedule_tx.send_replace(schedule);
                             }
-                            ServerMsg::Ack { seq } => {
-                                spool.borrow_mut().remove(seq);
-                                in_flight.remove(&seq);
-                            }
-                            ServerMsg::Error { code, message, seq } => {
-                                match (code, seq) {
-                                    (ErrorCode::BadReport, Some(seq)) => {
-                                        // It will never be accepted: keeping it would block nothing but waste space.
-                                        tracing::error!(seq, "server refused report for good: {message}");
-                                        spool.borrow_mut().remove(seq);
-                                        in_flight.remove(&seq);
-                                    }
-                                    (ErrorCode::Unavailable, Some(seq)) => {
-                                        tracing::warn!(seq, "server could not store the report, retrying later: {message}");
-                                        in_flight.remove(&seq);
-                                        retry_after = Some(Instant::now() + Duration::from_secs(5));
-                                    }
-                                    (ErrorCode::Unknown, _) => break_revoked(&message)?,
-                                    (ErrorCode::Version, _) => return Err(PushError::Version(message)),
-                                    _ => tracing::warn!(?code, ?seq, "server error: {message}"),
-                                }
-                            }
+                            Reply::RetryLater => retry_after = Some(Instant::now() + Duration::from_secs(5)),
                         }
                     }
                 }
@@ -285,6 +265,55 @@ async fn session(
     // disconnect() only queues the message: wait for the session to wind down.
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut handle).await;
     result
+}
+
+/// What the session does after a server message, beyond the spool bookkeeping [`on_reply`] did.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Nothing,
+    /// The server's version: reports may be sent.
+    Welcomed(String),
+    /// A new schedule to save and run.
+    Jobs {
+        hash: String,
+        schedule: Schedule,
+    },
+    /// The server could not store a report now: sending pauses.
+    RetryLater,
+}
+
+/// Applies a server message to the spool and the set of reports in flight: an ack deletes its report, and so does a
+/// permanent `bad_report` refusal (the report can never be accepted: kept, it would be resent forever);
+/// `unavailable` leaves the report spooled for a later retry; `unknown` (revoked) and `version` end the session.
+fn on_reply(reply: ServerMsg, spool: &RefCell<Spool>, in_flight: &mut BTreeSet<u64>) -> Result<Reply, PushError> {
+    Ok(match reply {
+        ServerMsg::Welcome { server_version, .. } => Reply::Welcomed(server_version),
+        ServerMsg::Jobs { hash, schedule } => Reply::Jobs { hash, schedule },
+        ServerMsg::Ack { seq } => {
+            spool.borrow_mut().remove(seq);
+            in_flight.remove(&seq);
+            Reply::Nothing
+        }
+        ServerMsg::Error { code, message, seq } => match (code, seq) {
+            (ErrorCode::BadReport, Some(seq)) => {
+                tracing::error!(seq, %message, "server refused report for good; deleting it");
+                spool.borrow_mut().remove(seq);
+                in_flight.remove(&seq);
+                Reply::Nothing
+            }
+            (ErrorCode::Unavailable, Some(seq)) => {
+                tracing::warn!(seq, %message, "server could not store the report, retrying later");
+                in_flight.remove(&seq);
+                Reply::RetryLater
+            }
+            (ErrorCode::Unknown, _) => return Err(PushError::Revoked(message)),
+            (ErrorCode::Version, _) => return Err(PushError::Version(message)),
+            _ => {
+                tracing::warn!(?code, ?seq, %message, "server error");
+                Reply::Nothing
+            }
+        },
+    })
 }
 
 /// The earlier of two optional instants.
@@ -303,6 +332,50 @@ async fn sleep_until_some(t: Option<Instant>) {
     }
 }
 
-fn break_revoked(message: &str) -> Result<(), PushError> {
-    Err(PushError::Revoked(message.to_owned()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool_with(dir: &std::path::Path, n: u64) -> RefCell<Spool> {
+        let mut s = Spool::open(dir, 1 << 20, 100).unwrap();
+        for _ in 0..n {
+            let (seq, d) = s.next().unwrap();
+            s.put(seq, d, b"sealed").unwrap();
+        }
+        RefCell::new(s)
+    }
+
+    fn error(code: ErrorCode, seq: u64) -> ServerMsg {
+        ServerMsg::Error { code, message: "no".into(), seq: Some(seq) }
+    }
+
+    #[test]
+    fn a_permanent_bad_report_refusal_deletes_the_spooled_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with(dir.path(), 3);
+        let mut in_flight: BTreeSet<u64> = [1, 2, 3].into();
+        assert_eq!(on_reply(error(ErrorCode::BadReport, 2), &spool, &mut in_flight).unwrap(), Reply::Nothing);
+        assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(in_flight, [1, 3].into());
+        assert!(spool.borrow().read(2).is_none());
+        // Deleted on disk too: a restart does not send it again.
+        drop(spool);
+        assert_eq!(Spool::open(dir.path(), 1 << 20, 100).unwrap().pending().collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[test]
+    fn acks_delete_and_unavailable_keeps_the_report_for_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with(dir.path(), 2);
+        let mut in_flight: BTreeSet<u64> = [1, 2].into();
+        assert_eq!(on_reply(ServerMsg::Ack { seq: 1 }, &spool, &mut in_flight).unwrap(), Reply::Nothing);
+        assert_eq!(on_reply(error(ErrorCode::Unavailable, 2), &spool, &mut in_flight).unwrap(), Reply::RetryLater);
+        assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [2]);
+        assert!(in_flight.is_empty(), "the retry sends it again");
+        // Other errors about a report leave it spooled.
+        assert_eq!(on_reply(error(ErrorCode::BadMessage, 2), &spool, &mut in_flight).unwrap(), Reply::Nothing);
+        assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [2]);
+        let revoked = on_reply(error(ErrorCode::Unknown, 2), &spool, &mut in_flight);
+        assert!(matches!(revoked, Err(PushError::Revoked(_))));
+    }
 }
