@@ -116,6 +116,10 @@ pub async fn run(
     }
 }
 
+/// One session: connect, authenticate, hello, then one select loop sending spooled reports and handling replies
+/// ([`on_reply`]) until the channel closes or `cancel` fires.
+// Over 100 lines: the loop owns the channel halves, the frame decoder, the in-flight window and the backlog token
+// bucket together; split into functions they would travel as a half-dozen `&mut` parameters each.
 async fn session(
     cfg: &AgentConfig,
     spool: &RefCell<Spool>,
