@@ -52,7 +52,7 @@ impl Collectors {
     /// the network baselines, so the first [`Collectors::collect`] already reports usage and rates. Blocks about
     /// 200 ms. The auth log is opened at its end: events logged before the agent started are not reported.
     pub fn new(opts: CollectOptions) -> Self {
-        let mut sys = System::new().map_err(|e| tracing::warn!("sysinfo unavailable: {e}")).ok();
+        let mut sys = System::new().map_err(|e| tracing::warn!(error = %e, "sysinfo unavailable")).ok();
         let network = network::NetworkCollector::new();
         if let Some(sys) = sys.as_mut() {
             sys.refresh_cpu_usage();
@@ -99,7 +99,7 @@ impl Collectors {
             Some(d) => d.refresh_specifics(true, refresh),
             None => {
                 self.disks = Disks::new_with_refreshed_list_specifics(refresh)
-                    .map_err(|e| tracing::warn!("disk list unavailable: {e}"))
+                    .map_err(|e| tracing::warn!(error = %e, "disk list unavailable"))
                     .ok()
             }
         }

@@ -450,7 +450,8 @@ mod reader {
         fn warn(&mut self, e: &EventLogError) {
             if !self.warned {
                 tracing::warn!(
-                    "cannot read the Security event log (reading it needs an administrator or a member of \"Event Log Readers\"): {e}"
+                    error = %e,
+                    "cannot read the Security event log (reading it needs an administrator or a member of \"Event Log Readers\")"
                 );
                 self.warned = true;
             }
@@ -483,7 +484,7 @@ mod reader {
                     Ok(ev) => Ok(Some(ev)),
                     Err(e) => {
                         // Skipped: the records after it move the cursor past it.
-                        tracing::warn!("skipping an unreadable event: {e}");
+                        tracing::warn!(error = %e, "skipping an unreadable event");
                         Ok(None)
                     }
                 }
