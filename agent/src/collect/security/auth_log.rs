@@ -351,6 +351,24 @@ mod tests {
         let e = parse_line(&line, NOW).unwrap();
         assert!(e.message.len() <= MAX_MESSAGE && !e.message.chars().any(char::is_control));
         assert!(e.user.as_ref().unwrap().len() <= limits::MAX_TEXT);
+        // What the server refuses never leaves the agent: tabs, C1 controls and bidi overrides become spaces.
+        let e = parse_line(
+            "Nov 26 09:14:01 h sshd[1]: Failed password for ev\u{202e}il\tx from 192.0.2.1\u{9b} port 1",
+            NOW,
+        )
+        .unwrap();
+        assert_eq!((e.user.as_deref(), e.source.as_deref()), (Some("ev il x"), Some("192.0.2.1")));
+        let report = vigil_schema::report::Report {
+            seq: 1,
+            job: "j".into(),
+            collected_at_ms: 0,
+            dropped: 0,
+            stats: vigil_schema::report::Stats {
+                security_events: Some(vigil_schema::report::SecurityEvents { source: None, events: vec![e] }),
+                ..Default::default()
+            },
+        };
+        report.validate().unwrap();
         let e = parse_line("2026-11-26T09:19:42.118311+00:00 web1 sshd-session[1600]: Accepted password for bob from 2001:db8::5 port 51000 ssh2", NOW).unwrap();
         assert_eq!(e.time, NOW - 2 * 3600 - 40 * 60 - 18);
         assert_eq!(e.kind, LoginSucceeded);
