@@ -10,10 +10,16 @@ use vigil_schema::secret::{AgentSecret, EnvelopeKeys};
 /// Why the agent cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
+    #[error("{}: {cause}", path.display())]
+    Toml { path: PathBuf, cause: toml::de::Error },
+    #[error("{}: {field}: {cause}", path.display())]
+    Secret { path: PathBuf, field: String, cause: vigil_schema::secret::SecretError },
+    #[error("{}: not an OpenSSH private key: {cause}", path.display())]
+    Key { path: PathBuf, cause: russh::keys::ssh_key::Error },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: &'static str },
 }
 
 /// The agent's resolved configuration. `Debug` shows no key material (the key types redact themselves).
@@ -24,6 +30,9 @@ pub struct AgentConfig {
     pub server_host_key: String,
     pub key: PrivateKeyBox,
     pub keys: EnvelopeKeys,
+    /// Keys of the secrets this agent had before (`previous_secrets`): spooled reports sealed under them are
+    /// re-sealed under [`AgentConfig::keys`] at start.
+    pub previous_keys: Vec<EnvelopeKeys>,
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub spool_max_reports: u64,
@@ -46,32 +55,40 @@ impl std::fmt::Debug for PrivateKeyBox {
 impl AgentConfig {
     /// Reads and checks `agent.toml` and the key file it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: path.to_owned(), message };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
-        let file: AgentConfigFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let invalid = |message: &'static str| ConfigError::Invalid { path: path.to_owned(), message };
+        let secret_error = |field: String, cause| ConfigError::Secret { path: path.to_owned(), field, cause };
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Io { path: path.to_owned(), cause })?;
+        let file: AgentConfigFile =
+            toml::from_str(&text).map_err(|cause| ConfigError::Toml { path: path.to_owned(), cause })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
         if file.agent_id.is_empty() || file.agent_id.len() > vigil_schema::envelope::MAX_AGENT_ID {
-            return Err(invalid("agent_id must be 1 to 64 characters".into()));
+            return Err(invalid("agent_id must be 1 to 64 characters"));
         }
         if !file.server_host_key.starts_with("SHA256:") {
-            return Err(invalid("server_host_key must be a SHA256:... fingerprint".into()));
+            return Err(invalid("server_host_key must be a SHA256:... fingerprint"));
         }
-        let secret = AgentSecret::from_hex(&file.secret.0).map_err(|e| invalid(format!("secret: {e}")))?;
+        let secret = AgentSecret::from_hex(&file.secret.0).map_err(|e| secret_error("secret".into(), e))?;
+        let previous_keys = file
+            .previous_secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| AgentSecret::from_hex(&s.0).map(|s| s.derive_keys()).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(i, e)| secret_error(format!("previous_secrets[{i}]"), e))?;
         let key_path = resolve(&file.key_file);
         let key_text =
-            std::fs::read_to_string(&key_path).map_err(|source| ConfigError::Io { path: key_path.clone(), source })?;
-        let key = PrivateKey::from_openssh(key_text.as_bytes()).map_err(|e| ConfigError::Invalid {
-            path: key_path.clone(),
-            message: format!("not an OpenSSH private key: {e}"),
-        })?;
+            std::fs::read_to_string(&key_path).map_err(|cause| ConfigError::Io { path: key_path.clone(), cause })?;
+        let key = PrivateKey::from_openssh(key_text.as_bytes())
+            .map_err(|cause| ConfigError::Key { path: key_path.clone(), cause })?;
         Ok(Self {
             agent_id: file.agent_id.clone(),
             server: file.server.clone(),
             server_host_key: file.server_host_key.clone(),
             key: PrivateKeyBox(key),
             keys: secret.derive_keys(),
+            previous_keys,
             spool_dir: resolve(&file.spool_dir),
             spool_max_bytes: file.spool_max_bytes.max(1),
             spool_max_reports: file.spool_max_reports.max(1),
@@ -86,7 +103,7 @@ impl AgentConfig {
     pub fn load_schedule(&self) -> Schedule {
         match std::fs::read(&self.schedule_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %self.schedule_file.display(), "saved schedule unreadable, waiting for the server's: {e}");
+                tracing::warn!(path = %self.schedule_file.display(), error = %e, "saved schedule unreadable, waiting for the server's");
                 Schedule::default()
             }),
             Err(_) => Schedule::default(),
@@ -95,8 +112,6 @@ impl AgentConfig {
 
     /// Saves a pulled schedule so a restart runs it even before reconnecting.
     pub fn save_schedule(&self, schedule: &Schedule) -> std::io::Result<()> {
-        let tmp = self.schedule_file.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(schedule).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, &self.schedule_file)
+        vigil_sys::fs::write_private(&self.schedule_file, &serde_json::to_vec(schedule).map_err(std::io::Error::other)?)
     }
 }

@@ -116,6 +116,15 @@ async fn run(cfg: AgentConfig) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before anything is pushed: reports spooled under replaced credentials are re-sealed (or dropped and counted),
+    // so none of them can block delivery of new ones.
+    match spool.borrow_mut().rekey(&cfg.keys, &cfg.agent_id, &cfg.previous_keys) {
+        Ok(r) if r.resealed + r.dropped > 0 => {
+            tracing::warn!(resealed = r.resealed, dropped = r.dropped, "spooled reports under replaced credentials")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "could not re-seal spooled reports under the current credentials"),
+    }
     tracing::info!(agent = %cfg.agent_id, server = %cfg.server, spooled = spool.borrow().len(), "starting");
     let collectors =
         Collectors::new(CollectOptions { utmp_path: cfg.utmp.clone(), auth_log_path: cfg.auth_log.clone() });
@@ -198,8 +207,7 @@ fn once(cli: &Cli) -> ExitCode {
         auth_log_path: paths.as_ref().and_then(|c| c.auth_log.clone()),
     });
     let stats = collectors.collect(&which);
-    let collected_at_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let collected_at_ms = vigil_sys::clock::now_ms();
     let msg = AgentMsg::Report(Report { seq: 1, job: "once".into(), collected_at_ms, dropped: 0, stats });
     if cli.print {
         use std::io::Write;

@@ -18,6 +18,8 @@ use vigil_schema::proto::{
     AgentMsg, CONTROL_SEQ, ErrorCode, PROTOCOL_VERSION, SUBSYSTEM, ServerMsg, open_msg, seal_msg,
 };
 
+use vigil_sys::backoff::{Backoff, jittered};
+
 use crate::config::AgentConfig;
 use crate::spool::Spool;
 
@@ -31,8 +33,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Why a session with the server ended.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("connect to {0}: {1}")]
-    Connect(String, String),
+    #[error("connect to {server}: {cause}")]
+    Connect { server: String, cause: russh::Error },
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(String),
     #[error("server host key {seen} does not match the pinned {pinned}; refusing to send")]
     HostKeyMismatch { seen: String, pinned: String },
     #[error("the server refused this agent's key")]
@@ -42,9 +46,19 @@ pub enum PushError {
     #[error("the server revoked this agent: {0}")]
     Revoked(String),
     #[error("ssh: {0}")]
-    Ssh(#[from] russh::Error),
-    #[error("protocol: {0}")]
-    Protocol(String),
+    Ssh(russh::Error),
+    #[error("sealing: {0}")]
+    Seal(vigil_schema::proto::MsgError),
+    #[error("framing: {0}")]
+    Frame(vigil_schema::frame::FrameError),
+    #[error("the server refused this agent's protocol: {0}")]
+    Version(String),
+}
+
+impl From<russh::Error> for PushError {
+    fn from(e: russh::Error) -> Self {
+        Self::Ssh(e)
+    }
 }
 
 struct Client {
@@ -74,7 +88,7 @@ pub async fn run(
     produced: &Notify,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
     loop {
         let started = Instant::now();
         let result = tokio::select! {
@@ -84,34 +98,28 @@ pub async fn run(
         match &result {
             Ok(()) if cancel.is_cancelled() => return,
             Ok(()) => tracing::info!("server closed the session"),
-            Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!("{e}"),
-            Err(e) => tracing::warn!("session with {} ended: {e}", cfg.server),
+            Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!(error = %e, "refusing the server"),
+            Err(e) => tracing::warn!(server = %cfg.server, error = %e, "session ended"),
         }
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
         let revoked = matches!(result, Err(PushError::Revoked(_) | PushError::HostKeyMismatch { .. }));
-        let base = if revoked { MAX_BACKOFF } else { backoff };
-        // Full jitter in [base/2, base].
-        let wait = base / 2 + Duration::from_millis(fastrand_ms(base.as_millis() as u64 / 2));
+        // Jittered in [step/2, step]; the longest step after a revocation or a host key mismatch.
+        let step = backoff.next_wait();
+        let wait = if revoked { jittered(backoff.max()) } else { step };
         tracing::debug!(?wait, "reconnecting later");
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// A random number of milliseconds in `[0, max]`, from the OS random source.
-fn fastrand_ms(max: u64) -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        return max / 2;
-    }
-    u64::from_le_bytes(b) % (max + 1)
-}
-
+/// One session: connect, authenticate, hello, then one select loop sending spooled reports and handling replies
+/// ([`on_reply`]) until the channel closes or `cancel` fires.
+// Over 100 lines: the loop owns the channel halves, the frame decoder, the in-flight window and the backlog token
+// bucket together; split into functions they would travel as a half-dozen `&mut` parameters each.
 async fn session(
     cfg: &AgentConfig,
     spool: &RefCell<Spool>,
@@ -130,14 +138,14 @@ async fn session(
     let client = Client { pinned: cfg.server_host_key.clone(), seen: seen.clone() };
     let connect = russh::client::connect(ssh_config, cfg.server.as_str(), client);
     let mut handle = match tokio::time::timeout(Duration::from_secs(15), connect).await {
-        Err(_) => return Err(PushError::Connect(cfg.server.clone(), "timed out".into())),
+        Err(_) => return Err(PushError::ConnectTimeout(cfg.server.clone())),
         Ok(Err(e)) => {
             if let Some(fp) = seen.lock().ok().and_then(|s| s.clone())
                 && fp != cfg.server_host_key
             {
                 return Err(PushError::HostKeyMismatch { seen: fp, pinned: cfg.server_host_key.clone() });
             }
-            return Err(PushError::Connect(cfg.server.clone(), e.to_string()));
+            return Err(PushError::Connect { server: cfg.server.clone(), cause: e });
         }
         Ok(Ok(h)) => h,
     };
@@ -161,8 +169,7 @@ async fn session(
         agent_version: env!("CARGO_PKG_VERSION").into(),
         schedule_hash: schedule_tx.borrow().hash(),
     };
-    let bytes =
-        seal_msg(&cfg.keys, &cfg.agent_id, CONTROL_SEQ, &hello).map_err(|e| PushError::Protocol(e.to_string()))?;
+    let bytes = seal_msg(&cfg.keys, &cfg.agent_id, CONTROL_SEQ, &hello).map_err(PushError::Seal)?;
     wr.data_bytes(bytes).await?;
 
     // Reports spooled before this connection are backlog, drained at a bounded rate; later ones go out at once.
@@ -227,49 +234,29 @@ async fn session(
             _ = sleep_until_some(wake_at(retry_after, backlog_wait)) => {}
             msg = rd.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    decoder.push(&data).map_err(|e| PushError::Protocol(e.to_string()))?;
-                    while let Some(f) = decoder.next_frame().map_err(|e| PushError::Protocol(e.to_string()))? {
+                    decoder.push(&data).map_err(PushError::Frame)?;
+                    while let Some(f) = decoder.next_frame().map_err(PushError::Frame)? {
                         let (_, reply) = match open_msg::<ServerMsg>(&cfg.keys, &f) {
                             Ok(x) => x,
                             Err(e) => {
-                                tracing::warn!("unreadable frame from the server: {e}");
+                                tracing::warn!(error = %e, "unreadable frame from the server");
                                 continue;
                             }
                         };
-                        match reply {
-                            ServerMsg::Welcome { server_version, .. } => {
+                        match on_reply(reply, spool, &mut in_flight)? {
+                            Reply::Nothing => {}
+                            Reply::Welcomed(server_version) => {
                                 tracing::info!(server = %cfg.server, %server_version, "connected");
                                 welcomed = true;
                             }
-                            ServerMsg::Jobs { hash, schedule } => {
+                            Reply::Jobs { hash, schedule } => {
                                 tracing::info!(%hash, jobs = schedule.jobs.len(), "new job list from the server");
                                 if let Err(e) = cfg.save_schedule(&schedule) {
-                                    tracing::warn!("could not save the schedule: {e}");
+                                    tracing::warn!(error = %e, "could not save the schedule");
                                 }
                                 schedule_tx.send_replace(schedule);
                             }
-                            ServerMsg::Ack { seq } => {
-                                spool.borrow_mut().remove(seq);
-                                in_flight.remove(&seq);
-                            }
-                            ServerMsg::Error { code, message, seq } => {
-                                match (code, seq) {
-                                    (ErrorCode::BadReport, Some(seq)) => {
-                                        // It will never be accepted: keeping it would block nothing but waste space.
-                                        tracing::error!(seq, "server refused report for good: {message}");
-                                        spool.borrow_mut().remove(seq);
-                                        in_flight.remove(&seq);
-                                    }
-                                    (ErrorCode::Unavailable, Some(seq)) => {
-                                        tracing::warn!(seq, "server could not store the report, retrying later: {message}");
-                                        in_flight.remove(&seq);
-                                        retry_after = Some(Instant::now() + Duration::from_secs(5));
-                                    }
-                                    (ErrorCode::Unknown, _) => break_revoked(&message)?,
-                                    (ErrorCode::Version, _) => return Err(PushError::Protocol(message)),
-                                    _ => tracing::warn!(?code, ?seq, "server error: {message}"),
-                                }
-                            }
+                            Reply::RetryLater => retry_after = Some(Instant::now() + Duration::from_secs(5)),
                         }
                     }
                 }
@@ -282,6 +269,55 @@ async fn session(
     // disconnect() only queues the message: wait for the session to wind down.
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut handle).await;
     result
+}
+
+/// What the session does after a server message, beyond the spool bookkeeping [`on_reply`] did.
+#[derive(Debug, PartialEq)]
+enum Reply {
+    Nothing,
+    /// The server's version: reports may be sent.
+    Welcomed(String),
+    /// A new schedule to save and run.
+    Jobs {
+        hash: String,
+        schedule: Schedule,
+    },
+    /// The server could not store a report now: sending pauses.
+    RetryLater,
+}
+
+/// Applies a server message to the spool and the set of reports in flight: an ack deletes its report, and so does a
+/// permanent `bad_report` refusal (the report can never be accepted: kept, it would be resent forever);
+/// `unavailable` leaves the report spooled for a later retry; `unknown` (revoked) and `version` end the session.
+fn on_reply(reply: ServerMsg, spool: &RefCell<Spool>, in_flight: &mut BTreeSet<u64>) -> Result<Reply, PushError> {
+    Ok(match reply {
+        ServerMsg::Welcome { server_version, .. } => Reply::Welcomed(server_version),
+        ServerMsg::Jobs { hash, schedule } => Reply::Jobs { hash, schedule },
+        ServerMsg::Ack { seq } => {
+            spool.borrow_mut().remove(seq);
+            in_flight.remove(&seq);
+            Reply::Nothing
+        }
+        ServerMsg::Error { code, message, seq } => match (code, seq) {
+            (ErrorCode::BadReport, Some(seq)) => {
+                tracing::error!(seq, %message, "server refused report for good; deleting it");
+                spool.borrow_mut().remove(seq);
+                in_flight.remove(&seq);
+                Reply::Nothing
+            }
+            (ErrorCode::Unavailable, Some(seq)) => {
+                tracing::warn!(seq, %message, "server could not store the report, retrying later");
+                in_flight.remove(&seq);
+                Reply::RetryLater
+            }
+            (ErrorCode::Unknown, _) => return Err(PushError::Revoked(message)),
+            (ErrorCode::Version, _) => return Err(PushError::Version(message)),
+            _ => {
+                tracing::warn!(?code, ?seq, %message, "server error");
+                Reply::Nothing
+            }
+        },
+    })
 }
 
 /// The earlier of two optional instants.
@@ -300,6 +336,50 @@ async fn sleep_until_some(t: Option<Instant>) {
     }
 }
 
-fn break_revoked(message: &str) -> Result<(), PushError> {
-    Err(PushError::Revoked(message.to_owned()))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool_with(dir: &std::path::Path, n: u64) -> RefCell<Spool> {
+        let mut s = Spool::open(dir, 1 << 20, 100).unwrap();
+        for _ in 0..n {
+            let (seq, d) = s.next().unwrap();
+            s.put(seq, d, b"sealed").unwrap();
+        }
+        RefCell::new(s)
+    }
+
+    fn error(code: ErrorCode, seq: u64) -> ServerMsg {
+        ServerMsg::Error { code, message: "no".into(), seq: Some(seq) }
+    }
+
+    #[test]
+    fn a_permanent_bad_report_refusal_deletes_the_spooled_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with(dir.path(), 3);
+        let mut in_flight: BTreeSet<u64> = [1, 2, 3].into();
+        assert_eq!(on_reply(error(ErrorCode::BadReport, 2), &spool, &mut in_flight).unwrap(), Reply::Nothing);
+        assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(in_flight, [1, 3].into());
+        assert!(spool.borrow().read(2).is_none());
+        // Deleted on disk too: a restart does not send it again.
+        drop(spool);
+        assert_eq!(Spool::open(dir.path(), 1 << 20, 100).unwrap().pending().collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[test]
+    fn acks_delete_and_unavailable_keeps_the_report_for_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_with(dir.path(), 2);
+        let mut in_flight: BTreeSet<u64> = [1, 2].into();
+        assert_eq!(on_reply(ServerMsg::Ack { seq: 1 }, &spool, &mut in_flight).unwrap(), Reply::Nothing);
+        assert_eq!(on_reply(error(ErrorCode::Unavailable, 2), &spool, &mut in_flight).unwrap(), Reply::RetryLater);
+        assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [2]);
+        assert!(in_flight.is_empty(), "the retry sends it again");
+        // Other errors about a report leave it spooled.
+        assert_eq!(on_reply(error(ErrorCode::BadMessage, 2), &spool, &mut in_flight).unwrap(), Reply::Nothing);
+        assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [2]);
+        let revoked = on_reply(error(ErrorCode::Unknown, 2), &spool, &mut in_flight);
+        assert!(matches!(revoked, Err(PushError::Revoked(_))));
+    }
 }

@@ -26,8 +26,13 @@ pub fn phase_ms(agent_id: &str, job: &Job) -> u64 {
     u64::from_be_bytes(b) % span
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+/// Why a collected report was not spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("spool: {0}")]
+    Spool(std::io::Error),
+    #[error("sealing: {0}")]
+    Seal(vigil_schema::proto::MsgError),
 }
 
 /// Collects, seals and spools one run of `job`. Returns the report's sequence number.
@@ -36,16 +41,15 @@ pub fn run_job(
     collectors: &mut Collectors,
     spool: &RefCell<Spool>,
     job: &Job,
-) -> Result<u64, String> {
+) -> Result<u64, JobError> {
     let stats = collectors.collect(&job.collectors);
-    let collected_at_ms = now_ms();
-    let (seq, dropped) = spool.borrow_mut().next().map_err(|e| format!("spool: {e}"))?;
+    let collected_at_ms = vigil_sys::clock::now_ms();
+    let (seq, dropped) = spool.borrow_mut().next().map_err(JobError::Spool)?;
     let report = Report { seq, job: job.name.clone(), collected_at_ms, dropped, stats };
-    let frame_payload =
-        seal_msg(&cfg.keys, &cfg.agent_id, seq, &AgentMsg::Report(report)).map_err(|e| e.to_string())?;
+    let frame_payload = seal_msg(&cfg.keys, &cfg.agent_id, seq, &AgentMsg::Report(report)).map_err(JobError::Seal)?;
     // Spool the envelope itself (without the frame prefix).
     let sealed = &frame_payload[vigil_schema::frame::PREFIX_LEN..];
-    spool.borrow_mut().put(seq, dropped, sealed).map_err(|e| format!("spool: {e}"))?;
+    spool.borrow_mut().put(seq, dropped, sealed).map_err(JobError::Spool)?;
     if dropped > 0 {
         tracing::warn!(dropped, "spool was full: oldest reports were dropped; the count travels with report {seq}");
     }
@@ -91,7 +95,7 @@ pub async fn run(
                             tracing::debug!(job = %job.name, seq, "collected");
                             produced.notify_one();
                         }
-                        Err(e) => tracing::error!(job = %job.name, "collection not spooled: {e}"),
+                        Err(e) => tracing::error!(job = %job.name, error = %e, "collection not spooled"),
                     }
                     // Next tick on the fixed phase grid; ticks missed while the host slept are skipped.
                     let interval = Duration::from_secs(u64::from(job.interval_s.max(1)));

@@ -6,8 +6,12 @@
 //! never silent. Sequence numbers never repeat, across restarts too.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use vigil_schema::envelope;
+use vigil_schema::proto::AgentMsg;
+use vigil_schema::secret::EnvelopeKeys;
+use vigil_sys::fs::{private_dir, write_private};
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -36,27 +40,22 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((seq.parse().ok()?, dropped.parse().ok()?))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)
+/// What [`Spool::rekey`] did with the spooled reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rekeyed {
+    /// Sealed under the current keys for this agent: left as they were.
+    pub kept: u64,
+    /// Sealed under a previous secret (or for another agent id): re-sealed under the current keys, fresh seq.
+    pub resealed: u64,
+    /// Opened under no known key: deleted and counted as dropped.
+    pub dropped: u64,
 }
 
 impl Spool {
     /// Opens (creating, 0700 on Unix; on Windows it inherits the agent directory's ACL) the spool directory and
     /// indexes what a previous run left.
     pub fn open(dir: &Path, max_bytes: u64, max_reports: u64) -> std::io::Result<Self> {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir)?;
+        private_dir(dir)?;
         let mut entries = BTreeMap::new();
         let mut bytes = 0;
         for item in std::fs::read_dir(dir)? {
@@ -90,7 +89,7 @@ impl Spool {
     }
 
     fn save_state(&self) -> std::io::Result<()> {
-        write_atomic(&self.dir.join("state"), format!("{} {}\n", self.next_seq, self.dropped_pending).as_bytes())
+        write_private(&self.dir.join("state"), format!("{} {}\n", self.next_seq, self.dropped_pending).as_bytes())
     }
 
     /// Reserves the next sequence number and takes the pending drop count for the report about to be made. Nothing
@@ -104,7 +103,7 @@ impl Spool {
     /// Stores a sealed report (file first, then the state, so a crash can only over-count drops, never lose a
     /// report), then enforces the bounds by dropping the oldest.
     pub fn put(&mut self, seq: u64, dropped: u64, sealed: &[u8]) -> std::io::Result<()> {
-        if let Err(e) = write_atomic(&self.path(seq, dropped), sealed) {
+        if let Err(e) = write_private(&self.path(seq, dropped), sealed) {
             // Could not spool (disk full?): this report is lost, so it is counted like a drop.
             self.dropped_pending += 1 + dropped;
             let _ = self.save_state();
@@ -124,6 +123,73 @@ impl Spool {
 
     fn path(&self, seq: u64, carried: u64) -> PathBuf {
         self.dir.join(format!("{seq:020}-{carried}.env"))
+    }
+
+    /// Makes every spooled report deliverable under the current credentials, before any is sent: a report that
+    /// opens under `keys` with this `agent_id` stays; one that opens under one of `previous` (or under `keys` with
+    /// another agent id: the agent was renamed) is re-sealed under `keys` with a fresh sequence number, the new file
+    /// written before the old one is removed so a crash loses nothing; one that opens under none is deleted and
+    /// counted, so its loss travels in the next report like a drop of a full spool.
+    pub fn rekey(
+        &mut self,
+        keys: &EnvelopeKeys,
+        agent_id: &str,
+        previous: &[EnvelopeKeys],
+    ) -> std::io::Result<Rekeyed> {
+        let mut done = Rekeyed::default();
+        let seqs: Vec<u64> = self.entries.keys().copied().collect();
+        for seq in seqs {
+            let sealed = self.read(seq).unwrap_or_default();
+            match envelope::open(keys, &sealed) {
+                Ok(opened) if opened.agent_id == agent_id => {
+                    done.kept += 1;
+                    continue;
+                }
+                Ok(opened) => {
+                    if self.reseal(seq, &opened.plaintext, keys, agent_id)? {
+                        done.resealed += 1;
+                        continue;
+                    }
+                }
+                Err(_) => {
+                    let opened = previous.iter().find_map(|k| envelope::open(k, &sealed).ok());
+                    if let Some(opened) = opened
+                        && self.reseal(seq, &opened.plaintext, keys, agent_id)?
+                    {
+                        done.resealed += 1;
+                        continue;
+                    }
+                }
+            }
+            // Nothing can open it (or it holds no report): it can never be delivered.
+            if let Some(e) = self.entries.get(&seq).copied() {
+                self.remove(seq);
+                self.dropped_pending += 1 + e.carried;
+                self.dropped_total += 1;
+                done.dropped += 1;
+            }
+        }
+        self.save_state()?;
+        Ok(done)
+    }
+
+    /// Re-seals the report in `plaintext` (spooled as `old`) under `keys` with the next sequence number, then
+    /// deletes `old`. `false` if the plaintext is not a report.
+    fn reseal(&mut self, old: u64, plaintext: &[u8], keys: &EnvelopeKeys, agent_id: &str) -> std::io::Result<bool> {
+        let Ok(AgentMsg::Report(mut report)) = serde_json::from_slice::<AgentMsg>(plaintext) else { return Ok(false) };
+        let Some(entry) = self.entries.get(&old).copied() else { return Ok(false) };
+        let seq = self.next_seq;
+        report.seq = seq;
+        let json = serde_json::to_vec(&AgentMsg::Report(report)).map_err(std::io::Error::other)?;
+        let sealed = envelope::seal(keys, agent_id, seq, &json).map_err(std::io::Error::other)?;
+        self.next_seq += 1;
+        // New file first, then the state (so the sequence number is never reused), then the old file.
+        write_private(&self.path(seq, entry.carried), &sealed)?;
+        self.entries.insert(seq, Entry { size: sealed.len() as u64, carried: entry.carried });
+        self.bytes += sealed.len() as u64;
+        self.save_state()?;
+        self.remove(old);
+        Ok(true)
     }
 
     /// Deletes an acknowledged (or permanently refused) report.
@@ -194,6 +260,106 @@ mod tests {
         drop(s);
         let s = Spool::open(dir.path(), 1 << 20, 3).unwrap();
         assert_eq!(s.entries.values().map(|e| e.carried).sum::<u64>() + s.dropped_pending, before);
+    }
+
+    use vigil_schema::report::Report;
+    use vigil_schema::secret::AgentSecret;
+
+    fn keys(b: u8) -> EnvelopeKeys {
+        AgentSecret::from_bytes([b; 32]).derive_keys()
+    }
+
+    /// Spools `n` reports sealed under `keys` for `agent_id`, each carrying `dropped` = its seq (to see it kept).
+    fn spool_reports(s: &mut Spool, keys: &EnvelopeKeys, agent_id: &str, n: u64) {
+        for _ in 0..n {
+            let (seq, _) = s.next().unwrap();
+            let mut r = Report::example(seq, 1_795_694_400_000 + seq as i64);
+            r.dropped = seq;
+            let json = serde_json::to_vec(&AgentMsg::Report(r)).unwrap();
+            s.put(seq, 0, &envelope::seal(keys, agent_id, seq, &json).unwrap()).unwrap();
+        }
+    }
+
+    /// Opens every spooled report under `keys`: (envelope seq, report seq, report time, agent id).
+    fn open_all(s: &Spool, keys: &EnvelopeKeys) -> Vec<(u64, u64, i64, String)> {
+        s.pending()
+            .map(|seq| {
+                let opened = envelope::open(keys, &s.read(seq).unwrap()).unwrap();
+                let AgentMsg::Report(r) = serde_json::from_slice(&opened.plaintext).unwrap() else {
+                    panic!("a report")
+                };
+                (opened.seq, r.seq, r.collected_at_ms, opened.agent_id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reports_under_a_previous_secret_are_resealed_with_fresh_increasing_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (keys(1), keys(2));
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        spool_reports(&mut s, &old, "web-01", 3);
+        spool_reports(&mut s, &new, "web-01", 1);
+        drop(s);
+
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        let done = s.rekey(&new, "web-01", &[keys(9), old.clone()]).unwrap();
+        assert_eq!(done, Rekeyed { kept: 1, resealed: 3, dropped: 0 });
+        let t = 1_795_694_400_000;
+        assert_eq!(
+            open_all(&s, &new),
+            [
+                (4, 4, t + 4, "web-01".to_owned()),
+                (5, 5, t + 1, "web-01".to_owned()),
+                (6, 6, t + 2, "web-01".to_owned()),
+                (7, 7, t + 3, "web-01".to_owned()),
+            ],
+            "the report under the current key is untouched; the others keep their content under fresh seqs"
+        );
+        for seq in s.pending() {
+            assert!(envelope::open(&old, &s.read(seq).unwrap()).is_err(), "nothing stays under the old key");
+        }
+        assert_eq!(s.next().unwrap(), (8, 0), "seqs are never reused and nothing was dropped");
+        // Durable: the re-sealed files and the state survive a restart, and a second walk changes nothing.
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        assert_eq!(s.rekey(&new, "web-01", &[old]).unwrap(), Rekeyed { kept: 4, resealed: 0, dropped: 0 });
+        assert_eq!(s.pending().collect::<Vec<_>>(), [4, 5, 6, 7]);
+        assert_eq!(s.next().unwrap().0, 8, "8 was reserved above but never spooled");
+    }
+
+    #[test]
+    fn reports_for_another_agent_id_are_resealed_under_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = keys(3);
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        spool_reports(&mut s, &k, "old-name", 2);
+        assert_eq!(s.rekey(&k, "new-name", &[]).unwrap(), Rekeyed { kept: 0, resealed: 2, dropped: 0 });
+        let ids: Vec<_> = open_all(&s, &k).into_iter().map(|(seq, _, _, id)| (seq, id)).collect();
+        assert_eq!(ids, [(3, "new-name".to_owned()), (4, "new-name".to_owned())]);
+    }
+
+    #[test]
+    fn reports_no_key_opens_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (keys(4), keys(5));
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        spool_reports(&mut s, &old, "web-01", 3);
+        spool_reports(&mut s, &new, "web-01", 1);
+        let done = s.rekey(&new, "web-01", &[]).unwrap();
+        assert_eq!(done, Rekeyed { kept: 1, resealed: 0, dropped: 3 });
+        assert_eq!(s.pending().collect::<Vec<_>>(), [4]);
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "env"))
+                .count(),
+            1
+        );
+        // The loss travels in the next report, across a restart too.
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20, 100).unwrap();
+        assert_eq!(s.next().unwrap(), (5, 3));
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct AgentConfigFile {
     pub key_file: String,
     /// The 32-byte envelope secret, hex.
     pub secret: SecretHex,
+    /// Envelope secrets this agent had before its credentials were replaced (hex, like `secret`): reports still
+    /// spooled under them are re-sealed under `secret` at start. Written by bootstrap when it could read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<SecretHex>,
     /// Where sealed reports wait for their ack.
     #[serde(default = "default_spool_dir")]
     pub spool_dir: String,
@@ -91,12 +95,27 @@ mod tests {
             server_host_key: "SHA256:x".into(),
             key_file: "agent_key".into(),
             secret: SecretHex("deadbeefcafe".into()),
+            previous_secrets: vec![SecretHex("0123456789abba".into())],
             spool_dir: default_spool_dir(),
             spool_max_bytes: 1,
             spool_max_reports: 1,
             schedule_file: default_schedule_file(),
             collect: CollectPaths::default(),
         };
-        assert!(!format!("{c:?}").contains("deadbeef"));
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("deadbeef") && !printed.contains("0123456789"), "{printed}");
+    }
+
+    #[test]
+    fn previous_secrets_are_optional_and_round_trip() {
+        let base =
+            "agent_id = \"a\"\nserver = \"s:1\"\nserver_host_key = \"SHA256:x\"\nkey_file = \"k\"\nsecret = \"ab\"\n";
+        let c: AgentConfigFile = toml::from_str(base).unwrap();
+        assert!(c.previous_secrets.is_empty());
+        assert!(!toml::to_string(&c).unwrap().contains("previous_secrets"), "an empty list is not written");
+        let c: AgentConfigFile = toml::from_str(&format!("{base}previous_secrets = [\"cd\", \"ef\"]\n")).unwrap();
+        assert_eq!(c.previous_secrets, [SecretHex("cd".into()), SecretHex("ef".into())]);
+        let again: AgentConfigFile = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
     }
 }

@@ -14,10 +14,9 @@
 use aes::Aes256;
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
-use crate::secret::EnvelopeKeys;
+use crate::secret::{EnvelopeKeys, hmac_sha256};
 
 /// The only envelope version this build speaks.
 pub const VERSION: u8 = 1;
@@ -34,7 +33,6 @@ const BLOCK: usize = 16;
 
 type Enc = cbc::Encryptor<Aes256>;
 type Dec = cbc::Decryptor<Aes256>;
-type HmacSha256 = Hmac<Sha256>;
 
 /// Why an envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +51,8 @@ pub enum EnvelopeError {
     BadTag,
     #[error("bad padding after decryption")]
     BadPadding,
+    #[error("the system random source failed: {0}")]
+    Random(getrandom::Error),
 }
 
 /// The clear header of an envelope.
@@ -78,9 +78,7 @@ fn valid_agent_id(id: &str) -> bool {
 /// Seals `plaintext` with a fresh random IV.
 pub fn seal(keys: &EnvelopeKeys, agent_id: &str, seq: u64, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
     let mut iv = [0u8; IV_LEN];
-    // A failing OS random source is not survivable for a sealer; report it as a panic-free error path is not
-    // possible without an error variant the caller could act on, so fall back loudly.
-    getrandom::fill(&mut iv).expect("the operating system's random source failed");
+    getrandom::fill(&mut iv).map_err(EnvelopeError::Random)?;
     seal_with_iv(keys, agent_id, seq, &iv, plaintext)
 }
 
@@ -108,7 +106,7 @@ pub fn seal_with_iv(
     out.extend_from_slice(iv);
     let ct = Enc::new(&keys.enc.into(), &(*iv).into()).encrypt_padded_vec::<Pkcs7>(plaintext);
     out.extend_from_slice(&ct);
-    let mut mac = HmacSha256::new_from_slice(&keys.mac).expect("HMAC takes any key length");
+    let mut mac = hmac_sha256(&keys.mac);
     mac.update(&out);
     out.extend_from_slice(&mac.finalize().into_bytes());
     Ok(out)
@@ -149,7 +147,7 @@ pub fn open(keys: &EnvelopeKeys, sealed: &[u8]) -> Result<Opened, EnvelopeError>
     let header = peek(sealed)?;
     let header_len = 2 + header.agent_id.len() + 8;
     let (body, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-    let mut mac = HmacSha256::new_from_slice(&keys.mac).expect("HMAC takes any key length");
+    let mut mac = hmac_sha256(&keys.mac);
     mac.update(body);
     mac.verify_slice(tag).map_err(|_| EnvelopeError::BadTag)?;
     let iv: [u8; IV_LEN] = body[header_len..header_len + IV_LEN].try_into().map_err(|_| EnvelopeError::BadLength)?;
@@ -232,7 +230,7 @@ mod tests {
             .unwrap()
             .to_vec();
         body.extend_from_slice(&ct);
-        let mut mac = HmacSha256::new_from_slice(&k.mac).unwrap();
+        let mut mac = hmac_sha256(&k.mac);
         mac.update(&body);
         body.extend_from_slice(&mac.finalize().into_bytes());
         assert_eq!(open(&k, &body), Err(EnvelopeError::BadPadding));

@@ -71,6 +71,18 @@ impl AgentMsg {
             AgentMsg::Report(r) => r.seq,
         }
     }
+
+    /// Checks every agent-supplied string (the hello's version and schedule hash are shown and stored too) and,
+    /// for a report, [`Report::validate`].
+    pub fn validate(&self) -> Result<(), crate::report::ReportError> {
+        match self {
+            AgentMsg::Hello { agent_version, schedule_hash, .. } => {
+                crate::report::check_text("agent_version", agent_version, crate::report::limits::MAX_TEXT)?;
+                crate::report::check_text("schedule_hash", schedule_hash, crate::report::limits::MAX_TEXT)
+            }
+            AgentMsg::Report(r) => r.validate(),
+        }
+    }
 }
 
 impl ServerMsg {
@@ -97,6 +109,15 @@ mod tests {
         let a = ServerMsg::Ack { seq: 9 };
         assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"type":"ack","seq":9}"#);
         assert_eq!(a.seq(), 9);
+    }
+
+    #[test]
+    fn hello_strings_are_checked() {
+        let hello = |v: &str| AgentMsg::Hello { protocol: 1, agent_version: v.into(), schedule_hash: "ab".into() };
+        hello("0.1.0").validate().unwrap();
+        assert_eq!(hello("0.1\u{1b}[2J").validate().unwrap_err().field, "agent_version");
+        assert_eq!(hello("0.1\u{202e}").validate().unwrap_err().field, "agent_version");
+        assert_eq!(hello(&"9".repeat(600)).validate().unwrap_err().problem, "text too long");
     }
 
     #[test]
@@ -132,13 +153,15 @@ mod report_msg_tests {
     }
 }
 
-/// Why a received frame could not be turned into a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a message could not be sealed, or a received frame turned into a message.
+#[derive(Debug, thiserror::Error)]
 pub enum MsgError {
     #[error(transparent)]
     Envelope(#[from] crate::envelope::EnvelopeError),
     #[error("undecodable message: {0}")]
-    Decode(String),
+    Decode(serde_json::Error),
+    #[error("unencodable message: {0}")]
+    Encode(serde_json::Error),
     #[error("message sequence {inner} does not match its envelope's {outer}")]
     SeqMismatch { inner: u64, outer: u64 },
 }
@@ -149,8 +172,8 @@ pub fn seal_msg<M: Serialize>(
     agent_id: &str,
     seq: u64,
     msg: &M,
-) -> Result<Vec<u8>, crate::envelope::EnvelopeError> {
-    let json = serde_json::to_vec(msg).map_err(|_| crate::envelope::EnvelopeError::BadLength)?;
+) -> Result<Vec<u8>, MsgError> {
+    let json = serde_json::to_vec(msg).map_err(MsgError::Encode)?;
     Ok(crate::frame::encode(&crate::envelope::seal(keys, agent_id, seq, &json)?))
 }
 
@@ -160,6 +183,6 @@ pub fn open_msg<M: serde::de::DeserializeOwned>(
     frame: &[u8],
 ) -> Result<(crate::envelope::Opened, M), MsgError> {
     let opened = crate::envelope::open(keys, frame)?;
-    let msg = serde_json::from_slice(&opened.plaintext).map_err(|e| MsgError::Decode(e.to_string()))?;
+    let msg = serde_json::from_slice(&opened.plaintext).map_err(MsgError::Decode)?;
     Ok((opened, msg))
 }

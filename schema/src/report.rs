@@ -194,12 +194,15 @@ pub struct Report {
 
 /// Hard bounds a report must stay within; anything larger is refused, not truncated.
 pub mod limits {
+    /// Longest agent-supplied text (names, paths, hosts, versions), in bytes.
     pub const MAX_TEXT: usize = 512;
+    /// Longest security event message, in bytes.
+    pub const MAX_MESSAGE: usize = 4096;
     pub const MAX_ITEMS: usize = 4096;
     pub const MAX_CORES: usize = 4096;
 }
 
-/// Why a report was refused.
+/// Why a report was refused: the field (a path such as `users.sessions.host`) and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid report: {field}: {problem}")]
 pub struct ReportError {
@@ -211,14 +214,31 @@ fn err(field: impl Into<String>, problem: &'static str) -> ReportError {
     ReportError { field: field.into(), problem }
 }
 
-fn text(field: &str, s: &str) -> Result<(), ReportError> {
-    if s.len() > limits::MAX_TEXT {
+/// Whether `c` may not appear in agent-supplied text: every C0 control (tab and newline included), DEL, every C1
+/// control, and the Unicode bidirectional formatting characters (embeddings, overrides, isolates and marks) that
+/// can make a terminal, a mail reader or a log viewer show text other than what was sent.
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Checks one agent-supplied string: at most `max` bytes, no [forbidden character](is_forbidden_char).
+pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), ReportError> {
+    if s.len() > max {
         return Err(err(field, "text too long"));
     }
-    if s.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(err(field, "control characters in text"));
+    if s.chars().any(is_forbidden_char) {
+        return Err(err(field, "control or bidi-override characters in text"));
     }
     Ok(())
+}
+
+fn text(field: &str, s: &str) -> Result<(), ReportError> {
+    check_text(field, s, limits::MAX_TEXT)
+}
+
+fn opt_text(field: &str, s: Option<&str>) -> Result<(), ReportError> {
+    s.map_or(Ok(()), |s| text(field, s))
 }
 
 fn pct(field: &str, v: f32) -> Result<(), ReportError> {
@@ -243,7 +263,8 @@ fn items<T>(field: &str, v: &[T]) -> Result<(), ReportError> {
 }
 
 impl Report {
-    /// Checks every field against the bounds the store relies on.
+    /// Checks every field against the bounds the store relies on, and every agent-supplied string against
+    /// [`check_text`] (the server shows them in terminals, mails and logs).
     pub fn validate(&self) -> Result<(), ReportError> {
         if self.seq == 0 {
             return Err(err("seq", "must start at 1"));
@@ -269,37 +290,15 @@ impl Report {
             }
         }
         if let Some(u) = &s.users {
+            opt_text("users.source", u.source.as_deref())?;
             items("users.sessions", &u.sessions)?;
             for x in &u.sessions {
-                text("users.user", &x.user)?;
-                text("users.terminal", &x.terminal)?;
-                text("users.host", x.host.as_deref().unwrap_or(""))?;
+                text("users.sessions.user", &x.user)?;
+                text("users.sessions.terminal", &x.terminal)?;
+                opt_text("users.sessions.host", x.host.as_deref())?;
             }
         }
-        if let Some(c) = &s.cpu {
-            pct("cpu.total_pct", c.total_pct)?;
-            if c.per_core_pct.len() > limits::MAX_CORES {
-                return Err(err("cpu.per_core_pct", "too many cores"));
-            }
-            for v in &c.per_core_pct {
-                pct("cpu.per_core_pct", *v)?;
-            }
-            for (f, v) in [("cpu.load1", c.load1), ("cpu.load5", c.load5), ("cpu.load15", c.load15)] {
-                finite_non_negative(f, v)?;
-            }
-        }
-        if let Some(m) = &s.memory {
-            pct("memory.used_pct", m.used_pct)?;
-            if m.used > m.total {
-                return Err(err("memory.used", "more than total"));
-            }
-        }
-        if let Some(m) = &s.swap {
-            pct("swap.used_pct", m.used_pct)?;
-            if m.used > m.total {
-                return Err(err("swap.used", "more than total"));
-            }
-        }
+        self.validate_gauges()?;
         if let Some(p) = &s.partitions {
             items("partitions", p)?;
             for x in p {
@@ -326,16 +325,182 @@ impl Report {
             }
         }
         if let Some(e) = &s.security_events {
+            opt_text("security_events.source", e.source.as_deref())?;
             items("security_events", &e.events)?;
             for x in &e.events {
-                text("security_events.user", x.user.as_deref().unwrap_or(""))?;
-                text("security_events.source", x.source.as_deref().unwrap_or(""))?;
-                if x.message.len() > 4 * limits::MAX_TEXT {
-                    return Err(err("security_events.message", "text too long"));
-                }
+                opt_text("security_events.events.user", x.user.as_deref())?;
+                opt_text("security_events.events.source", x.source.as_deref())?;
+                check_text("security_events.events.message", &x.message, limits::MAX_MESSAGE)?;
             }
         }
         Ok(())
+    }
+
+    /// The numeric families: cpu, memory, swap.
+    fn validate_gauges(&self) -> Result<(), ReportError> {
+        let s = &self.stats;
+        if let Some(c) = &s.cpu {
+            pct("cpu.total_pct", c.total_pct)?;
+            if c.per_core_pct.len() > limits::MAX_CORES {
+                return Err(err("cpu.per_core_pct", "too many cores"));
+            }
+            for v in &c.per_core_pct {
+                pct("cpu.per_core_pct", *v)?;
+            }
+            for (f, v) in [("cpu.load1", c.load1), ("cpu.load5", c.load5), ("cpu.load15", c.load15)] {
+                finite_non_negative(f, v)?;
+            }
+        }
+        if let Some(m) = &s.memory {
+            pct("memory.used_pct", m.used_pct)?;
+            if m.used > m.total {
+                return Err(err("memory.used", "more than total"));
+            }
+        }
+        if let Some(m) = &s.swap {
+            pct("swap.used_pct", m.used_pct)?;
+            if m.used > m.total {
+                return Err(err("swap.used", "more than total"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A valid report with every family filled (two of each list item), for tests and examples of the wire form:
+    /// one home for the "full report" that tests and benchmarks build on.
+    pub fn example(seq: u64, collected_at_ms: i64) -> Report {
+        let gib = 1u64 << 30;
+        let secs = collected_at_ms.div_euclid(1000);
+        Report {
+            seq,
+            job: "all".into(),
+            collected_at_ms,
+            dropped: 0,
+            stats: Stats {
+                system: Some(SystemInfo {
+                    hostname: "web-01".into(),
+                    os_name: "Debian GNU/Linux".into(),
+                    os_version: "12".into(),
+                    kernel: "6.1.0-18-amd64".into(),
+                    arch: "x86_64".into(),
+                    uptime_s: 86_400,
+                    boot_time: secs - 86_400,
+                    cpu_model: "Intel(R) Xeon(R) CPU E5-2680 v4 @ 2.40GHz".into(),
+                    cpu_count: 2,
+                }),
+                users: Some(Users {
+                    source: Some("/var/run/utmp".into()),
+                    sessions: vec![
+                        Session {
+                            user: "alice".into(),
+                            terminal: "pts/0".into(),
+                            host: Some("203.0.113.7".into()),
+                            login_time: secs - 600,
+                        },
+                        Session { user: "bob".into(), terminal: "tty2".into(), host: None, login_time: secs - 60 },
+                    ],
+                }),
+                cpu: Some(CpuStats {
+                    total_pct: 12.5,
+                    per_core_pct: vec![10.0, 15.0],
+                    load1: 0.5,
+                    load5: 0.25,
+                    load15: 0.125,
+                }),
+                memory: Some(MemoryStats {
+                    total: 8 * gib,
+                    used: 2 * gib,
+                    available: 6 * gib,
+                    free: 5 * gib,
+                    used_pct: 25.0,
+                }),
+                swap: Some(SwapStats { total: 2 * gib, used: gib / 4, free: 2 * gib - gib / 4, used_pct: 12.5 }),
+                partitions: Some(vec![
+                    Partition {
+                        device: "/dev/sda1".into(),
+                        mount_point: "/".into(),
+                        fs_type: "ext4".into(),
+                        options: "rw,relatime".into(),
+                    },
+                    Partition {
+                        device: "/dev/sdb1".into(),
+                        mount_point: "/data".into(),
+                        fs_type: "xfs".into(),
+                        options: "rw".into(),
+                    },
+                ]),
+                disk_usage: Some(vec![
+                    DiskUsage {
+                        mount_point: "/".into(),
+                        total: 100 * gib,
+                        used: 40 * gib,
+                        free: 60 * gib,
+                        used_pct: 40.0,
+                        inodes_total: Some(1_000_000),
+                        inodes_used: Some(10_000),
+                    },
+                    DiskUsage {
+                        mount_point: "/data".into(),
+                        total: 500 * gib,
+                        used: 100 * gib,
+                        free: 400 * gib,
+                        used_pct: 20.0,
+                        inodes_total: None,
+                        inodes_used: None,
+                    },
+                ]),
+                network: Some(vec![
+                    NetInterface {
+                        name: "eth0".into(),
+                        rx_bytes: 1_000_000,
+                        tx_bytes: 500_000,
+                        rx_packets: 1_000,
+                        tx_packets: 700,
+                        rx_errors: 0,
+                        tx_errors: 0,
+                        rx_dropped: 1,
+                        tx_dropped: 0,
+                        rx_bytes_per_s: Some(1_000.0),
+                        tx_bytes_per_s: Some(500.0),
+                    },
+                    NetInterface {
+                        name: "lo".into(),
+                        rx_bytes: 4_096,
+                        tx_bytes: 4_096,
+                        rx_packets: 8,
+                        tx_packets: 8,
+                        rx_errors: 0,
+                        tx_errors: 0,
+                        rx_dropped: 0,
+                        tx_dropped: 0,
+                        rx_bytes_per_s: None,
+                        tx_bytes_per_s: None,
+                    },
+                ]),
+                security_events: Some(SecurityEvents {
+                    source: Some("/var/log/auth.log".into()),
+                    events: vec![
+                        SecurityEvent {
+                            time: secs - 30,
+                            kind: SecurityEventKind::LoginFailed,
+                            user: Some("root".into()),
+                            source: Some("198.51.100.23".into()),
+                            message: "web-01 sshd[1201]: Failed password for root from 198.51.100.23 port 52144 ssh2"
+                                .into(),
+                        },
+                        SecurityEvent {
+                            time: secs - 20,
+                            kind: SecurityEventKind::Sudo,
+                            user: Some("alice".into()),
+                            source: None,
+                            message:
+                                "web-01 sudo: alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/id"
+                                    .into(),
+                        },
+                    ],
+                }),
+            },
+        }
     }
 }
 
@@ -389,6 +554,98 @@ mod tests {
         let mut r = sample();
         r.stats.memory.as_mut().unwrap().used = 101;
         assert!(r.validate().is_err());
+    }
+
+    #[test]
+    fn the_example_is_full_and_valid() {
+        let r = Report::example(7, 1_795_694_400_000);
+        r.validate().unwrap();
+        let s = &r.stats;
+        assert!(s.system.is_some() && s.users.is_some() && s.cpu.is_some() && s.memory.is_some() && s.swap.is_some());
+        assert!([s.partitions.as_ref().map(Vec::len), s.disk_usage.as_ref().map(Vec::len)] == [Some(2), Some(2)]);
+        assert!(s.network.as_ref().is_some_and(|n| n.len() == 2));
+        assert!(s.security_events.as_ref().is_some_and(|e| e.events.len() == 2));
+        assert_eq!((r.seq, r.collected_at_ms), (7, 1_795_694_400_000));
+    }
+
+    type Setter = fn(&mut Report, String);
+
+    /// Every agent-supplied string of the example, by field path, and a way to set it.
+    fn string_fields() -> Vec<(&'static str, Setter)> {
+        fn sys(r: &mut Report) -> &mut SystemInfo {
+            r.stats.system.as_mut().unwrap()
+        }
+        fn session(r: &mut Report) -> &mut Session {
+            &mut r.stats.users.as_mut().unwrap().sessions[1]
+        }
+        fn event(r: &mut Report) -> &mut SecurityEvent {
+            &mut r.stats.security_events.as_mut().unwrap().events[1]
+        }
+        vec![
+            ("job", |r, v| r.job = v),
+            ("system.hostname", |r, v| sys(r).hostname = v),
+            ("system.os_name", |r, v| sys(r).os_name = v),
+            ("system.os_version", |r, v| sys(r).os_version = v),
+            ("system.kernel", |r, v| sys(r).kernel = v),
+            ("system.arch", |r, v| sys(r).arch = v),
+            ("system.cpu_model", |r, v| sys(r).cpu_model = v),
+            ("users.source", |r, v| r.stats.users.as_mut().unwrap().source = Some(v)),
+            ("users.sessions.user", |r, v| session(r).user = v),
+            ("users.sessions.terminal", |r, v| session(r).terminal = v),
+            ("users.sessions.host", |r, v| session(r).host = Some(v)),
+            ("partitions.device", |r, v| r.stats.partitions.as_mut().unwrap()[1].device = v),
+            ("partitions.mount_point", |r, v| r.stats.partitions.as_mut().unwrap()[1].mount_point = v),
+            ("partitions.fs_type", |r, v| r.stats.partitions.as_mut().unwrap()[1].fs_type = v),
+            ("partitions.options", |r, v| r.stats.partitions.as_mut().unwrap()[1].options = v),
+            ("disk_usage.mount_point", |r, v| r.stats.disk_usage.as_mut().unwrap()[1].mount_point = v),
+            ("network.name", |r, v| r.stats.network.as_mut().unwrap()[1].name = v),
+            ("security_events.source", |r, v| r.stats.security_events.as_mut().unwrap().source = Some(v)),
+            ("security_events.events.user", |r, v| event(r).user = Some(v)),
+            ("security_events.events.source", |r, v| event(r).source = Some(v)),
+            ("security_events.events.message", |r, v| event(r).message = v),
+        ]
+    }
+
+    #[test]
+    fn every_agent_string_refuses_controls_and_bidi_overrides_with_its_path() {
+        for (field, set) in string_fields() {
+            for bad in
+                ["\x1b[2J", "a\nb", "tab\there", "\x7f", "\u{85}", "\u{9b}31m", "evil\u{202E}txt.exe", "\u{2066}x"]
+            {
+                let mut r = Report::example(1, 1_795_694_400_000);
+                set(&mut r, format!("ok {bad} ok"));
+                let e = r.validate().expect_err(field);
+                assert_eq!((e.field.as_str(), e.problem), (field, "control or bidi-override characters in text"));
+            }
+            let mut r = Report::example(1, 1_795_694_400_000);
+            set(&mut r, "plain ünïcødé 名前".into());
+            r.validate().unwrap_or_else(|e| panic!("{field}: {e}"));
+        }
+    }
+
+    #[test]
+    fn every_agent_string_is_bounded() {
+        for (field, set) in string_fields() {
+            let max = if field == "security_events.events.message" { limits::MAX_MESSAGE } else { limits::MAX_TEXT };
+            let mut r = Report::example(1, 1_795_694_400_000);
+            set(&mut r, "é".repeat(max / 2));
+            r.validate().unwrap_or_else(|e| panic!("{field} at its bound: {e}"));
+            set(&mut r, "x".repeat(max + 1));
+            let e = r.validate().expect_err(field);
+            assert_eq!((e.field.as_str(), e.problem), (field, "text too long"));
+        }
+    }
+
+    #[test]
+    fn forbidden_chars_are_exactly_controls_and_bidi_formatting() {
+        for c in
+            ['\0', '\t', '\n', '\r', '\x1b', '\x7f', '\u{80}', '\u{9f}', '\u{200e}', '\u{202a}', '\u{202e}', '\u{2069}']
+        {
+            assert!(is_forbidden_char(c), "{c:?}");
+        }
+        for c in [' ', 'a', '~', '\u{a0}', 'é', '名', '\u{200d}', '\u{2070}'] {
+            assert!(!is_forbidden_char(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub enum SecretError {
     #[error("a secret must be written in hex digits")]
     NotHex,
     #[error("the system random source failed: {0}")]
-    Random(String),
+    Random(getrandom::Error),
 }
 
 impl AgentSecret {
@@ -35,7 +35,7 @@ impl AgentSecret {
     /// A fresh secret from the operating system's random source.
     pub fn generate() -> Result<Self, SecretError> {
         let mut bytes = [0u8; SECRET_LEN];
-        getrandom::fill(&mut bytes).map_err(|e| SecretError::Random(e.to_string()))?;
+        getrandom::fill(&mut bytes).map_err(SecretError::Random)?;
         Ok(Self(bytes))
     }
 
@@ -64,8 +64,7 @@ impl AgentSecret {
     }
 
     fn expand(&self, label: &[u8]) -> [u8; 32] {
-        // The key is 32 bytes, which HMAC always accepts.
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac = hmac_sha256(&self.0);
         mac.update(label);
         mac.update(&[1u8]);
         let out = mac.finalize().into_bytes();
@@ -73,6 +72,16 @@ impl AgentSecret {
         key.copy_from_slice(&out);
         key
     }
+}
+
+/// HMAC-SHA256 keyed with a 32-byte key. HMAC pads a key shorter than the hash's 64-byte block with zeros, so
+/// keying with the padded block is the same MAC and uses the fixed-size constructor, which cannot fail.
+pub(crate) fn hmac_sha256(key: &[u8; 32]) -> Hmac<Sha256> {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    let mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
+    block.zeroize();
+    mac
 }
 
 impl fmt::Debug for AgentSecret {
@@ -112,6 +121,16 @@ mod tests {
         assert!(AgentSecret::from_hex(&s.to_hex()).unwrap() == s);
         assert_eq!(AgentSecret::from_hex("abcd"), Err(SecretError::BadLength));
         assert_eq!(AgentSecret::from_hex(&"zz".repeat(32)), Err(SecretError::NotHex));
+    }
+
+    #[test]
+    fn padded_key_is_the_same_mac_as_the_short_key() {
+        let key = [0x42u8; 32];
+        let mut padded = hmac_sha256(&key);
+        let mut short = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+        padded.update(b"label");
+        short.update(b"label");
+        assert_eq!(padded.finalize().into_bytes(), short.finalize().into_bytes());
     }
 
     #[test]

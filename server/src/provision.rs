@@ -95,6 +95,7 @@ impl AgentFiles {
             server_host_key: server_fingerprint.to_owned(),
             key_file: layout::KEY.into(),
             secret: SecretHex(creds.secret.to_hex()),
+            previous_secrets: Vec::new(),
             spool_dir: "spool".into(),
             spool_max_bytes: vigil_schema::agent_config::DEFAULT_SPOOL_MAX_BYTES,
             spool_max_reports: vigil_schema::agent_config::DEFAULT_SPOOL_MAX_REPORTS,

@@ -23,7 +23,6 @@ pub fn collect(sys: &mut System) -> CpuStats {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::collect::{CollectOptions, Collectors};

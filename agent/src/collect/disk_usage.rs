@@ -24,7 +24,7 @@ fn usage(d: &sysinfo::Disk) -> Option<DiskUsage> {
     let st = match statvfs::stat(mount_point) {
         Ok(st) => st,
         Err(e) => {
-            tracing::debug!(mount = %mount_point.display(), "statvfs failed: {e}");
+            tracing::debug!(mount = %mount_point.display(), error = %e, "statvfs failed");
             return None;
         }
     };
@@ -67,7 +67,7 @@ pub fn from_statvfs(mount_point: String, st: &statvfs::FsStat) -> DiskUsage {
     }
 }
 
-/// A thin, safe wrapper over `statvfs(3)`.
+/// The `statvfs(3)` figures this module uses.
 pub mod statvfs {
     /// The `statvfs` figures used here, widened to `u64`.
     #[cfg_attr(not(unix), allow(dead_code))]
@@ -82,37 +82,23 @@ pub mod statvfs {
         pub files_free: u64,
     }
 
-    /// Calls `statvfs(3)` on `path`.
+    /// Calls `statvfs(3)` on `path` (through rustix: no unsafe code here).
     #[cfg(unix)]
-    #[allow(unsafe_code)]
     pub fn stat(path: &std::path::Path) -> std::io::Result<FsStat> {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-        let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call, and `st` points to writable
-        // memory of the size and alignment of `struct statvfs`, which the call fills on success.
-        let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the call returned 0, so it initialised the whole struct (and it was zeroed before anyway).
-        let st = unsafe { st.assume_init() };
-        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        let st = rustix::fs::statvfs(path)?;
         Ok(FsStat {
-            block_size: st.f_bsize as u64,
-            fragment_size: st.f_frsize as u64,
-            blocks: st.f_blocks as u64,
-            blocks_free: st.f_bfree as u64,
-            blocks_avail: st.f_bavail as u64,
-            files: st.f_files as u64,
-            files_free: st.f_ffree as u64,
+            block_size: st.f_bsize,
+            fragment_size: st.f_frsize,
+            blocks: st.f_blocks,
+            blocks_free: st.f_bfree,
+            blocks_avail: st.f_bavail,
+            files: st.f_files,
+            files_free: st.f_ffree,
         })
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

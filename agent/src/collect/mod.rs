@@ -7,30 +7,25 @@
 //! [`clean`]), so the output passes `vigil_schema::report::Report::validate`.
 //!
 //! Modules: [`system`], [`users`] (sessions, from [`utmp`]), [`cpu`], [`memory`], [`swap`], [`partitions`],
-//! [`disk_usage`], [`network`], [`security_events`] (auth-log tailing, lines parsed by [`auth_log`]; the systemd
-//! [`journal`] where there is no auth log; on Windows the Security event log, `windows_events`).
+//! [`disk_usage`], [`network`], [`security`] (the auth log, the systemd journal, or on Windows the Security event
+//! log). Each imports only from this module (and its own children).
 
-pub mod auth_log;
 pub mod cpu;
 pub mod disk_usage;
-pub mod journal;
 pub mod memory;
 pub mod network;
 pub mod partitions;
-pub mod security_events;
+pub mod security;
 pub mod swap;
 pub mod system;
 pub mod users;
 pub mod utmp;
-#[cfg(any(windows, test))]
-pub mod windows_events;
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sysinfo::{DiskRefreshKind, Disks, System};
 use vigil_schema::job::Collector;
-use vigil_schema::report::{Stats, limits};
+use vigil_schema::report::{Stats, is_forbidden_char, limits};
 
 /// Where the collectors read from; `None` means the platform default.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +44,7 @@ pub struct Collectors {
     sys: Option<System>,
     disks: Option<Disks>,
     network: network::NetworkCollector,
-    security: security_events::SecurityCollector,
+    security: security::SecurityCollector,
 }
 
 impl Collectors {
@@ -57,14 +52,14 @@ impl Collectors {
     /// the network baselines, so the first [`Collectors::collect`] already reports usage and rates. Blocks about
     /// 200 ms. The auth log is opened at its end: events logged before the agent started are not reported.
     pub fn new(opts: CollectOptions) -> Self {
-        let mut sys = System::new().map_err(|e| tracing::warn!("sysinfo unavailable: {e}")).ok();
+        let mut sys = System::new().map_err(|e| tracing::warn!(error = %e, "sysinfo unavailable")).ok();
         let network = network::NetworkCollector::new();
         if let Some(sys) = sys.as_mut() {
             sys.refresh_cpu_usage();
             std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
             sys.refresh_cpu_usage();
         }
-        let security = security_events::SecurityCollector::new(opts.auth_log_path.clone());
+        let security = security::SecurityCollector::new(opts.auth_log_path.clone());
         Collectors { opts, sys, disks: None, network, security }
     }
 
@@ -104,7 +99,7 @@ impl Collectors {
             Some(d) => d.refresh_specifics(true, refresh),
             None => {
                 self.disks = Disks::new_with_refreshed_list_specifics(refresh)
-                    .map_err(|e| tracing::warn!("disk list unavailable: {e}"))
+                    .map_err(|e| tracing::warn!(error = %e, "disk list unavailable"))
                     .ok()
             }
         }
@@ -116,12 +111,13 @@ fn disk_refresh_kind() -> DiskRefreshKind {
     if cfg!(unix) { DiskRefreshKind::nothing() } else { DiskRefreshKind::nothing().with_storage() }
 }
 
-/// Makes `s` safe for a report: control characters become spaces (tabs stay), surrounding whitespace is trimmed,
-/// and the result is cut to at most `max` bytes on a character boundary.
+/// Makes `s` safe for a report: characters the schema refuses ([`is_forbidden_char`]: controls, tabs included,
+/// and bidi overrides) become spaces, surrounding whitespace is trimmed, and the result is cut to at most `max`
+/// bytes on a character boundary.
 pub fn clean(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max));
     for c in s.trim().chars() {
-        let c = if c.is_control() && c != '\t' { ' ' } else { c };
+        let c = if is_forbidden_char(c) { ' ' } else { c };
         if out.len() + c.len_utf8() > max {
             break;
         }
@@ -150,13 +146,7 @@ pub fn clamp_pct(p: f32) -> f32 {
     if p.is_finite() { p.clamp(0.0, 100.0) } else { 0.0 }
 }
 
-/// Seconds since the Unix epoch, now.
-pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use vigil_schema::report::Report;
@@ -164,7 +154,13 @@ mod tests {
     #[test]
     fn clean_strips_controls_and_bounds_length() {
         assert_eq!(clean(" a\u{1b}[31mb\n ", 100), "a [31mb");
-        assert_eq!(clean("tab\tkept", 100), "tab\tkept");
+        // Tabs, C1 controls and bidi overrides are refused by the schema too.
+        assert_eq!(clean("tab\tgone\u{9b}x\u{202e}y", 100), "tab gone x y");
+        assert!(
+            Report { seq: 1, job: "j".into(), collected_at_ms: 0, dropped: 0, stats: Stats::default() }
+                .validate()
+                .is_ok()
+        );
         let long = "é".repeat(400);
         let c = clean(&long, 511);
         assert!(c.len() <= 511 && c.chars().all(|x| x == 'é'), "{}", c.len());
@@ -194,7 +190,8 @@ mod tests {
         assert!(stats.network.as_ref().is_some_and(|n| !n.is_empty()));
         assert_eq!(stats.users.as_ref().unwrap().source, None);
         assert_eq!(stats.security_events.as_ref().unwrap().source, None);
-        let report = Report { seq: 1, job: "all".into(), collected_at_ms: now_unix() * 1000, dropped: 0, stats };
+        let report =
+            Report { seq: 1, job: "all".into(), collected_at_ms: vigil_sys::clock::now_ms(), dropped: 0, stats };
         report.validate().unwrap();
         serde_json::to_string(&report).unwrap();
 

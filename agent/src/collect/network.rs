@@ -39,7 +39,8 @@ pub struct Drops {
 impl NetworkCollector {
     /// Lists the interfaces and records the baseline for the first rates.
     pub fn new() -> Self {
-        let networks = Networks::new_with_refreshed_list().map_err(|e| tracing::warn!("no network list: {e}")).ok();
+        let networks =
+            Networks::new_with_refreshed_list().map_err(|e| tracing::warn!(error = %e, "no network list")).ok();
         let mut c = NetworkCollector { networks, prev: HashMap::new(), prev_at: Instant::now() };
         c.sample();
         c
@@ -135,7 +136,6 @@ pub fn parse_proc_net_dev(text: &str) -> HashMap<String, Drops> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -72,7 +72,6 @@ pub fn unescape(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use sysinfo::DiskRefreshKind;

@@ -30,7 +30,6 @@ pub fn collect(sys: &mut System) -> SystemInfo {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

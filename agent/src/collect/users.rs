@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use vigil_schema::report::{Users, limits};
 
 use super::{clean_text, utmp};
+use vigil_sys::utmp::RECORD_LEN;
 
 /// Where utmp is looked for when no path is configured.
 pub const DEFAULT_PATHS: [&str; 2] = ["/var/run/utmp", "/run/utmp"];
@@ -25,13 +26,13 @@ pub fn collect(path: Option<&Path>) -> Users {
         },
     };
     // Read at most what MAX_ITEMS sessions plus as many other records can take.
-    let cap = (2 * limits::MAX_ITEMS * utmp::RECORD_LEN) as u64;
+    let cap = (2 * limits::MAX_ITEMS * RECORD_LEN) as u64;
     let mut bytes = Vec::new();
     match std::fs::File::open(&path).and_then(|f| f.take(cap).read_to_end(&mut bytes)) {
         Ok(_) => Users { source: Some(clean_text(&path.to_string_lossy())), sessions: utmp::parse(&bytes) },
         Err(e) => {
             if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), "cannot read utmp: {e}");
+                tracing::warn!(path = %path.display(), error = %e, "cannot read utmp");
             }
             Users::default()
         }
@@ -39,7 +40,6 @@ pub fn collect(path: Option<&Path>) -> Users {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
@@ -73,7 +73,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn written_utmp_is_read() {
-        use crate::collect::utmp::{USER_PROCESS, tests::record};
+        use vigil_sys::utmp::{USER_PROCESS, record};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("utmp");
         let mut bytes = record(USER_PROCESS, "carol", "pts/2", "192.0.2.1", 1_750_000_000);

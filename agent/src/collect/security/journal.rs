@@ -1,9 +1,9 @@
 //! Security events from the systemd journal, for hosts without a text auth log: runs
 //! `journalctl -o json SYSLOG_FACILITY=4 SYSLOG_FACILITY=10` (auth, authpriv) for the entries after the last one
-//! seen, and classifies them with [`super::auth_log::event`].
+//! seen, and classifies them with [`super::event`].
 //!
 //! The first read starts at the time the reader was created (`--since=@<seconds>`), later reads after the cursor of
-//! the last entry read (`--after-cursor`). A read stops after [`super::security_events::MAX_EVENTS`] events (the
+//! the last entry read (`--after-cursor`). A read stops after [`super::MAX_EVENTS`] events (the
 //! rest comes next time) or after [`READ_TIMEOUT`] (journalctl is then killed and the cursor stays at the last
 //! entry read). The read blocks the calling thread for as long as journalctl runs.
 
@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use vigil_schema::report::SecurityEvent;
 
-use super::auth_log;
-use super::security_events::MAX_EVENTS;
+use super::{MAX_EVENTS, event};
 
 /// Longest a single read may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,7 +152,7 @@ fn parse_entry(line: &str, now: i64) -> Option<(String, Option<SecurityEvent>)> 
             Some(pid) => format!("{program}[{pid}]"),
             None => program.clone(),
         };
-        auth_log::event(time, &program, &msg, &format!("{host} {tag}: {msg}"))
+        event(time, &program, &msg, &format!("{host} {tag}: {msg}"))
     })();
     Some((e.cursor, event))
 }
@@ -182,8 +181,8 @@ fn has_journal_file(dir: &Path, depth: u32) -> bool {
     })
 }
 
-#[cfg(all(test, unix))]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+#[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use vigil_schema::report::SecurityEventKind;

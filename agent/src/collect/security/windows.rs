@@ -1,4 +1,4 @@
-//! `security_events` on Windows: logons, failed logons and explicit-credential use from the Security event log.
+//! The Security event log (Windows): logons, failed logons and explicit-credential use from the Security event log.
 //!
 //! The pure half (compiled everywhere, so its tests run on Linux): the XPath query, parsing an event rendered as XML
 //! ([`parse_event_xml`]) and turning it into a [`SecurityEvent`] ([`to_security_event`]), which also drops the noise
@@ -9,7 +9,8 @@
 //! (`EvtQuery`, `EvtNext`, `EvtRender`) and remembers the last `EventRecordID` seen between samples:
 //! - **Start-up**: the reader starts after the newest record, so a restart does not report old history again.
 //! - **Log cleared** (the newest record ID is below the remembered one): reading restarts from the first record.
-//! - **Bounds**: at most [`MAX_EVENTS`](super::security_events::MAX_EVENTS) events and [`MAX_SCANNED`] records per sample; the rest comes next time.
+//! - **Bounds**: at most [`MAX_EVENTS`] events and [`MAX_SCANNED`] records per sample; the rest comes next
+//!   time.
 //! - **No access** (the agent is neither an administrator nor in "Event Log Readers"): `source` is `None` and the
 //!   reason is logged once.
 //!
@@ -21,8 +22,9 @@
 use serde::Deserialize;
 use vigil_schema::report::{SecurityEvent, SecurityEventKind};
 
-use super::auth_log::days_from_civil;
-use super::clean_text;
+use vigil_sys::clock::days_from_civil;
+
+use super::{MAX_EVENTS, clean_text};
 #[cfg(windows)]
 pub use reader::EventLogReader;
 
@@ -42,7 +44,13 @@ pub fn query(after: u64) -> String {
 /// Why a rendered event could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("unreadable event XML: {0}")]
-pub struct ParseError(#[from] quick_xml::DeError);
+pub struct ParseError(quick_xml::DeError);
+
+impl From<quick_xml::DeError> for ParseError {
+    fn from(e: quick_xml::DeError) -> Self {
+        Self(e)
+    }
+}
 
 /// The parts of an event used here.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +283,7 @@ impl Cursor {
 }
 
 /// Takes `records` (oldest first) until the log ends or a bound is hit ([`MAX_SCANNED`] records,
-/// [`MAX_EVENTS`](super::security_events::MAX_EVENTS) events): every record moves the cursor, the ones of interest
+/// [`MAX_EVENTS`] events): every record moves the cursor, the ones of interest
 /// are pushed onto `events`. A record not taken is read again next time; an error stops the scan where it occurred.
 pub fn scan<E>(
     cursor: &mut Cursor,
@@ -284,7 +292,7 @@ pub fn scan<E>(
     events: &mut Vec<SecurityEvent>,
 ) -> Result<(), E> {
     let mut scanned = 0;
-    if events.len() >= super::security_events::MAX_EVENTS {
+    if events.len() >= MAX_EVENTS {
         return Ok(());
     }
     for record in records {
@@ -294,7 +302,7 @@ pub fn scan<E>(
         if let Some(e) = to_security_event(&ev, now) {
             events.push(e);
         }
-        if scanned >= MAX_SCANNED || events.len() >= super::security_events::MAX_EVENTS {
+        if scanned >= MAX_SCANNED || events.len() >= MAX_EVENTS {
             break;
         }
     }
@@ -314,8 +322,8 @@ mod reader {
         EvtQueryReverseDirection, EvtRender, EvtRenderEventXml,
     };
 
-    use super::super::now_unix;
     use super::{Cursor, ParseError, RenderedEvent, SOURCE, parse_event_xml, query, scan};
+    use vigil_sys::clock::now_unix;
 
     /// The event log channel read.
     const CHANNEL: &str = "Security";
@@ -442,7 +450,8 @@ mod reader {
         fn warn(&mut self, e: &EventLogError) {
             if !self.warned {
                 tracing::warn!(
-                    "cannot read the Security event log (reading it needs an administrator or a member of \"Event Log Readers\"): {e}"
+                    error = %e,
+                    "cannot read the Security event log (reading it needs an administrator or a member of \"Event Log Readers\")"
                 );
                 self.warned = true;
             }
@@ -475,7 +484,7 @@ mod reader {
                     Ok(ev) => Ok(Some(ev)),
                     Err(e) => {
                         // Skipped: the records after it move the cursor past it.
-                        tracing::warn!("skipping an unreadable event: {e}");
+                        tracing::warn!(error = %e, "skipping an unreadable event");
                         Ok(None)
                     }
                 }
@@ -513,7 +522,6 @@ mod reader {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
@@ -764,7 +772,6 @@ mod tests {
 
     #[test]
     fn scan_stops_at_the_event_bound_without_consuming_more() {
-        use super::super::security_events::MAX_EVENTS;
         let mut c = Cursor::default();
         c.begin(0);
         let total = MAX_EVENTS as u64 + 10;
