@@ -43,6 +43,8 @@ pub struct AgentConfigFile {
     pub key_file: String,
     /// The 32-byte envelope secret, hex.
     pub secret: SecretHex,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<SecretHex>,
     /// Where sealed reports wait for their ack.
     #[serde(default = "default_spool_dir")]
     pub spool_dir: String,
@@ -91,6 +93,7 @@ mod tests {
             server_host_key: "SHA256:x".into(),
             key_file: "agent_key".into(),
             secret: SecretHex("deadbeefcafe".into()),
+            previous_secrets: Vec::new(),
             spool_dir: default_spool_dir(),
             spool_max_bytes: 1,
             spool_max_reports: 1,

@@ -1,7 +1,8 @@
 //! An SSH client to a host's own sshd, for bootstrap: host-key verification (pinned in clients.xml or in vigil's
-//! known-hosts file), login with the credentials clients.xml names, and commands with their output and exit code.
+//! known-hosts file), login with the credentials clients.xml names (or, with none named, the operator's SSH agent
+//! and default keys, as OpenSSH would), and commands with their output and exit code.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use russh::ChannelMsg;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use tokio::io::AsyncWriteExt;
 
+use super::known_hosts::{KnownHosts, same_fingerprint};
 use crate::config::{Auth, Host, Passphrase};
 
 /// Why talking to a host failed. Each message is meant for the bootstrap summary.
@@ -25,8 +27,8 @@ pub enum RemoteError {
         "unknown host key {seen} for {addr}; verify it and rerun with --accept-new-host-key, or pin it with host_key="
     )]
     HostKeyUnknown { addr: String, seen: String },
-    #[error("authentication as {user} failed ({method})")]
-    AuthFailed { user: String, method: &'static str },
+    #[error("authentication as {user} failed (tried: {tried})")]
+    AuthFailed { user: String, tried: String },
     #[error("{0}")]
     Credentials(String),
     #[error("ssh: {0}")]
@@ -41,54 +43,14 @@ impl From<russh::Error> for RemoteError {
     }
 }
 
-/// vigil's own known-hosts file: one `[addr]:port SHA256:...` line per host, 0600 in the data directory.
-#[derive(Debug, Clone)]
-pub struct KnownHosts {
-    path: PathBuf,
-    lock: Arc<Mutex<()>>,
-}
-
-impl KnownHosts {
-    pub fn new(data_dir: &Path) -> Self {
-        Self { path: data_dir.join("known_hosts"), lock: Arc::new(Mutex::new(())) }
-    }
-
-    fn key(host: &Host) -> String {
-        format!("[{}]:{}", host.ip, host.port)
-    }
-
-    /// The recorded fingerprint for a host.
-    pub fn get(&self, host: &Host) -> Option<String> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        let key = Self::key(host);
-        text.lines().find_map(|l| {
-            let (k, fp) = l.split_once(' ')?;
-            (k == key).then(|| fp.trim().to_owned())
-        })
-    }
-
-    /// Records (or replaces) a host's fingerprint.
-    pub fn record(&self, host: &Host, fingerprint: &str) -> std::io::Result<()> {
-        let _guard = self.lock.lock().map_err(|_| std::io::Error::other("known-hosts lock poisoned"))?;
-        let key = Self::key(host);
-        let old = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let mut lines: Vec<String> =
-            old.lines().filter(|l| !l.starts_with(&format!("{key} "))).map(String::from).collect();
-        lines.push(format!("{key} {fingerprint}"));
-        let text = lines.join("\n") + "\n";
-        crate::keys::write_private(&self.path, text.as_bytes()).map_err(std::io::Error::other)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// How a new host key is treated.
+/// How a host key never seen before is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewKeys {
     Refuse,
+    /// Accept it and record it in the known-hosts file.
     Accept,
+    /// Accept it for this connection only (a dry run records nothing).
+    AcceptUnrecorded,
 }
 
 struct Checker {
@@ -107,8 +69,8 @@ impl russh::client::Handler for Checker {
             *s = Some(fp.clone());
         }
         Ok(match &self.expected {
-            Some(e) => *e == fp,
-            None => self.accept_new == NewKeys::Accept,
+            Some(e) => same_fingerprint(e, &fp),
+            None => self.accept_new != NewKeys::Refuse,
         })
     }
 }
@@ -164,12 +126,14 @@ impl Session {
             Ok(Err(e)) => {
                 let seen = seen.lock().ok().and_then(|s| s.clone());
                 return Err(match (seen, expected) {
-                    (Some(seen), Some(expected)) if seen != expected => RemoteError::HostKeyChanged {
-                        addr,
-                        expected,
-                        seen,
-                        known_hosts: known.path().display().to_string(),
-                    },
+                    (Some(seen), Some(expected)) if !same_fingerprint(&seen, &expected) => {
+                        RemoteError::HostKeyChanged {
+                            addr,
+                            expected,
+                            seen,
+                            known_hosts: known.path().display().to_string(),
+                        }
+                    }
                     (Some(seen), None) => RemoteError::HostKeyUnknown { addr, seen },
                     _ => RemoteError::Unreachable { addr, reason: e.to_string() },
                 });
@@ -180,35 +144,8 @@ impl Session {
             .username
             .clone()
             .ok_or_else(|| RemoteError::Credentials(format!("{}: no username in clients.xml", host.name)))?;
-        let ok = match &host.auth {
-            Auth::Password(p) => handle.authenticate_password(&user, p.expose()).await?.success(),
-            Auth::PasswordEnv(var) => {
-                let p = zeroize::Zeroizing::new(env_secret(var, "password_env")?);
-                handle.authenticate_password(&user, p.as_str()).await?.success()
-            }
-            Auth::KeyFile { path, passphrase } => {
-                let pass = match passphrase {
-                    None => None,
-                    Some(Passphrase::Inline(s)) => Some(zeroize::Zeroizing::new(s.expose().to_owned())),
-                    Some(Passphrase::Env(v)) => Some(zeroize::Zeroizing::new(env_secret(v, "key passphrase")?)),
-                };
-                let key = russh::keys::load_secret_key(path, pass.as_deref().map(String::as_str))
-                    .map_err(|e| RemoteError::Credentials(format!("{}: {e}", path.display())))?;
-                let hash = handle.best_supported_rsa_hash().await?.flatten();
-                handle.authenticate_publickey(&user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await?.success()
-            }
-            Auth::None => false,
-        };
-        if !ok {
-            let method = match host.auth {
-                Auth::Password(_) => "password",
-                Auth::PasswordEnv(_) => "password from environment",
-                Auth::KeyFile { .. } => "key file",
-                Auth::None => "no credentials in clients.xml",
-            };
-            return Err(RemoteError::AuthFailed { user, method });
-        }
-        if recorded.is_none() && host.host_key.is_none() {
+        login(&mut handle, &user, &host.auth).await?;
+        if recorded.is_none() && host.host_key.is_none() && new_keys == NewKeys::Accept {
             known.record(host, &fingerprint).map_err(|e| RemoteError::Credentials(format!("known_hosts: {e}")))?;
         }
         Ok(Self { handle, fingerprint })
@@ -260,4 +197,95 @@ impl Session {
         let mut h = self.handle;
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut h).await;
     }
+}
+
+/// Logs in as `user` with what clients.xml names; with nothing named, the SSH agent (`SSH_AUTH_SOCK`) and then the
+/// default keys, in OpenSSH's order. The error names every method tried.
+async fn login(handle: &mut russh::client::Handle<Checker>, user: &str, auth: &Auth) -> Result<(), RemoteError> {
+    let ok = match auth {
+        Auth::Password(p) => handle.authenticate_password(user, p.expose()).await?.success(),
+        Auth::PasswordEnv(var) => {
+            let p = zeroize::Zeroizing::new(env_secret(var, "password_env")?);
+            handle.authenticate_password(user, p.as_str()).await?.success()
+        }
+        Auth::KeyFile { path, passphrase } => {
+            let pass = match passphrase {
+                None => None,
+                Some(Passphrase::Inline(s)) => Some(zeroize::Zeroizing::new(s.expose().to_owned())),
+                Some(Passphrase::Env(v)) => Some(zeroize::Zeroizing::new(env_secret(v, "key passphrase")?)),
+            };
+            let key = russh::keys::load_secret_key(path, pass.as_deref().map(String::as_str))
+                .map_err(|e| RemoteError::Credentials(format!("{}: {e}", path.display())))?;
+            try_key(handle, user, key).await?
+        }
+        Auth::None => return login_like_openssh(handle, user).await,
+    };
+    if ok {
+        return Ok(());
+    }
+    let tried = match auth {
+        Auth::Password(_) => "password".to_owned(),
+        Auth::PasswordEnv(var) => format!("password from environment variable {var}"),
+        Auth::KeyFile { path, .. } => format!("key file {}", path.display()),
+        Auth::None => String::new(),
+    };
+    Err(RemoteError::AuthFailed { user: user.to_owned(), tried })
+}
+
+async fn try_key(
+    handle: &mut russh::client::Handle<Checker>,
+    user: &str,
+    key: russh::keys::PrivateKey,
+) -> Result<bool, RemoteError> {
+    let hash = handle.best_supported_rsa_hash().await?.flatten();
+    Ok(handle.authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await?.success())
+}
+
+/// The default identity files, in the order OpenSSH 9 (`ssh(1)`, `-i`) tries them (the `_sk` and DSA kinds, which
+/// russh cannot use, left out).
+const DEFAULT_KEYS: [&str; 3] = ["id_rsa", "id_ecdsa", "id_ed25519"];
+
+/// No credentials in clients.xml: every key the SSH agent holds, then each default key file that exists and needs no
+/// passphrase.
+async fn login_like_openssh(handle: &mut russh::client::Handle<Checker>, user: &str) -> Result<(), RemoteError> {
+    let mut tried = Vec::new();
+    match std::env::var_os("SSH_AUTH_SOCK") {
+        None => tried.push("ssh-agent (SSH_AUTH_SOCK not set)".to_owned()),
+        Some(sock) => match russh::keys::agent::client::AgentClient::connect_uds(&sock).await {
+            Err(e) => tried.push(format!("ssh-agent ({}: {e})", PathBuf::from(&sock).display())),
+            Ok(mut agent) => {
+                let ids = agent.request_identities().await.unwrap_or_default();
+                let hash = handle.best_supported_rsa_hash().await?.flatten();
+                for id in &ids {
+                    let key = id.public_key().into_owned();
+                    match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
+                        Ok(r) if r.success() => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "ssh-agent signature failed"),
+                    }
+                }
+                tried.push(format!("ssh-agent ({} key(s))", ids.len()));
+            }
+        },
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    for name in DEFAULT_KEYS {
+        let Some(path) = home.as_ref().map(|h| h.join(".ssh").join(name)) else { break };
+        if !path.is_file() {
+            continue;
+        }
+        match russh::keys::load_secret_key(&path, None) {
+            Ok(key) => {
+                if try_key(handle, user, key).await? {
+                    return Ok(());
+                }
+                tried.push(path.display().to_string());
+            }
+            Err(e) => tried.push(format!("{} (unusable without a passphrase: {e})", path.display())),
+        }
+    }
+    if home.is_some() && tried.len() == 1 {
+        tried.push(format!("no default key in ~/.ssh ({})", DEFAULT_KEYS.join(", ")));
+    }
+    Err(RemoteError::AuthFailed { user: user.to_owned(), tried: tried.join(", ") })
 }
