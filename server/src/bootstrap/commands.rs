@@ -302,28 +302,30 @@ mod tests {
         c
     }
 
-    fn alive(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+    /// Runs `script` with `kill` replaced by a function that only records its arguments in `log` (a shell function
+    /// wins over the `kill` builtin), so a regression cannot signal anything on the test machine.
+    fn sh_recording_kills(script: &str, log: &std::path::Path) -> bool {
+        let shim = format!("kill() {{ echo \"$*\" >> {}; }}\n", sh_quote(&log.display().to_string()));
+        sh(&format!("{shim}{script}"), b"")
     }
 
     #[test]
     fn uninstall_signals_nothing_it_has_not_verified_and_removes_no_symlink() {
         let tmp = tempfile::tempdir().unwrap();
-        // A foreign process named in agent.pid while something holds the lock: it must survive, and the directory,
-        // whose lock is still held, stays as the failure left it.
-        let mut victim = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let log = tmp.path().join("kills");
+        let kills = || std::fs::read_to_string(&log).unwrap_or_default();
+        // Something holds the lock, and agent.pid names a foreign process, or no process at all.
+        let victim = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let dir = tmp.path().join("vigil-agent-foreign");
         std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("agent.pid"), victim.id().to_string()).unwrap();
         let mut holder = lock_holder(&dir);
-        assert!(!sh(&linux::uninstall(&dir.display().to_string()), b""), "unverified pid: uninstall fails");
-        assert!(alive(victim.id()), "the foreign process was signalled");
-        // `-1`, `0` and garbage are no pids.
-        for bad in ["-1", "0", "1 2", "$(reboot)", ""] {
-            std::fs::write(dir.join("agent.pid"), bad).unwrap();
-            assert!(!sh(&linux::stop(&dir.display().to_string()), b""), "{bad:?}");
-            assert!(alive(victim.id()) && alive(holder.id()), "{bad:?}");
+        let d = dir.display().to_string();
+        for pid in [victim.id().to_string(), "-1".into(), "0".into(), "1 2".into(), "$(reboot)".into(), "".into()] {
+            std::fs::write(dir.join("agent.pid"), &pid).unwrap();
+            assert!(!sh_recording_kills(&linux::uninstall(&d), &log), "{pid:?}: uninstall must fail");
+            assert!(!sh_recording_kills(&linux::stop(&d), &log), "{pid:?}: stop must fail");
+            assert_eq!(kills(), "", "{pid:?} was signalled");
+            assert!(dir.join("agent.pid").exists(), "{pid:?}: the directory was removed");
         }
         let _ = holder.kill();
         let _ = holder.wait();
@@ -335,19 +337,29 @@ mod tests {
         let mut holder = lock_holder(&target);
         let link = tmp.path().join("vigil-agent-link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(!sh(&linux::uninstall(&link.display().to_string()), b""));
-        assert!(alive(victim.id()));
+        assert!(!sh_recording_kills(&linux::uninstall(&link.display().to_string()), &log));
+        assert_eq!(kills(), "");
         assert!(link.exists() && target.join("precious").exists());
         let _ = holder.kill();
         let _ = holder.wait();
+        // The directory's own agent (a copy of sleep named vigil-agent, holding the lock): signalled, then removed.
+        let own = tmp.path().join("vigil-agent-own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::copy("/usr/bin/flock", own.join("vigil-agent")).unwrap();
+        let mut agent = std::process::Command::new(own.join("vigil-agent"))
+            .arg("-o")
+            .arg(own.join("agent.lock"))
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        std::fs::write(own.join("agent.pid"), agent.id().to_string()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(sh(&linux::uninstall(&own.display().to_string()), b""));
+        assert!(!own.exists());
+        assert!(agent.wait().is_ok());
+        let mut victim = victim;
         let _ = victim.kill();
         let _ = victim.wait();
-        // Nothing running and a plain directory of ours: removed.
-        let plain = tmp.path().join("vigil-agent-plain");
-        std::fs::create_dir(&plain).unwrap();
-        std::fs::write(plain.join("agent.pid"), "-1").unwrap();
-        assert!(sh(&linux::uninstall(&plain.display().to_string()), b""));
-        assert!(!plain.exists());
     }
 
     #[test]
