@@ -56,8 +56,8 @@ exit 0"#
 
     /// Stages an install in one remote command (each exec costs a session on the host): makes the private directory
     /// and receives `parts` from stdin in order, each into `.new.<name>` beside its final place. The running agent and
-    /// its files are not touched: when any part fails (a full or read-only disk), every staged file is removed and
-    /// the command fails.
+    /// its files are not touched: when any part fails (a full or read-only disk), every staged file is removed, the
+    /// rest of stdin is drained (the sender would otherwise wait on a full channel forever), and the command fails.
     pub fn stage(dir: &str, parts: &[Part]) -> String {
         let mut script = prepare(dir);
         script.push_str("\nclean() { rm -f \"$D\"/.new.*; }\n");
@@ -65,7 +65,7 @@ exit 0"#
             let n = sh_quote(&format!("{STAGED}{}", p.name));
             script.push_str(&format!(
                 "head -c {len} > \"$D/\"{n} && [ \"$(wc -c < \"$D/\"{n})\" -eq {len} ] && chmod {mode} \"$D/\"{n} \
-                 || {{ clean; echo \"could not stage \"{n}\" in $D\" >&2; exit 1; }}\n",
+                 || {{ clean; echo \"could not stage \"{n}\" in $D (disk full or read-only?)\" >&2; cat > /dev/null; exit 1; }}\n",
                 len = p.len,
                 mode = p.mode,
             ));

@@ -153,28 +153,42 @@ impl Session {
 
     /// Runs a command, feeding `stdin`, and collects its output.
     pub async fn run(&self, command: &str, stdin: Option<&[u8]>) -> Result<Output, RemoteError> {
-        let mut channel = self.handle.channel_open_session().await?;
+        let channel = self.handle.channel_open_session().await?;
         channel.exec(true, command).await?;
-        if let Some(data) = stdin {
-            let mut w = channel.make_writer();
-            for chunk in data.chunks(64 * 1024) {
-                w.write_all(chunk).await.map_err(|e| RemoteError::Ssh(e.to_string()))?;
+        // Read while writing: russh queues every window adjustment for the channel's reader, and a reader that waits
+        // until the upload is done lets that queue fill and the session stall (an upload of ~50 MB hung).
+        let (mut read, write) = channel.split();
+        let send = async {
+            if let Some(data) = stdin {
+                let mut w = write.make_writer();
+                for chunk in data.chunks(64 * 1024) {
+                    w.write_all(chunk).await.map_err(|e| RemoteError::Ssh(e.to_string()))?;
+                }
+                w.flush().await.map_err(|e| RemoteError::Ssh(e.to_string()))?;
             }
-            w.flush().await.map_err(|e| RemoteError::Ssh(e.to_string()))?;
-            drop(w);
-        }
-        channel.eof().await?;
-        let mut out = Output::default();
-        let mut code = None;
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
-                _ => {}
+            write.eof().await?;
+            Ok::<_, RemoteError>(())
+        };
+        let receive = async {
+            let mut out = Output::default();
+            let mut code = None;
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                    ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status),
+                    _ => {}
+                }
             }
+            (out, code)
+        };
+        let (sent, (mut out, code)) = tokio::join!(send, receive);
+        match (sent, code) {
+            // A command that exits before reading all its stdin says why in its output.
+            (_, Some(code)) => out.code = code,
+            (Err(e), None) => return Err(e),
+            (Ok(()), None) => out.code = 255,
         }
-        out.code = code.unwrap_or(255);
         Ok(out)
     }
 
