@@ -75,12 +75,22 @@ impl russh::client::Handler for Checker {
     }
 }
 
-/// Output of a remote command.
-#[derive(Debug, Default)]
+/// Output of a remote command. `Debug` shows only sizes: the probe's stdout carries the old envelope secret.
+#[derive(Default)]
 pub struct Output {
     pub code: u32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("code", &self.code)
+            .field("stdout_len", &self.stdout.len())
+            .field("stderr_len", &self.stderr.len())
+            .finish()
+    }
 }
 
 impl Output {
