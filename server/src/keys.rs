@@ -1,16 +1,16 @@
-//! Key material the server owns: its SSH host key, and the credentials minted for each new agent.
+//! The server's own SSH host key (loaded, or created on first use) and the private-file helpers key material is
+//! written with. An agent's credentials are minted in [`crate::bootstrap::credentials`].
 //!
 //! Every file written here is created with mode 0600 before any byte of key material goes into it.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
-use vigil_schema::secret::AgentSecret;
 use zeroize::Zeroizing;
+
+pub use crate::bootstrap::credentials::AgentCredentials;
 
 /// File name of the server's host key inside the data directory.
 pub const HOST_KEY_FILE: &str = "host_key";
@@ -47,26 +47,12 @@ pub fn fingerprint(key: &PublicKey) -> String {
 
 /// Writes `contents` to `path`, created 0600 (the file is replaced atomically through a temporary sibling).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
-    let io = |source| KeyError::Io { path: path.to_owned(), source };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
-    f.write_all(contents).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    vigil_sys::fs::write_private(path, contents).map_err(|source| KeyError::Io { path: path.to_owned(), source })
 }
 
-/// Creates `dir` (and parents) with mode 0700 when missing.
+/// Creates `dir` (and parents) with mode 0700, or tightens an existing one to 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| KeyError::Io { path: dir.to_owned(), source })
+    vigil_sys::fs::private_dir(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })
 }
 
 /// The server's SSH host key: loaded from the data directory, generated there on first start.
@@ -82,7 +68,8 @@ pub fn load_or_create_host_key(data_dir: &Path) -> Result<PrivateKey, KeyError> 
     Ok(key)
 }
 
-/// The host key's fingerprint without generating one: what bootstrap pins in agent configs.
+/// The host key's fingerprint, creating the key on first use (so a bootstrap before the first `vigil serve` pins the
+/// key serve will load): what bootstrap pins in agent configs.
 pub fn host_key_fingerprint(data_dir: &Path) -> Result<String, KeyError> {
     Ok(fingerprint(load_or_create_host_key(data_dir)?.public_key()))
 }
@@ -93,38 +80,6 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
         Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?);
     PrivateKey::from_openssh(text.as_bytes())
         .map_err(|e| KeyError::Parse { path: path.to_owned(), message: e.to_string() })
-}
-
-/// Everything minted for one new agent. The private half goes to the host only; the server keeps the public key
-/// and the envelope secret.
-pub struct AgentCredentials {
-    pub agent_id: String,
-    pub private_key_openssh: Zeroizing<String>,
-    pub public_key_openssh: String,
-    pub secret: AgentSecret,
-}
-
-impl std::fmt::Debug for AgentCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentCredentials")
-            .field("agent_id", &self.agent_id)
-            .field("public_key_openssh", &self.public_key_openssh)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AgentCredentials {
-    /// Mints a fresh id, ed25519 key pair and envelope secret for `host`.
-    pub fn mint(host: &str) -> Result<Self, KeyError> {
-        let key = generate_ed25519()?;
-        let suffix = random_bytes::<6>()?;
-        let prefix: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
-        let agent_id = format!("{prefix}-{}", vigil_schema::to_hex(suffix.as_ref()));
-        let private_key_openssh = key.to_openssh(LineEnding::LF).map_err(|e| KeyError::Encode(e.to_string()))?;
-        let public_key_openssh = key.public_key().to_openssh().map_err(|e| KeyError::Encode(e.to_string()))?;
-        let secret = AgentSecret::generate().map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self { agent_id, private_key_openssh, public_key_openssh, secret })
-    }
 }
 
 #[cfg(test)]
@@ -143,19 +98,5 @@ mod tests {
         let mode = std::fs::metadata(data.join(HOST_KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
-    }
-
-    #[test]
-    fn minted_credentials_are_fresh_and_redacted() {
-        let a = AgentCredentials::mint("web-01").unwrap();
-        let b = AgentCredentials::mint("web-01").unwrap();
-        assert_ne!(a.agent_id, b.agent_id);
-        assert!(a.agent_id.starts_with("web-01-"));
-        assert!(a.public_key_openssh.starts_with("ssh-ed25519 "));
-        let dbg = format!("{a:?}");
-        assert!(!dbg.contains("PRIVATE"), "{dbg}");
-        assert!(!dbg.contains(&a.secret.to_hex()));
-        let parsed = PrivateKey::from_openssh(a.private_key_openssh.as_bytes()).unwrap();
-        assert_eq!(parsed.public_key().to_openssh().unwrap(), a.public_key_openssh);
     }
 }

@@ -4,16 +4,15 @@
 //!
 //! - [`config`]: re-export of the `vigil-config` crate: `clients.xml` and `jobs.toml`, read in two stages (raw,
 //!   then validated) with located errors; the schedule each host runs.
-//! - [`keys`]: the server's SSH host key and the credentials minted for each agent.
+//! - [`keys`]: the server's SSH host key.
 //! - [`endpoint`]: the embedded SSH server agents dial; authenticates agents, speaks the protocol from
 //!   `vigil-schema`, opens envelopes and hands reports to ingest.
 //! - [`ingest`]: the single writer that groups reports into transactions and acknowledges each after commit.
 //! - [`store`]: the SQLite database: migrations, typed tables, queries for the operator views, retention.
 //! - [`status`]: the `vigil status` view, read straight from the database.
 //! - [`reload`]: watches both config files and publishes each valid edit; the last good config stays otherwise.
-//! - [`provision`] and [`bootstrap`]: an agent's directory, credentials and registration; installing, upgrading,
-//!   starting and removing agents, on this machine (`transport="local"`) or over SSH ([`remote`], with the
-//!   commands in [`bootstrap_cmds`]).
+//! - [`bootstrap`]: an agent's directory, credentials and registration; one plan per host for installing,
+//!   upgrading, starting and removing agents, on this machine (`transport="local"`) or over SSH.
 //! - [`alert`]: alert rules evaluated in each report's transaction and periodically for silence; transitions and
 //!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
@@ -22,14 +21,11 @@ pub use vigil_config as config;
 
 pub mod alert;
 pub mod bootstrap;
-pub mod bootstrap_cmds;
 pub mod endpoint;
 pub mod ingest;
 pub mod keys;
 pub mod mail;
-pub mod provision;
 pub mod reload;
-pub mod remote;
 pub mod serve;
 pub mod status;
 pub mod store;

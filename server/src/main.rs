@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use vigil_server::config::{Config, ConfigError, Transport};
+use vigil_server::config::{Config, ConfigError};
 use vigil_server::store::Store;
 
 /// vigil: fleet monitoring over SSH.
@@ -68,8 +68,13 @@ enum Command {
         parallel: usize,
     },
     /// Stop and remove the agent from hosts, and forget its registration.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["hosts", "all"]))]
     Uninstall {
+        /// Host names from clients.xml.
         hosts: Vec<String>,
+        /// Every host in clients.xml.
+        #[arg(long)]
+        all: bool,
         /// Accept (and record) a host key never seen before.
         #[arg(long)]
         accept_new_host_key: bool,
@@ -128,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bootstrap { hosts, all, dry_run, accept_new_host_key, parallel } => {
             bootstrap(files, &hosts, all, dry_run, accept_new_host_key, parallel)
         }
-        Command::Uninstall { hosts, accept_new_host_key } => uninstall(files, &hosts, accept_new_host_key),
+        Command::Uninstall { hosts, all, accept_new_host_key } => uninstall(files, &hosts, all, accept_new_host_key),
         Command::Enroll { host, dir, utmp, auth_log } => enroll(files, &host, &dir, utmp, auth_log),
         Command::HostKey => {
             let config = load(files)?;
@@ -261,43 +266,6 @@ fn status(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn select_hosts<'a>(
-    config: &'a Config,
-    names: &[String],
-    all: bool,
-) -> anyhow::Result<Vec<&'a vigil_server::config::Host>> {
-    if all {
-        return Ok(config.clients.iter().collect());
-    }
-    if names.is_empty() {
-        anyhow::bail!("name hosts from clients.xml, or pass --all");
-    }
-    names.iter().map(|n| config.host(n).with_context(|| format!("{n}: no such host in clients.xml"))).collect()
-}
-
-fn bootstrap_ctx(config: Config, accept_new: bool) -> anyhow::Result<std::sync::Arc<vigil_server::bootstrap::Ctx>> {
-    use vigil_server::remote::{KnownHosts, NewKeys};
-    let fingerprint = vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?;
-    let binary_path = vigil_server::provision::agent_binary()?;
-    let binary = std::fs::read(&binary_path).with_context(|| format!("reading {}", binary_path.display()))?;
-    let binary_sha = vigil_server::provision::sha256_hex(&binary);
-    let store = Store::open(&config.server.database)?;
-    let server_up =
-        std::net::TcpStream::connect_timeout(&config.server.listen, std::time::Duration::from_millis(500)).is_ok();
-    Ok(std::sync::Arc::new(vigil_server::bootstrap::Ctx {
-        known: KnownHosts::new(&config.server.data_dir),
-        config: std::sync::Arc::new(config),
-        store: std::sync::Mutex::new(store),
-        fingerprint,
-        binary_path,
-        binary,
-        binary_sha,
-        new_keys: if accept_new { NewKeys::Accept } else { NewKeys::Refuse },
-        server_up,
-        checkin_timeout: std::time::Duration::from_secs(20),
-    }))
-}
-
 fn bootstrap(
     files: &Files,
     names: &[String],
@@ -306,86 +274,27 @@ fn bootstrap(
     accept_new: bool,
     parallel: usize,
 ) -> anyhow::Result<ExitCode> {
+    if names.is_empty() && !all {
+        anyhow::bail!("name hosts from clients.xml, or pass --all");
+    }
     let config = load(files)?;
-    let hosts: Vec<vigil_server::config::Host> = select_hosts(&config, names, all)?.into_iter().cloned().collect();
-    if dry_run {
-        let known = vigil_server::remote::KnownHosts::new(&config.server.data_dir);
-        for h in &hosts {
-            let endpoint = vigil_server::provision::endpoint_for(&config, h);
-            let dir = vigil_server::provision::dir_name(&h.name);
-            match h.transport {
-                Transport::Local => println!(
-                    "{}: local: install the agent in {} (0700), register it, start it dialing {endpoint}",
-                    h.name,
-                    vigil_server::provision::local::agent_dir(&h.name).display(),
-                ),
-                Transport::Ssh => {
-                    let key = match (&h.host_key, known.get(h)) {
-                        (Some(k), _) => format!("pinned host key {k}"),
-                        (None, Some(k)) => format!("recorded host key {k}"),
-                        (None, None) if accept_new => "new host key will be accepted and recorded".to_owned(),
-                        (None, None) => "unknown host key: would be refused without --accept-new-host-key".to_owned(),
-                    };
-                    let auth = match &h.auth {
-                        vigil_server::config::Auth::Password(_) => "password",
-                        vigil_server::config::Auth::PasswordEnv(_) => "password from the environment",
-                        vigil_server::config::Auth::KeyFile { .. } => "key file",
-                        vigil_server::config::Auth::None => "no credentials",
-                    };
-                    println!(
-                        "{}: ssh {}@{}:{} ({auth}; {key}); install in $TMPDIR/{dir} (0700, /tmp by default; the home \
-                         directory if /tmp is noexec), upload the agent unless its sha256 matches, write agent.toml, \
-                         key and schedule (0600), start it dialing {endpoint}, confirm its check-in",
-                        h.name,
-                        h.username.as_deref().unwrap_or("?"),
-                        h.ip,
-                        h.port
-                    );
-                }
-            }
-        }
-        println!("dry run: nothing changed");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let ctx = bootstrap_ctx(config, accept_new)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let results = rt.block_on(vigil_server::bootstrap::run_all(ctx, hosts, parallel));
-    let failed = results.iter().filter(|r| r.result.is_err()).count();
-    println!("summary:");
-    for r in &results {
-        match &r.result {
-            Ok(done) => println!("  ok     {}: {done}", r.host),
-            Err(e) => println!("  FAILED {}: {e}", r.host),
-        }
-    }
-    println!("{} succeeded, {failed} failed", results.len() - failed);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let outcome = rt.block_on(vigil_server::bootstrap::bootstrap(config, names, all, dry_run, accept_new, parallel))?;
+    print!("{outcome}");
+    Ok(if outcome.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn uninstall(files: &Files, names: &[String], accept_new: bool) -> anyhow::Result<ExitCode> {
+fn uninstall(files: &Files, names: &[String], all: bool, accept_new: bool) -> anyhow::Result<ExitCode> {
     let config = load(files)?;
-    let hosts: Vec<vigil_server::config::Host> = select_hosts(&config, names, false)?.into_iter().cloned().collect();
-    let ctx = bootstrap_ctx(config, accept_new)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    let mut failed = 0;
-    for h in &hosts {
-        let r = match h.transport {
-            Transport::Local => ctx
-                .store
-                .lock()
-                .map_err(|_| anyhow::anyhow!("store lock poisoned"))
-                .and_then(|mut s| Ok(vigil_server::bootstrap::uninstall_local(&h.name, &mut s)?)),
-            Transport::Ssh => rt.block_on(vigil_server::bootstrap::uninstall_ssh(&ctx, h)).map_err(anyhow::Error::from),
-        };
+    let results = rt.block_on(vigil_server::bootstrap::uninstall(config, names, all, accept_new))?;
+    for (host, r) in &results {
         match r {
-            Ok(()) => println!("ok     {}: agent stopped, removed, registration forgotten", h.name),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED {}: {e:#}", h.name);
-            }
+            Ok(()) => println!("ok     {host}: agent stopped, removed, registration forgotten"),
+            Err(e) => println!("FAILED {host}: {e}"),
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if results.iter().all(|(_, r)| r.is_ok()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn enroll(
@@ -395,20 +304,9 @@ fn enroll(
     utmp: Option<String>,
     auth_log: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    use vigil_server::provision::{AgentFiles, layout};
     let config = load(files)?;
-    let host = config.host(name).with_context(|| format!("{name}: no such host in clients.xml"))?;
-    let fingerprint = vigil_server::keys::host_key_fingerprint(&config.server.data_dir)?;
-    let files =
-        AgentFiles::new(&config, host, &fingerprint, vigil_schema::agent_config::CollectPaths { utmp, auth_log })?;
-    vigil_server::keys::ensure_private_dir(dir)?;
-    let mut store = Store::open(&config.server.database)?;
-    store.remove_agents_of_host(name)?;
-    store.register_agent(&files.record(name, vigil_server::store::now_ms()))?;
-    vigil_server::keys::write_private(&dir.join(layout::KEY), files.creds.private_key_openssh.as_bytes())?;
-    vigil_server::keys::write_private(&dir.join(layout::SCHEDULE), files.schedule_json.as_bytes())?;
-    vigil_server::keys::write_private(&dir.join(layout::CONFIG), files.agent_toml.as_bytes())?;
-    println!("{}", files.creds.agent_id);
+    let collect = vigil_schema::agent_config::CollectPaths { utmp, auth_log };
+    println!("{}", vigil_server::bootstrap::enroll(&config, name, dir, collect)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -206,7 +206,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
 
 /// Bootstraps every local host whose agent is not running. Returns whether credentials changed.
 fn supervise_local(config: &Config, db: &std::path::Path, fingerprint: &str) -> bool {
-    let binary = match crate::provision::agent_binary() {
+    let binary = match crate::bootstrap::agent_binary() {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!("cannot start local agents: {e}");

@@ -1,0 +1,352 @@
+//! Agents on this machine (`transport="local"`), without SSH: the private directory in the temp directory, looking
+//! at what is installed, executing a [`Plan`] there, and stopping only a process verified to be the agent.
+
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vigil_schema::agent_config::CollectPaths;
+
+use super::credentials::{self, AgentFiles, Installed};
+use super::plan::{Inputs, Inspection, Plan, Step};
+use super::{BootstrapError, Done, dir_name, endpoint_for, layout, sha256_hex};
+use crate::config::{Config, Host};
+use crate::store::{AgentRecord, Store};
+
+/// The private directory of `host`'s local agent: `$TMPDIR/vigil-agent-<host>`.
+pub fn agent_dir(host: &str) -> PathBuf {
+    std::env::temp_dir().join(dir_name(host))
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError + '_ {
+    move |source| BootstrapError::Io { path: path.to_owned(), source }
+}
+
+fn my_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// Checks that an existing `dir` is a plain directory of this user (a shared temp directory is hostile ground).
+fn check_ours(dir: &Path) -> Result<bool, BootstrapError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            Err(BootstrapError::Unsafe(format!("{} exists and is not a plain directory", dir.display())))
+        }
+        Ok(m) if m.uid() != my_uid() => {
+            Err(BootstrapError::Unsafe(format!("{} belongs to another user", dir.display())))
+        }
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
+/// Creates the directory 0700, or checks that an existing one is ours and not a symlink, and makes it 0700.
+pub fn ensure_dir(dir: &Path) -> Result<(), BootstrapError> {
+    check_ours(dir)?;
+    vigil_sys::fs::private_dir(dir).map_err(io(dir))
+}
+
+/// Whether an agent holds the directory's lock (i.e. runs).
+pub fn is_running(dir: &Path) -> bool {
+    let Ok(f) = File::options().read(true).write(true).open(dir.join(layout::LOCK)) else { return false };
+    match f.try_lock() {
+        Ok(()) => {
+            let _ = f.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// What is installed in `dir`.
+pub fn inspect(dir: &Path) -> Result<Inspection, BootstrapError> {
+    let exists = check_ours(dir)?;
+    let read = |name| exists.then(|| std::fs::read(dir.join(name)).ok()).flatten();
+    let installed = read(layout::CONFIG).and_then(|text| {
+        let text = zeroize::Zeroizing::new(String::from_utf8(text).ok()?);
+        Installed::parse(&text, dir.join(layout::KEY).is_file())
+    });
+    Ok(Inspection {
+        dir: dir.display().to_string(),
+        agent_sha: read(layout::BINARY).map(|b| sha256_hex(&b)),
+        installed,
+        running: exists && is_running(dir),
+        notes: Vec::new(),
+    })
+}
+
+fn staged(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{}{name}", super::commands::linux::STAGED))
+}
+
+/// Writes one staged file with `mode`, durably.
+fn stage_file(dir: &Path, name: &str, mode: u32, bytes: &[u8]) -> Result<(), BootstrapError> {
+    let path = staged(dir, name);
+    vigil_sys::fs::write_private(&path, bytes).map_err(io(&path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(&path))
+}
+
+/// Installs or repairs the agent of a local host: the same [`Plan`] an SSH host gets, executed here.
+pub fn bootstrap_local(
+    config: &Config,
+    host: &Host,
+    store: &mut Store,
+    server_fingerprint: &str,
+    binary: &Path,
+) -> Result<Done, BootstrapError> {
+    let dir = agent_dir(&host.name);
+    let bytes = std::fs::read(binary).map_err(io(binary))?;
+    let registered = store.agents()?;
+    let plan = plan_local(config, host, &registered, server_fingerprint, &sha256_hex(&bytes))?;
+    execute(config, host, store, server_fingerprint, &bytes, &dir, &plan)
+}
+
+/// The plan for a local host (what a dry run prints).
+pub fn plan_local(
+    config: &Config,
+    host: &Host,
+    registered: &[AgentRecord],
+    server_fingerprint: &str,
+    binary_sha: &str,
+) -> Result<(Plan, Inspection), BootstrapError> {
+    let insp = inspect(&agent_dir(&host.name))?;
+    let endpoint = endpoint_for(config, host);
+    let inputs = Inputs {
+        registered,
+        host: &host.name,
+        fingerprint: server_fingerprint,
+        endpoint: &endpoint,
+        binary_sha,
+        // The local agent's start is confirmed by its lock (bootstrap_local also runs inside `vigil serve`).
+        server_up: false,
+    };
+    Ok((Plan::decide(&insp, &inputs), insp))
+}
+
+fn execute(
+    config: &Config,
+    host: &Host,
+    store: &mut Store,
+    server_fingerprint: &str,
+    binary: &[u8],
+    dir: &Path,
+    (plan, insp): &(Plan, Inspection),
+) -> Result<Done, BootstrapError> {
+    let mut done = Done::default();
+    let mut files: Option<AgentFiles> = None;
+    let mut replaced = None;
+    for step in &plan.steps {
+        match *step {
+            Step::Stage { binary: with_binary, credentials } => {
+                ensure_dir(dir)?;
+                let result = (|| {
+                    if with_binary {
+                        stage_file(dir, layout::BINARY, 0o700, binary)?;
+                    }
+                    if credentials {
+                        let f = AgentFiles::mint(
+                            config,
+                            host,
+                            server_fingerprint,
+                            CollectPaths::default(),
+                            insp.previous_secrets(),
+                        )?;
+                        for (name, mode, bytes) in f.parts() {
+                            stage_file(dir, name, mode, bytes)?;
+                        }
+                        files = Some(f);
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    remove_staged(dir);
+                    return Err(e);
+                }
+                done.uploaded = with_binary;
+            }
+            Step::Register => {
+                let f = files.as_ref().ok_or(BootstrapError::Plan("register before staging"))?;
+                replaced = Some(credentials::register(store, f, &host.name)?.1);
+                done.minted = true;
+            }
+            Step::Activate { stop: stop_first, binary, credentials, start: start_after } => {
+                let result = activate(dir, stop_first, binary, credentials, start_after);
+                if let Err(e) = result {
+                    if let Some(old) = &replaced {
+                        credentials::unregister(store, &host.name, old.as_ref())?;
+                    }
+                    return Err(e);
+                }
+                done.started = start_after;
+            }
+            Step::Confirm(_) => {
+                if !is_running(dir) {
+                    return Err(BootstrapError::Failed(format!("agent in {} is not running", dir.display())));
+                }
+            }
+        }
+        done.steps.push(step.to_string());
+    }
+    super::finish_steps(plan, &mut done);
+    Ok(done)
+}
+
+fn remove_staged(dir: &Path) {
+    for name in [layout::BINARY, layout::KEY, layout::SCHEDULE, layout::CONFIG] {
+        let _ = std::fs::remove_file(staged(dir, name));
+    }
+}
+
+fn activate(
+    dir: &Path,
+    stop_first: bool,
+    binary: bool,
+    credentials: bool,
+    start_after: bool,
+) -> Result<(), BootstrapError> {
+    if stop_first {
+        stop(dir)?;
+    }
+    let mut names = Vec::new();
+    if binary {
+        names.push(layout::BINARY);
+    }
+    if credentials {
+        names.extend([layout::KEY, layout::SCHEDULE, layout::CONFIG]);
+    }
+    for name in names {
+        let to = dir.join(name);
+        std::fs::rename(staged(dir, name), &to).map_err(io(&to))?;
+    }
+    vigil_sys::fs::sync_parent(&dir.join(layout::CONFIG)).map_err(io(dir))?;
+    if start_after {
+        start(dir)?;
+    }
+    Ok(())
+}
+
+/// Starts the agent detached (`setsid -f`), so it outlives this process and is never our zombie.
+pub fn start(dir: &Path) -> Result<(), BootstrapError> {
+    let log = File::options().create(true).append(true).open(dir.join(layout::LOG)).map_err(io(dir))?;
+    let log2 = log.try_clone().map_err(io(dir))?;
+    let status = Command::new("setsid")
+        .arg("-f")
+        .arg(dir.join(layout::BINARY))
+        .arg("--config")
+        .arg(dir.join(layout::CONFIG))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .status()
+        .map_err(io(Path::new("setsid")))?;
+    if !status.success() {
+        return Err(BootstrapError::Failed(format!("setsid exited with {status}")));
+    }
+    // The agent takes its lock within milliseconds; wait for it so the caller can rely on is_running.
+    for _ in 0..50 {
+        if is_running(dir) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BootstrapError::Failed(format!("agent in {} did not start; see {}", dir.display(), layout::LOG)))
+}
+
+/// The agent's pid from `agent.pid`, only when it is verified: a positive integer, whose `/proc/PID/exe` is the
+/// agent binary of `dir` (possibly replaced since it started) and which runs as this user.
+pub fn verified_pid(dir: &Path) -> Result<rustix::process::Pid, BootstrapError> {
+    let text = std::fs::read_to_string(dir.join(layout::PID)).map_err(io(dir))?;
+    let unverified = |why: String| BootstrapError::Unsafe(format!("{}: {why}; nothing signalled", dir.display()));
+    let raw: i32 =
+        text.trim().parse().map_err(|_| unverified(format!("agent.pid holds {:?}, not a pid", text.trim())))?;
+    let pid = (raw > 0)
+        .then(|| rustix::process::Pid::from_raw(raw))
+        .flatten()
+        .ok_or_else(|| unverified(format!("agent.pid holds {raw}, not a process id")))?;
+    let proc_dir = PathBuf::from(format!("/proc/{raw}"));
+    let exe = std::fs::read_link(proc_dir.join("exe")).unwrap_or_default();
+    let want = std::fs::canonicalize(dir).map_err(io(dir))?.join(layout::BINARY);
+    let mut deleted = want.clone().into_os_string();
+    deleted.push(" (deleted)");
+    let owner = std::fs::metadata(&proc_dir).map(|m| m.uid()).ok();
+    if (exe != want && exe.as_os_str() != deleted) || owner != Some(my_uid()) {
+        return Err(unverified(format!("process {raw} is not the agent of this directory")));
+    }
+    Ok(pid)
+}
+
+/// Stops the agent (SIGTERM, then SIGKILL after 5 s) if it runs. Only a verified pid ([`verified_pid`]) is
+/// signalled; otherwise this fails.
+pub fn stop(dir: &Path) -> Result<(), BootstrapError> {
+    use rustix::process::{Signal, kill_process};
+    if !is_running(dir) {
+        return Ok(());
+    }
+    let pid = verified_pid(dir)?;
+    let _ = kill_process(pid, Signal::TERM);
+    for _ in 0..250 {
+        if !is_running(dir) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill_process(pid, Signal::KILL);
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(())
+}
+
+/// Stops a local agent (verified) and removes its directory (only a plain directory of this user), and its
+/// registration.
+pub fn uninstall_local(host: &str, store: &mut Store) -> Result<(), BootstrapError> {
+    let dir = agent_dir(host);
+    if check_ours(&dir)? {
+        stop(&dir)?;
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    store.remove_agents_of_host(host)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_file_naming_no_agent_is_never_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut other = Command::new("sleep").arg("30").spawn().unwrap();
+        for bad in
+            ["-1".to_owned(), "0".to_owned(), "x".to_owned(), other.id().to_string(), std::process::id().to_string()]
+        {
+            std::fs::write(dir.join(layout::PID), &bad).unwrap();
+            assert!(matches!(verified_pid(dir), Err(BootstrapError::Unsafe(_))), "{bad}");
+        }
+        // The agent binary of this very directory, running: verified.
+        std::fs::copy("/bin/sleep", dir.join(layout::BINARY)).unwrap();
+        let mut agent = Command::new(dir.join(layout::BINARY)).arg("30").spawn().unwrap();
+        std::fs::write(dir.join(layout::PID), agent.id().to_string()).unwrap();
+        let pid = verified_pid(dir).unwrap();
+        assert_eq!(pid.as_raw_nonzero().get(), agent.id() as i32);
+        let _ = other.kill();
+        let _ = agent.kill();
+        let _ = other.wait();
+        let _ = agent.wait();
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("t");
+        std::fs::create_dir(&target).unwrap();
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(check_ours(&link), Err(BootstrapError::Unsafe(_))));
+        assert!(matches!(inspect(&link), Err(BootstrapError::Unsafe(_))));
+        assert!(!check_ours(&tmp.path().join("missing")).unwrap());
+    }
+}

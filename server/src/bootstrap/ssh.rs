@@ -1,0 +1,292 @@
+//! Bootstrap over SSH: probe the host ([`Inspection`]), decide the [`Plan`], and execute it with the shell commands
+//! of [`commands::linux`](super::commands::linux) on one logged-in [`Session`]; confirm a start in the database.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rusqlite::OptionalExtension;
+use vigil_schema::agent_config::{CollectPaths, SecretHex};
+
+use super::commands::linux;
+use super::credentials::{self, AgentFiles, Installed};
+use super::plan::{Confirm, Inputs, Inspection, Plan, Step};
+use super::remote::{NewKeys, Session};
+use super::{BootstrapError, Ctx, Done, dir_name, endpoint_for, layout};
+use crate::config::{Host, Os};
+use crate::store::{AgentRecord, Store};
+
+/// `key=value` lines of the probe.
+fn parse_probe(text: &str) -> HashMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect()
+}
+
+/// Turns the probe's answer into an [`Inspection`], refusing hosts no agent build serves.
+fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapError> {
+    let os = kv.remove("os").unwrap_or_default();
+    let arch = kv.remove("arch").unwrap_or_default();
+    if os != "Linux" {
+        let what = if os.is_empty() { "an unknown OS (uname failed: Windows?)".to_owned() } else { os };
+        return Err(BootstrapError::Unsupported(format!("{what}: no agent build for it")));
+    }
+    if arch != std::env::consts::ARCH {
+        return Err(BootstrapError::Unsupported(format!(
+            "Linux {arch}: no agent build for it (this server ships {})",
+            std::env::consts::ARCH
+        )));
+    }
+    if let Some(m) = kv.get("missing") {
+        return Err(BootstrapError::Unsupported(format!("the host lacks `{m}` (util-linux/coreutils)")));
+    }
+    let dir = kv.remove("dir").ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
+    let mut notes = Vec::new();
+    if let Some(t) = kv.get("noexec") {
+        notes.push(format!("{t} is mounted noexec: installed in {dir} instead"));
+    }
+    if let Some(t) = kv.get("tmp_unusable") {
+        notes.push(format!("{t} is not a writable directory: installed in {dir} instead"));
+    }
+    let free: u64 = kv.get("free_kb").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if free < linux::NEED_KB {
+        return Err(BootstrapError::Failed(format!("only {free} KiB free for {dir}, {} KiB needed", linux::NEED_KB)));
+    }
+    let secret = kv.remove("cfg_secret").map(SecretHex);
+    let installed = match (kv.remove("cfg_agent_id"), kv.remove("cfg_server_host_key"), kv.remove("cfg_server")) {
+        (Some(agent_id), Some(server_host_key), Some(server)) => {
+            Some(Installed { agent_id, server_host_key, server, secret, key_present: kv.contains_key("key") })
+        }
+        _ => None,
+    };
+    Ok(Inspection { dir, agent_sha: kv.remove("agent_sha"), installed, running: kv.contains_key("running"), notes })
+}
+
+fn refuse_windows(host: &Host) -> Result<(), BootstrapError> {
+    if host.os == Some(Os::Windows) {
+        return Err(BootstrapError::Unsupported(
+            "Windows: no Windows agent build ships with this server (the commands exist, the binary does not)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Probes the host and decides its plan.
+async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<(Plan, Inspection), BootstrapError> {
+    let probe = s.run(&linux::probe(&dir_name(&host.name)), None).await?;
+    let insp = inspection(parse_probe(&probe.stdout_text()))?;
+    let registered = ctx.registered()?;
+    let endpoint = endpoint_for(&ctx.config, host);
+    let inputs = Inputs {
+        registered: &registered,
+        host: &host.name,
+        fingerprint: &ctx.fingerprint,
+        endpoint: &endpoint,
+        binary_sha: &ctx.binary_sha,
+        server_up: ctx.server_up,
+    };
+    Ok((Plan::decide(&insp, &inputs), insp))
+}
+
+/// Installs, repairs or upgrades the agent of an SSH host; with `ctx.dry_run`, only probes and returns the plan's
+/// lines. `progress` reports each step.
+pub async fn bootstrap_ssh(ctx: &Ctx, host: &Host, progress: &(dyn Fn(&str) + Sync)) -> Result<Done, BootstrapError> {
+    refuse_windows(host)?;
+    progress("connecting");
+    let new_keys = match (ctx.dry_run, ctx.new_keys) {
+        (true, NewKeys::Accept) => NewKeys::AcceptUnrecorded,
+        (_, k) => k,
+    };
+    let s = Session::open(host, &ctx.known, new_keys).await?;
+    let result = async {
+        progress("probing");
+        let planned = probe_and_plan(ctx, host, &s).await?;
+        if ctx.dry_run {
+            return Ok(Done { steps: planned.0.lines(), ..Done::default() });
+        }
+        execute(ctx, host, &s, &planned, progress).await
+    }
+    .await;
+    s.close().await;
+    result
+}
+
+/// Executes `plan` on the host, recording each step as it completes.
+async fn execute(
+    ctx: &Ctx,
+    host: &Host,
+    s: &Session,
+    (plan, insp): &(Plan, Inspection),
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Done, BootstrapError> {
+    let dir = &plan.dir;
+    let mut done = Done { notes: insp.notes.clone(), ..Done::default() };
+    let mut files: Option<AgentFiles> = None;
+    let mut registration: Option<(AgentRecord, Option<AgentRecord>)> = None;
+    let mut started_at = 0;
+    for step in &plan.steps {
+        progress(step.progress());
+        tracing::debug!(step = %step, "step");
+        match *step {
+            Step::Stage { binary, credentials } => {
+                if credentials {
+                    let collect = CollectPaths::default();
+                    files =
+                        Some(AgentFiles::mint(&ctx.config, host, &ctx.fingerprint, collect, insp.previous_secrets())?);
+                }
+                // Everything travels on one stdin, in one command: each exec costs a session on the host.
+                let mut parts = Vec::new();
+                let mut payload: Vec<u8> = Vec::new();
+                let mut add = |name: &str, mode: &'static str, bytes: &[u8]| {
+                    parts.push(linux::Part { name: name.to_owned(), mode, len: bytes.len() });
+                    payload.extend_from_slice(bytes);
+                };
+                if binary {
+                    add(layout::BINARY, "700", &ctx.binary);
+                }
+                if let Some(f) = &files {
+                    for (name, _, bytes) in f.parts() {
+                        add(name, "600", bytes);
+                    }
+                }
+                s.check(&linux::stage(dir, &parts), Some(&payload)).await?;
+                done.uploaded = binary;
+            }
+            Step::Register => {
+                let f = files.as_ref().ok_or(BootstrapError::Plan("register before staging"))?;
+                registration = Some(credentials::register(&mut *ctx.store()?, f, &host.name)?);
+                done.minted = true;
+            }
+            Step::Activate { stop, binary, credentials, start } => {
+                let mut names = Vec::new();
+                if binary {
+                    names.push(layout::BINARY.to_owned());
+                }
+                if credentials {
+                    names.extend([layout::KEY, layout::SCHEDULE, layout::CONFIG].map(String::from));
+                }
+                started_at = vigil_sys::clock::now_ms();
+                if let Err(e) = s.check(&linux::activate(dir, &names, stop, start), None).await {
+                    if let Some((_, old)) = &registration {
+                        credentials::unregister(&mut *ctx.store()?, &host.name, old.as_ref())?;
+                    }
+                    return Err(e.into());
+                }
+                done.started = start;
+            }
+            Step::Confirm(how) => {
+                let agent_id = match (&registration, &insp.installed) {
+                    (Some((new, _)), _) => new.agent_id.clone(),
+                    (None, Some(i)) => i.agent_id.clone(),
+                    (None, None) => String::new(),
+                };
+                confirm(ctx, host, s, dir, how, &agent_id, started_at).await?;
+                if how == Confirm::Running {
+                    done.notes.push("server not running: agent alive, it will check in when the server starts".into());
+                }
+            }
+        }
+        done.steps.push(step.to_string());
+    }
+    super::finish_steps(plan, &mut done);
+    Ok(done)
+}
+
+/// Whether a report of `agent_id` received at or after `since_ms` is stored: a report under new credentials can
+/// only have been sealed with them (the id is new, and the endpoint opens each envelope with its agent's secret).
+pub fn report_stored(store: &Store, agent_id: &str, since_ms: i64) -> Result<bool, BootstrapError> {
+    let found: Option<i64> = store
+        .conn()
+        .query_row(
+            "SELECT 1 FROM reports WHERE agent_id = ?1 AND received_at_ms >= ?2 LIMIT 1",
+            rusqlite::params![agent_id, since_ms],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(crate::store::StoreError::from)?;
+    Ok(found.is_some())
+}
+
+/// Waits until the start is confirmed as `how` says.
+async fn confirm(
+    ctx: &Ctx,
+    host: &Host,
+    s: &Session,
+    dir: &str,
+    how: Confirm,
+    agent_id: &str,
+    started_at: i64,
+) -> Result<(), BootstrapError> {
+    if how == Confirm::Running {
+        if s.run(&linux::is_running(dir), None).await?.code != 0 {
+            return Err(BootstrapError::Failed(format!("agent is not running; see {dir}/agent.log")));
+        }
+        return Ok(());
+    }
+    // A new agent's first report waits for its first job: allow the shortest interval on top.
+    let first = ctx.config.schedule_for(&host.name).min_interval_s().unwrap_or(0);
+    let timeout = ctx.checkin_timeout + Duration::from_secs(u64::from(first));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = vigil_sys::backoff::Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+    loop {
+        let ok = {
+            let store = ctx.store()?;
+            match how {
+                Confirm::NewReport => report_stored(&store, agent_id, started_at - 1000)?,
+                _ => store
+                    .agents()?
+                    .into_iter()
+                    .find(|a| a.agent_id == agent_id)
+                    .and_then(|a| a.last_seen_at_ms)
+                    .is_some_and(|t| t >= started_at - 1000),
+            }
+        };
+        if ok {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            let what = if how == Confirm::NewReport { "delivered no report" } else { "did not check in" };
+            return Err(BootstrapError::Failed(format!(
+                "agent started but {what} within {} s (can the host reach {}? see {dir}/agent.log)",
+                timeout.as_secs(),
+                endpoint_for(&ctx.config, host)
+            )));
+        }
+        tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+/// Stops and removes an SSH host's agent (verified pid and directory only), and forgets its registration.
+pub async fn uninstall_ssh(ctx: &Ctx, host: &Host) -> Result<(), BootstrapError> {
+    refuse_windows(host)?;
+    let s = Session::open(host, &ctx.known, ctx.new_keys).await?;
+    let result = async {
+        let probe = s.run(&linux::probe(&dir_name(&host.name)), None).await?;
+        let kv = parse_probe(&probe.stdout_text());
+        let dir = kv.get("dir").cloned().ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
+        // The probe names the directory an install would use now (the home fallback when /tmp is noexec).
+        s.check(&linux::uninstall(&dir), None).await?;
+        Ok::<_, BootstrapError>(())
+    }
+    .await;
+    s.close().await;
+    result?;
+    ctx.store()?.remove_agents_of_host(&host.name)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_yields_the_old_secret_and_a_missing_key() {
+        let kv = parse_probe(
+            "os=Linux\narch=x86_64\ndir=/tmp/d\nfree_kb=999999\ncfg_agent_id=a-1\ncfg_server=s:1\n\
+             cfg_server_host_key=SHA256:k\ncfg_secret=00ff\nrunning=1\n",
+        );
+        let insp = inspection(kv).unwrap();
+        let i = insp.installed.as_ref().unwrap();
+        assert!(!i.key_present, "no key=1 line: the key file is missing");
+        assert_eq!(insp.previous_secrets(), [SecretHex("00ff".into())]);
+        assert!(insp.running);
+        assert!(!format!("{insp:?}").contains("00ff"));
+    }
+}
