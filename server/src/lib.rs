@@ -23,6 +23,7 @@ pub mod bootstrap;
 pub mod bootstrap_cmds;
 pub mod config;
 pub mod endpoint;
+pub mod escape;
 pub mod ingest;
 pub mod keys;
 pub mod mail;

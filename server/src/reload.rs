@@ -16,11 +16,37 @@ use crate::config::{Config, ConfigError};
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// The outcome of one reload, for the caller to record.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Reloaded {
-    Applied,
-    Unchanged,
+    /// A new config is in force. `restart_needed`: the `[server]` keys edited in the files that were not applied.
+    Applied {
+        restart_needed: Vec<&'static str>,
+    },
+    /// Nothing that can change live changed.
+    Unchanged {
+        restart_needed: Vec<&'static str>,
+    },
     Rejected(String),
+}
+
+/// Keeps the `[server]` settings the daemon runs with (`listen`, `data_dir`, `database`: the socket is bound and
+/// the database open; nothing re-applies them) in `new`, and returns the keys whose edit was refused.
+pub fn keep_running_server(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    let (old, edited) = (&running.server, &mut new.server);
+    let mut refused = Vec::new();
+    if edited.listen != old.listen {
+        edited.listen = old.listen;
+        refused.push("listen");
+    }
+    if edited.data_dir != old.data_dir {
+        edited.data_dir.clone_from(&old.data_dir);
+        refused.push("data_dir");
+    }
+    if edited.database != old.database {
+        edited.database.clone_from(&old.database);
+        refused.push("database");
+    }
+    refused
 }
 
 /// Where the last applied config is kept (inside the data directory, 0600): `vigil status` falls back to it while
@@ -39,7 +65,7 @@ pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loade
         if let Err(e) = crate::keys::ensure_private_dir(dir)
             .and_then(|()| crate::keys::write_private(&dir.join(name), text.as_bytes()))
         {
-            tracing::warn!("could not keep a copy of the applied config: {e}");
+            tracing::warn!(error = %e, "could not keep a copy of the applied config");
         }
     }
     Ok(loaded)
@@ -79,15 +105,19 @@ fn data_dir_line(text: &str) -> Option<PathBuf> {
 /// Loads both files; on success publishes the config (when it differs) and returns what happened.
 pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> Reloaded {
     match load_and_keep(clients, jobs) {
-        Ok(loaded) => {
+        Ok(mut loaded) => {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
+            let restart_needed = keep_running_server(&tx.borrow(), &mut loaded.config);
+            for key in &restart_needed {
+                tracing::warn!("restart needed for [server] {key}: vigil serve keeps running with the previous value");
+            }
             if **tx.borrow() == loaded.config {
-                return Reloaded::Unchanged;
+                return Reloaded::Unchanged { restart_needed };
             }
             tx.send_replace(Arc::new(loaded.config));
-            Reloaded::Applied
+            Reloaded::Applied { restart_needed }
         }
         Err(e @ (ConfigError::Invalid(_) | ConfigError::Io { .. })) => Reloaded::Rejected(e.to_string()),
     }
@@ -140,8 +170,8 @@ pub async fn watch_files(
             .await
             .unwrap_or_else(|e| Reloaded::Rejected(format!("reload task failed: {e}")));
         match &result {
-            Reloaded::Applied => tracing::info!("configuration reloaded"),
-            Reloaded::Unchanged => tracing::debug!("configuration files touched, nothing changed"),
+            Reloaded::Applied { .. } => tracing::info!("configuration reloaded"),
+            Reloaded::Unchanged { .. } => tracing::debug!("configuration files touched, nothing else changed"),
             Reloaded::Rejected(e) => tracing::error!("configuration edit rejected, the last good one stays:\n{e}"),
         }
         on_result(&result);

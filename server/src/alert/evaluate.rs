@@ -23,7 +23,8 @@ use super::{Phase, Transition, measure, repeat_due, rule_key, step};
 use crate::config::{AlertKind, AlertRule, Config, Host};
 use crate::ingest::IngestHandle;
 use crate::store::alerts::{self as rows, NewEvent, StateRow};
-use crate::store::{Incoming, StoreError, now_ms};
+use crate::store::{Incoming, StoreError};
+use vigil_sys::clock::now_ms;
 
 /// How often [`watch_silence`] looks for silent hosts.
 pub const SILENCE_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -224,14 +225,10 @@ pub fn check_silence(conn: &Connection, config: &Config, started_ms: i64, now: i
     Ok(changes)
 }
 
-/// How often alert history and finished mail older than the retention are pruned.
-const PRUNE_EVERY_MS: i64 = 3_600_000;
-
-/// Runs [`check_silence`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, and prunes
-/// alert history older than `retention_days` hourly, until `cancel` fires or the writer stops.
+/// Runs [`check_silence`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until
+/// `cancel` fires or the writer stops. (Old alert history is pruned by serve's retention task.)
 pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
     let started = now_ms();
-    let mut last_prune = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -240,19 +237,8 @@ pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Con
         let cfg = config.borrow().clone();
         match ingest.exec(move |s| s.write_tx(|c| check_silence(c, &cfg, started, now_ms()))).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("silence check failed: {e}"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "silence check failed"),
             Err(_) => return,
-        }
-        let now = now_ms();
-        if now - last_prune >= PRUNE_EVERY_MS {
-            last_prune = now;
-            let cutoff = now - i64::from(config.borrow().server.retention_days) * 86_400_000;
-            match ingest.exec(move |s| s.write_tx(|c| rows::prune(c, cutoff))).await {
-                Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "pruned old alert history"),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!("pruning alert history failed: {e}"),
-                Err(_) => return,
-            }
         }
     }
 }

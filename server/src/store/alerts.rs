@@ -9,7 +9,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{Incoming, Outcome, Store, StoreError, insert};
+use super::{Store, StoreError};
 use crate::config::AlertKind;
 
 /// The stored state of one (host, rule).
@@ -239,14 +239,17 @@ pub fn events_since(conn: &Connection, since_ms: i64) -> Result<Vec<EventRow>, S
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The columns `host, rule, value, limit_value, since_ms` of `alert_state` as a [`FiringRow`].
+fn firing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FiringRow> {
+    Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
+}
+
 /// Alerts firing now, by host then rule.
 pub fn firing(conn: &Connection) -> Result<Vec<FiringRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE state = 'firing' ORDER BY host, rule",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
-    })?;
+    let rows = stmt.query_map([], firing_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -256,9 +259,7 @@ pub fn firing_of(conn: &Connection, host: &str) -> Result<Vec<FiringRow>, StoreE
         "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE host = ?1 AND state = 'firing'
          ORDER BY rule",
     )?;
-    let rows = stmt.query_map(params![host], |r| {
-        Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
-    })?;
+    let rows = stmt.query_map(params![host], firing_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -327,31 +328,9 @@ pub fn recent_values(
 }
 
 impl Store {
-    /// Like [`Store::insert_reports`], and calls `hook` inside the same transaction after each newly stored report
-    /// (not for duplicates). A hook error rolls the whole batch back.
-    pub fn insert_reports_with(
-        &mut self,
-        batch: &[Incoming],
-        mut hook: impl FnMut(&Connection, &Incoming) -> Result<(), StoreError>,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let result = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for inc in batch {
-                let outcome = insert::insert_one(&tx, &mut self.hosts, inc)?;
-                if matches!(outcome, Outcome::Stored { .. }) {
-                    hook(&tx, inc)?;
-                }
-                out.push(outcome);
-            }
-            tx.commit()?;
-            Ok(out)
-        })();
-        if result.is_err() {
-            // Host ids cached during the failed transaction may have been rolled back.
-            self.hosts.clear();
-        }
-        result
+    /// Alerts of `host` firing now, by rule (for `vigil status`).
+    pub fn firing_of(&self, host: &str) -> Result<Vec<FiringRow>, StoreError> {
+        firing_of(&self.conn, host)
     }
 
     /// Alert events at or after `since_ms`, oldest first (for `vigil alerts`).
