@@ -160,10 +160,53 @@ pub fn on_report(conn: &Connection, config: &Config, inc: &Incoming, now: i64) -
             },
         )?;
         if let Some(to) = to {
-            rows::enqueue_mail(conn, Some(event), now, to, &subject, &body)?;
+            let digest = rows::digest(conn, &host.name)?;
+            if digest.is_none_or(|d| now.saturating_sub(d.last_mail_ms) >= SECURITY_DIGEST_MS) {
+                // The first security report of a quiet period is mailed at once, in full (with any events still
+                // waiting for a digest).
+                let after = digest.map_or(0, |d| d.last_event_id);
+                let waiting = rows::security_events_after(conn, &host.name, after)?;
+                let (subject, body) = match waiting.as_slice() {
+                    [only] if only.id == event => (subject, body),
+                    _ => message::security_digest(&host.name, &inc.ip, &waiting),
+                };
+                rows::enqueue_mail(conn, Some(event), now, to, &subject, &body)?;
+                let last_event_id = waiting.last().map_or(event, |e| e.id.max(event));
+                rows::set_digest(conn, &host.name, rows::DigestRow { last_mail_ms: now, last_event_id })?;
+            }
+            // Otherwise the event waits: [`flush_security_digests`] mails it with the others once the period is over.
         }
     }
     Ok(())
+}
+
+/// At most one security mail per host per this period: events in between are gathered into one digest mail.
+pub const SECURITY_DIGEST_MS: i64 = 5 * 60 * 1000;
+
+/// Queues the digest mail of every host whose security events waited for [`SECURITY_DIGEST_MS`] since its last
+/// security mail. A host without a recipient any more gets no mail; its waiting events are marked covered (they
+/// stay in the history). Returns the number of mails queued.
+pub fn flush_security_digests(conn: &Connection, config: &Config, now: i64) -> Result<usize, StoreError> {
+    let mut queued = 0;
+    for (host, d) in rows::digests_waiting(conn)? {
+        if now.saturating_sub(d.last_mail_ms) < SECURITY_DIGEST_MS {
+            continue;
+        }
+        let waiting = rows::security_events_after(conn, &host, d.last_event_id)?;
+        let Some(last) = waiting.last().map(|e| e.id) else { continue };
+        let configured = config.host(&host);
+        match configured.and_then(|h| recipient(config, h)) {
+            Some(to) => {
+                let ip = configured.map_or("", |h| h.ip.as_str());
+                let (subject, body) = message::security_digest(&host, ip, &waiting);
+                rows::enqueue_mail(conn, Some(last), now, to, &subject, &body)?;
+                rows::set_digest(conn, &host, rows::DigestRow { last_mail_ms: now, last_event_id: last })?;
+                queued += 1;
+            }
+            None => rows::set_digest(conn, &host, rows::DigestRow { last_event_id: last, ..d })?,
+        }
+    }
+    Ok(queued)
 }
 
 /// Fires silence alerts of hosts with no report for `limit` x their shortest job interval, repeats them when due,
@@ -225,7 +268,7 @@ pub fn check_silence(conn: &Connection, config: &Config, started_ms: i64, now: i
     Ok(changes)
 }
 
-/// Runs [`check_silence`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until
+/// Runs [`check_silence`] and [`flush_security_digests`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until
 /// `cancel` fires or the writer stops. (Old alert history is pruned by serve's retention task.)
 pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
     let started = now_ms();
@@ -235,9 +278,16 @@ pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Con
             _ = tokio::time::sleep(SILENCE_CHECK_EVERY) => {}
         }
         let cfg = config.borrow().clone();
-        match ingest.exec(move |s| s.write_tx(|c| check_silence(c, &cfg, started, now_ms()))).await {
+        let checks = move |s: &mut crate::store::Store| {
+            s.write_tx(|c| {
+                let now = now_ms();
+                check_silence(c, &cfg, started, now)?;
+                flush_security_digests(c, &cfg, now)
+            })
+        };
+        match ingest.exec(checks).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "silence check failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "silence check or security digest failed"),
             Err(_) => return,
         }
     }
@@ -359,7 +409,7 @@ mod tests {
     }
 
     #[test]
-    fn security_events_are_mailed_per_report() {
+    fn security_mail_is_one_per_host_per_digest_period_and_loses_no_event() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db")).unwrap();
         let cfg = config("", JOBS);
@@ -370,15 +420,35 @@ mod tests {
             source: None,
             message: "Failed password for root".into(),
         };
-        for seq in 1..=2 {
+        let with_events = |seq| {
             let mut r = report(seq, 1.0);
             r.report.stats.security_events =
                 Some(SecurityEvents { source: None, events: vec![ev.clone(), ev.clone()] });
-            ingest(&mut store, &cfg, r);
+            r
+        };
+        // A storm: a report with events every second for 20 s.
+        for seq in 1..=20 {
+            ingest(&mut store, &cfg, with_events(seq));
         }
-        let mut empty = report(3, 1.0);
+        let mut empty = report(21, 1.0);
         empty.report.stats.security_events = Some(SecurityEvents::default());
         ingest(&mut store, &cfg, empty);
-        assert_eq!(subjects(&store), ["[vigil] SECURITY web: 2 events (2 login_failed)"; 2]);
+        assert_eq!(subjects(&store), ["[vigil] SECURITY web: 2 events (2 login_failed)"], "the first mails at once");
+        assert_eq!(rows::events_since(store.conn(), 0).unwrap().len(), 20, "every report's events are recorded");
+
+        // Before the period is over, nothing more; after it, one digest of the 19 that waited.
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS - 1)).unwrap(), 0);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS)).unwrap(), 1);
+        let mail = rows::due_mail(store.conn(), i64::MAX, 100).unwrap();
+        assert_eq!(mail.len(), 2);
+        assert_eq!(mail[1].subject, "[vigil] SECURITY web: 19 more security reports (38 events)");
+        assert_eq!(mail[1].body.matches("SECURITY web: 2 events").count(), 19, "{}", mail[1].body);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, i64::MAX / 2)).unwrap(), 0, "all covered");
+
+        // A report after a quiet period is mailed at once again.
+        let mut later = with_events(22);
+        later.received_at_ms = 1_000 + 3 * SECURITY_DIGEST_MS;
+        ingest(&mut store, &cfg, later);
+        assert_eq!(rows::due_mail(store.conn(), i64::MAX, 100).unwrap().len(), 3);
     }
 }

@@ -217,31 +217,84 @@ pub fn prune(conn: &Connection, older_than_ms: i64) -> Result<usize, StoreError>
     Ok(mail + events)
 }
 
+/// The columns `id, at_ms, host, ip, rule, state, value, limit_value, detail` of `alert_events` as an [`EventRow`].
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: r.get(0)?,
+        at_ms: r.get(1)?,
+        host: r.get(2)?,
+        ip: r.get(3)?,
+        rule: r.get(4)?,
+        state: r.get(5)?,
+        value: r.get(6)?,
+        limit: r.get(7)?,
+        detail: r.get(8)?,
+    })
+}
+
 /// Events at or after `since_ms`, oldest first.
 pub fn events_since(conn: &Connection, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events
          WHERE at_ms >= ?1 ORDER BY at_ms, id",
     )?;
-    let rows = stmt.query_map(params![since_ms], |r| {
-        Ok(EventRow {
-            id: r.get(0)?,
-            at_ms: r.get(1)?,
-            host: r.get(2)?,
-            ip: r.get(3)?,
-            rule: r.get(4)?,
-            state: r.get(5)?,
-            value: r.get(6)?,
-            limit: r.get(7)?,
-            detail: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![since_ms], event_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The columns `host, rule, value, limit_value, since_ms` of `alert_state` as a [`FiringRow`].
 fn firing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FiringRow> {
     Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
+}
+
+/// Where a host's security mail digest stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestRow {
+    /// When its last security mail was queued (server clock).
+    pub last_mail_ms: i64,
+    /// The newest security event that mail covered.
+    pub last_event_id: i64,
+}
+
+/// The security digest of `host`, if it was ever mailed.
+pub fn digest(conn: &Connection, host: &str) -> Result<Option<DigestRow>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT last_mail_ms, last_event_id FROM security_digest WHERE host = ?1")?;
+    Ok(stmt
+        .query_row(params![host], |r| Ok(DigestRow { last_mail_ms: r.get(0)?, last_event_id: r.get(1)? }))
+        .optional()?)
+}
+
+/// Records that a security mail of `host` was queued.
+pub fn set_digest(conn: &Connection, host: &str, d: DigestRow) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO security_digest (host, last_mail_ms, last_event_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT (host) DO UPDATE SET last_mail_ms = excluded.last_mail_ms,
+             last_event_id = excluded.last_event_id",
+    )?
+    .execute(params![host, d.last_mail_ms, d.last_event_id])?;
+    Ok(())
+}
+
+/// Security events of `host` after event `after_id` (not mailed yet), oldest first.
+pub fn security_events_after(conn: &Connection, host: &str, after_id: i64) -> Result<Vec<EventRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events
+         WHERE host = ?1 AND rule = 'security' AND id > ?2 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![host, after_id], event_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Hosts whose security events wait for a digest mail: (host, digest).
+pub fn digests_waiting(conn: &Connection) -> Result<Vec<(String, DigestRow)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.host, d.last_mail_ms, d.last_event_id FROM security_digest d WHERE EXISTS
+             (SELECT 1 FROM alert_events e WHERE e.host = d.host AND e.rule = 'security' AND e.id > d.last_event_id)
+         ORDER BY d.host",
+    )?;
+    let rows =
+        stmt.query_map([], |r| Ok((r.get(0)?, DigestRow { last_mail_ms: r.get(1)?, last_event_id: r.get(2)? })))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Alerts firing now, by host then rule.

@@ -1,14 +1,18 @@
-//! The SQLite database: opening it (0600, WAL, migrations), agents, the pending config error and retention.
+//! The SQLite database, and all of vigil's SQL: opening it (0600, WAL, migrations), agents, the config state and
+//! retention here; reports in [`insert`], alert state, history, outbox and security digest in [`alerts`], the
+//! status queries in `views`, the schema documentation in [`schema_doc`]. Nothing outside this module uses
+//! `rusqlite`, except through the typed methods and rows here.
 //!
 //! The schema lives only in `migrations/` (refinery, embedded, applied on every [`Store::open`], append-only: a change
-//! is a new `V<n>__<name>.sql`). Reports and their typed statistics rows are written by [`insert`] (called from the
-//! ingest writer); the operator views read through [`Store::conn`] in `status`.
+//! is a new `V<n>__<name>.sql`).
 //!
-//! Architecture invariant: only the ingest writer thread writes while `vigil serve` runs; `vigil status` opens the
-//! file read-only.
+//! Writers: while `vigil serve` runs, the daemon writes only through the ingest writer thread. Other processes
+//! (`vigil enroll`, `bootstrap`, `uninstall`) write the `agents` table through their own connection; SQLite's WAL
+//! serializes them (busy timeout [`BUSY_TIMEOUT`]). `vigil status` and `vigil alerts` open the file read-only.
 
 pub mod alerts;
 mod insert;
+pub mod schema_doc;
 mod views;
 
 pub use views::HostRow;
@@ -28,7 +32,7 @@ mod embedded {
 }
 
 /// How long a statement waits for another connection's lock before failing with "busy".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reports deleted per transaction while pruning, so a large prune does not hold one huge transaction.
 const PRUNE_CHUNK: usize = 2_000;
 
