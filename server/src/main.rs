@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser, Subcommand};
 use cli::Files;
+use tracing_subscriber::EnvFilter;
 
 /// vigil: fleet monitoring over SSH.
 #[derive(Debug, Parser)]
@@ -91,15 +92,30 @@ enum Command {
     },
 }
 
+/// The log filter when `VIGIL_LOG` does not say otherwise.
+const DEFAULT_LOG: &str = "info,russh=warn";
+/// Added to every filter that does not name refinery.
+const QUIET_REFINERY: &str = "refinery_core=warn";
+
 /// Exit code when stdout's reader went away (as a shell reports a process killed by SIGPIPE).
 const BROKEN_PIPE: u8 = 141;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // refinery's own lines ("no migrations to apply") stay out; the store logs a migration when it applies one.
-    let default = "info,russh=warn,refinery=warn";
+    // refinery's own lines ("no migrations to apply") stay out unless VIGIL_LOG asks for them; the store logs a
+    // migration when it applies one.
+    let env = std::env::var("VIGIL_LOG").ok();
+    let mut filter = env.as_deref().map_or_else(
+        || EnvFilter::new(DEFAULT_LOG),
+        |v| EnvFilter::try_new(v).unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
+    );
+    if !env.is_some_and(|v| v.contains("refinery"))
+        && let Ok(quiet) = QUIET_REFINERY.parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| default.into()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

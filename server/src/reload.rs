@@ -123,59 +123,89 @@ pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> R
     }
 }
 
-/// Watches until cancelled, calling `on_result` after every reload attempt.
+/// The file watch on both config files' directories, set up before the daemon announces itself so an edit made
+/// right after start is not missed.
+#[derive(Debug)]
+pub struct FileWatcher {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::Receiver<()>,
+    clients: PathBuf,
+    jobs: PathBuf,
+}
+
+impl FileWatcher {
+    /// Starts watching the directories of `clients` and `jobs`.
+    pub fn start(clients: PathBuf, jobs: PathBuf) -> notify::Result<Self> {
+        let (ev_tx, events) = mpsc::channel::<()>(64);
+        let names: Vec<std::ffi::OsString> =
+            [&clients, &jobs].iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Only changes count: reading a file (ours included) raises access events, which must not reload.
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_) | notify::EventKind::Other)
+                && ev.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+            {
+                let _ = ev_tx.try_send(());
+            }
+        })?;
+        let dir_of =
+            |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let dirs: std::collections::BTreeSet<PathBuf> = [dir_of(&clients), dir_of(&jobs)].into_iter().collect();
+        for d in &dirs {
+            watcher.watch(d, RecursiveMode::NonRecursive)?;
+        }
+        Ok(Self { _watcher: watcher, events, clients, jobs })
+    }
+
+    /// Reloads after every burst of changes until cancelled, calling `on_result` after every reload attempt.
+    pub async fn run(
+        mut self,
+        tx: watch::Sender<Arc<Config>>,
+        cancel: CancellationToken,
+        mut on_result: impl FnMut(&Reloaded),
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = self.events.recv() => {
+                    if ev.is_none() {
+                        return;
+                    }
+                }
+            }
+            // Debounce: wait until the burst is over.
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                    _ = self.events.recv() => {}
+                }
+            }
+            let (c, j, t) = (self.clients.clone(), self.jobs.clone(), tx.clone());
+            let result = tokio::task::spawn_blocking(move || reload(&c, &j, &t))
+                .await
+                .unwrap_or_else(|e| Reloaded::Rejected(format!("reload task failed: {e}")));
+            match &result {
+                Reloaded::Applied { .. } => tracing::info!("configuration reloaded"),
+                Reloaded::Unchanged { .. } => tracing::debug!("configuration files touched, nothing else changed"),
+                Reloaded::Rejected(e) => tracing::error!("configuration edit rejected, the last good one stays:\n{e}"),
+            }
+            on_result(&result);
+        }
+    }
+}
+
+/// Watches until cancelled, calling `on_result` after every reload attempt: [`FileWatcher::start`], then
+/// [`FileWatcher::run`].
 pub async fn watch_files(
     clients: PathBuf,
     jobs: PathBuf,
     tx: watch::Sender<Arc<Config>>,
     cancel: CancellationToken,
-    mut on_result: impl FnMut(&Reloaded),
+    on_result: impl FnMut(&Reloaded),
 ) -> notify::Result<()> {
-    let (ev_tx, mut ev_rx) = mpsc::channel::<()>(64);
-    let names: Vec<std::ffi::OsString> =
-        [&clients, &jobs].iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only changes count: reading a file (ours included) raises access events, which must not reload.
-        if let Ok(ev) = res
-            && !matches!(ev.kind, notify::EventKind::Access(_) | notify::EventKind::Other)
-            && ev.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
-        {
-            let _ = ev_tx.try_send(());
-        }
-    })?;
-    let dir_of = |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let dirs: std::collections::BTreeSet<PathBuf> = [dir_of(&clients), dir_of(&jobs)].into_iter().collect();
-    for d in &dirs {
-        watcher.watch(d, RecursiveMode::NonRecursive)?;
-    }
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            ev = ev_rx.recv() => {
-                if ev.is_none() {
-                    return Ok(());
-                }
-            }
-        }
-        // Debounce: wait until the burst is over.
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(DEBOUNCE) => break,
-                _ = ev_rx.recv() => {}
-            }
-        }
-        let (c, j, t) = (clients.clone(), jobs.clone(), tx.clone());
-        let result = tokio::task::spawn_blocking(move || reload(&c, &j, &t))
-            .await
-            .unwrap_or_else(|e| Reloaded::Rejected(format!("reload task failed: {e}")));
-        match &result {
-            Reloaded::Applied { .. } => tracing::info!("configuration reloaded"),
-            Reloaded::Unchanged { .. } => tracing::debug!("configuration files touched, nothing else changed"),
-            Reloaded::Rejected(e) => tracing::error!("configuration edit rejected, the last good one stays:\n{e}"),
-        }
-        on_result(&result);
-    }
+    FileWatcher::start(clients, jobs)?.run(tx, cancel, on_result).await;
+    Ok(())
 }
 
 #[cfg(test)]

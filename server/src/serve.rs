@@ -86,6 +86,10 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
         .map_err(|source| ServeError::Listen { addr: settings.listen, source })?;
     let local_addr =
         listener.local_addr().map_err(|source| ServeError::Runtime { what: "the listener's address", source })?;
+    // Watching starts before the announcement: an edit made once serve says it listens is seen.
+    let watcher = reload::FileWatcher::start(opts.clients.clone(), opts.jobs.clone())
+        .inspect_err(|e| tracing::error!(error = %e, "cannot watch the config files, live reload is off"))
+        .ok();
     // Printed on stdout for operators and scripts: where agents connect and which key they pin. A closed stdout is
     // no reason not to serve.
     let mut stdout = std::io::stdout();
@@ -103,7 +107,14 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let cancel = shutdown.child_token();
     let ssh = Arc::new(endpoint::ssh_config(host_key, &opts.limits));
     tracker.spawn(endpoint_task(listener, ssh, shared.clone(), cancel.clone()));
-    tracker.spawn(reload_task(opts.clients.clone(), opts.jobs.clone(), config_tx, ingest.clone(), cancel.clone()));
+    // Without a watcher the config in force stays for good: its sender is kept, or every follower would stop.
+    let _fixed_config = match watcher {
+        Some(watcher) => {
+            tracker.spawn(reload_task(watcher, config_tx, ingest.clone(), cancel.clone()));
+            None
+        }
+        None => Some(config_tx),
+    };
     tracker.spawn(registry_task(shared.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::alert::watch_silence(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
@@ -164,8 +175,7 @@ async fn endpoint_task(
 /// Live reload: a valid edit is published (sessions and the allow-list follow it), an invalid one recorded in the
 /// database for `vigil status`, and so is an edit of `[server]`, which needs a restart.
 async fn reload_task(
-    clients: PathBuf,
-    jobs: PathBuf,
+    watcher: reload::FileWatcher,
     config_tx: watch::Sender<Arc<Config>>,
     ingest: IngestHandle,
     cancel: CancellationToken,
@@ -186,7 +196,7 @@ async fn reload_task(
             }
         }
     };
-    let watcher = reload::watch_files(clients, jobs, config_tx, cancel, move |r| {
+    let watcher = watcher.run(config_tx, cancel, move |r| {
         let _ = state_tx.send(match r {
             Reloaded::Rejected(e) => (Some(e.clone()), None),
             Reloaded::Applied { restart_needed } | Reloaded::Unchanged { restart_needed } => {
@@ -194,10 +204,7 @@ async fn reload_task(
             }
         });
     });
-    let (res, ()) = tokio::join!(watcher, recorder);
-    if let Err(e) = res {
-        tracing::error!(error = %e, "cannot watch the config files, live reload is off");
-    }
+    tokio::join!(watcher, recorder);
 }
 
 /// How often the allow-list is rebuilt from the agents table even when nothing here changed it: other processes

@@ -26,7 +26,7 @@ fn re_enroll(s: &Served, host: &str) -> Result<()> {
 fn a_session_whose_key_was_replaced_by_another_process_is_closed_within_the_refresh_period() -> Result<()> {
     let s = Served::start(&["alpha"], "1s")?;
     // The real agent, reporting every second, and a protocol client on a second connection with the same key.
-    let mut agent = s.spawn_agent("alpha")?;
+    let agent = s.spawn_agent("alpha")?;
     wait_for(T, "the real agent's first report", || s.stored_seqs("alpha").is_ok_and(|v| !v.is_empty()))
         .map_err(|e| e.context(format!("{}\n{}", agent.logs(), s.logs())))?;
     let mut probe = s.session("alpha")?;

@@ -260,51 +260,62 @@ impl Reader {
                     Err(e) => tracing::warn!(error = %e, "could not record check-in"),
                 }
             }
-            AgentMsg::Report(report) => {
-                if !state.hello {
-                    self.refuse(state, &counters.bad_messages, "report before hello", &report.seq);
-                    self.send(error(ErrorCode::BadMessage, "hello first", Some(report.seq))).await;
-                    return;
-                }
-                if let Err(e) = report.validate() {
-                    self.refuse(state, &counters.bad_reports, "invalid report", &e);
-                    self.send(error(ErrorCode::BadReport, e.to_string(), Some(report.seq))).await;
-                    return;
-                }
-                // Backpressure: at most max_in_flight reports of this connection wait for their commit.
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                let seq = report.seq;
-                let incoming = Incoming {
-                    agent_id: self.agent.agent_id.clone(),
-                    host: self.agent.host.clone(),
-                    ip: self.agent.ip.clone(),
-                    received_at_ms: now_ms(),
-                    report,
-                };
-                let ingest = self.shared.ingest.clone();
-                let out = self.out.clone();
-                let shared = self.shared.clone();
-                let commit = async move {
-                    let _permit = permit;
-                    let reply = match ingest.submit(incoming).await {
-                        Ok(Outcome::Stored { .. }) => {
-                            shared.counters.reports_stored.fetch_add(1, Ordering::Relaxed);
-                            ServerMsg::Ack { seq }
-                        }
-                        Ok(Outcome::Duplicate) => {
-                            shared.counters.reports_duplicate.fetch_add(1, Ordering::Relaxed);
-                            ServerMsg::Ack { seq }
-                        }
-                        Err(e) => {
-                            tracing::warn!(seq, error = %e, "report not stored");
-                            error(ErrorCode::Unavailable, "not stored, retry later", Some(seq))
-                        }
-                    };
-                    let _ = out.send(reply).await;
-                };
-                inflight.spawn(tracing::Instrument::in_current_span(commit));
-            }
+            AgentMsg::Report(report) => self.report(report, state, inflight, slots).await,
         }
+    }
+
+    /// A report: checked, then submitted to ingest; its ack (or error) is sent once the commit is done, while the
+    /// reader goes on.
+    async fn report(
+        &self,
+        report: vigil_schema::report::Report,
+        state: &mut State,
+        inflight: &mut JoinSet<()>,
+        slots: &Arc<Semaphore>,
+    ) {
+        let counters = &self.shared.counters;
+        if !state.hello {
+            self.refuse(state, &counters.bad_messages, "report before hello", &report.seq);
+            self.send(error(ErrorCode::BadMessage, "hello first", Some(report.seq))).await;
+            return;
+        }
+        if let Err(e) = report.validate() {
+            self.refuse(state, &counters.bad_reports, "invalid report", &e);
+            self.send(error(ErrorCode::BadReport, e.to_string(), Some(report.seq))).await;
+            return;
+        }
+        // Backpressure: at most max_in_flight reports of this connection wait for their commit.
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let seq = report.seq;
+        let incoming = Incoming {
+            agent_id: self.agent.agent_id.clone(),
+            host: self.agent.host.clone(),
+            ip: self.agent.ip.clone(),
+            received_at_ms: now_ms(),
+            report,
+        };
+        let ingest = self.shared.ingest.clone();
+        let out = self.out.clone();
+        let shared = self.shared.clone();
+        let commit = async move {
+            let _permit = permit;
+            let reply = match ingest.submit(incoming).await {
+                Ok(Outcome::Stored { .. }) => {
+                    shared.counters.reports_stored.fetch_add(1, Ordering::Relaxed);
+                    ServerMsg::Ack { seq }
+                }
+                Ok(Outcome::Duplicate) => {
+                    shared.counters.reports_duplicate.fetch_add(1, Ordering::Relaxed);
+                    ServerMsg::Ack { seq }
+                }
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "report not stored");
+                    error(ErrorCode::Unavailable, "not stored, retry later", Some(seq))
+                }
+            };
+            let _ = out.send(reply).await;
+        };
+        inflight.spawn(tracing::Instrument::in_current_span(commit));
     }
 }
 

@@ -72,6 +72,8 @@ pub fn sample_time(collected_at_ms: i64, received_at_ms: i64) -> i64 {
     if collected_at_ms > received_at_ms.saturating_add(MAX_FUTURE_MS) { received_at_ms } else { collected_at_ms }
 }
 
+/// Stores one report and its statistics rows. Over 100 lines because it is a table: one INSERT per statistics
+/// family, each with its column list; splitting it would only scatter the table.
 pub(super) fn insert_one(
     tx: &Transaction<'_>,
     hosts: &mut HashMap<String, (i64, String)>,
