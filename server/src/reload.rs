@@ -213,6 +213,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn server_settings_bound_at_start_are_kept_and_named() {
+        let jobs = |listen: &str, db: &str, days: u32| {
+            format!(
+                "[server]\nlisten = \"{listen}\"\ndata_dir = \"d\"\ndatabase = \"{db}\"\nretention_days = {days}\n\n\
+                 [[job]]\nname = \"v\"\ncollectors = [\"cpu\"]\ninterval = \"10s\"\n"
+            )
+        };
+        let clients = "<clients><client name=\"web\" ip=\"10.0.0.1\" username=\"u\"/></clients>";
+        let load = |j: &str| {
+            Config::from_sources(Path::new("c.xml"), clients, Path::new("j.toml"), j)
+                .map(|l| l.config)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let running = load(&jobs("127.0.0.1:7022", "a.db", 30));
+        let mut edited = load(&jobs("127.0.0.1:7023", "b.db", 20));
+        assert_eq!(keep_running_server(&running, &mut edited), ["listen", "database"]);
+        assert_eq!(edited.server.listen, running.server.listen);
+        assert_eq!(edited.server.database, running.server.database);
+        assert_eq!(edited.server.retention_days, 20, "what applies live is applied");
+        let mut same = load(&jobs("127.0.0.1:7022", "a.db", 30));
+        assert!(keep_running_server(&running, &mut same).is_empty());
+    }
+
+    #[test]
     fn data_dir_survives_a_broken_jobs_toml() {
         let broken = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"/srv/vigil\"  # here\n[[job]]\nname = \"vit";
         assert!(broken.parse::<toml::Table>().is_err());

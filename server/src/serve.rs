@@ -180,13 +180,19 @@ async fn reload_task(
     ingest: IngestHandle,
     cancel: CancellationToken,
 ) {
-    let (state_tx, mut state_rx) = tokio::sync::mpsc::unbounded_channel::<(Option<String>, Option<String>)>();
+    // (the config error, and the `[server]` keys waiting for a restart when the files were valid: an invalid edit
+    // says nothing about them)
+    type State = (Option<String>, Option<Option<String>>);
+    let (state_tx, mut state_rx) = tokio::sync::mpsc::unbounded_channel::<State>();
     let recorder = async move {
         while let Some((error, restart)) = state_rx.recv().await {
             let r = ingest
                 .exec(move |s| {
                     s.set_config_error(error.as_deref())?;
-                    s.set_restart_needed(restart.as_deref())
+                    match restart {
+                        Some(keys) => s.set_restart_needed(keys.as_deref()),
+                        None => Ok(()),
+                    }
                 })
                 .await;
             match r {
@@ -200,7 +206,7 @@ async fn reload_task(
         let _ = state_tx.send(match r {
             Reloaded::Rejected(e) => (Some(e.clone()), None),
             Reloaded::Applied { restart_needed } | Reloaded::Unchanged { restart_needed } => {
-                (None, (!restart_needed.is_empty()).then(|| restart_needed.join(", ")))
+                (None, Some((!restart_needed.is_empty()).then(|| restart_needed.join(", "))))
             }
         });
     });
