@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +22,7 @@ use super::{Phase, Transition, measure, repeat_due, rule_key, step};
 use crate::config::{AlertKind, AlertRule, Config, Host};
 use crate::ingest::IngestHandle;
 use crate::store::alerts::{self as rows, NewEvent, StateRow};
-use crate::store::{Incoming, StoreError};
+use crate::store::{Incoming, StoreError, Tx};
 use vigil_sys::clock::now_ms;
 
 /// How often [`watch_silence`] looks for silent hosts.
@@ -48,7 +47,7 @@ struct Change<'a> {
 }
 
 /// Writes the state, the event and (with a recipient) the outbox row of one transition.
-fn record(conn: &Connection, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<(), StoreError> {
+fn record(conn: Tx<'_>, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<(), StoreError> {
     let firing_since = c.previous.as_ref().filter(|p| p.firing).map(|p| p.since_ms);
     let state = StateRow {
         firing: c.transition != Transition::Resolve,
@@ -108,7 +107,7 @@ fn phase_of(state: Option<&StateRow>) -> Phase {
 }
 
 /// Applies `config`'s rules for the report's host to a report just stored (in the same transaction).
-pub fn on_report(conn: &Connection, config: &Config, inc: &Incoming, now: i64) -> Result<(), StoreError> {
+pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Result<(), StoreError> {
     let Some(host) = config.host(&inc.host) else { return Ok(()) };
     let to = recipient(config, host);
     for rule in &host.alerts {
@@ -186,7 +185,7 @@ pub const SECURITY_DIGEST_MS: i64 = 5 * 60 * 1000;
 /// Queues the digest mail of every host whose security events waited for [`SECURITY_DIGEST_MS`] since its last
 /// security mail. A host without a recipient any more gets no mail; its waiting events are marked covered (they
 /// stay in the history). Returns the number of mails queued.
-pub fn flush_security_digests(conn: &Connection, config: &Config, now: i64) -> Result<usize, StoreError> {
+pub fn flush_security_digests(conn: Tx<'_>, config: &Config, now: i64) -> Result<usize, StoreError> {
     let mut queued = 0;
     for (host, d) in rows::digests_waiting(conn)? {
         if now.saturating_sub(d.last_mail_ms) < SECURITY_DIGEST_MS {
@@ -214,7 +213,7 @@ pub fn flush_security_digests(conn: &Connection, config: &Config, now: i64) -> R
 /// alerted on (`vigil status` shows it as silent); the silence of a host is counted from serve's start at the
 /// earliest (`started_ms`), so a server restart does not raise alerts before agents had a chance to reconnect.
 /// Returns the number of transitions.
-pub fn check_silence(conn: &Connection, config: &Config, started_ms: i64, now: i64) -> Result<usize, StoreError> {
+pub fn check_silence(conn: Tx<'_>, config: &Config, started_ms: i64, now: i64) -> Result<usize, StoreError> {
     let mut changes = 0;
     for host in &config.clients {
         for rule in host.alerts.iter().filter(|r| r.kind == AlertKind::Silence) {
@@ -337,7 +336,7 @@ mod tests {
     }
 
     fn subjects(store: &Store) -> Vec<String> {
-        rows::due_mail(store.conn(), i64::MAX, 100).unwrap().into_iter().map(|r| r.subject).collect()
+        rows::due_mail(store.view(), i64::MAX, 100).unwrap().into_iter().map(|r| r.subject).collect()
     }
 
     #[test]
@@ -352,11 +351,11 @@ mod tests {
             subjects(&store),
             ["[vigil] FIRING cpu on web (93.2% > 90%)", "[vigil] RESOLVED cpu on web (84.0% < 85%)"]
         );
-        let mail = &rows::due_mail(store.conn(), i64::MAX, 1).unwrap()[0];
+        let mail = &rows::due_mail(store.view(), i64::MAX, 1).unwrap()[0];
         assert_eq!(mail.recipient, "ops@example.com");
         assert!(mail.body.contains("50.0%") && mail.body.contains("IP:     10.0.0.1"), "{}", mail.body);
-        assert_eq!(rows::events_since(store.conn(), 0).unwrap().len(), 2);
-        assert!(rows::firing(store.conn()).unwrap().is_empty());
+        assert_eq!(rows::events_since(store.view(), 0).unwrap().len(), 2);
+        assert!(rows::firing(store.view()).unwrap().is_empty());
     }
 
     #[test]
@@ -369,10 +368,10 @@ mod tests {
         assert!(cfg.smtp.is_none());
         ingest(&mut store, &cfg, report(1, 99.0));
         assert!(subjects(&store).is_empty());
-        assert_eq!(rows::firing(store.conn()).unwrap().len(), 1);
+        assert_eq!(rows::firing(store.view()).unwrap().len(), 1);
         // The same report again is a duplicate: nothing evaluated.
         ingest(&mut store, &cfg, report(1, 10.0));
-        assert_eq!(rows::firing(store.conn()).unwrap().len(), 1);
+        assert_eq!(rows::firing(store.view()).unwrap().len(), 1);
     }
 
     #[test]
@@ -403,9 +402,9 @@ mod tests {
         ingest(&mut store, &cfg, report(1, 99.0));
         let without = config("", JOBS);
         assert_eq!(store.write_tx(|c| check_silence(c, &without, 0, 5_000)).unwrap(), 1);
-        assert!(rows::firing(store.conn()).unwrap().is_empty());
+        assert!(rows::firing(store.view()).unwrap().is_empty());
         assert_eq!(subjects(&store).len(), 1, "only the firing mail");
-        assert_eq!(rows::events_since(store.conn(), 0).unwrap().last().unwrap().state, "cleared");
+        assert_eq!(rows::events_since(store.view(), 0).unwrap().last().unwrap().state, "cleared");
     }
 
     #[test]
@@ -434,12 +433,12 @@ mod tests {
         empty.report.stats.security_events = Some(SecurityEvents::default());
         ingest(&mut store, &cfg, empty);
         assert_eq!(subjects(&store), ["[vigil] SECURITY web: 2 events (2 login_failed)"], "the first mails at once");
-        assert_eq!(rows::events_since(store.conn(), 0).unwrap().len(), 20, "every report's events are recorded");
+        assert_eq!(rows::events_since(store.view(), 0).unwrap().len(), 20, "every report's events are recorded");
 
         // Before the period is over, nothing more; after it, one digest of the 19 that waited.
         assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS - 1)).unwrap(), 0);
         assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS)).unwrap(), 1);
-        let mail = rows::due_mail(store.conn(), i64::MAX, 100).unwrap();
+        let mail = rows::due_mail(store.view(), i64::MAX, 100).unwrap();
         assert_eq!(mail.len(), 2);
         assert_eq!(mail[1].subject, "[vigil] SECURITY web: 19 more security reports (38 events)");
         assert_eq!(mail[1].body.matches("SECURITY web: 2 events").count(), 19, "{}", mail[1].body);
@@ -449,6 +448,6 @@ mod tests {
         let mut later = with_events(22);
         later.received_at_ms = 1_000 + 3 * SECURITY_DIGEST_MS;
         ingest(&mut store, &cfg, later);
-        assert_eq!(rows::due_mail(store.conn(), i64::MAX, 100).unwrap().len(), 3);
+        assert_eq!(rows::due_mail(store.view(), i64::MAX, 100).unwrap().len(), 3);
     }
 }

@@ -191,7 +191,7 @@ async fn round(
     cached: &mut Option<(SmtpSettings, Mailer)>,
     cancel: &CancellationToken,
 ) -> Round {
-    let due = match ingest.exec(|s| rows::due_mail(s.conn(), now_ms(), BATCH)).await {
+    let due = match ingest.exec(|s| rows::due_mail(s.view(), now_ms(), BATCH)).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => return Round::Down(MailError::Transient(format!("reading the outbox: {e}"))),
         Err(_) => return Round::Stopped,

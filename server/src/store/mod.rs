@@ -107,6 +107,18 @@ impl std::fmt::Debug for AgentRecord {
     }
 }
 
+/// The database inside one of the store's transactions (or, from [`Store::view`], outside any): what the functions
+/// of [`alerts`] run on, so alert evaluation and the mailer share the ingest writer's transaction without ever
+/// holding the connection itself.
+#[derive(Clone, Copy)]
+pub struct Tx<'c>(&'c Connection);
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tx")
+    }
+}
+
 /// What one retention pass deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
@@ -203,7 +215,13 @@ impl Store {
         &self.path
     }
 
-    /// The connection, for read queries of the operator views.
+    /// The database outside a transaction, for reads through [`alerts`].
+    pub fn view(&self) -> Tx<'_> {
+        Tx(&self.conn)
+    }
+
+    /// The connection, for the store's own tests.
+    #[cfg(test)]
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -282,7 +300,7 @@ impl Store {
     pub fn insert_reports_with(
         &mut self,
         batch: &[Incoming],
-        mut hook: impl FnMut(&Connection, &Incoming) -> Result<(), StoreError>,
+        mut hook: impl FnMut(Tx<'_>, &Incoming) -> Result<(), StoreError>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let result = (|| {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -290,7 +308,7 @@ impl Store {
             for inc in batch {
                 let outcome = insert::insert_one(&tx, &mut self.hosts, inc)?;
                 if matches!(outcome, Outcome::Stored { .. }) {
-                    hook(&tx, inc)?;
+                    hook(Tx(&tx), inc)?;
                 }
                 out.push(outcome);
             }
