@@ -32,8 +32,9 @@ impl Default for IngestOptions {
     }
 }
 
-/// Why a report (or a job) was not carried out. Cloneable: one failed commit answers every report in it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a report (or a job) was not carried out. Cloneable: one failed commit answers every report in it (the
+/// database error is shared, not copied).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum IngestError {
     /// The writer has stopped (shutdown, or it died); nothing more is accepted.
     #[error("ingest writer has stopped")]
@@ -43,12 +44,25 @@ pub enum IngestError {
     Unavailable,
     /// Any other database failure; the report was not stored.
     #[error("storage error: {0}")]
-    Storage(String),
+    Storage(Arc<StoreError>),
 }
 
-impl From<&StoreError> for IngestError {
-    fn from(e: &StoreError) -> Self {
-        if e.is_full() { IngestError::Unavailable } else { IngestError::Storage(e.to_string()) }
+/// Equal kinds; two storage errors are equal when they are the same error or say the same.
+impl PartialEq for IngestError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (IngestError::Closed, IngestError::Closed) | (IngestError::Unavailable, IngestError::Unavailable) => true,
+            (IngestError::Storage(a), IngestError::Storage(b)) => Arc::ptr_eq(a, b) || a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for IngestError {}
+
+impl From<StoreError> for IngestError {
+    fn from(e: StoreError) -> Self {
+        if e.is_full() { IngestError::Unavailable } else { IngestError::Storage(Arc::new(e)) }
     }
 }
 
@@ -226,8 +240,9 @@ impl Writer {
             }
             Err(e) if e.is_full() || items.len() == 1 => {
                 tracing::warn!(reports = items.len(), error = %e, "ingest commit failed; nothing acknowledged");
+                let err = IngestError::from(e);
                 for reply in replies {
-                    self.answer(reply, Err(IngestError::from(&e)));
+                    self.answer(reply, Err(err.clone()));
                 }
             }
             Err(e) => {
@@ -237,9 +252,13 @@ impl Writer {
                     let answer = match result {
                         Ok(mut o) => {
                             self.note_commit(1);
-                            o.pop().ok_or_else(|| IngestError::Storage("no outcome for a stored report".into()))
+                            o.pop().ok_or_else(|| {
+                                IngestError::Storage(Arc::new(StoreError::BadValue(
+                                    "no outcome for a stored report".into(),
+                                )))
+                            })
                         }
-                        Err(e) => Err(IngestError::from(&e)),
+                        Err(e) => Err(IngestError::from(e)),
                     };
                     self.answer(reply, answer);
                 }

@@ -22,6 +22,7 @@ pub use vigil_config as config;
 pub mod alert;
 pub mod bootstrap;
 pub mod endpoint;
+pub mod escape;
 pub mod ingest;
 pub mod keys;
 pub mod mail;

@@ -16,11 +16,37 @@ use crate::config::{Config, ConfigError};
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// The outcome of one reload, for the caller to record.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Reloaded {
-    Applied,
-    Unchanged,
+    /// A new config is in force. `restart_needed`: the `[server]` keys edited in the files that were not applied.
+    Applied {
+        restart_needed: Vec<&'static str>,
+    },
+    /// Nothing that can change live changed.
+    Unchanged {
+        restart_needed: Vec<&'static str>,
+    },
     Rejected(String),
+}
+
+/// Keeps the `[server]` settings the daemon runs with (`listen`, `data_dir`, `database`: the socket is bound and
+/// the database open; nothing re-applies them) in `new`, and returns the keys whose edit was refused.
+pub fn keep_running_server(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    let (old, edited) = (&running.server, &mut new.server);
+    let mut refused = Vec::new();
+    if edited.listen != old.listen {
+        edited.listen = old.listen;
+        refused.push("listen");
+    }
+    if edited.data_dir != old.data_dir {
+        edited.data_dir.clone_from(&old.data_dir);
+        refused.push("data_dir");
+    }
+    if edited.database != old.database {
+        edited.database.clone_from(&old.database);
+        refused.push("database");
+    }
+    refused
 }
 
 /// Where the last applied config is kept (inside the data directory, 0600): `vigil status` falls back to it while
@@ -36,7 +62,7 @@ pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loade
         if let Err(e) = crate::keys::ensure_private_dir(dir)
             .and_then(|()| crate::keys::write_private(&dir.join(name), text.as_bytes()))
         {
-            tracing::warn!("could not keep a copy of the applied config: {e}");
+            tracing::warn!(error = %e, "could not keep a copy of the applied config");
         }
     }
     Ok(loaded)
@@ -76,78 +102,136 @@ fn data_dir_line(text: &str) -> Option<PathBuf> {
 /// Loads both files; on success publishes the config (when it differs) and returns what happened.
 pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> Reloaded {
     match load_and_keep(clients, jobs) {
-        Ok(loaded) => {
+        Ok(mut loaded) => {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
+            let restart_needed = keep_running_server(&tx.borrow(), &mut loaded.config);
+            for key in &restart_needed {
+                tracing::warn!("restart needed for [server] {key}: vigil serve keeps running with the previous value");
+            }
             if **tx.borrow() == loaded.config {
-                return Reloaded::Unchanged;
+                return Reloaded::Unchanged { restart_needed };
             }
             tx.send_replace(Arc::new(loaded.config));
-            Reloaded::Applied
+            Reloaded::Applied { restart_needed }
         }
         Err(e @ (ConfigError::Invalid(_) | ConfigError::Io { .. })) => Reloaded::Rejected(e.to_string()),
     }
 }
 
-/// Watches until cancelled, calling `on_result` after every reload attempt.
+/// The file watch on both config files' directories, set up before the daemon announces itself so an edit made
+/// right after start is not missed.
+#[derive(Debug)]
+pub struct FileWatcher {
+    _watcher: notify::RecommendedWatcher,
+    events: mpsc::Receiver<()>,
+    clients: PathBuf,
+    jobs: PathBuf,
+}
+
+impl FileWatcher {
+    /// Starts watching the directories of `clients` and `jobs`.
+    pub fn start(clients: PathBuf, jobs: PathBuf) -> notify::Result<Self> {
+        let (ev_tx, events) = mpsc::channel::<()>(64);
+        let names: Vec<std::ffi::OsString> =
+            [&clients, &jobs].iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Only changes count: reading a file (ours included) raises access events, which must not reload.
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_) | notify::EventKind::Other)
+                && ev.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
+            {
+                let _ = ev_tx.try_send(());
+            }
+        })?;
+        let dir_of =
+            |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let dirs: std::collections::BTreeSet<PathBuf> = [dir_of(&clients), dir_of(&jobs)].into_iter().collect();
+        for d in &dirs {
+            watcher.watch(d, RecursiveMode::NonRecursive)?;
+        }
+        Ok(Self { _watcher: watcher, events, clients, jobs })
+    }
+
+    /// Reloads after every burst of changes until cancelled, calling `on_result` after every reload attempt.
+    pub async fn run(
+        mut self,
+        tx: watch::Sender<Arc<Config>>,
+        cancel: CancellationToken,
+        mut on_result: impl FnMut(&Reloaded),
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = self.events.recv() => {
+                    if ev.is_none() {
+                        return;
+                    }
+                }
+            }
+            // Debounce: wait until the burst is over.
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                    _ = self.events.recv() => {}
+                }
+            }
+            let (c, j, t) = (self.clients.clone(), self.jobs.clone(), tx.clone());
+            let result = tokio::task::spawn_blocking(move || reload(&c, &j, &t))
+                .await
+                .unwrap_or_else(|e| Reloaded::Rejected(format!("reload task failed: {e}")));
+            match &result {
+                Reloaded::Applied { .. } => tracing::info!("configuration reloaded"),
+                Reloaded::Unchanged { .. } => tracing::debug!("configuration files touched, nothing else changed"),
+                Reloaded::Rejected(e) => tracing::error!("configuration edit rejected, the last good one stays:\n{e}"),
+            }
+            on_result(&result);
+        }
+    }
+}
+
+/// Watches until cancelled, calling `on_result` after every reload attempt: [`FileWatcher::start`], then
+/// [`FileWatcher::run`].
 pub async fn watch_files(
     clients: PathBuf,
     jobs: PathBuf,
     tx: watch::Sender<Arc<Config>>,
     cancel: CancellationToken,
-    mut on_result: impl FnMut(&Reloaded),
+    on_result: impl FnMut(&Reloaded),
 ) -> notify::Result<()> {
-    let (ev_tx, mut ev_rx) = mpsc::channel::<()>(64);
-    let names: Vec<std::ffi::OsString> =
-        [&clients, &jobs].iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only changes count: reading a file (ours included) raises access events, which must not reload.
-        if let Ok(ev) = res
-            && !matches!(ev.kind, notify::EventKind::Access(_) | notify::EventKind::Other)
-            && ev.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|m| m == n)))
-        {
-            let _ = ev_tx.try_send(());
-        }
-    })?;
-    let dir_of = |p: &Path| p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let dirs: std::collections::BTreeSet<PathBuf> = [dir_of(&clients), dir_of(&jobs)].into_iter().collect();
-    for d in &dirs {
-        watcher.watch(d, RecursiveMode::NonRecursive)?;
-    }
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            ev = ev_rx.recv() => {
-                if ev.is_none() {
-                    return Ok(());
-                }
-            }
-        }
-        // Debounce: wait until the burst is over.
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(DEBOUNCE) => break,
-                _ = ev_rx.recv() => {}
-            }
-        }
-        let (c, j, t) = (clients.clone(), jobs.clone(), tx.clone());
-        let result = tokio::task::spawn_blocking(move || reload(&c, &j, &t))
-            .await
-            .unwrap_or_else(|e| Reloaded::Rejected(format!("reload task failed: {e}")));
-        match &result {
-            Reloaded::Applied => tracing::info!("configuration reloaded"),
-            Reloaded::Unchanged => tracing::debug!("configuration files touched, nothing changed"),
-            Reloaded::Rejected(e) => tracing::error!("configuration edit rejected, the last good one stays:\n{e}"),
-        }
-        on_result(&result);
-    }
+    FileWatcher::start(clients, jobs)?.run(tx, cancel, on_result).await;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_settings_bound_at_start_are_kept_and_named() {
+        let jobs = |listen: &str, db: &str, days: u32| {
+            format!(
+                "[server]\nlisten = \"{listen}\"\ndata_dir = \"d\"\ndatabase = \"{db}\"\nretention_days = {days}\n\n\
+                 [[job]]\nname = \"v\"\ncollectors = [\"cpu\"]\ninterval = \"10s\"\n"
+            )
+        };
+        let clients = "<clients><client name=\"web\" ip=\"10.0.0.1\" username=\"u\"/></clients>";
+        let load = |j: &str| {
+            Config::from_sources(Path::new("c.xml"), clients, Path::new("j.toml"), j)
+                .map(|l| l.config)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let running = load(&jobs("127.0.0.1:7022", "a.db", 30));
+        let mut edited = load(&jobs("127.0.0.1:7023", "b.db", 20));
+        assert_eq!(keep_running_server(&running, &mut edited), ["listen", "database"]);
+        assert_eq!(edited.server.listen, running.server.listen);
+        assert_eq!(edited.server.database, running.server.database);
+        assert_eq!(edited.server.retention_days, 20, "what applies live is applied");
+        let mut same = load(&jobs("127.0.0.1:7022", "a.db", 30));
+        assert!(keep_running_server(&running, &mut same).is_empty());
+    }
 
     #[test]
     fn data_dir_survives_a_broken_jobs_toml() {

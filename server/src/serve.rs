@@ -1,7 +1,12 @@
 //! `vigil serve`: wires config, store, ingest, the SSH endpoint, live reload, retention and local agents into one
-//! daemon, and owns every task it spawns: each runs on one `TaskTracker` under one `CancellationToken`, and `run`
-//! returns only after all have finished and the ingest writer has committed what was queued.
+//! daemon, and owns every task it spawns: one function per long-lived task below, each run on one `TaskTracker`
+//! under one `CancellationToken`; `run` returns only after all have finished and the ingest writer has committed
+//! what was queued.
+//!
+//! Every write of the daemon goes through the ingest writer (`IngestHandle::exec`): reports, check-ins, the config
+//! state, retention, alert state, mail state and the local agents' registrations.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +18,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, Transport};
 use crate::endpoint::{self, Limits, Shared};
-use crate::ingest::{self, IngestOptions};
+use crate::ingest::{self, IngestError, IngestHandle, IngestOptions};
 use crate::reload::{self, Reloaded};
-use crate::store::now_ms;
 use crate::store::{Store, StoreError};
+
+/// How often retention runs (and once at start).
+pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// How often the local agents are checked (and restarted when not running).
+pub const LOCAL_AGENTS_EVERY: Duration = Duration::from_secs(15);
 
 /// What `vigil serve` runs on.
 #[derive(Debug, Clone)]
@@ -31,21 +40,32 @@ pub struct ServeOptions {
 /// Why the server could not start (once running, it does not stop on bad input).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
-    #[error("cannot start: {0}")]
-    Start(String),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A resource of the daemon itself (a thread, the listener's address) could not be had.
+    #[error("cannot start: {what}")]
+    Runtime {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start: the ingest writer stopped")]
+    Ingest(#[source] IngestError),
 }
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let loaded = crate::reload::load_and_keep(&opts.clients, &opts.jobs)?;
+    let loaded = reload::load_and_keep(&opts.clients, &opts.jobs)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -57,138 +77,50 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
 
     let mut store = Store::open(&settings.database)?;
     store.set_config_error(None)?;
-    let (ingest, writer) =
-        ingest::spawn(store, IngestOptions::default()).map_err(|e| ServeError::Start(e.to_string()))?;
+    store.set_restart_needed(None)?;
+    let (ingest, writer) = ingest::spawn(store, IngestOptions::default())
+        .map_err(|source| ServeError::Runtime { what: "the ingest writer thread", source })?;
 
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: settings.listen, source })?;
-    let local_addr = listener.local_addr().map_err(|e| ServeError::Start(e.to_string()))?;
-    // Printed on stdout for operators and scripts: where agents connect and which key they pin.
-    println!("vigil serve: listening on {local_addr}, host key {fingerprint}");
+    let local_addr =
+        listener.local_addr().map_err(|source| ServeError::Runtime { what: "the listener's address", source })?;
+    // Watching starts before the announcement: an edit made once serve says it listens is seen.
+    let watcher = reload::FileWatcher::start(opts.clients.clone(), opts.jobs.clone())
+        .inspect_err(|e| tracing::error!(error = %e, "cannot watch the config files, live reload is off"))
+        .ok();
+    // Printed on stdout for operators and scripts: where agents connect and which key they pin. A closed stdout is
+    // no reason not to serve.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "vigil serve: listening on {local_addr}, host key {fingerprint}")
+        .and_then(|()| stdout.flush());
     tracing::info!(%local_addr, %fingerprint, hosts = config.clients.len(), jobs = config.jobs.len(), "serving");
 
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     // Alert rules follow the config in force; set before the endpoint takes reports.
-    ingest.set_alert_config(config_rx.clone()).await.map_err(|e| ServeError::Start(e.to_string()))?;
+    ingest.set_alert_config(config_rx.clone()).await.map_err(ServeError::Ingest)?;
     let shared = Shared::new(config_rx.clone(), ingest.clone(), opts.limits.clone());
     shared.refresh_registry().await;
 
     let tracker = TaskTracker::new();
     let cancel = shutdown.child_token();
-
-    // The endpoint stops on its own token, a child of ours.
     let ssh = Arc::new(endpoint::ssh_config(host_key, &opts.limits));
-    {
-        let shared = shared.clone();
-        let cancel = cancel.clone();
-        let endpoint_cancel = shared.cancel.clone();
-        tracker.spawn(async move {
-            tokio::select! {
-                _ = endpoint::run(listener, ssh, shared) => {}
-                _ = async { cancel.cancelled().await; endpoint_cancel.cancel(); std::future::pending::<()>().await } => {}
-            }
-        });
-    }
-
-    // Live reload: a valid edit is published (sessions and the allow-list follow it), an invalid one recorded.
-    {
-        let (clients, jobs) = (opts.clients.clone(), opts.jobs.clone());
-        let ingest = ingest.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            let (err_tx, mut err_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
-            let recorder = {
-                let ingest = ingest.clone();
-                async move {
-                    while let Some(err) = err_rx.recv().await {
-                        let r = ingest.exec(move |s| s.set_config_error(err.as_deref())).await;
-                        if !matches!(r, Ok(Ok(()))) {
-                            tracing::warn!("could not record the config state in the database");
-                        }
-                    }
-                }
-            };
-            let watcher = reload::watch_files(clients, jobs, config_tx, cancel, move |r| {
-                let _ = err_tx.send(match r {
-                    Reloaded::Rejected(e) => Some(e.clone()),
-                    _ => None,
-                });
-            });
-            let (res, ()) = tokio::join!(watcher, recorder);
-            if let Err(e) = res {
-                tracing::error!("cannot watch the config files, live reload is off: {e}");
-            }
-        });
-    }
-
-    // The allow-list follows every applied config.
-    {
-        let shared = shared.clone();
-        let mut rx = config_rx.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = rx.changed() => if r.is_err() { return },
-                }
-                shared.refresh_registry().await;
-            }
-        });
-    }
-
-    // Alerts: the periodic silence check, and the mailer sending the outbox.
+    tracker.spawn(endpoint_task(listener, ssh, shared.clone(), cancel.clone()));
+    // Without a watcher the config in force stays for good: its sender is kept, or every follower would stop.
+    let _fixed_config = match watcher {
+        Some(watcher) => {
+            tracker.spawn(reload_task(watcher, config_tx, ingest.clone(), cancel.clone()));
+            None
+        }
+        None => Some(config_tx),
+    };
+    tracker.spawn(registry_task(shared.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::alert::watch_silence(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
-
-    // Retention: prune hourly (and once at start).
-    {
-        let ingest = ingest.clone();
-        let cancel = cancel.clone();
-        let rx = config_rx.clone();
-        tracker.spawn(async move {
-            loop {
-                let days = i64::from(rx.borrow().server.retention_days);
-                let cutoff = now_ms() - days * 86_400_000;
-                match ingest.exec(move |s| s.prune(cutoff)).await {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(reports = n, "pruned data older than {days} days"),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!("pruning failed: {e}"),
-                    Err(_) => return,
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-                }
-            }
-        });
-    }
-
-    // Local agents: start (installing when needed) those not running, at start and every 15 s.
+    tracker.spawn(retention_task(ingest.clone(), config_rx.clone(), cancel.clone()));
     if opts.start_local_agents {
-        let rx = config_rx.clone();
-        let cancel = cancel.clone();
-        let db = settings.database.clone();
-        let fingerprint = fingerprint.clone();
-        let shared = shared.clone();
-        tracker.spawn(async move {
-            loop {
-                let config = rx.borrow().clone();
-                let has_local = config.clients.iter().any(|h| h.transport == Transport::Local);
-                if has_local {
-                    let (db, fp) = (db.clone(), fingerprint.clone());
-                    let result = tokio::task::spawn_blocking(move || supervise_local(&config, &db, &fp)).await;
-                    if let Ok(true) = result {
-                        shared.refresh_registry().await;
-                    }
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(15)) => {}
-                }
-            }
-        });
+        tracker.spawn(local_agents_task(shared.clone(), fingerprint, cancel.clone()));
     }
 
     shutdown.cancelled().await;
@@ -204,31 +136,162 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     Ok(())
 }
 
-/// Bootstraps every local host whose agent is not running. Returns whether credentials changed.
-fn supervise_local(config: &Config, db: &std::path::Path, fingerprint: &str) -> bool {
+/// Cancels `shutdown` on SIGTERM or SIGINT. Never returns when the handlers cannot be installed.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install the signal handlers; stop vigil serve with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    shutdown.cancel();
+}
+
+/// The endpoint's accept loop. It stops on its own token (`shared.cancel`), cancelled with ours; then it waits for
+/// every connection to finish.
+async fn endpoint_task(
+    listener: TcpListener,
+    ssh: Arc<russh::server::Config>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let endpoint_cancel = shared.cancel.clone();
+    let accept = endpoint::run(listener, ssh, shared);
+    tokio::pin!(accept);
+    tokio::select! {
+        _ = &mut accept => return,
+        _ = cancel.cancelled() => {}
+    }
+    endpoint_cancel.cancel();
+    accept.await;
+}
+
+/// Live reload: a valid edit is published (sessions and the allow-list follow it), an invalid one recorded in the
+/// database for `vigil status`, and so is an edit of `[server]`, which needs a restart.
+async fn reload_task(
+    watcher: reload::FileWatcher,
+    config_tx: watch::Sender<Arc<Config>>,
+    ingest: IngestHandle,
+    cancel: CancellationToken,
+) {
+    // (the config error, and the `[server]` keys waiting for a restart when the files were valid: an invalid edit
+    // says nothing about them)
+    type State = (Option<String>, Option<Option<String>>);
+    let (state_tx, mut state_rx) = tokio::sync::mpsc::unbounded_channel::<State>();
+    let recorder = async move {
+        while let Some((error, restart)) = state_rx.recv().await {
+            let r = ingest
+                .exec(move |s| {
+                    s.set_config_error(error.as_deref())?;
+                    match restart {
+                        Some(keys) => s.set_restart_needed(keys.as_deref()),
+                        None => Ok(()),
+                    }
+                })
+                .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not record the config state in the database"),
+                Err(e) => tracing::warn!(error = %e, "could not record the config state in the database"),
+            }
+        }
+    };
+    let watcher = watcher.run(config_tx, cancel, move |r| {
+        let _ = state_tx.send(match r {
+            Reloaded::Rejected(e) => (Some(e.clone()), None),
+            Reloaded::Applied { restart_needed } | Reloaded::Unchanged { restart_needed } => {
+                (None, Some((!restart_needed.is_empty()).then(|| restart_needed.join(", "))))
+            }
+        });
+    });
+    tokio::join!(watcher, recorder);
+}
+
+/// How often the allow-list is rebuilt from the agents table even when nothing here changed it: other processes
+/// (`vigil enroll`, `bootstrap`, `uninstall`) change registrations, and a session whose key is no longer registered
+/// is closed within this period.
+pub const REGISTRY_REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// The allow-list follows every applied config, and the agents table every [`REGISTRY_REFRESH_EVERY`].
+async fn registry_task(shared: Arc<Shared>, mut config_rx: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = config_rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(REGISTRY_REFRESH_EVERY) => {}
+        }
+        shared.refresh_registry().await;
+    }
+}
+
+/// Retention, the one place data is pruned: reports (with their statistics rows), alert history and finished mail
+/// older than `retention_days`, hourly and once at start.
+async fn retention_task(ingest: IngestHandle, config_rx: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
+    loop {
+        let days = i64::from(config_rx.borrow().server.retention_days);
+        let cutoff = vigil_sys::clock::now_ms() - days * 86_400_000;
+        match ingest.exec(move |s| s.prune(cutoff)).await {
+            Ok(Ok(p)) if p.reports > 0 || p.alert_rows > 0 => {
+                tracing::info!(reports = p.reports, alert_rows = p.alert_rows, days, "pruned data past retention");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning failed"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
+}
+
+/// Local agents: starts (installing when needed) those of `transport="local"` hosts that are not running, at start
+/// and every [`LOCAL_AGENTS_EVERY`]. Their registration is written on the ingest writer, like every other write of
+/// the daemon; a new one refreshes the allow-list at once.
+async fn local_agents_task(shared: Arc<Shared>, fingerprint: String, cancel: CancellationToken) {
+    loop {
+        let config = shared.config.borrow().clone();
+        if config.clients.iter().any(|h| h.transport == Transport::Local) {
+            let fp = fingerprint.clone();
+            match shared.ingest.exec(move |store| supervise_local(&config, store, &fp)).await {
+                Ok(true) => shared.refresh_registry().await,
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(LOCAL_AGENTS_EVERY) => {}
+        }
+    }
+}
+
+/// Bootstraps every local host whose agent is not running. Returns whether credentials changed. Runs on the writer
+/// thread: a check is a few file reads; an install (first start, or after the agent died) holds ingest for as long
+/// as it takes to start the agent.
+fn supervise_local(config: &Config, store: &mut Store, fingerprint: &str) -> bool {
     let binary = match crate::bootstrap::agent_binary() {
         Ok(b) => b,
         Err(e) => {
-            tracing::warn!("cannot start local agents: {e}");
-            return false;
-        }
-    };
-    let mut store = match Store::open(db) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot start local agents: {e}");
+            tracing::warn!(error = %e, "cannot start local agents");
             return false;
         }
     };
     let mut minted = false;
     for host in config.clients.iter().filter(|h| h.transport == Transport::Local) {
-        match crate::bootstrap::bootstrap_local(config, host, &mut store, fingerprint, &binary) {
+        match crate::bootstrap::bootstrap_local(config, host, store, fingerprint, &binary) {
             Ok(done) if done != crate::bootstrap::Done::default() => {
                 tracing::info!(host = %host.name, "local agent: {done}");
                 minted |= done.minted;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(host = %host.name, "local agent: {e}"),
+            Err(e) => tracing::warn!(host = %host.name, error = %e, "local agent"),
         }
     }
     minted

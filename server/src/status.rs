@@ -6,10 +6,10 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::store::{Store, StoreError};
+use crate::escape;
+use crate::store::{MAX_FUTURE_MS, Store, StoreError};
 
 /// A host is "silent" when nothing was heard for more than this many times its expected interval.
 pub const SILENT_AFTER_INTERVALS: i64 = 3;
@@ -36,6 +36,9 @@ pub struct HostStatus {
     pub silent: bool,
     /// Host clock minus server clock of the latest report, ms (negative: the host's clock is behind).
     pub clock_offset_ms: Option<i64>,
+    /// The offset is beyond [`MAX_FUTURE_MS`] either way: the host's clock is wrong (its samples are filed under
+    /// the server's receive time when they claim to come from the future).
+    pub clock_wrong: bool,
     pub cpu_pct: Option<f64>,
     pub mem_pct: Option<f64>,
     pub swap_pct: Option<f64>,
@@ -61,24 +64,9 @@ pub struct FiringAlert {
 pub struct StatusView<'a> {
     pub hosts: &'a [HostStatus],
     pub config_error: Option<&'a str>,
+    /// `[server]` settings edited in jobs.toml that the running `vigil serve` applies only after a restart.
+    pub restart_needed: Option<&'a str>,
 }
-
-const HOST_BY_NAME: &str = "SELECT id, ip FROM hosts WHERE name = ?1";
-const AGENT_OF_HOST: &str = "SELECT version, last_seen_at_ms FROM agents WHERE host = ?1";
-const LATEST_REPORT: &str = "SELECT received_at_ms, clock_offset_ms FROM reports WHERE host_id = ?1
-     ORDER BY received_at_ms DESC, id DESC LIMIT 1";
-const LATEST_CPU: &str = "SELECT total_pct FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1";
-const LATEST_MEMORY: &str = "SELECT used_pct FROM memory WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1";
-const LATEST_SWAP: &str = "SELECT used_pct FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1";
-// A bare column next to max() comes from the row holding the maximum (SQLite); no sort needed.
-const FULLEST_DISK: &str = "SELECT mount_point, max(used_pct) FROM disk_usage
-     WHERE report_id = (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)";
-const ALL_HOSTS: &str = "SELECT name, ip FROM hosts ORDER BY name";
-
-/// The per-host queries of the view, for the query-plan test.
-#[cfg(test)]
-const PER_HOST_QUERIES: [&str; 7] =
-    [HOST_BY_NAME, AGENT_OF_HOST, LATEST_REPORT, LATEST_CPU, LATEST_MEMORY, LATEST_SWAP, FULLEST_DISK];
 
 /// Builds the view: first the configured `hosts` (name, ip, shortest expected interval in seconds), in their
 /// order, then hosts that only the database knows (`in_config: false`), by name.
@@ -93,20 +81,12 @@ pub fn collect(
         seen.insert(name.as_str());
         out.push(host_status(store, name, ip, true, *interval, now_ms)?);
     }
-    let known: Vec<(String, String)> = {
-        let mut stmt = store.conn().prepare_cached(ALL_HOSTS)?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-    };
-    for (name, ip) in known {
+    for (name, ip) in store.known_hosts()? {
         if !seen.contains(name.as_str()) {
             out.push(host_status(store, &name, &ip, false, None, now_ms)?);
         }
     }
     Ok(out)
-}
-
-fn latest_f64(store: &Store, sql: &str, host_id: i64) -> Result<Option<f64>, StoreError> {
-    Ok(store.conn().prepare_cached(sql)?.query_row(params![host_id], |r| r.get(0)).optional()?)
 }
 
 fn host_status(
@@ -117,49 +97,34 @@ fn host_status(
     interval_s: Option<u32>,
     now_ms: i64,
 ) -> Result<HostStatus, StoreError> {
-    let conn = store.conn();
-    let agent: Option<(Option<String>, Option<i64>)> =
-        conn.prepare_cached(AGENT_OF_HOST)?.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-    let (agent_version, agent_seen) = agent.unwrap_or((None, None));
-    let host_id: Option<i64> = conn.prepare_cached(HOST_BY_NAME)?.query_row(params![name], |r| r.get(0)).optional()?;
-
+    let row = store.host_row(name)?;
+    let alerts = store
+        .firing_of(name)?
+        .into_iter()
+        .map(|f| FiringAlert { rule: f.rule, value: f.value, limit: f.limit, since_ms: f.since_ms })
+        .collect();
+    let last_seen_ms = match (row.agent_seen_ms, row.last_report_ms) {
+        (Some(a), Some(r)) => Some(a.max(r)),
+        (a, r) => a.or(r),
+    };
+    // Stored as received - collected; shown as how far the host's clock is ahead.
+    let clock_offset_ms = row.report_offset_ms.map(|o| -o);
     let mut status = HostStatus {
         name: name.to_owned(),
         ip: ip.to_owned(),
         in_config,
-        agent_version,
-        last_seen_ms: agent_seen,
+        agent_version: row.agent_version,
+        last_seen_ms,
         seconds_since: None,
         silent: true,
-        clock_offset_ms: None,
-        cpu_pct: None,
-        mem_pct: None,
-        swap_pct: None,
-        fullest_disk: None,
-        alerts: Vec::new(),
+        clock_offset_ms,
+        clock_wrong: clock_offset_ms.is_some_and(|o| o.abs() > MAX_FUTURE_MS),
+        cpu_pct: row.cpu_pct,
+        mem_pct: row.mem_pct,
+        swap_pct: row.swap_pct,
+        fullest_disk: row.fullest_disk.map(|(mount, pct)| DiskFill { mount, pct }),
+        alerts,
     };
-    status.alerts = crate::store::alerts::firing_of(conn, name)?
-        .into_iter()
-        .map(|f| FiringAlert { rule: f.rule, value: f.value, limit: f.limit, since_ms: f.since_ms })
-        .collect();
-    if let Some(id) = host_id {
-        let latest: Option<(i64, i64)> =
-            conn.prepare_cached(LATEST_REPORT)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        if let Some((received, offset)) = latest {
-            status.last_seen_ms = Some(status.last_seen_ms.map_or(received, |s| s.max(received)));
-            // Stored as received - collected; shown as how far the host's clock is ahead.
-            status.clock_offset_ms = Some(-offset);
-        }
-        status.cpu_pct = latest_f64(store, LATEST_CPU, id)?;
-        status.mem_pct = latest_f64(store, LATEST_MEMORY, id)?;
-        status.swap_pct = latest_f64(store, LATEST_SWAP, id)?;
-        // The aggregate yields one row of NULLs when the host never reported disk usage.
-        let fullest: Option<(Option<String>, Option<f64>)> =
-            conn.prepare_cached(FULLEST_DISK)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        if let Some((Some(mount), Some(pct))) = fullest {
-            status.fullest_disk = Some(DiskFill { mount, pct });
-        }
-    }
     if let Some(seen) = status.last_seen_ms {
         let since_s = now_ms.saturating_sub(seen).max(0) / 1000;
         status.seconds_since = Some(since_s);
@@ -181,17 +146,21 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn ago(s: Option<i64>) -> String {
+    s.map_or_else(|| "never".into(), |s| format!("{} ago", span(s)))
+}
+
+/// A number of seconds in its largest sensible unit: `90s`, `15m`, `5h`, `3d`.
+fn span(s: i64) -> String {
     match s {
-        None => "never".into(),
-        Some(s) if s < 120 => format!("{s}s ago"),
-        Some(s) if s < 7_200 => format!("{}m ago", s / 60),
-        Some(s) if s < 172_800 => format!("{}h ago", s / 3_600),
-        Some(s) => format!("{}d ago", s / 86_400),
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3_600),
+        s => format!("{}d", s / 86_400),
     }
 }
 
 /// The human table: a header, a row per host, then the pending config error if there is one.
-pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>) -> String {
+pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_needed: Option<&str>) -> String {
     let header = ["HOST", "IP", "AGENT", "LAST SEEN", "STATE", "CPU", "MEM", "SWAP", "FULLEST DISK"];
     let rows: Vec<[String; 9]> = hosts
         .iter()
@@ -201,16 +170,22 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>) -> String 
                 (false, true) => "ok",
                 (_, false) => "not in config",
             };
+            let state = match h.clock_offset_ms.filter(|_| h.clock_wrong) {
+                Some(o) => format!("{state}, clock {}{}", if o > 0 { "+" } else { "-" }, span(o.abs() / 1000)),
+                None => state.to_owned(),
+            };
             [
-                h.name.clone(),
-                h.ip.clone(),
-                h.agent_version.clone().unwrap_or_else(|| "-".into()),
+                escape::cell(&h.name),
+                escape::cell(&h.ip),
+                h.agent_version.as_deref().map_or_else(|| "-".into(), escape::cell),
                 ago(h.seconds_since),
-                state.into(),
+                state,
                 pct(h.cpu_pct),
                 pct(h.mem_pct),
                 pct(h.swap_pct),
-                h.fullest_disk.as_ref().map_or_else(|| "-".into(), |d| format!("{} {:.1}%", d.mount, d.pct)),
+                h.fullest_disk
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |d| format!("{} {:.1}%", escape::cell(&d.mount), d.pct)),
             ]
         })
         .collect();
@@ -248,21 +223,34 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>) -> String 
             let since = crate::alert::message::utc(a.since_ms);
             let _ = writeln!(
                 out,
-                "  {host}  {}  value {value}  limit {}  since {since}",
-                a.rule,
+                "  {}  {}  value {value}  limit {}  since {since}",
+                escape::cell(host),
+                escape::cell(&a.rule),
                 crate::alert::message::num(a.limit)
             );
         }
     }
+    if let Some(keys) = restart_needed {
+        let _ = writeln!(
+            out,
+            "\nrestart needed for [server] {} (vigil serve runs with the previous values)",
+            escape::cell(keys)
+        );
+    }
     if let Some(e) = config_error {
-        let _ = writeln!(out, "\npending config error (the previous config stays in force):\n{e}");
+        let _ =
+            writeln!(out, "\npending config error (the previous config stays in force):\n{}", escape::control(e, true));
     }
     out
 }
 
-/// The JSON form: `{"hosts": [...], "config_error": null | "..."}`.
-pub fn render_json(hosts: &[HostStatus], config_error: Option<&str>) -> Result<String, serde_json::Error> {
-    serde_json::to_string_pretty(&StatusView { hosts, config_error })
+/// The JSON form: `{"hosts": [...], "config_error": null | "...", "restart_needed": null | "..."}`.
+pub fn render_json(
+    hosts: &[HostStatus],
+    config_error: Option<&str>,
+    restart_needed: Option<&str>,
+) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(&StatusView { hosts, config_error, restart_needed })
 }
 
 #[cfg(test)]
@@ -313,24 +301,55 @@ mod tests {
     }
 
     #[test]
-    fn status_queries_use_indexes_and_never_scan_history() {
+    fn a_report_from_the_future_does_not_pin_the_latest_values() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-        // Some history, then ANALYZE, so the planner sees a realistic table and not an empty one.
-        let batch: Vec<_> =
-            (1..300).map(|s| report(s, 1_000 * s as i64, 10.0, &[("/", 20.0), ("/var", 30.0)])).collect();
-        store.insert_reports(&batch).unwrap();
-        store.conn().execute_batch("ANALYZE").unwrap();
-        for sql in PER_HOST_QUERIES {
-            let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let plan: Vec<String> =
-                stmt.query_map(params![1], |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
-            for step in &plan {
-                assert!(!step.starts_with("SCAN"), "{sql}\nscans: {plan:?}");
-                assert!(!step.contains("TEMP B-TREE"), "{sql}\nsorts: {plan:?}");
-            }
-            assert!(plan.iter().any(|s| s.contains("INDEX")), "{sql}\nno index: {plan:?}");
-        }
+        // The host's clock runs a year ahead for one report, then is fixed.
+        let mut future = report(1, 10_000, 99.0, &[("/", 99.0)]);
+        future.report.collected_at_ms = 10_000 + 365 * 86_400_000;
+        store.insert_reports(&[future, report(2, 20_000, 12.5, &[("/", 40.0)])]).unwrap();
+        let hosts = vec![("web1".to_string(), "10.0.0.1".to_string(), Some(10))];
+        let view = collect(&store, &hosts, 21_000).unwrap();
+        assert_eq!(view[0].cpu_pct, Some(12.5), "the newest report by the server's clock wins");
+        assert_eq!(view[0].fullest_disk, Some(DiskFill { mount: "/".into(), pct: 40.0 }));
+        assert!(!view[0].clock_wrong, "the latest report's clock is right");
+
+        // While the clock is wrong, status says so.
+        let mut ahead = report(3, 30_000, 50.0, &[("/", 41.0)]);
+        ahead.report.collected_at_ms = 30_000 + 2 * 3_600_000;
+        store.insert_reports(&[ahead]).unwrap();
+        let view = collect(&store, &hosts, 31_000).unwrap();
+        assert_eq!(view[0].cpu_pct, Some(50.0));
+        assert!(view[0].clock_wrong);
+        let table = render_table(&view, None, None);
+        assert!(table.contains("ok, clock +2h"), "{table}");
+    }
+
+    #[test]
+    fn printed_text_cannot_drive_the_terminal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        store.insert_reports(&[report(1, 10_000, 1.0, &[("/\u{1b}[31mred", 5.0)])]).unwrap();
+        let version = format!("1.0\u{1b}]0;owned\u{7}\u{1b}[2J{}", " ".repeat(1 << 20));
+        store
+            .register_agent(&crate::store::AgentRecord {
+                agent_id: "ag".into(),
+                host: "web1".into(),
+                public_key: "k".into(),
+                secret_hex: "00".into(),
+                version: Some(version),
+                registered_at_ms: 1,
+                last_seen_at_ms: Some(10_000),
+            })
+            .unwrap();
+        let hosts = vec![("web1".to_string(), "10.0.0.1".to_string(), Some(10))];
+        let view = collect(&store, &hosts, 11_000).unwrap();
+        let table = render_table(&view, Some("bad\u{1b}[2J edit"), None);
+        assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
+        assert!(table.lines().all(|l| l.chars().count() < 400), "a line too long to read");
+        assert!(table.contains("1.0\\u{1b}]0;owned"), "{table}");
+        let json = render_json(&view, None, None).unwrap();
+        assert!(!json.chars().any(|c| c.is_control() && c != '\n'), "raw control characters in the JSON");
     }
 
     #[test]
@@ -361,9 +380,9 @@ mod tests {
         assert_eq!(view.len(), 2);
         assert!(!view[1].in_config && view[1].name == "web1");
 
-        let table = render_table(&later, Some("clients.xml:4:2: missing ip"));
+        let table = render_table(&later, Some("clients.xml:4:2: missing ip"), Some("listen"));
         assert!(table.contains("SILENT") && table.contains("/data 81.5%") && table.contains("missing ip"), "{table}");
-        let json: serde_json::Value = serde_json::from_str(&render_json(&later, None).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_json(&later, None, None).unwrap()).unwrap();
         assert_eq!(json["hosts"][0]["fullest_disk"]["mount"], "/data");
         assert_eq!(json["config_error"], serde_json::Value::Null);
     }

@@ -372,11 +372,12 @@ fn status_shows_latest_values_from_a_readonly_open() {
     assert_eq!(h.clock_offset_ms, Some(-250));
     let err = status::config_error(&ro).unwrap();
     assert_eq!(err.as_deref(), Some("jobs.toml:3:1: unknown collector `gpu`"));
-    let json: serde_json::Value = serde_json::from_str(&status::render_json(&view, err.as_deref()).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&status::render_json(&view, err.as_deref(), None).unwrap()).unwrap();
     assert_eq!(json["hosts"][0]["name"], "web1");
     assert_eq!(json["hosts"][0]["silent"], false);
     assert_eq!(json["config_error"], "jobs.toml:3:1: unknown collector `gpu`");
-    assert!(status::render_table(&view, err.as_deref()).contains("unknown collector"));
+    assert!(status::render_table(&view, err.as_deref(), None).contains("unknown collector"));
     // The read-only open wrote nothing.
     assert_eq!(ro.migration_history().unwrap(), migrations);
 }
@@ -390,7 +391,7 @@ fn prune_removes_old_reports_and_their_rows_only() {
     store.insert_reports(&batch).unwrap();
     let before: Vec<i64> = FAMILIES.iter().map(|t| count(&path, t)).collect();
     // Reports received before 3000.5 s: seqs 1..=3000.
-    assert_eq!(store.prune(3_000_500).unwrap(), 3000);
+    assert_eq!(store.prune(3_000_500).unwrap().reports, 3000);
     assert_eq!(count(&path, "reports"), 2000);
     for (t, b) in FAMILIES.iter().zip(before) {
         assert_eq!(count(&path, t) * 5, b * 2, "{t}");
@@ -402,7 +403,7 @@ fn prune_removes_old_reports_and_their_rows_only() {
         .query_row("SELECT count(*) FROM cpu WHERE report_id NOT IN (SELECT id FROM reports)", [], |r| r.get(0))
         .unwrap();
     assert_eq!(orphans, 0);
-    assert_eq!(store.prune(3_000_500).unwrap(), 0, "nothing more to prune");
+    assert_eq!(store.prune(3_000_500).unwrap().reports, 0, "nothing more to prune");
     // A pruned report's resend is stored again (its dedup row is gone): acceptable, the data is past retention.
     assert_eq!(count(&path, "hosts"), 1, "hosts are kept");
 }

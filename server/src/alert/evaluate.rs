@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +22,8 @@ use super::{Phase, Transition, measure, repeat_due, rule_key, step};
 use crate::config::{AlertKind, AlertRule, Config, Host};
 use crate::ingest::IngestHandle;
 use crate::store::alerts::{self as rows, NewEvent, StateRow};
-use crate::store::{Incoming, StoreError, now_ms};
+use crate::store::{Incoming, StoreError, Tx};
+use vigil_sys::clock::now_ms;
 
 /// How often [`watch_silence`] looks for silent hosts.
 pub const SILENCE_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -47,7 +47,7 @@ struct Change<'a> {
 }
 
 /// Writes the state, the event and (with a recipient) the outbox row of one transition.
-fn record(conn: &Connection, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<(), StoreError> {
+fn record(conn: Tx<'_>, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<(), StoreError> {
     let firing_since = c.previous.as_ref().filter(|p| p.firing).map(|p| p.since_ms);
     let state = StateRow {
         firing: c.transition != Transition::Resolve,
@@ -107,7 +107,7 @@ fn phase_of(state: Option<&StateRow>) -> Phase {
 }
 
 /// Applies `config`'s rules for the report's host to a report just stored (in the same transaction).
-pub fn on_report(conn: &Connection, config: &Config, inc: &Incoming, now: i64) -> Result<(), StoreError> {
+pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Result<(), StoreError> {
     let Some(host) = config.host(&inc.host) else { return Ok(()) };
     let to = recipient(config, host);
     for rule in &host.alerts {
@@ -159,10 +159,53 @@ pub fn on_report(conn: &Connection, config: &Config, inc: &Incoming, now: i64) -
             },
         )?;
         if let Some(to) = to {
-            rows::enqueue_mail(conn, Some(event), now, to, &subject, &body)?;
+            let digest = rows::digest(conn, &host.name)?;
+            if digest.is_none_or(|d| now.saturating_sub(d.last_mail_ms) >= SECURITY_DIGEST_MS) {
+                // The first security report of a quiet period is mailed at once, in full (with any events still
+                // waiting for a digest).
+                let after = digest.map_or(0, |d| d.last_event_id);
+                let waiting = rows::security_events_after(conn, &host.name, after)?;
+                let (subject, body) = match waiting.as_slice() {
+                    [only] if only.id == event => (subject, body),
+                    _ => message::security_digest(&host.name, &inc.ip, &waiting),
+                };
+                rows::enqueue_mail(conn, Some(event), now, to, &subject, &body)?;
+                let last_event_id = waiting.last().map_or(event, |e| e.id.max(event));
+                rows::set_digest(conn, &host.name, rows::DigestRow { last_mail_ms: now, last_event_id })?;
+            }
+            // Otherwise the event waits: [`flush_security_digests`] mails it with the others once the period is over.
         }
     }
     Ok(())
+}
+
+/// At most one security mail per host per this period: events in between are gathered into one digest mail.
+pub const SECURITY_DIGEST_MS: i64 = 5 * 60 * 1000;
+
+/// Queues the digest mail of every host whose security events waited for [`SECURITY_DIGEST_MS`] since its last
+/// security mail. A host without a recipient any more gets no mail; its waiting events are marked covered (they
+/// stay in the history). Returns the number of mails queued.
+pub fn flush_security_digests(conn: Tx<'_>, config: &Config, now: i64) -> Result<usize, StoreError> {
+    let mut queued = 0;
+    for (host, d) in rows::digests_waiting(conn)? {
+        if now.saturating_sub(d.last_mail_ms) < SECURITY_DIGEST_MS {
+            continue;
+        }
+        let waiting = rows::security_events_after(conn, &host, d.last_event_id)?;
+        let Some(last) = waiting.last().map(|e| e.id) else { continue };
+        let configured = config.host(&host);
+        match configured.and_then(|h| recipient(config, h)) {
+            Some(to) => {
+                let ip = configured.map_or("", |h| h.ip.as_str());
+                let (subject, body) = message::security_digest(&host, ip, &waiting);
+                rows::enqueue_mail(conn, Some(last), now, to, &subject, &body)?;
+                rows::set_digest(conn, &host, rows::DigestRow { last_mail_ms: now, last_event_id: last })?;
+                queued += 1;
+            }
+            None => rows::set_digest(conn, &host, rows::DigestRow { last_event_id: last, ..d })?,
+        }
+    }
+    Ok(queued)
 }
 
 /// Fires silence alerts of hosts with no report for `limit` x their shortest job interval, repeats them when due,
@@ -170,7 +213,7 @@ pub fn on_report(conn: &Connection, config: &Config, inc: &Incoming, now: i64) -
 /// alerted on (`vigil status` shows it as silent); the silence of a host is counted from serve's start at the
 /// earliest (`started_ms`), so a server restart does not raise alerts before agents had a chance to reconnect.
 /// Returns the number of transitions.
-pub fn check_silence(conn: &Connection, config: &Config, started_ms: i64, now: i64) -> Result<usize, StoreError> {
+pub fn check_silence(conn: Tx<'_>, config: &Config, started_ms: i64, now: i64) -> Result<usize, StoreError> {
     let mut changes = 0;
     for host in &config.clients {
         for rule in host.alerts.iter().filter(|r| r.kind == AlertKind::Silence) {
@@ -224,35 +267,27 @@ pub fn check_silence(conn: &Connection, config: &Config, started_ms: i64, now: i
     Ok(changes)
 }
 
-/// How often alert history and finished mail older than the retention are pruned.
-const PRUNE_EVERY_MS: i64 = 3_600_000;
-
-/// Runs [`check_silence`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, and prunes
-/// alert history older than `retention_days` hourly, until `cancel` fires or the writer stops.
+/// Runs [`check_silence`] and [`flush_security_digests`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until
+/// `cancel` fires or the writer stops. (Old alert history is pruned by serve's retention task.)
 pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
     let started = now_ms();
-    let mut last_prune = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(SILENCE_CHECK_EVERY) => {}
         }
         let cfg = config.borrow().clone();
-        match ingest.exec(move |s| s.write_tx(|c| check_silence(c, &cfg, started, now_ms()))).await {
+        let checks = move |s: &mut crate::store::Store| {
+            s.write_tx(|c| {
+                let now = now_ms();
+                check_silence(c, &cfg, started, now)?;
+                flush_security_digests(c, &cfg, now)
+            })
+        };
+        match ingest.exec(checks).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("silence check failed: {e}"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "silence check or security digest failed"),
             Err(_) => return,
-        }
-        let now = now_ms();
-        if now - last_prune >= PRUNE_EVERY_MS {
-            last_prune = now;
-            let cutoff = now - i64::from(config.borrow().server.retention_days) * 86_400_000;
-            match ingest.exec(move |s| s.write_tx(|c| rows::prune(c, cutoff))).await {
-                Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "pruned old alert history"),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!("pruning alert history failed: {e}"),
-                Err(_) => return,
-            }
         }
     }
 }
@@ -301,7 +336,7 @@ mod tests {
     }
 
     fn subjects(store: &Store) -> Vec<String> {
-        rows::due_mail(store.conn(), i64::MAX, 100).unwrap().into_iter().map(|r| r.subject).collect()
+        rows::due_mail(store.view(), i64::MAX, 100).unwrap().into_iter().map(|r| r.subject).collect()
     }
 
     #[test]
@@ -316,11 +351,11 @@ mod tests {
             subjects(&store),
             ["[vigil] FIRING cpu on web (93.2% > 90%)", "[vigil] RESOLVED cpu on web (84.0% < 85%)"]
         );
-        let mail = &rows::due_mail(store.conn(), i64::MAX, 1).unwrap()[0];
+        let mail = &rows::due_mail(store.view(), i64::MAX, 1).unwrap()[0];
         assert_eq!(mail.recipient, "ops@example.com");
         assert!(mail.body.contains("50.0%") && mail.body.contains("IP:     10.0.0.1"), "{}", mail.body);
-        assert_eq!(rows::events_since(store.conn(), 0).unwrap().len(), 2);
-        assert!(rows::firing(store.conn()).unwrap().is_empty());
+        assert_eq!(rows::events_since(store.view(), 0).unwrap().len(), 2);
+        assert!(rows::firing(store.view()).unwrap().is_empty());
     }
 
     #[test]
@@ -333,10 +368,10 @@ mod tests {
         assert!(cfg.smtp.is_none());
         ingest(&mut store, &cfg, report(1, 99.0));
         assert!(subjects(&store).is_empty());
-        assert_eq!(rows::firing(store.conn()).unwrap().len(), 1);
+        assert_eq!(rows::firing(store.view()).unwrap().len(), 1);
         // The same report again is a duplicate: nothing evaluated.
         ingest(&mut store, &cfg, report(1, 10.0));
-        assert_eq!(rows::firing(store.conn()).unwrap().len(), 1);
+        assert_eq!(rows::firing(store.view()).unwrap().len(), 1);
     }
 
     #[test]
@@ -367,13 +402,13 @@ mod tests {
         ingest(&mut store, &cfg, report(1, 99.0));
         let without = config("", JOBS);
         assert_eq!(store.write_tx(|c| check_silence(c, &without, 0, 5_000)).unwrap(), 1);
-        assert!(rows::firing(store.conn()).unwrap().is_empty());
+        assert!(rows::firing(store.view()).unwrap().is_empty());
         assert_eq!(subjects(&store).len(), 1, "only the firing mail");
-        assert_eq!(rows::events_since(store.conn(), 0).unwrap().last().unwrap().state, "cleared");
+        assert_eq!(rows::events_since(store.view(), 0).unwrap().last().unwrap().state, "cleared");
     }
 
     #[test]
-    fn security_events_are_mailed_per_report() {
+    fn security_mail_is_one_per_host_per_digest_period_and_loses_no_event() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db")).unwrap();
         let cfg = config("", JOBS);
@@ -384,15 +419,35 @@ mod tests {
             source: None,
             message: "Failed password for root".into(),
         };
-        for seq in 1..=2 {
+        let with_events = |seq| {
             let mut r = report(seq, 1.0);
             r.report.stats.security_events =
                 Some(SecurityEvents { source: None, events: vec![ev.clone(), ev.clone()] });
-            ingest(&mut store, &cfg, r);
+            r
+        };
+        // A storm: a report with events every second for 20 s.
+        for seq in 1..=20 {
+            ingest(&mut store, &cfg, with_events(seq));
         }
-        let mut empty = report(3, 1.0);
+        let mut empty = report(21, 1.0);
         empty.report.stats.security_events = Some(SecurityEvents::default());
         ingest(&mut store, &cfg, empty);
-        assert_eq!(subjects(&store), ["[vigil] SECURITY web: 2 events (2 login_failed)"; 2]);
+        assert_eq!(subjects(&store), ["[vigil] SECURITY web: 2 events (2 login_failed)"], "the first mails at once");
+        assert_eq!(rows::events_since(store.view(), 0).unwrap().len(), 20, "every report's events are recorded");
+
+        // Before the period is over, nothing more; after it, one digest of the 19 that waited.
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS - 1)).unwrap(), 0);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS)).unwrap(), 1);
+        let mail = rows::due_mail(store.view(), i64::MAX, 100).unwrap();
+        assert_eq!(mail.len(), 2);
+        assert_eq!(mail[1].subject, "[vigil] SECURITY web: 19 more security reports (38 events)");
+        assert_eq!(mail[1].body.matches("SECURITY web: 2 events").count(), 19, "{}", mail[1].body);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, i64::MAX / 2)).unwrap(), 0, "all covered");
+
+        // A report after a quiet period is mailed at once again.
+        let mut later = with_events(22);
+        later.received_at_ms = 1_000 + 3 * SECURITY_DIGEST_MS;
+        ingest(&mut store, &cfg, later);
+        assert_eq!(rows::due_mail(store.view(), i64::MAX, 100).unwrap().len(), 3);
     }
 }

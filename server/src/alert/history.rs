@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::message::utc;
+use crate::escape;
 use crate::store::alerts::{EventRow, OutboxCounts};
 
 /// `--since`: a duration back from now in vigil's one duration grammar ([`crate::config::parse_duration`]: `90s`,
@@ -33,9 +34,13 @@ pub fn render_table(events: &[EventRow], outbox: OutboxCounts) -> String {
     if events.is_empty() {
         out.push_str("(no alerts)\n");
     }
-    let host_w = events.iter().map(|e| e.host.chars().count()).max().unwrap_or(4).max(4);
-    for e in events {
-        let _ = writeln!(out, "{}  {:<host_w$}  {:<8}  {}", utc(e.at_ms), e.host, e.state, e.detail);
+    let rows: Vec<[String; 3]> = events
+        .iter()
+        .map(|e| [escape::cell(&e.host), escape::cell(&e.state), escape::control(&e.detail, false)])
+        .collect();
+    let host_w = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(4).max(4);
+    for (e, [host, state, detail]) in events.iter().zip(&rows) {
+        let _ = writeln!(out, "{}  {host:<host_w$}  {state:<8}  {detail}", utc(e.at_ms));
     }
     let _ = writeln!(out, "\nmail: {} sent, {} pending, {} failed", outbox.sent, outbox.pending, outbox.failed);
     out
@@ -78,5 +83,23 @@ mod tests {
         assert!(t.starts_with("1970-01-01 00:00:00 UTC  web-01  firing    FIRING cpu on web-01"), "{t}");
         assert!(t.contains("mail: 2 sent, 1 pending, 0 failed"), "{t}");
         assert!(render_table(&[], OutboxCounts::default()).starts_with("(no alerts)"));
+    }
+
+    #[test]
+    fn table_escapes_control_characters() {
+        let e = EventRow {
+            id: 1,
+            at_ms: 0,
+            host: "web\u{1b}[2J".into(),
+            ip: "10.0.0.1".into(),
+            rule: "security".into(),
+            state: "security".into(),
+            value: None,
+            limit: None,
+            detail: "login by \u{1b}]0;owned\u{7}root\r\nfrom x".into(),
+        };
+        let t = render_table(&[e], OutboxCounts::default());
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 3, "one line per event: {t}");
     }
 }

@@ -8,6 +8,7 @@ use vigil_schema::report::SecurityEvents;
 
 use super::{Transition, clear_below};
 use crate::config::{AlertKind, AlertRule};
+use crate::store::alerts::EventRow;
 
 /// Samples listed under "Recent values".
 pub const HISTORY_LEN: usize = 6;
@@ -201,6 +202,41 @@ pub fn security(host: &str, ip: &str, at_ms: i64, events: &SecurityEvents) -> (S
         );
     }
     body.push_str("\n-- \nvigil\n");
+    (subject, body)
+}
+
+/// Most events a digest lists one by one; the rest are counted.
+pub const DIGEST_LIST: usize = 50;
+
+/// Subject and body of a security digest: the security reports of `host` held back since its last security mail
+/// (each as recorded in the alert history), the first [`DIGEST_LIST`] listed and the rest counted.
+pub fn security_digest(host: &str, ip: &str, reports: &[EventRow]) -> (String, String) {
+    let events: f64 = reports.iter().filter_map(|e| e.value).sum();
+    let n = reports.len();
+    let subject = format!(
+        "[vigil] SECURITY {host}: {n} more security report{} ({} events)",
+        if n == 1 { "" } else { "s" },
+        num(events)
+    );
+    let mut body = String::new();
+    let _ = writeln!(
+        body,
+        "SECURITY: {n} security report{} on {host} since the last mail\n",
+        if n == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(body, "Host:   {host}");
+    let _ = writeln!(body, "IP:     {ip}");
+    if let (Some(first), Some(last)) = (reports.first(), reports.last()) {
+        let _ = writeln!(body, "From:   {}\nTo:     {}", utc(first.at_ms), utc(last.at_ms));
+    }
+    let _ = writeln!(body, "\nReports:");
+    for e in reports.iter().take(DIGEST_LIST) {
+        let _ = writeln!(body, "  {}  {}", utc(e.at_ms), clean(&e.detail));
+    }
+    if n > DIGEST_LIST {
+        let _ = writeln!(body, "  ... and {} more (see `vigil alerts`)", n - DIGEST_LIST);
+    }
+    body.push_str("\nEach report's events are in the database (vigil alerts, table security_events).\n-- \nvigil\n");
     (subject, body)
 }
 

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::OptionalExtension;
 use vigil_schema::agent_config::{CollectPaths, SecretHex};
 
 use super::commands::linux;
@@ -192,16 +191,7 @@ async fn execute(
 /// Whether a report of `agent_id` received at or after `since_ms` is stored: a report under new credentials can
 /// only have been sealed with them (the id is new, and the endpoint opens each envelope with its agent's secret).
 pub fn report_stored(store: &Store, agent_id: &str, since_ms: i64) -> Result<bool, BootstrapError> {
-    let found: Option<i64> = store
-        .conn()
-        .query_row(
-            "SELECT 1 FROM reports WHERE agent_id = ?1 AND received_at_ms >= ?2 LIMIT 1",
-            rusqlite::params![agent_id, since_ms],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(crate::store::StoreError::from)?;
-    Ok(found.is_some())
+    Ok(store.report_stored_since(agent_id, since_ms)?)
 }
 
 /// Waits until the start is confirmed as `how` says.

@@ -3,7 +3,6 @@
 //! Only public-key auth by a key in the allow-list, with the agent id as user name. Only one session channel and
 //! only the `vigil` subsystem on it; exec, shell, pty, env, X11, agent and port forwarding are refused and counted.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,43 +17,47 @@ use super::registry::AgentEntry;
 #[derive(Debug)]
 pub struct Handler {
     shared: Arc<Shared>,
-    peer: SocketAddr,
     authenticated: Arc<AtomicBool>,
     /// Held until authentication: bounds the number of anonymous connections.
     unauth_permit: Option<super::Anonymous>,
     agent: Option<Arc<AgentEntry>>,
+    /// This connection's place among its agent's live connections, once authenticated.
+    agent_slot: Option<super::AgentSlot>,
     channel: Option<Channel<Msg>>,
     subsystem_started: bool,
+    /// The connection's span (peer; agent and host once authenticated).
+    span: tracing::Span,
 }
 
 impl Handler {
     pub fn new(
         shared: Arc<Shared>,
-        peer: SocketAddr,
         authenticated: Arc<AtomicBool>,
         unauth_permit: super::Anonymous,
+        span: tracing::Span,
     ) -> Self {
         Self {
             shared,
-            peer,
             authenticated,
             unauth_permit: Some(unauth_permit),
             agent: None,
+            agent_slot: None,
             channel: None,
             subsystem_started: false,
+            span,
         }
     }
 
     fn reject(&self, what: &str) -> Auth {
         if let Some(n) = Counters::bump(&self.shared.counters.auth_rejected) {
-            tracing::info!(peer = %self.peer, count = n, "authentication refused: {what}");
+            tracing::info!(parent: &self.span, count = n, "authentication refused: {what}");
         }
         Auth::reject()
     }
 
     fn refuse(&self, what: &str) {
         if let Some(n) = Counters::bump(&self.shared.counters.requests_refused) {
-            tracing::info!(peer = %self.peer, count = n, "request refused: {what}");
+            tracing::info!(parent: &self.span, count = n, "request refused: {what}");
         }
     }
 
@@ -98,7 +101,12 @@ impl russh::server::Handler for Handler {
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         match self.lookup(key.public_key).await {
             Some(a) if a.agent_id == user => {
-                tracing::debug!(peer = %self.peer, agent = %a.agent_id, host = %a.host, "agent authenticated");
+                let Some(slot) = self.shared.take_agent_slot(&a.agent_id) else {
+                    return Ok(self.reject("too many connections with this agent key"));
+                };
+                self.span.record("agent", a.agent_id.as_str()).record("host", a.host.as_str());
+                tracing::debug!(parent: &self.span, "agent authenticated");
+                self.agent_slot = Some(slot);
                 self.agent = Some(a);
                 self.authenticated.store(true, Ordering::Release);
                 self.unauth_permit = None;
@@ -137,7 +145,8 @@ impl russh::server::Handler for Handler {
                 self.subsystem_started = true;
                 let shared = self.shared.clone();
                 let handle = session.handle();
-                self.shared.tracker.spawn(super::session::run(shared, agent, ch, handle));
+                let session = super::session::run(shared, agent, ch, handle);
+                self.shared.tracker.spawn(tracing::Instrument::instrument(session, self.span.clone()));
             }
             (_, _, ch) => {
                 self.channel = ch;

@@ -15,8 +15,8 @@ pub mod handler;
 pub mod registry;
 pub mod session;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use russh::keys::PrivateKey;
@@ -53,7 +53,13 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Refused frames on one connection before it is closed.
     pub max_errors: u32,
+    /// Most live connections authenticated with one agent key; further ones are refused at authentication.
+    pub max_per_agent: usize,
 }
+
+/// The default of [`Limits::max_per_agent`]: an agent needs one connection, a few more cover a reconnect racing the
+/// server's notice of the old one's end.
+pub const MAX_CONNECTIONS_PER_AGENT: usize = 4;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -65,6 +71,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(180),
             max_in_flight: 256,
             max_errors: 32,
+            max_per_agent: MAX_CONNECTIONS_PER_AGENT,
         }
     }
 }
@@ -72,7 +79,10 @@ impl Default for Limits {
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Shared {
-    pub registry: RwLock<Arc<Registry>>,
+    /// The allow-list; sessions watch it and close once their agent is no longer in it.
+    registry: watch::Sender<Arc<Registry>>,
+    /// Live authenticated connections per agent id.
+    per_agent: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     pub config: watch::Receiver<Arc<Config>>,
     pub ingest: IngestHandle,
     pub counters: Counters,
@@ -87,7 +97,8 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: watch::Receiver<Arc<Config>>, ingest: IngestHandle, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
-            registry: RwLock::new(Arc::new(Registry::default())),
+            registry: watch::Sender::new(Arc::new(Registry::default())),
+            per_agent: Arc::default(),
             config,
             ingest,
             counters: Counters::default(),
@@ -100,7 +111,23 @@ impl Shared {
 
     /// The current allow-list.
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry.read().map(|r| r.clone()).unwrap_or_default()
+        self.registry.borrow().clone()
+    }
+
+    /// Follows the allow-list: changes on every rebuild.
+    pub fn watch_registry(&self) -> watch::Receiver<Arc<Registry>> {
+        self.registry.subscribe()
+    }
+
+    /// A place among the live connections of `agent_id`, or `None` when it has [`Limits::max_per_agent`] already.
+    pub fn take_agent_slot(&self, agent_id: &str) -> Option<AgentSlot> {
+        let mut live = self.per_agent.lock().ok()?;
+        let n = live.entry(agent_id.to_owned()).or_insert(0);
+        if *n >= self.limits.max_per_agent {
+            return None;
+        }
+        *n += 1;
+        Some(AgentSlot { live: self.per_agent.clone(), agent_id: agent_id.to_owned() })
     }
 
     /// Rebuilds the allow-list from the agents table and the current config.
@@ -109,13 +136,11 @@ impl Shared {
         match self.ingest.exec(|store| store.agents()).await {
             Ok(Ok(records)) => {
                 let reg = Arc::new(Registry::build(&records, &config));
-                tracing::debug!(agents = reg.len(), "agent allow-list rebuilt");
-                if let Ok(mut slot) = self.registry.write() {
-                    *slot = reg;
-                }
+                tracing::trace!(agents = reg.len(), "agent allow-list rebuilt");
+                self.registry.send_replace(reg);
             }
-            Ok(Err(e)) => tracing::warn!("could not read the agents table: {e}"),
-            Err(e) => tracing::warn!("could not read the agents table: {e}"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the agents table"),
+            Err(e) => tracing::warn!(error = %e, "could not read the agents table"),
         }
     }
 
@@ -129,6 +154,26 @@ impl Shared {
         }
         self.refresh_registry().await;
         *last = Some(Instant::now());
+    }
+}
+
+/// One live connection of an agent, counted against [`Limits::max_per_agent`]; given back on drop.
+#[derive(Debug)]
+pub struct AgentSlot {
+    live: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    agent_id: String,
+}
+
+impl Drop for AgentSlot {
+    fn drop(&mut self) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(n) = live.get_mut(&self.agent_id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.agent_id);
+            }
+        }
     }
 }
 
@@ -214,7 +259,7 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -238,16 +283,18 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
         let _ = socket.set_nodelay(true);
         let authenticated = Arc::new(AtomicBool::new(false));
         let anonymous = Anonymous { _overall: unauth_permit, _source: source_slot };
-        let handler = handler::Handler::new(shared.clone(), peer, authenticated.clone(), anonymous);
+        // One span per connection: the peer now, the agent and host once it authenticates (see the handler).
+        let span = tracing::info_span!("conn", %peer, agent = tracing::field::Empty, host = tracing::field::Empty);
+        let handler = handler::Handler::new(shared.clone(), authenticated.clone(), anonymous, span.clone());
         let ssh = ssh.clone();
         let shared2 = shared.clone();
-        shared.tracker.spawn(async move {
+        let conn = async move {
             let _total = total_permit;
             let deadline = shared2.limits.auth_deadline;
             let session = match tokio::time::timeout(deadline, run_stream(ssh, socket, handler)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, "ssh handshake failed: {e:?}");
+                    tracing::debug!(error = %e, "ssh handshake failed");
                     return;
                 }
                 Err(_) => {
@@ -266,12 +313,12 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
             tokio::select! {
                 r = &mut session => {
                     if let Err(e) = r {
-                        tracing::debug!(%peer, "session ended: {e:?}");
+                        tracing::debug!(error = %e, "session ended");
                     }
                 }
                 _ = auth_timer => {
                     if let Some(n) = Counters::bump(&shared2.counters.timeouts) {
-                        tracing::info!(%peer, count = n, "peer did not authenticate in time; closing");
+                        tracing::info!(count = n, "peer did not authenticate in time; closing");
                     }
                     let _ = handle.disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), String::new()).await;
                 }
@@ -281,7 +328,8 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
                     let _ = handle.disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), String::new()).await;
                 }
             }
-        });
+        };
+        shared.tracker.spawn(tracing::Instrument::instrument(conn, span));
     }
     shared.tracker.close();
     shared.tracker.wait().await;

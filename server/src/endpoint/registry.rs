@@ -16,6 +16,8 @@ use crate::store::AgentRecord;
 #[derive(Debug)]
 pub struct AgentEntry {
     pub agent_id: String,
+    /// The agent's public key, canonical OpenSSH text.
+    pub key: String,
     pub host: String,
     pub ip: String,
     pub keys: EnvelopeKeys,
@@ -41,22 +43,23 @@ impl Registry {
             let key = match PublicKey::from_openssh(&r.public_key) {
                 Ok(k) => k,
                 Err(e) => {
-                    tracing::warn!(agent = %r.agent_id, "stored public key does not parse: {e}");
+                    tracing::warn!(agent = %r.agent_id, error = %e, "stored public key does not parse");
                     continue;
                 }
             };
             let secret = match AgentSecret::from_hex(r.secret_hex.as_str()) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(agent = %r.agent_id, "stored envelope secret is unusable: {e}");
+                    tracing::warn!(agent = %r.agent_id, error = %e, "stored envelope secret is unusable");
                     continue;
                 }
             };
             let Some(text) = key_text(&key) else { continue };
             by_key.insert(
-                text,
+                text.clone(),
                 Arc::new(AgentEntry {
                     agent_id: r.agent_id.clone(),
+                    key: text,
                     host: r.host.clone(),
                     ip: host.ip.clone(),
                     keys: secret.derive_keys(),
@@ -69,6 +72,12 @@ impl Registry {
     /// The agent holding `key`, if allowed.
     pub fn lookup(&self, key: &PublicKey) -> Option<Arc<AgentEntry>> {
         self.by_key.get(&key_text(key)?).cloned()
+    }
+
+    /// Whether `agent` (its id with its key) is still allowed: false once its registration was removed or replaced
+    /// (uninstall, re-bootstrap with new credentials) or its host left clients.xml.
+    pub fn allows(&self, agent: &AgentEntry) -> bool {
+        self.by_key.get(&agent.key).is_some_and(|a| a.agent_id == agent.agent_id)
     }
 
     /// How many agents are allowed.

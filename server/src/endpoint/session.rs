@@ -19,8 +19,8 @@ use vigil_schema::proto::{AgentMsg, ErrorCode, MsgError, PROTOCOL_VERSION, Serve
 use super::Shared;
 use super::counters::Counters;
 use super::registry::AgentEntry;
-use crate::store::now_ms;
 use crate::store::{Incoming, Outcome};
+use vigil_sys::clock::now_ms;
 
 fn error(code: ErrorCode, message: impl Into<String>, seq: Option<u64>) -> ServerMsg {
     ServerMsg::Error { code, message: message.into(), seq }
@@ -32,7 +32,8 @@ const COALESCE_BYTES: usize = 60 * 1024;
 /// Why the reader stopped.
 enum End {
     Closed,
-    Revoked,
+    /// The agent may not connect any more: its host left clients.xml, or its key is no longer registered.
+    Revoked(&'static str),
     Fatal,
 }
 
@@ -45,7 +46,7 @@ pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<M
         let seal = |msg: &ServerMsg| match seal_msg(&writer_agent.keys, &writer_agent.agent_id, msg.seq(), msg) {
             Ok(f) => Some(f),
             Err(e) => {
-                tracing::error!(agent = %writer_agent.agent_id, "could not seal a reply: {e}");
+                tracing::error!(error = %e, "could not seal a reply");
                 None
             }
         };
@@ -68,9 +69,9 @@ pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<M
     };
     let reader = Reader { shared: shared.clone(), agent: agent.clone(), out: out_tx };
     let (end, ()) = tokio::join!(reader.run(rd), writer);
-    if let End::Revoked | End::Fatal = end {
+    if let End::Revoked(_) | End::Fatal = end {
         let reason = match end {
-            End::Revoked => "host removed from clients.xml",
+            End::Revoked(why) => why,
             _ => "protocol error",
         };
         let _ = handle.disconnect(russh::Disconnect::ByApplication, reason.into(), String::new()).await;
@@ -92,6 +93,7 @@ impl Reader {
         let shared = self.shared.clone();
         let cancel = shared.cancel.clone();
         let mut config_rx = shared.config.clone();
+        let mut registry_rx = shared.watch_registry();
         let mut decoder = FrameDecoder::default();
         let mut inflight = JoinSet::new();
         let slots = Arc::new(Semaphore::new(shared.limits.max_in_flight));
@@ -105,12 +107,22 @@ impl Reader {
                     }
                     let cfg = config_rx.borrow_and_update().clone();
                     if cfg.host(&self.agent.host).is_none() {
-                        tracing::info!(agent = %self.agent.agent_id, host = %self.agent.host, "host left clients.xml; closing its session");
+                        tracing::info!("host left clients.xml; closing its session");
                         self.send(error(ErrorCode::Unknown, "host removed from clients.xml", None)).await;
-                        break End::Revoked;
+                        break End::Revoked("host removed from clients.xml");
                     }
                     if state.hello {
                         self.push_jobs_if_changed(&mut state, &cfg).await;
+                    }
+                }
+                changed = registry_rx.changed() => {
+                    if changed.is_err() {
+                        break End::Closed;
+                    }
+                    if !registry_rx.borrow_and_update().allows(&self.agent) {
+                        tracing::info!("agent key no longer registered; closing its session");
+                        self.send(error(ErrorCode::Unknown, "agent credentials revoked", None)).await;
+                        break End::Revoked("agent credentials revoked");
                     }
                 }
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
@@ -118,7 +130,7 @@ impl Reader {
                     Some(ChannelMsg::Data { data }) => {
                         if let Err(e) = decoder.push(&data) {
                             Counters::bump(&shared.counters.bad_frames);
-                            tracing::info!(agent = %self.agent.agent_id, "unusable byte stream: {e}");
+                            tracing::info!(error = %e, "unusable byte stream");
                             self.send(error(ErrorCode::BadFrame, e.to_string(), None)).await;
                             break End::Fatal;
                         }
@@ -137,7 +149,7 @@ impl Reader {
                             }
                         }
                         if state.errors >= shared.limits.max_errors {
-                            tracing::info!(agent = %self.agent.agent_id, "too many refused frames; closing");
+                            tracing::info!("too many refused frames; closing");
                             break End::Fatal;
                         }
                     }
@@ -155,7 +167,7 @@ impl Reader {
         let schedule = cfg.schedule_for(&self.agent.host);
         let hash = schedule.hash();
         if state.agent_hash.as_deref() != Some(hash.as_str()) {
-            tracing::info!(agent = %self.agent.agent_id, %hash, jobs = schedule.jobs.len(), "sending job list");
+            tracing::info!(%hash, jobs = schedule.jobs.len(), "sending job list");
             state.agent_hash = Some(hash.clone());
             self.send(ServerMsg::Jobs { hash, schedule }).await;
         }
@@ -170,7 +182,7 @@ impl Reader {
     ) {
         state.errors = state.errors.saturating_add(1);
         if let Some(n) = Counters::bump(counter) {
-            tracing::warn!(agent = %self.agent.agent_id, host = %self.agent.host, count = n, "{what}: {detail}");
+            tracing::warn!(count = n, error = %detail, "{what}");
         }
     }
 
@@ -244,54 +256,66 @@ impl Reader {
                     self.shared.ingest.exec(move |store| store.touch_agent(&agent_id, &agent_version, now)).await;
                 match touched {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(agent = %self.agent.agent_id, "could not record check-in: {e}"),
-                    Err(e) => tracing::warn!(agent = %self.agent.agent_id, "could not record check-in: {e}"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not record check-in"),
+                    Err(e) => tracing::warn!(error = %e, "could not record check-in"),
                 }
             }
-            AgentMsg::Report(report) => {
-                if !state.hello {
-                    self.refuse(state, &counters.bad_messages, "report before hello", &report.seq);
-                    self.send(error(ErrorCode::BadMessage, "hello first", Some(report.seq))).await;
-                    return;
-                }
-                if let Err(e) = report.validate() {
-                    self.refuse(state, &counters.bad_reports, "invalid report", &e);
-                    self.send(error(ErrorCode::BadReport, e.to_string(), Some(report.seq))).await;
-                    return;
-                }
-                // Backpressure: at most max_in_flight reports of this connection wait for their commit.
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                let seq = report.seq;
-                let incoming = Incoming {
-                    agent_id: self.agent.agent_id.clone(),
-                    host: self.agent.host.clone(),
-                    ip: self.agent.ip.clone(),
-                    received_at_ms: now_ms(),
-                    report,
-                };
-                let ingest = self.shared.ingest.clone();
-                let out = self.out.clone();
-                let shared = self.shared.clone();
-                inflight.spawn(async move {
-                    let _permit = permit;
-                    let reply = match ingest.submit(incoming).await {
-                        Ok(Outcome::Stored { .. }) => {
-                            shared.counters.reports_stored.fetch_add(1, Ordering::Relaxed);
-                            ServerMsg::Ack { seq }
-                        }
-                        Ok(Outcome::Duplicate) => {
-                            shared.counters.reports_duplicate.fetch_add(1, Ordering::Relaxed);
-                            ServerMsg::Ack { seq }
-                        }
-                        Err(e) => {
-                            tracing::warn!("report {seq} not stored: {e}");
-                            error(ErrorCode::Unavailable, "not stored, retry later", Some(seq))
-                        }
-                    };
-                    let _ = out.send(reply).await;
-                });
-            }
+            AgentMsg::Report(report) => self.report(report, state, inflight, slots).await,
         }
+    }
+
+    /// A report: checked, then submitted to ingest; its ack (or error) is sent once the commit is done, while the
+    /// reader goes on.
+    async fn report(
+        &self,
+        report: vigil_schema::report::Report,
+        state: &mut State,
+        inflight: &mut JoinSet<()>,
+        slots: &Arc<Semaphore>,
+    ) {
+        let counters = &self.shared.counters;
+        if !state.hello {
+            self.refuse(state, &counters.bad_messages, "report before hello", &report.seq);
+            self.send(error(ErrorCode::BadMessage, "hello first", Some(report.seq))).await;
+            return;
+        }
+        if let Err(e) = report.validate() {
+            self.refuse(state, &counters.bad_reports, "invalid report", &e);
+            self.send(error(ErrorCode::BadReport, e.to_string(), Some(report.seq))).await;
+            return;
+        }
+        // Backpressure: at most max_in_flight reports of this connection wait for their commit.
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let seq = report.seq;
+        let incoming = Incoming {
+            agent_id: self.agent.agent_id.clone(),
+            host: self.agent.host.clone(),
+            ip: self.agent.ip.clone(),
+            received_at_ms: now_ms(),
+            report,
+        };
+        let ingest = self.shared.ingest.clone();
+        let out = self.out.clone();
+        let shared = self.shared.clone();
+        let commit = async move {
+            let _permit = permit;
+            let reply = match ingest.submit(incoming).await {
+                Ok(Outcome::Stored { .. }) => {
+                    shared.counters.reports_stored.fetch_add(1, Ordering::Relaxed);
+                    ServerMsg::Ack { seq }
+                }
+                Ok(Outcome::Duplicate) => {
+                    shared.counters.reports_duplicate.fetch_add(1, Ordering::Relaxed);
+                    ServerMsg::Ack { seq }
+                }
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "report not stored");
+                    error(ErrorCode::Unavailable, "not stored, retry later", Some(seq))
+                }
+            };
+            let _ = out.send(reply).await;
+        };
+        inflight.spawn(tracing::Instrument::in_current_span(commit));
     }
 }
 

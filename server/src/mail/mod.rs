@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SmtpSettings, TlsMode};
 use crate::ingest::{IngestError, IngestHandle};
+use crate::store::StoreError;
 use crate::store::alerts::{self as rows, OutboxRow};
-use crate::store::{StoreError, now_ms};
+use vigil_sys::clock::now_ms;
 
 /// How often the outbox is looked at when idle.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -143,7 +144,7 @@ pub async fn send_test(smtp: &SmtpSettings, to: &str) -> Result<(), MailError> {
 
 /// Sends outbox rows until `cancel` fires or the writer stops. Stops only between messages.
 pub async fn run(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
-    let mut backoff = POLL;
+    let mut backoff = vigil_sys::backoff::Backoff::new(POLL, MAX_BACKOFF);
     let mut cached: Option<(SmtpSettings, Mailer)> = None;
     loop {
         let smtp = config.borrow().smtp.clone();
@@ -151,17 +152,16 @@ pub async fn run(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, can
             None => POLL,
             Some(smtp) => match round(&ingest, &smtp, &mut cached, &cancel).await {
                 Round::Idle => {
-                    backoff = POLL;
+                    backoff.reset();
                     POLL
                 }
                 Round::More => {
-                    backoff = POLL;
+                    backoff.reset();
                     Duration::ZERO
                 }
                 Round::Down(e) => {
-                    tracing::warn!("mail not sent, retrying in {}s: {e}", backoff.as_secs());
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let wait = backoff.next_step();
+                    tracing::warn!(error = %e, "mail not sent, retrying in {}s", wait.as_secs());
                     wait
                 }
                 Round::Stopped => return,
@@ -191,7 +191,7 @@ async fn round(
     cached: &mut Option<(SmtpSettings, Mailer)>,
     cancel: &CancellationToken,
 ) -> Round {
-    let due = match ingest.exec(|s| rows::due_mail(s.conn(), now_ms(), BATCH)).await {
+    let due = match ingest.exec(|s| rows::due_mail(s.view(), now_ms(), BATCH)).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => return Round::Down(MailError::Transient(format!("reading the outbox: {e}"))),
         Err(_) => return Round::Stopped,
@@ -232,7 +232,7 @@ async fn round(
             Err(e) => {
                 let retry = (!e.is_permanent()).then(|| now + retry_delay(row.attempts));
                 if retry.is_none() {
-                    tracing::warn!(outbox = id, to = %row.recipient, "mail refused for good: {e}");
+                    tracing::warn!(outbox = id, to = %row.recipient, error = %e, "mail refused for good");
                 }
                 let msg = e.to_string();
                 ingest.exec(move |s| s.write_tx(|c| rows::mark_attempt_failed(c, id, &msg, retry))).await
@@ -240,7 +240,7 @@ async fn round(
         };
         match mark {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(outbox = id, "cannot record the mail's state: {e}"),
+            Ok(Err(e)) => tracing::warn!(outbox = id, error = %e, "cannot record the mail's state"),
             Err(_) => return Round::Stopped,
         }
         if let Err(e) = result
@@ -270,8 +270,9 @@ async fn mark_sent(ingest: &IngestHandle, id: i64, now: i64) -> Result<Result<()
 /// Delay before the next attempt of a row that failed `attempts` times before: 1 s doubling, at most
 /// [`MAX_BACKOFF`].
 fn retry_delay(attempts: i64) -> i64 {
-    let exp = u32::try_from(attempts.clamp(0, 10)).unwrap_or(10);
-    (1_000i64 << exp).min(i64::try_from(MAX_BACKOFF.as_millis()).unwrap_or(i64::MAX))
+    let failures = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
+    let d = vigil_sys::backoff::step(Duration::from_secs(1), MAX_BACKOFF, failures);
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

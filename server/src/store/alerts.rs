@@ -6,10 +6,10 @@
 //! and the mail telling about it commit together or not at all. Deciding transitions is `crate::alert`'s job; this
 //! module only reads and writes rows.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{Incoming, Outcome, Store, StoreError, insert};
+use super::{Store, StoreError, Tx};
 use crate::config::AlertKind;
 
 /// The stored state of one (host, rule).
@@ -85,8 +85,8 @@ pub struct OutboxCounts {
 }
 
 /// The state of `host`'s `rule`, if it ever fired.
-pub fn state(conn: &Connection, host: &str, rule: &str) -> Result<Option<StateRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn state(conn: Tx<'_>, host: &str, rule: &str) -> Result<Option<StateRow>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "SELECT state, value, limit_value, since_ms, last_mail_ms FROM alert_state WHERE host = ?1 AND rule = ?2",
     )?;
     let row = stmt
@@ -104,8 +104,8 @@ pub fn state(conn: &Connection, host: &str, rule: &str) -> Result<Option<StateRo
 }
 
 /// Writes the state of `host`'s `rule`.
-pub fn set_state(conn: &Connection, host: &str, rule: &str, s: &StateRow, now_ms: i64) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn set_state(conn: Tx<'_>, host: &str, rule: &str, s: &StateRow, now_ms: i64) -> Result<(), StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "INSERT INTO alert_state (host, rule, state, value, limit_value, since_ms, last_mail_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (host, rule) DO UPDATE SET state = excluded.state, value = excluded.value,
@@ -118,8 +118,8 @@ pub fn set_state(conn: &Connection, host: &str, rule: &str, s: &StateRow, now_ms
 }
 
 /// Appends an event; returns its id.
-pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> Result<i64, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn insert_event(conn: Tx<'_>, e: &NewEvent<'_>) -> Result<i64, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "INSERT INTO alert_events (at_ms, host, ip, rule, state, value, limit_value, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
     )?;
@@ -128,14 +128,14 @@ pub fn insert_event(conn: &Connection, e: &NewEvent<'_>) -> Result<i64, StoreErr
 
 /// Queues a mail; returns the outbox id.
 pub fn enqueue_mail(
-    conn: &Connection,
+    conn: Tx<'_>,
     event_id: Option<i64>,
     created_ms: i64,
     recipient: &str,
     subject: &str,
     body: &str,
 ) -> Result<i64, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.0.prepare_cached(
         "INSERT INTO outbox (event_id, created_ms, recipient, subject, body, next_attempt_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?2) RETURNING id",
     )?;
@@ -143,8 +143,8 @@ pub fn enqueue_mail(
 }
 
 /// Pending mail whose next attempt is due at `now_ms`, oldest first, at most `limit`.
-pub fn due_mail(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn due_mail(conn: Tx<'_>, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "SELECT id, created_ms, recipient, subject, body, attempts FROM outbox
          WHERE status = 'pending' AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
     )?;
@@ -163,20 +163,16 @@ pub fn due_mail(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Outb
 }
 
 /// Marks a mail sent (the SMTP server accepted it).
-pub fn mark_sent(conn: &Connection, id: i64, now_ms: i64) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE outbox SET status = 'sent', sent_ms = ?2, attempts = attempts + 1 WHERE id = ?1")?
+pub fn mark_sent(conn: Tx<'_>, id: i64, now_ms: i64) -> Result<(), StoreError> {
+    conn.0
+        .prepare_cached("UPDATE outbox SET status = 'sent', sent_ms = ?2, attempts = attempts + 1 WHERE id = ?1")?
         .execute(params![id, now_ms])?;
     Ok(())
 }
 
 /// Records a failed attempt: retried at `retry_at_ms`, or never again when `None` (refused for good).
-pub fn mark_attempt_failed(
-    conn: &Connection,
-    id: i64,
-    error: &str,
-    retry_at_ms: Option<i64>,
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn mark_attempt_failed(conn: Tx<'_>, id: i64, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
              status = CASE WHEN ?3 IS NULL THEN 'failed' ELSE status END,
              next_attempt_ms = coalesce(?3, next_attempt_ms)
@@ -187,9 +183,9 @@ pub fn mark_attempt_failed(
 }
 
 /// How many mails are pending, sent and failed.
-pub fn outbox_counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
+pub fn outbox_counts(conn: Tx<'_>) -> Result<OutboxCounts, StoreError> {
     let mut c = OutboxCounts::default();
-    let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM outbox GROUP BY status")?;
+    let mut stmt = conn.0.prepare_cached("SELECT status, count(*) FROM outbox GROUP BY status")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (status, n) = row?;
@@ -204,11 +200,13 @@ pub fn outbox_counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
 
 /// Deletes alert events and finished (sent or failed) mail older than `older_than_ms`; pending mail and the
 /// events it refers to stay. Returns the number of rows deleted.
-pub fn prune(conn: &Connection, older_than_ms: i64) -> Result<usize, StoreError> {
+pub fn prune(conn: Tx<'_>, older_than_ms: i64) -> Result<usize, StoreError> {
     let mail = conn
+        .0
         .prepare_cached("DELETE FROM outbox WHERE status <> 'pending' AND created_ms < ?1")?
         .execute(params![older_than_ms])?;
     let events = conn
+        .0
         .prepare_cached(
             "DELETE FROM alert_events WHERE at_ms < ?1 AND id NOT IN (SELECT event_id FROM outbox
              WHERE event_id IS NOT NULL)",
@@ -217,54 +215,109 @@ pub fn prune(conn: &Connection, older_than_ms: i64) -> Result<usize, StoreError>
     Ok(mail + events)
 }
 
+/// The columns `id, at_ms, host, ip, rule, state, value, limit_value, detail` of `alert_events` as an [`EventRow`].
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: r.get(0)?,
+        at_ms: r.get(1)?,
+        host: r.get(2)?,
+        ip: r.get(3)?,
+        rule: r.get(4)?,
+        state: r.get(5)?,
+        value: r.get(6)?,
+        limit: r.get(7)?,
+        detail: r.get(8)?,
+    })
+}
+
 /// Events at or after `since_ms`, oldest first.
-pub fn events_since(conn: &Connection, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn events_since(conn: Tx<'_>, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events
          WHERE at_ms >= ?1 ORDER BY at_ms, id",
     )?;
-    let rows = stmt.query_map(params![since_ms], |r| {
-        Ok(EventRow {
-            id: r.get(0)?,
-            at_ms: r.get(1)?,
-            host: r.get(2)?,
-            ip: r.get(3)?,
-            rule: r.get(4)?,
-            state: r.get(5)?,
-            value: r.get(6)?,
-            limit: r.get(7)?,
-            detail: r.get(8)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![since_ms], event_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The columns `host, rule, value, limit_value, since_ms` of `alert_state` as a [`FiringRow`].
+fn firing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FiringRow> {
+    Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
+}
+
+/// Where a host's security mail digest stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestRow {
+    /// When its last security mail was queued (server clock).
+    pub last_mail_ms: i64,
+    /// The newest security event that mail covered.
+    pub last_event_id: i64,
+}
+
+/// The security digest of `host`, if it was ever mailed.
+pub fn digest(conn: Tx<'_>, host: &str) -> Result<Option<DigestRow>, StoreError> {
+    let mut stmt = conn.0.prepare_cached("SELECT last_mail_ms, last_event_id FROM security_digest WHERE host = ?1")?;
+    Ok(stmt
+        .query_row(params![host], |r| Ok(DigestRow { last_mail_ms: r.get(0)?, last_event_id: r.get(1)? }))
+        .optional()?)
+}
+
+/// Records that a security mail of `host` was queued.
+pub fn set_digest(conn: Tx<'_>, host: &str, d: DigestRow) -> Result<(), StoreError> {
+    conn.0
+        .prepare_cached(
+            "INSERT INTO security_digest (host, last_mail_ms, last_event_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT (host) DO UPDATE SET last_mail_ms = excluded.last_mail_ms,
+             last_event_id = excluded.last_event_id",
+        )?
+        .execute(params![host, d.last_mail_ms, d.last_event_id])?;
+    Ok(())
+}
+
+/// Security events of `host` after event `after_id` (not mailed yet), oldest first.
+pub fn security_events_after(conn: Tx<'_>, host: &str, after_id: i64) -> Result<Vec<EventRow>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
+        "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events
+         WHERE host = ?1 AND rule = 'security' AND id > ?2 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![host, after_id], event_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Hosts whose security events wait for a digest mail: (host, digest).
+pub fn digests_waiting(conn: Tx<'_>) -> Result<Vec<(String, DigestRow)>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
+        "SELECT d.host, d.last_mail_ms, d.last_event_id FROM security_digest d WHERE EXISTS
+             (SELECT 1 FROM alert_events e WHERE e.host = d.host AND e.rule = 'security' AND e.id > d.last_event_id)
+         ORDER BY d.host",
+    )?;
+    let rows =
+        stmt.query_map([], |r| Ok((r.get(0)?, DigestRow { last_mail_ms: r.get(1)?, last_event_id: r.get(2)? })))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Alerts firing now, by host then rule.
-pub fn firing(conn: &Connection) -> Result<Vec<FiringRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn firing(conn: Tx<'_>) -> Result<Vec<FiringRow>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE state = 'firing' ORDER BY host, rule",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
-    })?;
+    let rows = stmt.query_map([], firing_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Alerts of `host` firing now, by rule (a primary-key lookup).
-pub fn firing_of(conn: &Connection, host: &str) -> Result<Vec<FiringRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn firing_of(conn: Tx<'_>, host: &str) -> Result<Vec<FiringRow>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE host = ?1 AND state = 'firing'
          ORDER BY rule",
     )?;
-    let rows = stmt.query_map(params![host], |r| {
-        Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
-    })?;
+    let rows = stmt.query_map(params![host], firing_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// When the latest report of `host` arrived (server clock), if it ever reported.
-pub fn last_report_ms(conn: &Connection, host: &str) -> Result<Option<i64>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn last_report_ms(conn: Tx<'_>, host: &str) -> Result<Option<i64>, StoreError> {
+    let mut stmt = conn.0.prepare_cached(
         "SELECT r.received_at_ms FROM reports r JOIN hosts h ON h.id = r.host_id WHERE h.name = ?1
          ORDER BY r.received_at_ms DESC LIMIT 1",
     )?;
@@ -274,20 +327,21 @@ pub fn last_report_ms(conn: &Connection, host: &str) -> Result<Option<i64>, Stor
 /// The latest `n` samples (collected time, value) of a host's metric, newest first. For disk, `mount` picks one
 /// mount point; `None` takes the fullest mount of each report. Silence has no samples.
 pub fn recent_values(
-    conn: &Connection,
+    conn: Tx<'_>,
     host: &str,
     kind: AlertKind,
     mount: Option<&str>,
     n: usize,
 ) -> Result<Vec<(i64, f64)>, StoreError> {
     let host_id: Option<i64> = conn
+        .0
         .prepare_cached("SELECT id FROM hosts WHERE name = ?1")?
         .query_row(params![host], |r| r.get(0))
         .optional()?;
     let Some(host_id) = host_id else { return Ok(Vec::new()) };
     let limit = i64::try_from(n).unwrap_or(i64::MAX);
     let simple = |sql: &str| -> Result<Vec<(i64, f64)>, StoreError> {
-        let mut stmt = conn.prepare_cached(sql)?;
+        let mut stmt = conn.0.prepare_cached(sql)?;
         let rows = stmt.query_map(params![host_id, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     };
@@ -303,7 +357,7 @@ pub fn recent_values(
         AlertKind::Silence => Ok(Vec::new()),
         AlertKind::Disk => {
             // A bounded window of the newest rows (a report has a handful of mounts), grouped here by report.
-            let mut stmt = conn.prepare_cached(
+            let mut stmt = conn.0.prepare_cached(
                 "SELECT report_id, ts, mount_point, used_pct FROM disk_usage WHERE host_id = ?1
                  ORDER BY ts DESC, id DESC LIMIT ?2",
             )?;
@@ -327,52 +381,30 @@ pub fn recent_values(
 }
 
 impl Store {
-    /// Like [`Store::insert_reports`], and calls `hook` inside the same transaction after each newly stored report
-    /// (not for duplicates). A hook error rolls the whole batch back.
-    pub fn insert_reports_with(
-        &mut self,
-        batch: &[Incoming],
-        mut hook: impl FnMut(&Connection, &Incoming) -> Result<(), StoreError>,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        let result = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for inc in batch {
-                let outcome = insert::insert_one(&tx, &mut self.hosts, inc)?;
-                if matches!(outcome, Outcome::Stored { .. }) {
-                    hook(&tx, inc)?;
-                }
-                out.push(outcome);
-            }
-            tx.commit()?;
-            Ok(out)
-        })();
-        if result.is_err() {
-            // Host ids cached during the failed transaction may have been rolled back.
-            self.hosts.clear();
-        }
-        result
+    /// Alerts of `host` firing now, by rule (for `vigil status`).
+    pub fn firing_of(&self, host: &str) -> Result<Vec<FiringRow>, StoreError> {
+        firing_of(self.view(), host)
     }
 
     /// Alert events at or after `since_ms`, oldest first (for `vigil alerts`).
     pub fn alert_events_since(&self, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
-        events_since(&self.conn, since_ms)
+        events_since(self.view(), since_ms)
     }
 
     /// Mail not sent yet (pending), oldest first: for operators and tests.
     pub fn pending_mail(&self) -> Result<Vec<OutboxRow>, StoreError> {
-        due_mail(&self.conn, i64::MAX, usize::MAX >> 1)
+        due_mail(self.view(), i64::MAX, usize::MAX >> 1)
     }
 
     /// Outbox counts by status (for `vigil alerts` and tests).
     pub fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
-        outbox_counts(&self.conn)
+        outbox_counts(self.view())
     }
 
     /// Runs `f` in one immediate transaction, committed when it returns `Ok`.
-    pub fn write_tx<R>(&mut self, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    pub fn write_tx<R>(&mut self, f: impl FnOnce(Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let r = f(&tx)?;
+        let r = f(Tx(&tx))?;
         tx.commit()?;
         Ok(r)
     }
@@ -392,18 +424,18 @@ mod tests {
     #[test]
     fn state_round_trips_and_updates() {
         let (_d, mut s) = store();
-        assert_eq!(state(s.conn(), "h", "cpu").unwrap(), None);
+        assert_eq!(state(s.view(), "h", "cpu").unwrap(), None);
         let row = StateRow { firing: true, value: Some(93.0), limit: 90.0, since_ms: 5, last_mail_ms: 5 };
         s.write_tx(|c| set_state(c, "h", "cpu", &row, 5)).unwrap();
-        assert_eq!(state(s.conn(), "h", "cpu").unwrap(), Some(row.clone()));
+        assert_eq!(state(s.view(), "h", "cpu").unwrap(), Some(row.clone()));
         let resolved = StateRow { firing: false, value: Some(50.0), since_ms: 9, ..row };
         s.write_tx(|c| set_state(c, "h", "cpu", &resolved, 9)).unwrap();
-        assert_eq!(state(s.conn(), "h", "cpu").unwrap(), Some(resolved));
-        assert!(firing(s.conn()).unwrap().is_empty());
-        assert!(firing_of(s.conn(), "h").unwrap().is_empty());
+        assert_eq!(state(s.view(), "h", "cpu").unwrap(), Some(resolved));
+        assert!(firing(s.view()).unwrap().is_empty());
+        assert!(firing_of(s.view(), "h").unwrap().is_empty());
         s.write_tx(|c| set_state(c, "h", "memory", &StateRow { firing: true, ..resolved_copy() }, 9)).unwrap();
-        assert_eq!(firing_of(s.conn(), "h").unwrap().len(), 1);
-        assert!(firing_of(s.conn(), "other").unwrap().is_empty());
+        assert_eq!(firing_of(s.view(), "h").unwrap().len(), 1);
+        assert!(firing_of(s.view(), "other").unwrap().is_empty());
     }
 
     fn resolved_copy() -> StateRow {
@@ -429,27 +461,27 @@ mod tests {
                 enqueue_mail(c, Some(e), 10, "ops@x", "subj", "body")
             })
             .unwrap();
-        assert_eq!(due_mail(s.conn(), 9, 10).unwrap().len(), 0, "not due before it was created");
-        let due = due_mail(s.conn(), 10, 10).unwrap();
+        assert_eq!(due_mail(s.view(), 9, 10).unwrap().len(), 0, "not due before it was created");
+        let due = due_mail(s.view(), 10, 10).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].recipient, "ops@x");
         s.write_tx(|c| mark_attempt_failed(c, id, "refused", Some(100))).unwrap();
-        assert!(due_mail(s.conn(), 50, 10).unwrap().is_empty(), "backing off");
-        assert_eq!(due_mail(s.conn(), 100, 10).unwrap()[0].attempts, 1);
+        assert!(due_mail(s.view(), 50, 10).unwrap().is_empty(), "backing off");
+        assert_eq!(due_mail(s.view(), 100, 10).unwrap()[0].attempts, 1);
         s.write_tx(|c| mark_sent(c, id, 101)).unwrap();
-        assert!(due_mail(s.conn(), 1_000, 10).unwrap().is_empty());
-        assert_eq!(outbox_counts(s.conn()).unwrap(), OutboxCounts { pending: 0, sent: 1, failed: 0 });
+        assert!(due_mail(s.view(), 1_000, 10).unwrap().is_empty());
+        assert_eq!(outbox_counts(s.view()).unwrap(), OutboxCounts { pending: 0, sent: 1, failed: 0 });
         let id2 = s.write_tx(|c| enqueue_mail(c, None, 10, "bad", "s", "b")).unwrap();
         s.write_tx(|c| mark_attempt_failed(c, id2, "bad address", None)).unwrap();
-        assert!(due_mail(s.conn(), 1_000, 10).unwrap().is_empty(), "a failed mail is not retried");
-        assert_eq!(outbox_counts(s.conn()).unwrap().failed, 1);
-        assert_eq!(events_since(s.conn(), 0).unwrap().len(), 1);
-        assert!(events_since(s.conn(), 11).unwrap().is_empty());
+        assert!(due_mail(s.view(), 1_000, 10).unwrap().is_empty(), "a failed mail is not retried");
+        assert_eq!(outbox_counts(s.view()).unwrap().failed, 1);
+        assert_eq!(events_since(s.view(), 0).unwrap().len(), 1);
+        assert!(events_since(s.view(), 11).unwrap().is_empty());
 
         // Pruning keeps pending mail (and its event), drops finished mail and old events.
         let pending = s.write_tx(|c| enqueue_mail(c, None, 10, "ops@x", "later", "b")).unwrap();
         assert_eq!(s.write_tx(|c| prune(c, 11)).unwrap(), 3, "two finished mails and the event");
         assert_eq!(s.pending_mail().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [pending]);
-        assert!(events_since(s.conn(), 0).unwrap().is_empty());
+        assert!(events_since(s.view(), 0).unwrap().is_empty());
     }
 }

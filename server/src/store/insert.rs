@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 use vigil_schema::report::Report;
 
 use super::StoreError;
@@ -39,20 +39,6 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-pub(super) fn insert_batch(
-    conn: &mut Connection,
-    hosts: &mut HashMap<String, (i64, String)>,
-    batch: &[Incoming],
-) -> Result<Vec<Outcome>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut out = Vec::with_capacity(batch.len());
-    for inc in batch {
-        out.push(insert_one(&tx, hosts, inc)?);
-    }
-    tx.commit()?;
-    Ok(out)
-}
-
 fn host_id(
     tx: &Transaction<'_>,
     hosts: &mut HashMap<String, (i64, String)>,
@@ -75,6 +61,19 @@ fn host_id(
     Ok(id)
 }
 
+/// How far ahead of the server's clock a report's `collected_at` may be and still order its samples. Beyond it the
+/// host's clock is wrong (the offset is still recorded in `reports.clock_offset_ms` and flagged by `vigil status`).
+pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
+
+/// The time a report's statistics rows are filed (and ordered) under: when it was collected, unless that is more
+/// than [`MAX_FUTURE_MS`] after it was received. Then the receive time: a host whose clock runs years ahead cannot
+/// pin the "latest" values of `vigil status` or of the alert rules.
+pub fn sample_time(collected_at_ms: i64, received_at_ms: i64) -> i64 {
+    if collected_at_ms > received_at_ms.saturating_add(MAX_FUTURE_MS) { received_at_ms } else { collected_at_ms }
+}
+
+/// Stores one report and its statistics rows. Over 100 lines because it is a table: one INSERT per statistics
+/// family, each with its column list; splitting it would only scatter the table.
 pub(super) fn insert_one(
     tx: &Transaction<'_>,
     hosts: &mut HashMap<String, (i64, String)>,
@@ -82,7 +81,7 @@ pub(super) fn insert_one(
 ) -> Result<Outcome, StoreError> {
     let host = host_id(tx, hosts, &inc.host, &inc.ip)?;
     let r = &inc.report;
-    let ts = r.collected_at_ms;
+    let ts = sample_time(r.collected_at_ms, inc.received_at_ms);
     let ip = inc.ip.as_str();
     let report_id: Option<i64> = tx
         .prepare_cached(
@@ -100,9 +99,9 @@ pub(super) fn insert_one(
                 host,
                 ip,
                 r.job,
-                ts,
+                r.collected_at_ms,
                 inc.received_at_ms,
-                inc.received_at_ms.saturating_sub(ts),
+                inc.received_at_ms.saturating_sub(r.collected_at_ms),
                 int(r.dropped),
             ],
             |row| row.get(0),

@@ -1,31 +1,38 @@
-//! The SQLite database: opening it (0600, WAL, migrations), agents, the pending config error and retention.
+//! The SQLite database, and all of vigil's SQL: opening it (0600, WAL, migrations), agents, the config state and
+//! retention here; reports in [`insert`], alert state, history, outbox and security digest in [`alerts`], the
+//! status queries in `views`, the schema documentation in [`schema_doc`]. Nothing outside this module uses
+//! `rusqlite`, except through the typed methods and rows here.
 //!
 //! The schema lives only in `migrations/` (refinery, embedded, applied on every [`Store::open`], append-only: a change
-//! is a new `V<n>__<name>.sql`). Reports and their typed statistics rows are written by [`insert`] (called from the
-//! ingest writer); the operator views read through [`Store::conn`] in `status`.
+//! is a new `V<n>__<name>.sql`).
 //!
-//! Architecture invariant: only the ingest writer thread writes while `vigil serve` runs; `vigil status` opens the
-//! file read-only.
+//! Writers: while `vigil serve` runs, the daemon writes only through the ingest writer thread. Other processes
+//! (`vigil enroll`, `bootstrap`, `uninstall`) write the `agents` table through their own connection; SQLite's WAL
+//! serializes them (busy timeout [`BUSY_TIMEOUT`]). `vigil status` and `vigil alerts` open the file read-only.
 
 pub mod alerts;
 mod insert;
+pub mod schema_doc;
+mod views;
+
+pub use views::HostRow;
 
 use std::collections::HashMap;
-use std::fs::{DirBuilder, OpenOptions, Permissions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{OpenOptions, Permissions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-pub use insert::{Incoming, Outcome};
+pub use insert::{Incoming, MAX_FUTURE_MS, Outcome, sample_time};
 
 mod embedded {
     refinery::embed_migrations!("src/store/migrations");
 }
 
 /// How long a statement waits for another connection's lock before failing with "busy".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reports deleted per transaction while pruning, so a large prune does not hold one huge transaction.
 const PRUNE_CHUNK: usize = 2_000;
 
@@ -38,9 +45,9 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
     #[error("database migration failed: {0}")]
-    Migration(#[from] refinery::Error),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Migration(refinery::Error),
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     /// `open_readonly` on a path where no database exists yet.
     #[error("no database at {0} (has `vigil serve` run?)")]
     NotFound(PathBuf),
@@ -53,6 +60,12 @@ impl StoreError {
     /// True when the failure is a full disk: the caller should answer "unavailable, retry later".
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full)
+    }
+}
+
+impl From<refinery::Error> for StoreError {
+    fn from(e: refinery::Error) -> Self {
+        StoreError::Migration(e)
     }
 }
 
@@ -94,6 +107,26 @@ impl std::fmt::Debug for AgentRecord {
     }
 }
 
+/// The database inside one of the store's transactions (or, from [`Store::view`], outside any): what the functions
+/// of [`alerts`] run on, so alert evaluation and the mailer share the ingest writer's transaction without ever
+/// holding the connection itself.
+#[derive(Clone, Copy)]
+pub struct Tx<'c>(&'c Connection);
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tx")
+    }
+}
+
+/// What one retention pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub reports: u64,
+    /// Alert events and finished outbox rows.
+    pub alert_rows: usize,
+}
+
 /// The database. Owns one connection; `Send`, not `Sync`: one thread uses it at a time.
 pub struct Store {
     conn: Connection,
@@ -114,11 +147,11 @@ impl Store {
     /// A missing parent directory is created 0700; the file (and so its `-wal`/`-shm` files, which SQLite creates
     /// with the database's mode) is 0600.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+        let io = |error| StoreError::Io { path: path.to_path_buf(), error };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
             && !parent.exists()
         {
-            DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(io)?;
+            vigil_sys::fs::private_dir(parent).map_err(io)?;
         }
         OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(io)?;
         std::fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(io)?;
@@ -133,7 +166,10 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "cache_size", -32_768)?; // 32 MiB: index pages stay hot across commits.
         conn.set_prepared_statement_cache_capacity(64);
-        embedded::migrations::runner().run(&mut conn)?;
+        let report = embedded::migrations::runner().run(&mut conn)?;
+        for m in report.applied_migrations() {
+            tracing::info!(path = %path.display(), version = m.version(), name = m.name(), "database migration applied");
+        }
         for side in ["-wal", "-shm"] {
             let mut p = path.as_os_str().to_owned();
             p.push(side);
@@ -179,7 +215,13 @@ impl Store {
         &self.path
     }
 
-    /// The connection, for read queries of the operator views.
+    /// The database outside a transaction, for reads through [`alerts`].
+    pub fn view(&self) -> Tx<'_> {
+        Tx(&self.conn)
+    }
+
+    /// The connection, for the store's own tests.
+    #[cfg(test)]
     pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -210,6 +252,17 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Whether a report of `agent_id` received at or after `since_ms` is stored (bootstrap's confirmation that an
+    /// agent delivers under the credentials it was just given).
+    pub fn report_stored_since(&self, agent_id: &str, since_ms: i64) -> Result<bool, StoreError> {
+        let found: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT 1 FROM reports WHERE agent_id = ?1 AND received_at_ms >= ?2 LIMIT 1")?
+            .query_row(params![agent_id, since_ms], |r| r.get(0))
+            .optional()?;
+        Ok(found.is_some())
     }
 
     /// Every registered agent, ordered by host name.
@@ -250,7 +303,29 @@ impl Store {
     /// Stores a batch of reports in ONE transaction; a report already stored (same agent and sequence) is a
     /// [`Outcome::Duplicate`] and adds no row. Nothing is stored when this returns an error.
     pub fn insert_reports(&mut self, batch: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
-        let result = insert::insert_batch(&mut self.conn, &mut self.hosts, batch);
+        self.insert_reports_with(batch, |_, _| Ok(()))
+    }
+
+    /// Like [`Store::insert_reports`], and calls `hook` inside the same transaction after each newly stored report
+    /// (not for duplicates). A hook error rolls the whole batch back.
+    pub fn insert_reports_with(
+        &mut self,
+        batch: &[Incoming],
+        mut hook: impl FnMut(Tx<'_>, &Incoming) -> Result<(), StoreError>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let result = (|| {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for inc in batch {
+                let outcome = insert::insert_one(&tx, &mut self.hosts, inc)?;
+                if matches!(outcome, Outcome::Stored { .. }) {
+                    hook(Tx(&tx), inc)?;
+                }
+                out.push(outcome);
+            }
+            tx.commit()?;
+            Ok(out)
+        })();
         if result.is_err() {
             // Host ids cached during the failed transaction may have been rolled back.
             self.hosts.clear();
@@ -269,6 +344,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records the `[server]` settings edited in the files that the running `vigil serve` cannot apply (`None` when
+    /// the files match what it runs with), for `vigil status`.
+    pub fn set_restart_needed(&mut self, keys: Option<&str>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO config_state (id, restart_needed, updated_at_ms) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET restart_needed = excluded.restart_needed,
+                 updated_at_ms = excluded.updated_at_ms",
+            params![keys, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The `[server]` settings waiting for a restart of `vigil serve`, if any: e.g. `listen, database`.
+    pub fn restart_needed(&self) -> Result<Option<String>, StoreError> {
+        let keys: Option<Option<String>> =
+            self.conn.query_row("SELECT restart_needed FROM config_state WHERE id = 1", [], |r| r.get(0)).optional()?;
+        Ok(keys.flatten())
+    }
+
     /// The pending config error recorded by `vigil serve`, if any.
     pub fn config_error(&self) -> Result<Option<String>, StoreError> {
         let err: Option<Option<String>> =
@@ -276,17 +370,20 @@ impl Store {
         Ok(err.flatten())
     }
 
-    /// Deletes reports received before `older_than_ms` (server clock) and all their statistics rows, in chunks of
-    /// a few thousand reports per transaction. Returns the number of reports deleted.
-    pub fn prune(&mut self, older_than_ms: i64) -> Result<u64, StoreError> {
-        let mut total = 0u64;
+    /// Retention: deletes reports received before `older_than_ms` (server clock) and all their statistics rows, in
+    /// chunks of a few thousand reports per transaction, then alert events and finished mail as old (pending mail
+    /// and its event stay).
+    pub fn prune(&mut self, older_than_ms: i64) -> Result<Pruned, StoreError> {
+        let mut reports = 0u64;
         loop {
             let n = self.prune_chunk(older_than_ms, PRUNE_CHUNK)?;
-            total += n as u64;
+            reports += n as u64;
             if n < PRUNE_CHUNK {
-                return Ok(total);
+                break;
             }
         }
+        let alert_rows = self.write_tx(|c| alerts::prune(c, older_than_ms))?;
+        Ok(Pruned { reports, alert_rows })
     }
 
     /// One prune transaction: at most `limit` of the oldest reports before `older_than_ms`.
@@ -322,13 +419,8 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch, by this machine's clock.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, by this machine's clock (re-exported for callers outside the store).
+pub use vigil_sys::clock::now_ms;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report

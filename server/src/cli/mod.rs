@@ -1,0 +1,80 @@
+//! The printing half of each `vigil` command, one file per command: main.rs parses and dispatches here.
+//!
+//! Everything goes to stdout through [`Out`], whose writes fail instead of panicking: when the reader of a pipe
+//! goes away (`vigil status | head -1`), the command stops quietly (see [`is_broken_pipe`]).
+
+pub mod alerts;
+pub mod bootstrap;
+pub mod check;
+pub mod serve;
+pub mod status;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use vigil_server::config::Config;
+
+/// The two config files every command reads.
+#[derive(Debug, Args)]
+pub struct Files {
+    /// The fleet: hosts, logins, alert limits.
+    #[arg(long, global = true, env = "VIGIL_CLIENTS", default_value = "clients.xml")]
+    pub clients: PathBuf,
+    /// What to collect, how often, and the server's settings.
+    #[arg(long, global = true, env = "VIGIL_JOBS", default_value = "jobs.toml")]
+    pub jobs: PathBuf,
+}
+
+impl Files {
+    /// Loads and validates both files; warnings go to stderr.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let loaded = Config::load(&self.clients, &self.jobs)?;
+        for w in &loaded.warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(loaded.config)
+    }
+
+    /// The config for views that must work while the files on disk are invalid: the valid files, else the config
+    /// `vigil serve` last applied (with the load error, to show), else the load error.
+    pub fn load_for_view(&self) -> anyhow::Result<(Config, Option<String>)> {
+        match Config::load(&self.clients, &self.jobs) {
+            Ok(l) => Ok((l.config, None)),
+            Err(e) => match vigil_server::reload::last_good(&self.clients, &self.jobs) {
+                Some(c) => Ok((c, Some(e.to_string()))),
+                None => Err(e.into()),
+            },
+        }
+    }
+}
+
+/// Standard output, locked, with writes that return errors (a closed pipe) instead of panicking like `println!`.
+#[derive(Debug)]
+pub struct Out(std::io::StdoutLock<'static>);
+
+impl Out {
+    pub fn new() -> Self {
+        Self(std::io::stdout().lock())
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone: the command then exits quietly.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// A multi-threaded runtime for the commands that need one.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}

@@ -1,0 +1,148 @@
+//! The read side of the operator views: the per-host queries of `vigil status`, as typed rows. Every query is an
+//! index lookup of the newest row (the query-plan test below holds them to it), so the view costs the same with a
+//! year of history as with a day.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError};
+
+const HOST_BY_NAME: &str = "SELECT id, ip FROM hosts WHERE name = ?1";
+const AGENT_OF_HOST: &str = "SELECT version, last_seen_at_ms FROM agents WHERE host = ?1";
+const LATEST_REPORT: &str = "SELECT received_at_ms, clock_offset_ms FROM reports WHERE host_id = ?1
+     ORDER BY received_at_ms DESC, id DESC LIMIT 1";
+const LATEST_CPU: &str = "SELECT total_pct FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1";
+const LATEST_MEMORY: &str = "SELECT used_pct FROM memory WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1";
+const LATEST_SWAP: &str = "SELECT used_pct FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1";
+// A bare column next to max() comes from the row holding the maximum (SQLite); no sort needed.
+const FULLEST_DISK: &str = "SELECT mount_point, max(used_pct) FROM disk_usage
+     WHERE report_id = (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)";
+const ALL_HOSTS: &str = "SELECT name, ip FROM hosts ORDER BY name";
+
+/// The per-host queries of the view, for the query-plan test.
+#[cfg(test)]
+const PER_HOST_QUERIES: [&str; 7] =
+    [HOST_BY_NAME, AGENT_OF_HOST, LATEST_REPORT, LATEST_CPU, LATEST_MEMORY, LATEST_SWAP, FULLEST_DISK];
+
+/// What the database knows of one host: its agent, its latest report and latest figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostRow {
+    pub agent_version: Option<String>,
+    /// The agent's latest check-in, server clock.
+    pub agent_seen_ms: Option<i64>,
+    /// Receive time (server clock) of the latest report.
+    pub last_report_ms: Option<i64>,
+    /// `received - collected` of the latest report, ms.
+    pub report_offset_ms: Option<i64>,
+    pub cpu_pct: Option<f64>,
+    pub mem_pct: Option<f64>,
+    pub swap_pct: Option<f64>,
+    /// The fullest mount of the latest disk usage sample: (mount, used percent).
+    pub fullest_disk: Option<(String, f64)>,
+}
+
+impl Store {
+    /// Every host that ever reported: (name, ip), by name.
+    pub fn known_hosts(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(ALL_HOSTS)?;
+        Ok(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?)
+    }
+
+    /// The view's figures of host `name`; all `None` for a host the database does not know.
+    pub fn host_row(&self, name: &str) -> Result<HostRow, StoreError> {
+        let conn = &self.conn;
+        let mut row = HostRow::default();
+        let agent: Option<(Option<String>, Option<i64>)> =
+            conn.prepare_cached(AGENT_OF_HOST)?.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        (row.agent_version, row.agent_seen_ms) = agent.unwrap_or((None, None));
+        let host_id: Option<i64> =
+            conn.prepare_cached(HOST_BY_NAME)?.query_row(params![name], |r| r.get(0)).optional()?;
+        let Some(id) = host_id else { return Ok(row) };
+        let latest: Option<(i64, i64)> =
+            conn.prepare_cached(LATEST_REPORT)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        if let Some((received, offset)) = latest {
+            row.last_report_ms = Some(received);
+            row.report_offset_ms = Some(offset);
+        }
+        let latest_f64 = |sql: &str| -> Result<Option<f64>, StoreError> {
+            Ok(conn.prepare_cached(sql)?.query_row(params![id], |r| r.get(0)).optional()?)
+        };
+        row.cpu_pct = latest_f64(LATEST_CPU)?;
+        row.mem_pct = latest_f64(LATEST_MEMORY)?;
+        row.swap_pct = latest_f64(LATEST_SWAP)?;
+        // The aggregate yields one row of NULLs when the host never reported disk usage.
+        let fullest: Option<(Option<String>, Option<f64>)> =
+            conn.prepare_cached(FULLEST_DISK)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        if let Some((Some(mount), Some(pct))) = fullest {
+            row.fullest_disk = Some((mount, pct));
+        }
+        Ok(row)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::store::Incoming;
+    use vigil_schema::report::{CpuStats, DiskUsage, MemoryStats, Report, Stats};
+
+    fn report(seq: u64, at: i64) -> Incoming {
+        Incoming {
+            agent_id: "ag".into(),
+            host: "web1".into(),
+            ip: "10.0.0.1".into(),
+            received_at_ms: at,
+            report: Report {
+                seq,
+                job: "vitals".into(),
+                collected_at_ms: at,
+                dropped: 0,
+                stats: Stats {
+                    cpu: Some(CpuStats {
+                        total_pct: 10.0,
+                        per_core_pct: vec![10.0],
+                        load1: 0.0,
+                        load5: 0.0,
+                        load15: 0.0,
+                    }),
+                    memory: Some(MemoryStats { total: 10, used: 5, available: 5, free: 5, used_pct: 50.0 }),
+                    disk_usage: Some(
+                        ["/", "/var"]
+                            .iter()
+                            .map(|m| DiskUsage {
+                                mount_point: (*m).into(),
+                                total: 100,
+                                used: 1,
+                                free: 99,
+                                used_pct: 20.0,
+                                inodes_total: None,
+                                inodes_used: None,
+                            })
+                            .collect(),
+                    ),
+                    ..Stats::default()
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn status_queries_use_indexes_and_never_scan_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        // Some history, then ANALYZE, so the planner sees a realistic table and not an empty one.
+        let batch: Vec<_> = (1..300).map(|s| report(s, 1_000 * s as i64)).collect();
+        store.insert_reports(&batch).unwrap();
+        store.conn().execute_batch("ANALYZE").unwrap();
+        for sql in PER_HOST_QUERIES {
+            let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> =
+                stmt.query_map(params![1], |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+            for step in &plan {
+                assert!(!step.starts_with("SCAN"), "{sql}\nscans: {plan:?}");
+                assert!(!step.contains("TEMP B-TREE"), "{sql}\nsorts: {plan:?}");
+            }
+            assert!(plan.iter().any(|s| s.contains("INDEX")), "{sql}\nno index: {plan:?}");
+        }
+    }
+}
