@@ -65,11 +65,23 @@ fn status_stays_readable_whatever_an_agent_calls_its_version() -> Result<()> {
         schedule_hash: creds.schedule_hash.clone(),
     };
     session.sender().msg(CONTROL_SEQ, &hello)?;
+    // The hello is refused at validation: its version never reaches the agents table.
+    match session.next(T)? {
+        ServerMsg::Error { message, .. } => ensure!(message.contains("agent_version"), "{message}"),
+        other => anyhow::bail!("a hello with escapes was not refused: {other:?}"),
+    }
+    // The same connection then says hello properly, and that check-in is recorded.
+    let clean = AgentMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_version: "1.0-clean".into(),
+        schedule_hash: creds.schedule_hash.clone(),
+    };
+    session.sender().msg(CONTROL_SEQ, &clean)?;
     ensure!(matches!(session.next(T)?, ServerMsg::Welcome { .. }), "no welcome: {:?}", session.received);
-    // The check-in is recorded after the welcome.
     wait_for(T, "the check-in to be recorded", || {
-        s.count("SELECT count(*) FROM agents WHERE version LIKE '1.0%'", []).is_ok_and(|n| n == 1)
+        s.count("SELECT count(*) FROM agents WHERE version = '1.0-clean'", []).is_ok_and(|n| n == 1)
     })?;
+    ensure!(s.count("SELECT count(*) FROM agents WHERE version LIKE '%owned%'", [])? == 0, "the dirty version was stored");
     let table = s.status_table()?;
     ensure!(!table.chars().any(|c| c.is_control() && c != '\n'), "raw control characters: {:?}", &table[..200]);
     ensure!(table.lines().all(|l| l.chars().count() < 400), "an unreadable line: {} chars", table.len());

@@ -228,6 +228,15 @@ impl Reader {
             self.send(error(ErrorCode::BadMessage, e.to_string(), None)).await;
             return;
         }
+        // A hello's strings reach the agents table and `vigil status`: bounded and free of control characters, as a
+        // report's are (reports are checked with their own error code below).
+        if matches!(msg, AgentMsg::Hello { .. })
+            && let Err(e) = msg.validate()
+        {
+            self.refuse(state, &counters.bad_messages, "bad hello", &e);
+            self.send(error(ErrorCode::BadMessage, e.to_string(), None)).await;
+            return;
+        }
         match msg {
             AgentMsg::Hello { protocol, agent_version, schedule_hash } => {
                 if protocol != PROTOCOL_VERSION {
