@@ -56,19 +56,30 @@ const LAST_GOOD: [&str; 2] = ["last-good-clients.xml", "last-good-jobs.toml"];
 /// Reads both files and validates them, the same way at start-up and on every edit. On success the texts are also
 /// saved as the last good config.
 pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loaded, ConfigError> {
+    let (loaded, texts) = load(clients, jobs)?;
+    keep(&loaded.config, &texts);
+    Ok(loaded)
+}
+
+/// Both files' texts, and the config they make.
+fn load(clients: &Path, jobs: &Path) -> Result<(crate::config::Loaded, [String; 2]), ConfigError> {
     let read =
         |path: &Path| std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source });
     let (clients_src, jobs_src) = (read(clients)?, read(jobs)?);
     let loaded = Config::from_sources(clients, &clients_src, jobs, &jobs_src)?;
-    let dir = &loaded.config.server.data_dir;
-    for (name, text) in LAST_GOOD.iter().zip([&clients_src, &jobs_src]) {
+    Ok((loaded, [clients_src, jobs_src]))
+}
+
+/// Saves `texts` (clients.xml, jobs.toml) as the last good config in `config`'s data directory.
+fn keep(config: &Config, texts: &[String; 2]) {
+    let dir = &config.server.data_dir;
+    for (name, text) in LAST_GOOD.iter().zip(texts) {
         if let Err(e) = crate::keys::ensure_private_dir(dir)
             .and_then(|()| crate::keys::write_private(&dir.join(name), text.as_bytes()))
         {
             tracing::warn!(error = %e, "could not keep a copy of the applied config");
         }
     }
-    Ok(loaded)
 }
 
 /// The last config `vigil serve` applied, for views that must work while the files on disk are invalid. The data
@@ -104,14 +115,19 @@ fn data_dir_line(text: &str) -> Option<PathBuf> {
 
 /// Loads both files; on success publishes the config (when it differs) and returns what happened.
 pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> Reloaded {
-    match load_and_keep(clients, jobs) {
-        Ok(mut loaded) => {
+    match load(clients, jobs) {
+        Ok((mut loaded, texts)) => {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
             let restart_needed = keep_running_server(&tx.borrow(), &mut loaded.config);
             for key in &restart_needed {
                 tracing::warn!("restart needed for [server] {key}: vigil serve keeps running with the previous value");
+            }
+            // The last good copy keeps describing what runs: while a `[server]` edit waits for a restart, `vigil
+            // status` finds the database in use through it.
+            if restart_needed.is_empty() {
+                keep(&loaded.config, &texts);
             }
             if **tx.borrow() == loaded.config {
                 return Reloaded::Unchanged { restart_needed };
