@@ -56,8 +56,19 @@ const LAST_GOOD: [&str; 2] = ["last-good-clients.xml", "last-good-jobs.toml"];
 /// Reads both files and validates them, the same way at start-up and on every edit. On success the texts are also
 /// saved as the last good config.
 pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loaded, ConfigError> {
-    let (loaded, sources) = Config::load_with_sources(clients, jobs)?;
-    let dir = &loaded.config.server.data_dir;
+    let (loaded, sources) = load(clients, jobs)?;
+    keep(&loaded.config, &sources);
+    Ok(loaded)
+}
+
+/// Both files' texts, and the config they make: `Config::load_with_sources`, the one loading path.
+fn load(clients: &Path, jobs: &Path) -> Result<(crate::config::Loaded, crate::config::Sources), ConfigError> {
+    Config::load_with_sources(clients, jobs)
+}
+
+/// Saves both files' texts as the last good config in `config`'s data directory.
+fn keep(config: &Config, sources: &crate::config::Sources) {
+    let dir = &config.server.data_dir;
     for (name, text) in LAST_GOOD.iter().zip([&sources.clients, &sources.jobs]) {
         if let Err(e) = crate::keys::ensure_private_dir(dir)
             .and_then(|()| crate::keys::write_private(&dir.join(name), text.as_bytes()))
@@ -65,7 +76,6 @@ pub fn load_and_keep(clients: &Path, jobs: &Path) -> Result<crate::config::Loade
             tracing::warn!(error = %e, "could not keep a copy of the applied config");
         }
     }
-    Ok(loaded)
 }
 
 /// The last config `vigil serve` applied, for views that must work while the files on disk are invalid. The data
@@ -101,14 +111,19 @@ fn data_dir_line(text: &str) -> Option<PathBuf> {
 
 /// Loads both files; on success publishes the config (when it differs) and returns what happened.
 pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> Reloaded {
-    match load_and_keep(clients, jobs) {
-        Ok(mut loaded) => {
+    match load(clients, jobs) {
+        Ok((mut loaded, texts)) => {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
             let restart_needed = keep_running_server(&tx.borrow(), &mut loaded.config);
             for key in &restart_needed {
                 tracing::warn!("restart needed for [server] {key}: vigil serve keeps running with the previous value");
+            }
+            // The last good copy keeps describing what runs: while a `[server]` edit waits for a restart, `vigil
+            // status` finds the database in use through it.
+            if restart_needed.is_empty() {
+                keep(&loaded.config, &texts);
             }
             if **tx.borrow() == loaded.config {
                 return Reloaded::Unchanged { restart_needed };

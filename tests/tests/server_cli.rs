@@ -93,6 +93,31 @@ fn status_stays_readable_whatever_an_agent_calls_its_version() -> Result<()> {
 }
 
 #[test]
+fn an_edit_of_server_database_is_refused_and_status_keeps_reading_the_database_in_use() -> Result<()> {
+    let s = Served::start(&["alpha"], "5s")?;
+    let mut session = s.session("alpha")?;
+    session.send_report(&vigil_tests::client::sample_report(1, vigil_tests::client::now_ms(), 42.0, 1.0, 1.0))?;
+    session.wait_acks([1], T)?;
+    let jobs = std::fs::read_to_string(s.work.jobs_path())?;
+    let other = s.work.path().join("elsewhere.db");
+    let edited = jobs
+        .replace("retention_days = 30", &format!("retention_days = 30\ndatabase = {:?}", other.display().to_string()));
+    ensure!(edited != jobs, "no retention line in {jobs}");
+    s.set_jobs(&edited)?;
+    wait_for(T, "serve to log the refused edit", || s.log().contains("restart needed for [server] database"))
+        .map_err(|e| e.context(s.logs()))?;
+    let mut json = serde_json::Value::Null;
+    wait_for(T, "status to show the restart", || {
+        json = s.status_json().unwrap_or_default();
+        json["restart_needed"] == "database"
+    })
+    .map_err(|e| e.context(format!("{json}")))?;
+    ensure!(json["hosts"][0]["cpu_pct"] == 42.0, "status does not read the database in use: {json}");
+    ensure!(!other.exists(), "the edited database was created without a restart");
+    Ok(())
+}
+
+#[test]
 fn an_edit_of_server_listen_is_refused_until_restart_and_shown_by_status() -> Result<()> {
     let s = Served::start(&["alpha"], "5s")?;
     let jobs = std::fs::read_to_string(s.work.jobs_path())?;

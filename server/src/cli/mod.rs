@@ -37,11 +37,22 @@ impl Files {
     }
 
     /// The config for views that must work while the files on disk are invalid: the valid files, else the config
-    /// `vigil serve` last applied (with the load error, to show), else the load error.
+    /// `vigil serve` last applied (with the load error, to show), else the load error. While an edit of `[server]
+    /// database` waits for serve's restart, the database is the one in use (that of the config serve applied).
     pub fn load_for_view(&self) -> anyhow::Result<(Config, Option<String>)> {
+        let running = vigil_server::reload::last_good(&self.clients, &self.jobs);
         match Config::load(&self.clients, &self.jobs) {
-            Ok(l) => Ok((l.config, None)),
-            Err(e) => match vigil_server::reload::last_good(&self.clients, &self.jobs) {
+            Ok(l) => {
+                let mut config = l.config;
+                if let Some(running) = running
+                    && running.server.database != config.server.database
+                    && running.server.database.exists()
+                {
+                    config.server.database = running.server.database;
+                }
+                Ok((config, None))
+            }
+            Err(e) => match running {
                 Some(c) => Ok((c, Some(e.to_string()))),
                 None => Err(e.into()),
             },
