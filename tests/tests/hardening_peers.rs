@@ -484,8 +484,13 @@ fn secrets_of(dir: &std::path::Path) -> Result<Vec<String>> {
 
 #[test]
 fn frames_announcing_huge_lengths_are_refused_on_their_prefix_and_memory_stays_bounded() -> Result<()> {
-    let mut s = Served::start(&["good", "evil"], "5s")?;
+    // Ten stolen keys: one key holds at most `[server] max_connections_per_agent` (4) live connections, so the 40
+    // holders below spread over ten.
+    const EVIL: [&str; 10] = ["evil", "evil1", "evil2", "evil3", "evil4", "evil5", "evil6", "evil7", "evil8", "evil9"];
+    let hosts: Vec<&str> = std::iter::once("good").chain(EVIL).collect();
+    let mut s = Served::start(&hosts, "5s")?;
     let evil = s.creds("evil")?.clone();
+    let evils = EVIL.iter().map(|h| s.creds(h).cloned()).collect::<Result<Vec<_>>>()?;
     let pinger = Pinger::start(&s, "good")?;
     let rss0 = rss_bytes(s.serve()?.pid())?;
 
@@ -511,7 +516,7 @@ fn frames_announcing_huge_lengths_are_refused_on_their_prefix_and_memory_stays_b
     let partial = (1 << 20) - 4096;
     let mut holders = Vec::new();
     for i in 0..HOLDERS {
-        let session = VigilSession::start(&evil)?;
+        let session = VigilSession::start(&evils[i % evils.len()])?;
         session.sender().announce(partial as u32, &noise(partial - 1024, i as u64))?;
         holders.push(session);
     }

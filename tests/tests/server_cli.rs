@@ -81,7 +81,10 @@ fn status_stays_readable_whatever_an_agent_calls_its_version() -> Result<()> {
     wait_for(T, "the check-in to be recorded", || {
         s.count("SELECT count(*) FROM agents WHERE version = '1.0-clean'", []).is_ok_and(|n| n == 1)
     })?;
-    ensure!(s.count("SELECT count(*) FROM agents WHERE version LIKE '%owned%'", [])? == 0, "the dirty version was stored");
+    ensure!(
+        s.count("SELECT count(*) FROM agents WHERE version LIKE '%owned%'", [])? == 0,
+        "the dirty version was stored"
+    );
     let table = s.status_table()?;
     ensure!(!table.chars().any(|c| c.is_control() && c != '\n'), "raw control characters: {:?}", &table[..200]);
     ensure!(table.lines().all(|l| l.chars().count() < 400), "an unreadable line: {} chars", table.len());

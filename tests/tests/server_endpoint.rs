@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use vigil_schema::proto::{ErrorCode, ServerMsg};
-use vigil_server::endpoint::MAX_CONNECTIONS_PER_AGENT;
+use vigil_server::config::jobs::DEFAULT_MAX_CONNECTIONS_PER_AGENT as MAX_CONNECTIONS_PER_AGENT;
 use vigil_server::serve::REGISTRY_REFRESH_EVERY;
 use vigil_tests::client::{Event, Served, VigilSession, now_ms, sample_report};
 use vigil_tests::wait_for;

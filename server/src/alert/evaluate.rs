@@ -160,7 +160,7 @@ pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Res
         )?;
         if let Some(to) = to {
             let digest = rows::digest(conn, &host.name)?;
-            if digest.is_none_or(|d| now.saturating_sub(d.last_mail_ms) >= SECURITY_DIGEST_MS) {
+            if digest.is_none_or(|d| now.saturating_sub(d.last_mail_ms) >= digest_ms(config)) {
                 // The first security report of a quiet period is mailed at once, in full (with any events still
                 // waiting for a digest).
                 let after = digest.map_or(0, |d| d.last_event_id);
@@ -179,16 +179,19 @@ pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Res
     Ok(())
 }
 
-/// At most one security mail per host per this period: events in between are gathered into one digest mail.
-pub const SECURITY_DIGEST_MS: i64 = 5 * 60 * 1000;
+/// At most one security mail per host per `[alerts] security_digest` (default 5 minutes): events in between are
+/// gathered into one digest mail.
+fn digest_ms(config: &Config) -> i64 {
+    i64::try_from(config.alerts.security_digest.as_millis()).unwrap_or(i64::MAX)
+}
 
-/// Queues the digest mail of every host whose security events waited for [`SECURITY_DIGEST_MS`] since its last
+/// Queues the digest mail of every host whose security events waited for `[alerts] security_digest` since its last
 /// security mail. A host without a recipient any more gets no mail; its waiting events are marked covered (they
 /// stay in the history). Returns the number of mails queued.
 pub fn flush_security_digests(conn: Tx<'_>, config: &Config, now: i64) -> Result<usize, StoreError> {
     let mut queued = 0;
     for (host, d) in rows::digests_waiting(conn)? {
-        if now.saturating_sub(d.last_mail_ms) < SECURITY_DIGEST_MS {
+        if now.saturating_sub(d.last_mail_ms) < digest_ms(config) {
             continue;
         }
         let waiting = rows::security_events_after(conn, &host, d.last_event_id)?;
@@ -411,7 +414,10 @@ mod tests {
     fn security_mail_is_one_per_host_per_digest_period_and_loses_no_event() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-        let cfg = config("", JOBS);
+        // A period other than the default: the digest follows `[alerts] security_digest`.
+        let cfg = config("", &format!("{JOBS}\n[alerts]\nsecurity_digest = \"2m\"\n"));
+        const PERIOD: i64 = 120_000;
+        assert_eq!(digest_ms(&cfg), PERIOD);
         let ev = SecurityEvent {
             time: 5,
             kind: SecurityEventKind::LoginFailed,
@@ -436,8 +442,8 @@ mod tests {
         assert_eq!(rows::events_since(store.view(), 0).unwrap().len(), 20, "every report's events are recorded");
 
         // Before the period is over, nothing more; after it, one digest of the 19 that waited.
-        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS - 1)).unwrap(), 0);
-        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + SECURITY_DIGEST_MS)).unwrap(), 1);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + PERIOD - 1)).unwrap(), 0);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + PERIOD)).unwrap(), 1);
         let mail = rows::due_mail(store.view(), i64::MAX, 100).unwrap();
         assert_eq!(mail.len(), 2);
         assert_eq!(mail[1].subject, "[vigil] SECURITY web: 19 more security reports (38 events)");
@@ -446,7 +452,7 @@ mod tests {
 
         // A report after a quiet period is mailed at once again.
         let mut later = with_events(22);
-        later.received_at_ms = 1_000 + 3 * SECURITY_DIGEST_MS;
+        later.received_at_ms = 1_000 + 3 * PERIOD;
         ingest(&mut store, &cfg, later);
         assert_eq!(rows::due_mail(store.view(), i64::MAX, 100).unwrap().len(), 3);
     }

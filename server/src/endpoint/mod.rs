@@ -53,13 +53,7 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Refused frames on one connection before it is closed.
     pub max_errors: u32,
-    /// Most live connections authenticated with one agent key; further ones are refused at authentication.
-    pub max_per_agent: usize,
 }
-
-/// The default of [`Limits::max_per_agent`]: an agent needs one connection, a few more cover a reconnect racing the
-/// server's notice of the old one's end.
-pub const MAX_CONNECTIONS_PER_AGENT: usize = 4;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -71,7 +65,6 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(180),
             max_in_flight: 256,
             max_errors: 32,
-            max_per_agent: MAX_CONNECTIONS_PER_AGENT,
         }
     }
 }
@@ -119,11 +112,12 @@ impl Shared {
         self.registry.subscribe()
     }
 
-    /// A place among the live connections of `agent_id`, or `None` when it has [`Limits::max_per_agent`] already.
+    /// A place among the live connections of `agent_id`, or `None` when it has `[server]
+    /// max_connections_per_agent` (of the live config) already: one stolen key cannot take every slot.
     pub fn take_agent_slot(&self, agent_id: &str) -> Option<AgentSlot> {
         let mut live = self.per_agent.lock().ok()?;
         let n = live.entry(agent_id.to_owned()).or_insert(0);
-        if *n >= self.limits.max_per_agent {
+        if *n >= self.config.borrow().server.max_connections_per_agent {
             return None;
         }
         *n += 1;
@@ -157,7 +151,7 @@ impl Shared {
     }
 }
 
-/// One live connection of an agent, counted against [`Limits::max_per_agent`]; given back on drop.
+/// One live connection of an agent, counted against `[server] max_connections_per_agent`; given back on drop.
 #[derive(Debug)]
 pub struct AgentSlot {
     live: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
