@@ -91,9 +91,10 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
     loop {
         let started = Instant::now();
+        let welcomed = std::cell::Cell::new(false);
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = session(cfg, spool, schedule_tx, produced, &cancel) => r,
+            r = session(cfg, spool, schedule_tx, produced, &cancel, &welcomed) => r,
         };
         match &result {
             Ok(()) if cancel.is_cancelled() => return,
@@ -101,7 +102,10 @@ pub async fn run(
             Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!(error = %e, "refusing the server"),
             Err(e) => tracing::warn!(server = %cfg.server, error = %e, "session ended"),
         }
-        if started.elapsed() > Duration::from_secs(30) {
+        // A session the server welcomed proves it is up again: the next failure starts from the shortest wait (a
+        // server restarted several times in a row must not leave its agents sleeping a minute). One that ended
+        // before the welcome keeps backing off, unless it lasted long.
+        if welcomed.get() || started.elapsed() > Duration::from_secs(30) {
             backoff.reset();
         }
         let revoked = matches!(result, Err(PushError::Revoked(_) | PushError::HostKeyMismatch { .. }));
@@ -126,6 +130,7 @@ async fn session(
     schedule_tx: &watch::Sender<Schedule>,
     produced: &Notify,
     cancel: &CancellationToken,
+    welcomed_flag: &std::cell::Cell<bool>,
 ) -> Result<(), PushError> {
     let ssh_config = Arc::new(russh::client::Config {
         inactivity_timeout: Some(Duration::from_secs(120)),
@@ -248,6 +253,7 @@ async fn session(
                             Reply::Welcomed(server_version) => {
                                 tracing::info!(server = %cfg.server, %server_version, "connected");
                                 welcomed = true;
+                                welcomed_flag.set(true);
                             }
                             Reply::Jobs { hash, schedule } => {
                                 tracing::info!(%hash, jobs = schedule.jobs.len(), "new job list from the server");

@@ -16,11 +16,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alert;
 use crate::config::{Config, ConfigError, Transport};
 use crate::endpoint::{self, Limits, Shared};
 use crate::ingest::{self, IngestError, IngestHandle, IngestOptions};
 use crate::reload::{self, Reloaded};
 use crate::store::{Store, StoreError};
+use vigil_sys::clock::now_ms;
 
 /// How often retention runs (and once at start).
 pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -116,7 +118,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
         None => Some(config_tx),
     };
     tracker.spawn(registry_task(shared.clone(), config_rx.clone(), cancel.clone()));
-    tracker.spawn(crate::alert::watch_silence(ingest.clone(), config_rx.clone(), cancel.clone()));
+    tracker.spawn(silence_task(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(retention_task(ingest.clone(), config_rx.clone(), cancel.clone()));
     if opts.start_local_agents {
@@ -295,4 +297,30 @@ fn supervise_local(config: &Config, store: &mut Store, fingerprint: &str) -> boo
         }
     }
     minted
+}
+
+/// Silence and security digests: runs [`alert::check_silence`] and [`alert::flush_security_digests`] every
+/// [`alert::SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until `cancel` fires or the writer
+/// stops. (Old alert history is pruned by the retention task.)
+async fn silence_task(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
+    let started = now_ms();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(alert::SILENCE_CHECK_EVERY) => {}
+        }
+        let cfg = config.borrow().clone();
+        let checks = move |s: &mut Store| {
+            s.write_tx(|c| {
+                let now = now_ms();
+                alert::check_silence(c, &cfg, started, now)?;
+                alert::flush_security_digests(c, &cfg, now)
+            })
+        };
+        match ingest.exec(checks).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "silence check or security digest failed"),
+            Err(_) => return,
+        }
+    }
 }

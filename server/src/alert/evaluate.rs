@@ -2,7 +2,7 @@
 //!
 //! [`on_report`] runs in the transaction that stores a report: each value rule of the host is stepped with the
 //! report's value, a firing silence alert resolves, and security events are recorded. [`check_silence`] runs every
-//! few seconds ([`watch_silence`]): a host with no report for `limit` times its shortest job interval goes silent.
+//! few seconds (by serve's silence task): a host with no report for `limit` times its shortest job interval goes silent.
 //!
 //! Every transition writes the alert's new `alert_state`, one `alert_events` row and, when `[smtp]` is configured
 //! and the host has a `mail` address, one `outbox` row: in the same transaction, so a transition is never recorded
@@ -11,21 +11,15 @@
 //! SMTP on later should not flush a backlog of stale mail. Rules and recipients come from the config in force when
 //! the report is stored, so an edit of clients.xml applies to the next report.
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use super::message::{self, AlertMail, HISTORY_LEN};
 use super::{Phase, Transition, measure, repeat_due, rule_key, step};
 use crate::config::{AlertKind, AlertRule, Config, Host};
-use crate::ingest::IngestHandle;
 use crate::store::alerts::{self as rows, NewEvent, StateRow};
 use crate::store::{Incoming, StoreError, Tx};
-use vigil_sys::clock::now_ms;
 
-/// How often [`watch_silence`] looks for silent hosts.
+/// How often serve's silence task runs [`check_silence`] and [`flush_security_digests`].
 pub const SILENCE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Where `host`'s mail goes: its `mail`, when SMTP is configured.
@@ -268,31 +262,6 @@ pub fn check_silence(conn: Tx<'_>, config: &Config, started_ms: i64, now: i64) -
         changes += 1;
     }
     Ok(changes)
-}
-
-/// Runs [`check_silence`] and [`flush_security_digests`] every [`SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until
-/// `cancel` fires or the writer stops. (Old alert history is pruned by serve's retention task.)
-pub async fn watch_silence(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
-    let started = now_ms();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(SILENCE_CHECK_EVERY) => {}
-        }
-        let cfg = config.borrow().clone();
-        let checks = move |s: &mut crate::store::Store| {
-            s.write_tx(|c| {
-                let now = now_ms();
-                check_silence(c, &cfg, started, now)?;
-                flush_security_digests(c, &cfg, now)
-            })
-        };
-        match ingest.exec(checks).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "silence check or security digest failed"),
-            Err(_) => return,
-        }
-    }
 }
 
 #[cfg(test)]

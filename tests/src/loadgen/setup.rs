@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use russh::keys::PrivateKey;
 use serde::{Deserialize, Serialize};
 use vigil_schema::secret::{AgentSecret, EnvelopeKeys};
-use vigil_server::keys::AgentCredentials;
+use vigil_server::bootstrap::credentials::AgentCredentials;
 use vigil_server::store::{AgentRecord, Store};
 use vigil_tests::fleet::{ClientEntry, clients_xml};
 
