@@ -10,7 +10,6 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-
 /// File name of the server's host key inside the data directory.
 pub const HOST_KEY_FILE: &str = "host_key";
 

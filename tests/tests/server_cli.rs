@@ -32,7 +32,12 @@ fn every_command_ends_quietly_when_its_output_pipe_is_closed() -> Result<()> {
         let out = s.work.vigil(args).stdout(writer).stderr(Stdio::piped()).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(!stderr.contains("panicked"), "vigil {args:?} panicked: {stderr}");
-        ensure!(stderr.trim().is_empty(), "vigil {args:?} was not quiet: {stderr}");
+        ensure!(!stderr.contains("Broken pipe") && !stderr.contains("failed printing"), "vigil {args:?}: {stderr}");
+        // The dry run probes the host (a loopback address where nothing listens): its log line about that is
+        // expected; every other command has nothing to say.
+        if args[0] != "bootstrap" {
+            ensure!(stderr.trim().is_empty(), "vigil {args:?} was not quiet: {stderr}");
+        }
         ensure!(matches!(out.status.code(), Some(0 | 141)), "vigil {args:?} exited {:?}: {stderr}", out.status);
     }
     Ok(())
