@@ -296,7 +296,6 @@ impl Writer {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use vigil_schema::report::{Report, Stats, SwapStats};

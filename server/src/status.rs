@@ -254,7 +254,6 @@ pub fn render_json(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::store::Incoming;

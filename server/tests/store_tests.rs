@@ -1,6 +1,5 @@
 //! The store, the ingest writer and the status view against real SQLite files in temporary directories.
 
-#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -107,7 +107,6 @@ impl Drop for Service {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::net::port_accepts;

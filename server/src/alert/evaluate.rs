@@ -265,7 +265,6 @@ pub fn check_silence(conn: Tx<'_>, config: &Config, started_ms: i64, now: i64) -
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::store::Store;

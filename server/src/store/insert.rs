@@ -247,7 +247,6 @@ pub(super) fn insert_one(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -423,7 +423,6 @@ impl Store {
 pub use vigil_sys::clock::now_ms;
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use vigil_schema::report::{MemoryStats, Report, Stats};

@@ -33,7 +33,6 @@ pub fn closing_counters(log: &str) -> Option<BTreeMap<String, u64>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -473,7 +473,6 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -152,7 +152,6 @@ pub fn fingerprint(dir: &Path) -> Result<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

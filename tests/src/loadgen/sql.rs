@@ -270,7 +270,6 @@ pub fn history(dir: &Path, hosts: usize, days: u32, vitals_s: u32, disks_s: u32)
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
