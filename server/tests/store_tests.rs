@@ -1,5 +1,7 @@
 //! The store, the ingest writer and the status view against real SQLite files in temporary directories.
 
+// The helpers below are not #[test] functions, which clippy.toml's allow-unwrap-in-tests does not cover.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -64,22 +64,8 @@ fn rule_label(rule: &AlertRule, mount: Option<&str>) -> String {
     }
 }
 
-/// Milliseconds since the epoch as `2026-11-26 17:30:05 UTC`.
-pub fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3_600, rem % 3_600 / 60, rem % 60)
-}
+/// Milliseconds since the epoch as `2026-11-26 17:30:05 UTC` (the calendar lives in `vigil_sys::clock`).
+pub use vigil_sys::clock::utc;
 
 /// The subject line.
 pub fn subject(m: &AlertMail<'_>) -> String {
