@@ -264,8 +264,8 @@ impl std::fmt::Debug for Sources {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     /// Every error of both files, in file then source order.
     #[error("{}", diag::list(.0))]
     Invalid(Vec<Diagnostic>),
@@ -282,7 +282,7 @@ impl Config {
     /// (they keep the text as the last good config).
     pub fn load_with_sources(clients: &Path, jobs: &Path) -> Result<(Loaded, Sources), ConfigError> {
         let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
+            std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: path.to_path_buf(), error })
         };
         let sources = Sources { clients: read(clients)?, jobs: read(jobs)? };
         let loaded = Self::from_sources(clients, &sources.clients, jobs, &sources.jobs)?;

@@ -16,8 +16,8 @@ pub const HOST_KEY_FILE: &str = "host_key";
 /// Why key material could not be read, made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not an OpenSSH private key: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("the system random source failed: {0}")]
@@ -45,12 +45,12 @@ pub fn fingerprint(key: &PublicKey) -> String {
 
 /// Writes `contents` to `path`, created 0600 (the file is replaced atomically through a temporary sibling).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
-    vigil_sys::fs::write_private(path, contents).map_err(|source| KeyError::Io { path: path.to_owned(), source })
+    vigil_sys::fs::write_private(path, contents).map_err(|error| KeyError::Io { path: path.to_owned(), error })
 }
 
 /// Creates `dir` (and parents) with mode 0700, or tightens an existing one to 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyError> {
-    vigil_sys::fs::private_dir(dir).map_err(|source| KeyError::Io { path: dir.to_owned(), source })
+    vigil_sys::fs::private_dir(dir).map_err(|error| KeyError::Io { path: dir.to_owned(), error })
 }
 
 /// The server's SSH host key: loaded from the data directory, generated there on first start.
@@ -75,7 +75,7 @@ pub fn host_key_fingerprint(data_dir: &Path) -> Result<String, KeyError> {
 /// Reads an OpenSSH private key file.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
     let text =
-        Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?);
+        Zeroizing::new(std::fs::read_to_string(path).map_err(|error| KeyError::Io { path: path.to_owned(), error })?);
     PrivateKey::from_openssh(text.as_bytes())
         .map_err(|e| KeyError::Parse { path: path.to_owned(), message: e.to_string() })
 }

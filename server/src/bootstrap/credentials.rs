@@ -136,10 +136,10 @@ pub fn unregister(store: &mut Store, host: &str, old: Option<&AgentRecord>) -> R
 
 /// Writes `files` into `dir` (created 0700), each file 0600, atomically: `vigil enroll`.
 pub fn write_into(dir: &Path, files: &AgentFiles) -> Result<(), BootstrapError> {
-    vigil_sys::fs::private_dir(dir).map_err(|source| BootstrapError::Io { path: dir.to_owned(), source })?;
+    vigil_sys::fs::private_dir(dir).map_err(|error| BootstrapError::Io { path: dir.to_owned(), error })?;
     for (name, _mode, bytes) in files.parts() {
         let path = dir.join(name);
-        vigil_sys::fs::write_private(&path, bytes).map_err(|source| BootstrapError::Io { path, source })?;
+        vigil_sys::fs::write_private(&path, bytes).map_err(|error| BootstrapError::Io { path, error })?;
     }
     Ok(())
 }

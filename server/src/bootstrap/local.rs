@@ -21,7 +21,7 @@ pub fn agent_dir(host: &str) -> PathBuf {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError + '_ {
-    move |source| BootstrapError::Io { path: path.to_owned(), source }
+    move |error| BootstrapError::Io { path: path.to_owned(), error }
 }
 
 fn my_uid() -> u32 {

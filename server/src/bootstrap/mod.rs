@@ -58,8 +58,8 @@ pub fn agent_binary() -> Result<PathBuf, BootstrapError> {
         let p = PathBuf::from(p);
         return if p.is_file() { Ok(p) } else { Err(BootstrapError::NoBinary(p)) };
     }
-    let exe = std::env::current_exe()
-        .map_err(|source| BootstrapError::Io { path: PathBuf::from("/proc/self/exe"), source })?;
+    let exe =
+        std::env::current_exe().map_err(|error| BootstrapError::Io { path: PathBuf::from("/proc/self/exe"), error })?;
     let p = exe.with_file_name(layout::BINARY);
     if p.is_file() { Ok(p) } else { Err(BootstrapError::NoBinary(p)) }
 }
@@ -126,11 +126,11 @@ fn finish_steps(plan: &plan::Plan, done: &mut Done) {
 /// Why one host could not be bootstrapped (or uninstalled, or enrolled).
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error(transparent)]
     Keys(#[from] KeyError),
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Remote(#[from] remote::RemoteError),
@@ -176,7 +176,7 @@ impl Ctx {
         let fingerprint = crate::keys::host_key_fingerprint(&config.server.data_dir)?;
         let binary_path = agent_binary()?;
         let binary =
-            std::fs::read(&binary_path).map_err(|source| BootstrapError::Io { path: binary_path.clone(), source })?;
+            std::fs::read(&binary_path).map_err(|error| BootstrapError::Io { path: binary_path.clone(), error })?;
         let binary_sha = sha256_hex(&binary);
         let store = match (dry_run, Store::open_readonly(&config.server.database)) {
             (false, _) => Some(Store::open(&config.server.database)?),
