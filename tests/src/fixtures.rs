@@ -4,16 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-/// One glibc `struct utmp` record (384 bytes; offsets as in agent/src/collect/utmp.rs). Type 7 is a user session.
-pub fn utmp_record(ut_type: i16, user: &str, line: &str, host: &str, tv_sec: i32) -> Vec<u8> {
-    let mut r = vec![0u8; 384];
-    r[0..2].copy_from_slice(&ut_type.to_ne_bytes());
-    r[8..8 + line.len()].copy_from_slice(line.as_bytes());
-    r[44..44 + user.len()].copy_from_slice(user.as_bytes());
-    r[76..76 + host.len()].copy_from_slice(host.as_bytes());
-    r[340..344].copy_from_slice(&tv_sec.to_ne_bytes());
-    r
-}
+/// One glibc `struct utmp` record (the layout's one home is `vigil_sys::utmp`). Type 7 is a user session.
+pub use vigil_sys::utmp::record as utmp_record;
 
 /// A utmp file: a boot record, two sessions (`user1` remote, `bob` on a console), a dead process.
 pub fn write_utmp(path: &Path, user1: &str) -> Result<()> {
