@@ -257,46 +257,9 @@ pub fn render_json(
 mod tests {
     use super::*;
     use crate::store::Incoming;
-    use vigil_schema::report::{CpuStats, DiskUsage, MemoryStats, Report, Stats};
 
     fn report(seq: u64, at: i64, cpu: f32, disks: &[(&str, f32)]) -> Incoming {
-        Incoming {
-            agent_id: "ag".into(),
-            host: "web1".into(),
-            ip: "10.0.0.1".into(),
-            received_at_ms: at,
-            report: Report {
-                seq,
-                job: "vitals".into(),
-                collected_at_ms: at,
-                dropped: 0,
-                stats: Stats {
-                    cpu: Some(CpuStats {
-                        total_pct: cpu,
-                        per_core_pct: vec![cpu],
-                        load1: 0.0,
-                        load5: 0.0,
-                        load15: 0.0,
-                    }),
-                    memory: Some(MemoryStats { total: 10, used: 5, available: 5, free: 5, used_pct: 50.0 }),
-                    disk_usage: Some(
-                        disks
-                            .iter()
-                            .map(|(m, p)| DiskUsage {
-                                mount_point: (*m).into(),
-                                total: 100,
-                                used: 1,
-                                free: 99,
-                                used_pct: *p,
-                                inodes_total: None,
-                                inodes_used: None,
-                            })
-                            .collect(),
-                    ),
-                    ..Stats::default()
-                },
-            },
-        }
+        crate::store::test_vitals_report(seq, at, cpu, disks)
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod alerts;
 mod insert;
 pub mod schema_doc;
 mod views;
+#[cfg(test)]
+pub(crate) use views::vitals as test_vitals_report;
 
 pub use views::HostRow;
 
