@@ -294,8 +294,8 @@ fn record(
         detail,
     };
     let id = rows::insert_event(c, &ev)?;
-    let mail = outcome == RepairOutcome::Refused
-        || (outcome == RepairOutcome::Failed && failures == MAIL_AFTER_FAILURES);
+    let mail =
+        outcome == RepairOutcome::Refused || (outcome == RepairOutcome::Failed && failures == MAIL_AFTER_FAILURES);
     if let (true, Some(_), Some(to)) = (mail, &config.smtp, host.mail.as_deref()) {
         let subject = match outcome {
             RepairOutcome::Refused => format!("[vigil] {}: automatic repair refused (host key)", host.name),
