@@ -14,7 +14,8 @@
 //! - its last attempt was not refused: a host presenting a changed (or unknown) host key is never repaired again by
 //!   serve; that is an alert for a person, until a person runs `vigil bootstrap` on it.
 //!
-//! At most `[server] repair_parallel` repairs run at once. Each attempt ends in one `alert_events` row (rule
+//! A repair that finds the agent running with current credentials starts nothing and counts as failed (it cannot
+//! make a host that cannot reach the endpoint deliver). At most `[server] repair_parallel` repairs run at once. Each attempt ends in one `alert_events` row (rule
 //! `repair`: state `resolved` when repaired, `firing` when it failed or was refused) and the host's `repairs` row,
 //! written together; the [`MAIL_AFTER_FAILURES`]th failure in a row, and a refusal, also queue one mail.
 
@@ -238,6 +239,17 @@ fn repair_one(
             Err(e) => Err(e),
         };
         let (outcome, detail) = match &result {
+            // Nothing was started: the agent runs with current credentials yet delivers nothing; bootstrap cannot
+            // fix that (the host cannot reach the endpoint, or the agent is stuck), so it counts as a failure.
+            Ok(done) if !done.started => (
+                RepairOutcome::Failed,
+                format!(
+                    "REPAIR FAILED {} ({why}): the agent runs and is up to date but delivers nothing; can the host \
+                     reach {}? (see its agent.log)",
+                    host.name,
+                    crate::bootstrap::endpoint_for(&config, &host)
+                ),
+            ),
             Ok(done) => (RepairOutcome::Repaired, format!("REPAIRED {} ({why}): {done}", host.name)),
             Err(e) if refused(e) => (
                 RepairOutcome::Refused,
