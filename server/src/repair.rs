@@ -145,7 +145,9 @@ fn host_states(store: &mut Store, names: &[String]) -> Result<HashMap<String, Ho
     Ok(out)
 }
 
-/// Runs the supervisor until `cancel` fires; in-flight repairs are cancelled and awaited.
+/// Runs the supervisor until `cancel` fires; in-flight repairs are cancelled and awaited. A repair cut short by
+/// shutdown leaves what bootstrap leaves when interrupted (staged files, perhaps a new registration); the host stays
+/// silent and is repaired again after the restart (the plan is safe to re-run).
 pub async fn run(
     ingest: IngestHandle,
     config_rx: watch::Receiver<Arc<Config>>,
