@@ -215,3 +215,32 @@ fn a_host_that_cannot_be_repaired_is_tried_once_per_backoff() -> Result<()> {
     ensure!(repair["outcome"] == "failed" && repair["failures"] == 1, "{repair}");
     Ok(())
 }
+
+#[test]
+fn repeated_failures_are_mailed_once_per_streak() -> Result<()> {
+    let smtp = Smtp::start()?;
+    let work = tempfile::tempdir()?;
+    let key = ClientKey::generate(work.path(), "id_repair")?;
+    let mut h = sshd_with(&key)?;
+    let name = unique("mail");
+    let entries = [ClientEntry::ssh(&name, &h, "root", Auth::Key(key.private.clone())).attr("mail", "ops@example.org")];
+    let f = Fleet::start(&entries, std::slice::from_ref(&name), Some(smtp.port()), "1s")?;
+    let out = f.vigil(&["bootstrap", name.as_str(), "--accept-new-host-key"]);
+    ensure!(out.status.success(), "{}", text(&out));
+    wait_for(Duration::from_secs(30), "rows", || f.reports(&name) > 0)?;
+
+    h.stop()?;
+    simulate_reboot(&name)?;
+    // With a 1 s backoff (doubling per failure), four failures in a row come within a minute.
+    wait_for(Duration::from_secs(90), "four failed repairs", || f.repair_events(&name).is_ok_and(|e| e.len() >= 4))
+        .map_err(|e| e.context(f.logs()))?;
+    let events = f.repair_events(&name)?;
+    ensure!(events.iter().all(|(state, d)| state == "firing" && d.starts_with("REPAIR FAILED")), "{events:?}");
+    smtp.wait_for_messages(1, Duration::from_secs(20))?;
+    // The mailer polls every second: a second mail (queued with the fourth failure or earlier) would be here too.
+    std::thread::sleep(Duration::from_secs(3));
+    let mails = smtp.messages()?;
+    ensure!(mails.len() == 1, "one mail for the streak: {mails:?}");
+    ensure!(mails[0].raw.contains("automatic repair failed 3 times in a row"), "{:?}", mails[0].raw);
+    Ok(())
+}
