@@ -401,6 +401,55 @@ mod tests {
         assert!(due(&c, a, &rebootstrapped, 0, 99_000_000, false), "a person bootstrapped it since");
     }
 
+    #[tokio::test]
+    async fn a_request_repairs_a_host_that_is_not_silent_yet_and_records_the_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        // Nothing listens on this port: the attempt fails at once, which is all this test needs.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let clients = format!(
+            "<clients>\n  <client name=\"a\" ip=\"127.0.0.1\" port=\"{closed}\" username=\"u\"/>\n  <client name=\"b\" \
+             ip=\"127.0.0.1\" port=\"{closed}\" username=\"u\"/>\n</clients>"
+        );
+        let c = config(&clients);
+        let now = vigil_sys::clock::now_ms();
+        for host in ["a", "b"] {
+            let rec = crate::store::AgentRecord {
+                agent_id: format!("{host}-1"),
+                host: host.into(),
+                public_key: String::new(),
+                secret_hex: String::new(),
+                version: None,
+                registered_at_ms: now,
+                last_seen_at_ms: None,
+            };
+            store.register_agent(&rec).unwrap();
+        }
+        let (ingest, writer) = crate::ingest::spawn(store, crate::ingest::IngestOptions::default()).unwrap();
+        let (_config_tx, config_rx) = watch::channel(Arc::new(c));
+        let (handle, requests) = channel();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(ingest.clone(), config_rx, "SHA256:x".into(), requests, cancel.clone()));
+        assert!(handle.request("a"));
+        let mut recorded = None;
+        for _ in 0..200 {
+            recorded = ingest.exec(|s| s.repair_of("a")).await.unwrap().unwrap();
+            if recorded.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let row = recorded.expect("the requested repair was attempted and recorded");
+        assert_eq!(row.outcome, RepairOutcome::Failed);
+        assert!(row.detail.contains("repair requested"), "{}", row.detail);
+        assert_eq!(ingest.exec(|s| s.repair_of("b")).await.unwrap().unwrap(), None, "b was neither asked nor silent");
+        cancel.cancel();
+        task.await.unwrap();
+        ingest.shutdown().await;
+        drop(ingest);
+        writer.join().unwrap();
+    }
+
     #[test]
     fn an_attempt_is_an_event_and_the_third_failure_in_a_row_one_mail() {
         let dir = tempfile::tempdir().unwrap();
