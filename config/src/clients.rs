@@ -20,7 +20,7 @@ use super::values;
 use super::{AlertKind, AlertRule, Auth, Host, Os, Passphrase, Secret, Transport};
 
 /// The attributes `<client>` accepts.
-pub const CLIENT_ATTRIBUTES: [&str; 13] = [
+pub const CLIENT_ATTRIBUTES: [&str; 14] = [
     "name",
     "ip",
     "port",
@@ -34,6 +34,7 @@ pub const CLIENT_ATTRIBUTES: [&str; 13] = [
     "tags",
     "endpoint",
     "mail",
+    "repair",
 ];
 
 /// Whether an attribute holds a secret: no diagnostic may show any part of its value.
@@ -483,6 +484,18 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
             }
         },
     };
+    let repair = match a.get("repair") {
+        None => true,
+        Some(attr) => match attr.value.as_str() {
+            "on" => true,
+            "off" => false,
+            other => {
+                let dym = values::did_you_mean(other, ["on", "off"]);
+                diags.at(attr.value_at, format!("bad repair \"{other}\"{dym}; expected on or off"));
+                true
+            }
+        },
+    };
     let ssh = a.get("transport").is_none_or(|t| t.value == "ssh");
     if ssh && !a.contains_key("username") {
         a.missing(diags, el.at, "<client> is missing `username`, which SSH hosts need (or set transport=\"local\")");
@@ -532,6 +545,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
         tags,
         endpoint: env("endpoint"),
         alerts: Vec::new(),
+        repair,
     })
 }
 
@@ -733,6 +747,21 @@ mod tests {
     }
 
     #[test]
+    fn repair_is_on_unless_turned_off_and_a_bad_value_is_located() {
+        let f = ok(r#"<clients>
+  <client ip="10.0.0.1" username="u"/>
+  <client ip="10.0.0.2" username="u" repair="off"/>
+  <client ip="10.0.0.3" username="u" repair="on"/>
+</clients>"#);
+        let repair: Vec<bool> = f.hosts.iter().map(|h| h.repair).collect();
+        assert_eq!(repair, [true, false, true]);
+        assert_eq!(
+            errs("<clients>\n  <client ip=\"10.0.0.1\" username=\"u\" repair=\"offf\"/>\n</clients>"),
+            ["2:46: bad repair \"offf\" (did you mean \"off\"?); expected on or off"]
+        );
+    }
+
+    #[test]
     fn extensions_and_defaults() {
         let f = ok(r#"<?xml version="1.0"?>
 <!-- fleet -->
@@ -812,7 +841,7 @@ mod tests {
                 // No "missing username" on top: the unknown `user` is most likely it.
                 "2:31: bad port \"0\"; expected a number from 1 to 65535",
                 "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
-                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail",
+                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, repair",
                 "2:47: unknown os \"Linux\" (did you mean \"linux\"?); expected linux or windows",
                 "3:30: bad cpu limit \"abc\"; expected a percentage such as \"50%\"",
             ]

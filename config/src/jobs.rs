@@ -16,8 +16,16 @@ use super::values;
 use super::{AlertSettings, JobDef, ServerSettings, SmtpSettings, TlsMode};
 
 /// Keys of `[server]`.
-pub const SERVER_KEYS: [&str; 6] =
-    ["listen", "endpoint", "data_dir", "database", "retention_days", "max_connections_per_agent"];
+pub const SERVER_KEYS: [&str; 8] = [
+    "listen",
+    "endpoint",
+    "data_dir",
+    "database",
+    "retention_days",
+    "max_connections_per_agent",
+    "repair_backoff",
+    "repair_parallel",
+];
 /// Keys of `[smtp]`.
 pub const SMTP_KEYS: [&str; 7] = ["host", "port", "tls", "from", "username", "password_env", "allow_plaintext_auth"];
 /// Keys of `[alerts]`.
@@ -39,6 +47,14 @@ pub const MAX_INTERVAL_S: u64 = 86_400;
 pub const DEFAULT_MAX_CONNECTIONS_PER_AGENT: usize = 4;
 /// Largest `max_connections_per_agent`.
 pub const MAX_CONNECTIONS_PER_AGENT: usize = 64;
+/// Default `[server] repair_backoff`: five minutes.
+pub const DEFAULT_REPAIR_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// Longest `[server] repair_backoff`: a day.
+pub const MAX_REPAIR_BACKOFF: Duration = Duration::from_secs(86_400);
+/// Default `[server] repair_parallel`.
+pub const DEFAULT_REPAIR_PARALLEL: usize = 4;
+/// Largest `[server] repair_parallel`.
+pub const MAX_REPAIR_PARALLEL: usize = 64;
 /// Default `[alerts] security_digest`: five minutes.
 pub const DEFAULT_SECURITY_DIGEST: Duration = Duration::from_secs(5 * 60);
 /// Shortest `[alerts] security_digest`: a minute.
@@ -367,6 +383,7 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
             ),
         }
     }
+    let (repair_backoff, repair_parallel) = repair_settings(&f, cx);
     if cx.diags.items.len() > errors_before {
         return None;
     }
@@ -378,7 +395,40 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
         data_dir,
         retention_days,
         max_connections_per_agent,
+        repair_backoff,
+        repair_parallel,
     })
+}
+
+/// `repair_backoff` (1 second to a day) and `repair_parallel` (1 to [`MAX_REPAIR_PARALLEL`]) of `[server]`.
+fn repair_settings(f: &Fields<'_, '_>, cx: &mut Cx<'_>) -> (Duration, usize) {
+    let mut backoff = DEFAULT_REPAIR_BACKOFF;
+    if let Some(v) = f.get("repair_backoff")
+        && let Some(n) = seconds(cx, "repair_backoff", v)
+    {
+        let d = Duration::from_secs(n);
+        if (Duration::from_secs(1)..=MAX_REPAIR_BACKOFF).contains(&d) {
+            backoff = d;
+        } else {
+            cx.diags.at(
+                v.span().start,
+                format!("`repair_backoff` of {n} seconds is out of range; expected from 1 second to 1 day (\"1d\")"),
+            );
+        }
+    }
+    let mut parallel = DEFAULT_REPAIR_PARALLEL;
+    if let Some(v) = f.get("repair_parallel")
+        && let Some(n) = integer(cx, "repair_parallel", v)
+    {
+        match usize::try_from(n) {
+            Ok(c) if (1..=MAX_REPAIR_PARALLEL).contains(&c) => parallel = c,
+            _ => cx.diags.at(
+                v.span().start,
+                format!("bad repair_parallel {n}; expected a number of repairs from 1 to {MAX_REPAIR_PARALLEL}"),
+            ),
+        }
+    }
+    (backoff, parallel)
 }
 
 /// `[alerts]`: the security-event digest interval.
@@ -690,7 +740,8 @@ jitter = "x"
             [
                 "2:10: bad listen address \"localhost\"; expected an IP address and port such as 127.0.0.1:7022",
                 "4:1: unknown key `retention` in [server] (did you mean \"retention_days\"?); expected one of: \
-                 listen, endpoint, data_dir, database, retention_days, max_connections_per_agent",
+                 listen, endpoint, data_dir, database, retention_days, max_connections_per_agent, repair_backoff, \
+                 repair_parallel",
                 "9:7: bad tls \"tsl\" (did you mean \"tls\"?); expected none, starttls or tls",
                 "10:1: the SMTP password is never written in jobs.toml; put it in an environment variable and name \
                  that variable with `password_env`",
@@ -767,6 +818,23 @@ jitter = "x"
         assert_eq!(
             errs(&format!("{SERVER}{smtp}allow_plaintext_auth = \"yes\"\n")),
             ["9:24: `allow_plaintext_auth` must be true or false, not string"]
+        );
+    }
+
+    #[test]
+    fn repair_backoff_and_parallel() {
+        let f = parse(Path::new("j.toml"), SERVER).map_err(|d| format!("{d:?}")).expect("valid");
+        assert_eq!(f.server.repair_backoff, DEFAULT_REPAIR_BACKOFF);
+        assert_eq!(f.server.repair_parallel, DEFAULT_REPAIR_PARALLEL);
+        let src = format!("{SERVER}repair_backoff = \"2s\"\nrepair_parallel = 2\n");
+        let f = parse(Path::new("j.toml"), &src).map_err(|d| format!("{d:?}")).expect("valid");
+        assert_eq!((f.server.repair_backoff, f.server.repair_parallel), (Duration::from_secs(2), 2));
+        assert_eq!(
+            errs(&format!("{SERVER}repair_backoff = \"0s\"\nrepair_parallel = 0\n")),
+            [
+                "4:18: `repair_backoff` of 0 seconds is out of range; expected from 1 second to 1 day (\"1d\")",
+                "5:19: bad repair_parallel 0; expected a number of repairs from 1 to 64",
+            ]
         );
     }
 

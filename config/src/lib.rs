@@ -74,6 +74,9 @@ pub struct Host {
     pub endpoint: Option<String>,
     /// The host's own alert rules followed by the `<defaults>` it does not override.
     pub alerts: Vec<AlertRule>,
+    /// Whether `vigil serve` repairs this host on its own when it falls silent (`repair="on"`, the default, or
+    /// `"off"`). Only SSH hosts are repaired.
+    pub repair: bool,
 }
 
 /// How vigil logs in to a host over SSH.
@@ -186,6 +189,11 @@ pub struct ServerSettings {
     /// How many connections one agent key may hold open at once (`max_connections_per_agent`, default
     /// [`jobs::DEFAULT_MAX_CONNECTIONS_PER_AGENT`], 1 to [`jobs::MAX_CONNECTIONS_PER_AGENT`]).
     pub max_connections_per_agent: usize,
+    /// The shortest time between two automatic repairs of one host (`repair_backoff`, default
+    /// [`jobs::DEFAULT_REPAIR_BACKOFF`]); doubled after each failure in a row, up to 16 times.
+    pub repair_backoff: Duration,
+    /// How many automatic repairs run at once (`repair_parallel`, default [`jobs::DEFAULT_REPAIR_PARALLEL`]).
+    pub repair_parallel: usize,
 }
 
 /// `[alerts]` of jobs.toml: alert settings of the whole server (per-host limits are in clients.xml).

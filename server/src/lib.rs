@@ -15,6 +15,7 @@
 //!   upgrading, starting and removing agents, on this machine (`transport="local"`) or over SSH.
 //! - [`alert`]: alert rules evaluated in each report's transaction and periodically for silence; transitions and
 //!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
+//! - [`repair`]: self-healing: re-runs the bootstrap plan on SSH hosts that fell silent, with backoff.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
 pub use vigil_config as config;
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod keys;
 pub mod mail;
 pub mod reload;
+pub mod repair;
 pub mod serve;
 pub mod status;
 pub mod store;

@@ -4,7 +4,8 @@
 //! what was queued.
 //!
 //! Every write of the daemon goes through the ingest writer (`IngestHandle::exec`): reports, check-ins, the config
-//! state, retention, alert state, mail state and the local agents' registrations.
+//! state, retention, alert state, mail state, the local agents' registrations and automatic repairs
+//! (`crate::repair`: registrations, repair events).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -121,6 +122,16 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     tracker.spawn(silence_task(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(retention_task(ingest.clone(), config_rx.clone(), cancel.clone()));
+    // Self-healing of silent SSH hosts. `_repair_handle` asks for a repair now (for a tunnel manager that finds no
+    // agent running); kept until shutdown so the supervisor's request channel stays open.
+    let (_repair_handle, repair_requests) = crate::repair::channel();
+    tracker.spawn(crate::repair::run(
+        ingest.clone(),
+        config_rx.clone(),
+        fingerprint.clone(),
+        repair_requests,
+        cancel.clone(),
+    ));
     if opts.start_local_agents {
         tracker.spawn(local_agents_task(shared.clone(), fingerprint, cancel.clone()));
     }

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::escape;
+use crate::store::repairs::RepairRow;
 use crate::store::{MAX_FUTURE_MS, Store, StoreError};
 
 /// A host is "silent" when nothing was heard for more than this many times its expected interval.
@@ -45,6 +46,8 @@ pub struct HostStatus {
     pub fullest_disk: Option<DiskFill>,
     /// Alerts of this host firing now.
     pub alerts: Vec<FiringAlert>,
+    /// The last automatic repair `vigil serve` made (or tried) on this host.
+    pub last_repair: Option<RepairRow>,
 }
 
 /// An alert firing now, as `vigil status` shows it.
@@ -124,6 +127,7 @@ fn host_status(
         swap_pct: row.swap_pct,
         fullest_disk: row.fullest_disk.map(|(mount, pct)| DiskFill { mount, pct }),
         alerts,
+        last_repair: store.repair_of(name)?,
     };
     if let Some(seen) = status.last_seen_ms {
         let since_s = now_ms.saturating_sub(seen).max(0) / 1000;
@@ -230,6 +234,7 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
             );
         }
     }
+    render_repairs(&mut out, hosts);
     if let Some(keys) = restart_needed {
         let _ = writeln!(
             out,
@@ -242,6 +247,27 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
             writeln!(out, "\npending config error (the previous config stays in force):\n{}", escape::control(e, true));
     }
     out
+}
+
+/// The last automatic repair of each host that had one: when, how it ended, and its one line.
+fn render_repairs(out: &mut String, hosts: &[HostStatus]) {
+    let repaired: Vec<(&str, &RepairRow)> =
+        hosts.iter().filter_map(|h| h.last_repair.as_ref().map(|r| (h.name.as_str(), r))).collect();
+    if repaired.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nlast repairs:");
+    for (host, r) in repaired {
+        let streak = if r.failures > 1 { format!(" ({} failures in a row)", r.failures) } else { String::new() };
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}{streak}  {}",
+            escape::cell(host),
+            crate::alert::message::utc(r.last_attempt_ms),
+            r.outcome.as_str(),
+            escape::control(&r.detail, false)
+        );
+    }
 }
 
 /// The JSON form: `{"hosts": [...], "config_error": null | "...", "restart_needed": null | "..."}`.
@@ -285,6 +311,33 @@ mod tests {
         assert!(view[0].clock_wrong);
         let table = render_table(&view, None, None);
         assert!(table.contains("ok, clock +2h"), "{table}");
+    }
+
+    #[test]
+    fn status_shows_the_last_repair_of_a_host() {
+        use crate::store::repairs::{RepairOutcome, set_repair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        store.insert_reports(&[report(1, 10_000, 12.5, &[])]).unwrap();
+        let hosts = vec![("web1".to_string(), "10.0.0.1".to_string(), Some(10))];
+        assert_eq!(collect(&store, &hosts, 11_000).unwrap()[0].last_repair, None);
+        assert!(!render_table(&collect(&store, &hosts, 11_000).unwrap(), None, None).contains("last repairs"));
+        let row = RepairRow {
+            host: "web1".into(),
+            last_attempt_ms: 20_000,
+            outcome: RepairOutcome::Failed,
+            detail: "REPAIR FAILED web1 (silent for 40 s): cannot reach\x1b[2J".into(),
+            failures: 2,
+        };
+        store.write_tx(|c| set_repair(c, &row)).unwrap();
+        let view = collect(&store, &hosts, 21_000).unwrap();
+        assert_eq!(view[0].last_repair.as_ref(), Some(&row));
+        let table = render_table(&view, None, None);
+        assert!(table.contains("last repairs:\n  web1  "), "{table}");
+        assert!(table.contains("failed (2 failures in a row)  REPAIR FAILED web1"), "{table}");
+        assert!(!table.contains('\x1b'), "{table}");
+        let json = render_json(&view, None, None).unwrap();
+        assert!(json.contains("\"outcome\": \"failed\""), "{json}");
     }
 
     #[test]

@@ -116,8 +116,16 @@ pub fn register(
     files: &AgentFiles,
     host: &str,
 ) -> Result<(AgentRecord, Option<AgentRecord>), BootstrapError> {
+    register_record(store, files.record(host, vigil_sys::clock::now_ms()), host)
+}
+
+/// [`register`] with the row already made ([`AgentFiles::record`]): what runs on `vigil serve`'s writer.
+pub fn register_record(
+    store: &mut Store,
+    new: AgentRecord,
+    host: &str,
+) -> Result<(AgentRecord, Option<AgentRecord>), BootstrapError> {
     let old = store.agents()?.into_iter().find(|a| a.host == host);
-    let new = files.record(host, vigil_sys::clock::now_ms());
     store.register_agent(&new)?;
     Ok((new, old))
 }

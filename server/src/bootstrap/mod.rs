@@ -38,6 +38,7 @@ pub use remote::NewKeys;
 pub use ssh::{bootstrap_ssh, uninstall_ssh};
 
 use crate::config::{Config, Host, Transport};
+use crate::ingest::{IngestError, IngestHandle};
 use crate::keys::KeyError;
 use crate::store::{AgentRecord, Store, StoreError};
 
@@ -148,14 +149,20 @@ pub enum BootstrapError {
     Plan(&'static str),
     #[error("{0}: no such host in clients.xml")]
     NoSuchHost(String),
+    /// Inside `vigil serve`: the ingest writer, through which the run reads and writes the database, stopped.
+    #[error("database writer: {0}")]
+    Writer(#[from] IngestError),
 }
 
 /// Everything a bootstrap run shares between hosts.
 #[derive(Debug)]
 pub struct Ctx {
     pub config: Arc<Config>,
-    /// The database; `None` in a dry run before any exists.
+    /// The database; `None` in a dry run before any exists, and inside `vigil serve` (see `writer`).
     pub store: Option<Mutex<Store>>,
+    /// Inside `vigil serve` (an automatic repair): the daemon's one writer, through which every read and write of
+    /// the run goes (the daemon opens no second connection).
+    pub writer: Option<IngestHandle>,
     pub fingerprint: String,
     pub binary_path: PathBuf,
     pub binary: Vec<u8>,
@@ -189,6 +196,7 @@ impl Ctx {
             known: KnownHosts::new(&config.server.data_dir),
             config: Arc::new(config),
             store: store.map(Mutex::new),
+            writer: None,
             fingerprint,
             binary_path,
             binary,
@@ -198,6 +206,40 @@ impl Ctx {
             server_up,
             checkin_timeout: Duration::from_secs(20),
         })
+    }
+
+    /// A run inside `vigil serve` (an automatic repair): the database through `writer`, new host keys refused, a
+    /// start confirmed by delivery (serve is up).
+    pub fn in_serve(config: Arc<Config>, fingerprint: String, writer: IngestHandle) -> Result<Self, BootstrapError> {
+        let binary_path = agent_binary()?;
+        let binary =
+            std::fs::read(&binary_path).map_err(|source| BootstrapError::Io { path: binary_path.clone(), source })?;
+        Ok(Self {
+            known: KnownHosts::new(&config.server.data_dir),
+            binary_sha: sha256_hex(&binary),
+            config,
+            store: None,
+            writer: Some(writer),
+            fingerprint,
+            binary_path,
+            binary,
+            new_keys: NewKeys::Refuse,
+            dry_run: false,
+            server_up: true,
+            checkin_timeout: Duration::from_secs(20),
+        })
+    }
+
+    /// Runs `f` on the database: on the daemon's writer inside `vigil serve`, else on this run's own connection.
+    pub async fn with_store<R, F>(&self, f: F) -> Result<R, BootstrapError>
+    where
+        F: FnOnce(&mut Store) -> Result<R, BootstrapError> + Send + 'static,
+        R: Send + 'static,
+    {
+        match &self.writer {
+            Some(writer) => writer.exec(f).await?,
+            None => f(&mut *self.store()?),
+        }
     }
 
     fn store(&self) -> Result<MutexGuard<'_, Store>, BootstrapError> {

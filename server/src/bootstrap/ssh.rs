@@ -71,7 +71,7 @@ fn refuse_windows(host: &Host) -> Result<(), BootstrapError> {
 async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<(Plan, Inspection), BootstrapError> {
     let probe = s.run(&linux::probe(&dir_name(&host.name)), None).await?;
     let insp = inspection(parse_probe(&probe.stdout_text()))?;
-    let registered = ctx.registered()?;
+    let registered = if ctx.writer.is_some() { ctx.with_store(|s| Ok(s.agents()?)).await? } else { ctx.registered()? };
     let endpoint = endpoint_for(&ctx.config, host);
     let inputs = Inputs {
         registered: &registered,
@@ -150,7 +150,8 @@ async fn execute(
             }
             Step::Register => {
                 let f = files.as_ref().ok_or(BootstrapError::Plan("register before staging"))?;
-                registration = Some(credentials::register(&mut *ctx.store()?, f, &host.name)?);
+                let (record, name) = (f.record(&host.name, vigil_sys::clock::now_ms()), host.name.clone());
+                registration = Some(ctx.with_store(move |s| credentials::register_record(s, record, &name)).await?);
                 done.minted = true;
             }
             Step::Activate { stop, binary, credentials, start } => {
@@ -164,7 +165,8 @@ async fn execute(
                 started_at = vigil_sys::clock::now_ms();
                 if let Err(e) = s.check(&linux::activate(dir, &names, stop, start), None).await {
                     if let Some((_, old)) = &registration {
-                        credentials::unregister(&mut *ctx.store()?, &host.name, old.as_ref())?;
+                        let (name, old) = (host.name.clone(), old.clone());
+                        ctx.with_store(move |s| credentials::unregister(s, &name, old.as_ref())).await?;
                     }
                     return Err(e.into());
                 }
@@ -216,18 +218,20 @@ async fn confirm(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut backoff = vigil_sys::backoff::Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
     loop {
-        let ok = {
-            let store = ctx.store()?;
-            match how {
-                Confirm::NewReport => report_stored(&store, agent_id, started_at - 1000)?,
-                _ => store
-                    .agents()?
-                    .into_iter()
-                    .find(|a| a.agent_id == agent_id)
-                    .and_then(|a| a.last_seen_at_ms)
-                    .is_some_and(|t| t >= started_at - 1000),
-            }
-        };
+        let id = agent_id.to_owned();
+        let ok = ctx
+            .with_store(move |store| {
+                Ok(match how {
+                    Confirm::NewReport => report_stored(store, &id, started_at - 1000)?,
+                    _ => store
+                        .agents()?
+                        .into_iter()
+                        .find(|a| a.agent_id == id)
+                        .and_then(|a| a.last_seen_at_ms)
+                        .is_some_and(|t| t >= started_at - 1000),
+                })
+            })
+            .await?;
         if ok {
             return Ok(());
         }
@@ -258,7 +262,8 @@ pub async fn uninstall_ssh(ctx: &Ctx, host: &Host) -> Result<(), BootstrapError>
     .await;
     s.close().await;
     result?;
-    ctx.store()?.remove_agents_of_host(&host.name)?;
+    let name = host.name.clone();
+    ctx.with_store(move |s| Ok(s.remove_agents_of_host(&name)?)).await?;
     Ok(())
 }
 
