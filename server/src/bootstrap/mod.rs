@@ -150,7 +150,7 @@ pub enum BootstrapError {
     #[error("{0}: no such host in clients.xml")]
     NoSuchHost(String),
     /// Inside `vigil serve`: the ingest writer, through which the run reads and writes the database, stopped.
-    #[error("database writer: {0}")]
+    #[error(transparent)]
     Writer(#[from] IngestError),
 }
 
@@ -213,7 +213,7 @@ impl Ctx {
     pub fn in_serve(config: Arc<Config>, fingerprint: String, writer: IngestHandle) -> Result<Self, BootstrapError> {
         let binary_path = agent_binary()?;
         let binary =
-            std::fs::read(&binary_path).map_err(|source| BootstrapError::Io { path: binary_path.clone(), source })?;
+            std::fs::read(&binary_path).map_err(|error| BootstrapError::Io { path: binary_path.clone(), error })?;
         Ok(Self {
             known: KnownHosts::new(&config.server.data_dir),
             binary_sha: sha256_hex(&binary),
