@@ -15,6 +15,8 @@
 //!   upgrading, starting and removing agents, on this machine (`transport="local"`) or over SSH.
 //! - [`alert`]: alert rules evaluated in each report's transaction and periodically for silence; transitions and
 //!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
+//! - [`tunnel`]: the SSH reverse channel: serve's sessions to hosts' sshd with a remote forward their agents dial;
+//!   forwarded connections go to the endpoint.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
 pub use vigil_config as config;
@@ -30,3 +32,4 @@ pub mod reload;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod tunnel;

@@ -126,7 +126,7 @@ async fn through_tunnel(
     let learned = match s.learn_forward_port().await {
         Ok(p) => p,
         Err(e @ RemoteError::ForwardRefused { .. }) => {
-            if ctx.store.is_some() {
+            if !ctx.dry_run && ctx.store.is_some() {
                 ctx.store()?.set_tunnel_refused(&host.name, &e.to_string(), vigil_sys::clock::now_ms())?;
             }
             return Err(e.into());
