@@ -289,7 +289,7 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
         let _ = writeln!(out, "\ntunnels not up:");
         for (host, t) in troubled {
             let since = t.since_ms.map_or_else(|| "-".into(), crate::alert::message::utc);
-            let error = t.error.as_deref().map_or_else(String::new, |e| escape::cell(e));
+            let error = t.error.as_deref().map_or_else(String::new, |e| escape::control(e, false));
             let _ = writeln!(out, "  {}  {}  since {since}: {error}", escape::cell(host), t.state);
         }
     }

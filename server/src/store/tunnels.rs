@@ -56,10 +56,8 @@ pub struct TunnelRow {
 impl Store {
     /// The forwarded port recorded for `host`, if any.
     pub fn tunnel_port(&self, host: &str) -> Result<Option<u16>, StoreError> {
-        let port: Option<Option<i64>> = self
-            .conn
-            .query_row("SELECT port FROM tunnels WHERE host = ?1", params![host], |r| r.get(0))
-            .optional()?;
+        let port: Option<Option<i64>> =
+            self.conn.query_row("SELECT port FROM tunnels WHERE host = ?1", params![host], |r| r.get(0)).optional()?;
         let port = port.flatten();
         port.map(|p| u16::try_from(p).map_err(|_| StoreError::BadValue(format!("tunnel port {p}")))).transpose()
     }
@@ -156,7 +154,10 @@ mod tests {
         assert_eq!(rows[0].since_ms, Some(10), "since moves only on a change of state");
         store.set_tunnel_state("web", TunnelState::Refused, Some("AllowTcpForwarding no"), 30).unwrap();
         let rows = store.tunnels().unwrap();
-        assert_eq!((rows[0].state, rows[0].error.as_deref(), rows[0].since_ms), (TunnelState::Refused, Some("AllowTcpForwarding no"), Some(30)));
+        assert_eq!(
+            (rows[0].state, rows[0].error.as_deref(), rows[0].since_ms),
+            (TunnelState::Refused, Some("AllowTcpForwarding no"), Some(30))
+        );
         store.set_tunnel_state("gone", TunnelState::Up, None, 40).unwrap();
         assert_eq!(store.tunnels().unwrap().len(), 1, "a state for a host without a tunnel adds no row");
         store.set_tunnel_refused("db", "AllowTcpForwarding no on db", 50).unwrap();
