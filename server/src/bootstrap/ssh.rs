@@ -267,10 +267,17 @@ async fn confirm(
         }
         if tokio::time::Instant::now() > deadline {
             let what = if how == Confirm::NewReport { "delivered no report" } else { "did not check in" };
+            let reach = if ctx.config.reporting(host) == Reporting::Tunnel {
+                format!(
+                    "is vigil serve running and holding the host's tunnel to {} (`vigil status`)?",
+                    endpoint_for(&ctx.config, host)
+                )
+            } else {
+                format!("can the host reach {}?", endpoint_for(&ctx.config, host))
+            };
             return Err(BootstrapError::Failed(format!(
-                "agent started but {what} within {} s (can the host reach {}? see {dir}/agent.log)",
+                "agent started but {what} within {} s ({reach} see {dir}/agent.log)",
                 timeout.as_secs(),
-                endpoint_for(&ctx.config, host)
             )));
         }
         tokio::time::sleep(backoff.next_wait()).await;
