@@ -36,10 +36,20 @@ pub const MAX_WAIT: Duration = Duration::from_secs(120);
 pub const REFUSED_WAIT: Duration = Duration::from_secs(60);
 
 /// One wanted tunnel.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Wanted {
     host: Host,
     port: u16,
+}
+
+/// Two wants are the same tunnel when everything the session depends on is: where and how to log in, the pinned
+/// key and the port. An edit of anything else (alerts, tags, mail) leaves the running tunnel alone.
+impl PartialEq for Wanted {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.host, &other.host);
+        self.port == other.port
+            && (&a.ip, a.port, &a.username, &a.auth, &a.host_key) == (&b.ip, b.port, &b.username, &b.auth, &b.host_key)
+    }
 }
 
 /// Keeps one task per wanted tunnel until `cancel` fires; then cancels and awaits them all.
@@ -81,6 +91,10 @@ pub async fn run(shared: Arc<Shared>, ssh: Arc<SshConfig>, cancel: CancellationT
     }
     tracker.close();
     tracker.wait().await;
+    // `vigil status` must not show tunnels up that nobody holds (after a SIGKILL they stay as last recorded).
+    for name in running.keys() {
+        record(&shared, name, TunnelState::Down, Some("vigil serve stopped".into())).await;
+    }
 }
 
 /// The tunnels the config and the database ask for: hosts reporting through a tunnel, with a recorded port and a
@@ -219,6 +233,53 @@ async fn serve(
                     endpoint::spawn_connection(shared, ssh.clone(), channel.into_stream(), peer, admitted);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AlertKind, AlertRule, Auth, Transport};
+
+    fn host() -> Host {
+        Host {
+            name: "web".into(),
+            ip: "10.0.0.1".into(),
+            port: 22,
+            username: Some("vigil".into()),
+            auth: Auth::PasswordEnv("PW".into()),
+            mail: None,
+            host_key: None,
+            os: None,
+            transport: Transport::Ssh,
+            channel: None,
+            tags: Vec::new(),
+            endpoint: None,
+            alerts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_an_edit_the_session_depends_on_restarts_a_tunnel() {
+        let w = Wanted { host: host(), port: 40001 };
+        let mut alerts = w.clone();
+        alerts.host.tags = vec!["db".into()];
+        alerts.host.mail = Some("ops@example.com".into());
+        alerts.host.alerts =
+            vec![AlertRule { kind: AlertKind::Cpu, limit: 90.0, mount: None, clear_margin: 5.0, repeat_minutes: None }];
+        assert_eq!(w, alerts, "tags, mail and alert limits leave the tunnel alone");
+        for edit in [
+            |h: &mut Wanted| h.port = 40002,
+            |h: &mut Wanted| h.host.ip = "10.0.0.2".into(),
+            |h: &mut Wanted| h.host.port = 2222,
+            |h: &mut Wanted| h.host.username = Some("root".into()),
+            |h: &mut Wanted| h.host.auth = Auth::PasswordEnv("OTHER".into()),
+            |h: &mut Wanted| h.host.host_key = Some("SHA256:x".into()),
+        ] {
+            let mut other = w.clone();
+            edit(&mut other);
+            assert_ne!(w, other, "{other:?}");
         }
     }
 }

@@ -155,7 +155,9 @@ fn pids_of(exe: &str) -> Vec<u32> {
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-                .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == std::path::Path::new(exe)))
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == std::path::Path::new(exe))
+                })
                 .collect()
         })
         .unwrap_or_default()
