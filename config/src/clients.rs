@@ -17,10 +17,10 @@ use quick_xml::{Reader, XmlVersion};
 
 use super::diag::{Diagnostic, Diags, Loc};
 use super::values;
-use super::{AlertKind, AlertRule, Auth, Host, Os, Passphrase, Secret, Transport};
+use super::{AlertKind, AlertRule, Auth, Channel, Host, Os, Passphrase, Secret, Transport};
 
 /// The attributes `<client>` accepts.
-pub const CLIENT_ATTRIBUTES: [&str; 14] = [
+pub const CLIENT_ATTRIBUTES: [&str; 15] = [
     "name",
     "ip",
     "port",
@@ -35,6 +35,7 @@ pub const CLIENT_ATTRIBUTES: [&str; 14] = [
     "endpoint",
     "mail",
     "repair",
+    "channel",
 ];
 
 /// Whether an attribute holds a secret: no diagnostic may show any part of its value.
@@ -496,6 +497,18 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
             }
         },
     };
+    let channel = match a.get("channel") {
+        None => None,
+        Some(attr) => match attr.value.as_str() {
+            "tunnel" => Some(Channel::Tunnel),
+            "direct" => Some(Channel::Direct),
+            other => {
+                let dym = values::did_you_mean(other, ["tunnel", "direct"]);
+                diags.at(attr.value_at, format!("unknown channel \"{other}\"{dym}; expected tunnel or direct"));
+                None
+            }
+        },
+    };
     let ssh = a.get("transport").is_none_or(|t| t.value == "ssh");
     if ssh && !a.contains_key("username") {
         a.missing(diags, el.at, "<client> is missing `username`, which SSH hosts need (or set transport=\"local\")");
@@ -542,6 +555,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
         host_key: text("host_key").map(normalize_fingerprint),
         os,
         transport,
+        channel,
         tags,
         endpoint: env("endpoint"),
         alerts: Vec::new(),
@@ -841,7 +855,7 @@ mod tests {
                 // No "missing username" on top: the unknown `user` is most likely it.
                 "2:31: bad port \"0\"; expected a number from 1 to 65535",
                 "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
-                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, repair",
+                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, repair, channel",
                 "2:47: unknown os \"Linux\" (did you mean \"linux\"?); expected linux or windows",
                 "3:30: bad cpu limit \"abc\"; expected a percentage such as \"50%\"",
             ]
@@ -948,5 +962,20 @@ mod tests {
         for name in ["password_env", "username", "key_file", "host_key"] {
             assert!(!is_secret_attribute(name), "{name}");
         }
+    }
+
+    #[test]
+    fn channel_attribute() {
+        let f = ok(r#"<clients>
+  <client ip="10.0.0.1" username="u" channel="direct"/>
+  <client ip="10.0.0.2" username="u" channel="tunnel"/>
+  <client ip="10.0.0.3" username="u"/>
+</clients>"#);
+        let channels: Vec<_> = f.hosts.iter().map(|h| h.channel).collect();
+        assert_eq!(channels, [Some(Channel::Direct), Some(Channel::Tunnel), None]);
+        assert_eq!(
+            errs("<clients>\n  <client ip=\"10.0.0.1\" username=\"u\" channel=\"drect\"/>\n</clients>"),
+            ["2:47: unknown channel \"drect\" (did you mean \"direct\"?); expected tunnel or direct"]
+        );
     }
 }

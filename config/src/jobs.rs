@@ -13,10 +13,10 @@ use vigil_schema::job::Collector;
 
 use super::diag::{Diagnostic, Diags, Loc};
 use super::values;
-use super::{AlertSettings, JobDef, ServerSettings, SmtpSettings, TlsMode};
+use super::{AlertSettings, Channel, JobDef, ServerSettings, SmtpSettings, TlsMode};
 
 /// Keys of `[server]`.
-pub const SERVER_KEYS: [&str; 8] = [
+pub const SERVER_KEYS: [&str; 9] = [
     "listen",
     "endpoint",
     "data_dir",
@@ -25,6 +25,7 @@ pub const SERVER_KEYS: [&str; 8] = [
     "max_connections_per_agent",
     "repair_backoff",
     "repair_parallel",
+    "channel",
 ];
 /// Keys of `[smtp]`.
 pub const SMTP_KEYS: [&str; 7] = ["host", "port", "tls", "from", "username", "password_env", "allow_plaintext_auth"];
@@ -384,6 +385,19 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
         }
     }
     let (repair_backoff, repair_parallel) = repair_settings(&f, cx);
+    let mut channel = Channel::Tunnel;
+    if let Some(v) = f.get("channel")
+        && let Some(s) = string(cx, "channel", v)
+    {
+        match s {
+            "tunnel" => channel = Channel::Tunnel,
+            "direct" => channel = Channel::Direct,
+            other => {
+                let dym = values::did_you_mean(other, ["tunnel", "direct"]);
+                cx.diags.at(v.span().start, format!("unknown channel \"{other}\"{dym}; expected tunnel or direct"));
+            }
+        }
+    }
     if cx.diags.items.len() > errors_before {
         return None;
     }
@@ -397,6 +411,7 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
         max_connections_per_agent,
         repair_backoff,
         repair_parallel,
+        channel,
     })
 }
 
@@ -741,7 +756,7 @@ jitter = "x"
                 "2:10: bad listen address \"localhost\"; expected an IP address and port such as 127.0.0.1:7022",
                 "4:1: unknown key `retention` in [server] (did you mean \"retention_days\"?); expected one of: \
                  listen, endpoint, data_dir, database, retention_days, max_connections_per_agent, repair_backoff, \
-                 repair_parallel",
+                 repair_parallel, channel",
                 "9:7: bad tls \"tsl\" (did you mean \"tls\"?); expected none, starttls or tls",
                 "10:1: the SMTP password is never written in jobs.toml; put it in an environment variable and name \
                  that variable with `password_env`",
@@ -883,5 +898,19 @@ jitter = "x"
                 [format!("4:29: bad max_connections_per_agent {n}; expected a number of connections from 1 to 64")]
             );
         }
+    }
+
+    #[test]
+    fn server_channel_defaults_to_tunnel_and_takes_direct() {
+        let f = parse(Path::new("j.toml"), SERVER).map_err(|d| format!("{d:?}")).expect("valid");
+        assert_eq!(f.server.channel, Channel::Tunnel);
+        let f = parse(Path::new("j.toml"), &format!("{SERVER}channel = \"direct\"\n"))
+            .map_err(|d| format!("{d:?}"))
+            .expect("valid");
+        assert_eq!(f.server.channel, Channel::Direct);
+        assert_eq!(
+            errs(&format!("{SERVER}channel = \"tunel\"\n")),
+            ["4:11: unknown channel \"tunel\" (did you mean \"tunnel\"?); expected tunnel or direct"]
+        );
     }
 }

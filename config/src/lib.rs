@@ -69,6 +69,8 @@ pub struct Host {
     /// `None`: detected at bootstrap.
     pub os: Option<Os>,
     pub transport: Transport,
+    /// `channel="tunnel"|"direct"` on the `<client>`; `None`: `[server] channel` decides (SSH hosts only).
+    pub channel: Option<Channel>,
     pub tags: Vec<String>,
     /// The `host:port` this host's agent dials to reach the server, overriding `[server] endpoint`.
     pub endpoint: Option<String>,
@@ -114,6 +116,48 @@ pub enum Transport {
     Ssh,
     /// This very machine, without SSH.
     Local,
+}
+
+/// How an SSH host's agent reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Channel {
+    /// The server holds an SSH session to the host's sshd with a remote forward on the host's loopback; the agent
+    /// dials that port (the default).
+    #[default]
+    Tunnel,
+    /// The agent dials the server's endpoint itself (`[server] endpoint`, or the host's `endpoint`).
+    Direct,
+}
+
+impl Channel {
+    /// The attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Tunnel => "tunnel",
+            Channel::Direct => "direct",
+        }
+    }
+}
+
+/// How a host reports, all settings resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporting {
+    /// Through the server's SSH session to the host (`channel="tunnel"`).
+    Tunnel,
+    /// The agent dials the server (`channel="direct"`).
+    Direct,
+    /// `transport="local"`: the agent on this machine dials the server.
+    Local,
+}
+
+impl Reporting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reporting::Tunnel => "tunnel",
+            Reporting::Direct => "direct",
+            Reporting::Local => "local",
+        }
+    }
 }
 
 /// One alert limit of a host.
@@ -194,6 +238,8 @@ pub struct ServerSettings {
     pub repair_backoff: Duration,
     /// How many automatic repairs run at once (`repair_parallel`, default [`jobs::DEFAULT_REPAIR_PARALLEL`]).
     pub repair_parallel: usize,
+    /// How SSH hosts without a `channel` attribute report (`channel`, default tunnel).
+    pub channel: Channel,
 }
 
 /// `[alerts]` of jobs.toml: alert settings of the whole server (per-host limits are in clients.xml).
@@ -280,6 +326,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How `host` reports: local, or over SSH through the tunnel or directly (its `channel`, else `[server]
+    /// channel`).
+    pub fn reporting(&self, host: &Host) -> Reporting {
+        match (host.transport, host.channel.unwrap_or(self.server.channel)) {
+            (Transport::Local, _) => Reporting::Local,
+            (Transport::Ssh, Channel::Tunnel) => Reporting::Tunnel,
+            (Transport::Ssh, Channel::Direct) => Reporting::Direct,
+        }
+    }
+
     /// Reads and validates both files. Nothing else is touched.
     pub fn load(clients: &Path, jobs: &Path) -> Result<Loaded, ConfigError> {
         Self::load_with_sources(clients, jobs).map(|(loaded, _)| loaded)

@@ -16,6 +16,8 @@
 //! - [`alert`]: alert rules evaluated in each report's transaction and periodically for silence; transitions and
 //!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
 //! - [`repair`]: self-healing: re-runs the bootstrap plan on SSH hosts that fell silent, with backoff.
+//! - [`tunnel`]: the SSH reverse channel: serve's sessions to hosts' sshd with a remote forward their agents dial;
+//!   forwarded connections go to the endpoint.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
 pub use vigil_config as config;
@@ -32,3 +34,4 @@ pub mod repair;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod tunnel;

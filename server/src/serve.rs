@@ -109,7 +109,9 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let tracker = TaskTracker::new();
     let cancel = shutdown.child_token();
     let ssh = Arc::new(endpoint::ssh_config(host_key, &opts.limits));
-    tracker.spawn(endpoint_task(listener, ssh, shared.clone(), cancel.clone()));
+    tracker.spawn(endpoint_task(listener, ssh.clone(), shared.clone(), cancel.clone()));
+    // The reverse channel: forwarded connections join the endpoint's tracker, so the endpoint is cancelled after it.
+    tracker.spawn(crate::tunnel::run(shared.clone(), ssh, cancel.clone()));
     // Without a watcher the config in force stays for good: its sender is kept, or every follower would stop.
     let _fixed_config = match watcher {
         Some(watcher) => {

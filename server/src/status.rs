@@ -48,6 +48,23 @@ pub struct HostStatus {
     pub alerts: Vec<FiringAlert>,
     /// The last automatic repair `vigil serve` made (or tried) on this host.
     pub last_repair: Option<RepairRow>,
+    /// How the host reports: `tunnel`, `direct` or `local` (`None`: not in the config).
+    pub reporting: Option<&'static str>,
+    /// Its tunnel's recorded state, for a host reporting through one that bootstrap has registered.
+    pub tunnel: Option<TunnelStatus>,
+}
+
+/// A host's tunnel, as `vigil status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TunnelStatus {
+    /// `pending` (bootstrapped, not held by serve yet), `up`, `down` or `refused`.
+    pub state: &'static str,
+    /// The forwarded port on the host's loopback its agent dials.
+    pub port: Option<u16>,
+    /// Why it is down or refused.
+    pub error: Option<String>,
+    /// Server clock, ms since the epoch.
+    pub since_ms: Option<i64>,
 }
 
 /// An alert firing now, as `vigil status` shows it.
@@ -128,6 +145,8 @@ fn host_status(
         fullest_disk: row.fullest_disk.map(|(mount, pct)| DiskFill { mount, pct }),
         alerts,
         last_repair: store.repair_of(name)?,
+        reporting: None,
+        tunnel: None,
     };
     if let Some(seen) = status.last_seen_ms {
         let since_s = now_ms.saturating_sub(seen).max(0) / 1000;
@@ -138,6 +157,37 @@ fn host_status(
         };
     }
     Ok(status)
+}
+
+/// Fills in how each configured host reports and its tunnel's state (the `tunnels` table).
+pub fn add_channels(rows: &mut [HostStatus], store: &Store, config: &crate::config::Config) -> Result<(), StoreError> {
+    let tunnels = store.tunnels()?;
+    for row in rows.iter_mut() {
+        let Some(host) = config.clients.iter().find(|h| h.name == row.name) else { continue };
+        let reporting = config.reporting(host);
+        row.reporting = Some(reporting.as_str());
+        if reporting == crate::config::Reporting::Tunnel
+            && let Some(t) = tunnels.iter().find(|t| t.host == row.name)
+        {
+            row.tunnel = Some(TunnelStatus {
+                state: t.state.as_str(),
+                port: t.port,
+                error: t.error.clone(),
+                since_ms: t.since_ms,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The CHANNEL cell: how the host reports, and its tunnel's state.
+fn channel_cell(h: &HostStatus) -> String {
+    match (h.reporting, &h.tunnel) {
+        (None, _) => "-".into(),
+        (Some("tunnel"), None) => "tunnel (not bootstrapped)".into(),
+        (Some(r), Some(t)) => format!("{r} {}", t.state),
+        (Some(r), None) => r.into(),
+    }
 }
 
 /// The pending config error `vigil serve` recorded, if any.
@@ -165,8 +215,8 @@ fn span(s: i64) -> String {
 
 /// The human table: a header, a row per host, then the pending config error if there is one.
 pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_needed: Option<&str>) -> String {
-    let header = ["HOST", "IP", "AGENT", "LAST SEEN", "STATE", "CPU", "MEM", "SWAP", "FULLEST DISK"];
-    let rows: Vec<[String; 9]> = hosts
+    let header = ["HOST", "IP", "AGENT", "LAST SEEN", "STATE", "CPU", "MEM", "SWAP", "FULLEST DISK", "CHANNEL"];
+    let rows: Vec<[String; 10]> = hosts
         .iter()
         .map(|h| {
             let state = match (h.silent, h.in_config) {
@@ -190,6 +240,7 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
                 h.fullest_disk
                     .as_ref()
                     .map_or_else(|| "-".into(), |d| format!("{} {:.1}%", escape::cell(&d.mount), d.pct)),
+                channel_cell(h),
             ]
         })
         .collect();
@@ -235,6 +286,18 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
         }
     }
     render_repairs(&mut out, hosts);
+    let troubled: Vec<(&str, &TunnelStatus)> = hosts
+        .iter()
+        .filter_map(|h| h.tunnel.as_ref().filter(|t| t.error.is_some()).map(|t| (h.name.as_str(), t)))
+        .collect();
+    if !troubled.is_empty() {
+        let _ = writeln!(out, "\ntunnels not up:");
+        for (host, t) in troubled {
+            let since = t.since_ms.map_or_else(|| "-".into(), crate::alert::message::utc);
+            let error = t.error.as_deref().map_or_else(String::new, |e| escape::control(e, false));
+            let _ = writeln!(out, "  {}  {}  since {since}: {error}", escape::cell(host), t.state);
+        }
+    }
     if let Some(keys) = restart_needed {
         let _ = writeln!(
             out,

@@ -142,7 +142,10 @@ impl Sshd {
         let _ = writeln!(conf, "PasswordAuthentication {}", if self.opts.password_auth { "yes" } else { "no" });
         let _ = writeln!(conf, "KbdInteractiveAuthentication no");
         let _ = writeln!(conf, "PermitEmptyPasswords no");
-        let _ = writeln!(conf, "AllowTcpForwarding yes");
+        // sshd keeps the first value of a keyword: a test's own AllowTcpForwarding wins over the default here.
+        if !self.opts.extra_config.iter().any(|l| l.trim_start().starts_with("AllowTcpForwarding")) {
+            let _ = writeln!(conf, "AllowTcpForwarding yes");
+        }
         let _ = writeln!(conf, "X11Forwarding no");
         let _ = writeln!(conf, "PrintMotd no");
         let _ = writeln!(conf, "MaxStartups 100:30:200");
@@ -170,6 +173,15 @@ impl Sshd {
     /// Starts sshd again on the same port with the same config and host key.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
+        self.launch()
+    }
+
+    /// Replaces the extra config lines and restarts sshd with them (same port and host key). Established sessions
+    /// keep the old settings.
+    pub fn reconfigure(&mut self, extra_config: Vec<String>) -> Result<()> {
+        self.opts.extra_config = extra_config;
+        self.stop()?;
+        self.write_config()?;
         self.launch()
     }
 

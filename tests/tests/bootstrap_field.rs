@@ -369,8 +369,11 @@ fn a_login_without_credentials_uses_the_ssh_agent_then_default_keys_and_names_wh
     let name = unique("login");
     // No key_file, no password: only a username. The host key is pinned with base64 padding.
     let padded = format!("{}=", h.host_key_fingerprint()?);
+    // channel="direct": the subject is bootstrap's own login; serve, started before the operator's ssh-agent, could
+    // not hold a tunnel with it.
     let xml = ClientEntry::ssh(&name, &h, "root", Auth::Password("x".into()))
         .attr("host_key", padded)
+        .attr("channel", "direct")
         .to_xml()
         .replace(" password=\"x\"", "");
     let clients = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clients>\n{xml}</clients>\n");

@@ -51,8 +51,13 @@ impl Fleet {
         Ok(Self { w, port, serve: None, names, env })
     }
 
+    /// serve gets the same environment as bootstrap: it logs in to each tunnel host with the same credentials.
     fn serve(&mut self) -> Result<()> {
-        self.serve = Some(self.w.spawn_vigil(&["serve"], "serve")?);
+        let mut cmd = self.w.vigil(&["serve"]);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.serve = Some(Proc::spawn(cmd, self.w.path(), "serve")?);
         let port = self.port;
         wait_for(Duration::from_secs(20), "serve listening", || vigil_tests::net::port_accepts(port))
     }

@@ -1,6 +1,8 @@
 //! An SSH client to a host's own sshd, for bootstrap: host-key verification (pinned in clients.xml or in vigil's
 //! known-hosts file), login with the credentials clients.xml names (or, with none named, the operator's SSH agent
-//! and default keys, as OpenSSH would), and commands with their output and exit code.
+//! and default keys, as OpenSSH would), and commands with their output and exit code. The same session asks the
+//! host's sshd for remote forwards on its loopback (the reverse channel: [`Session::forward`]); forwarded
+//! connections are handed out on the channel given to [`Session::open_forwarding`].
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,12 @@ pub enum RemoteError {
     Credentials(String),
     #[error("ssh: {0}")]
     Ssh(String),
+    /// The sshd refused a remote forward: `AllowTcpForwarding no` (or `remote`/`local` limits), or the port is taken.
+    #[error(
+        "the SSH server of {addr} refused to forward a port on its loopback (AllowTcpForwarding no on the host?): \
+         allow it, or use channel=\"direct\" for this host"
+    )]
+    ForwardRefused { addr: String },
     #[error("`{command}` failed with exit code {code}: {stderr}")]
     Command { command: String, code: u32, stderr: String },
 }
@@ -53,10 +61,15 @@ pub enum NewKeys {
     AcceptUnrecorded,
 }
 
+/// A connection forwarded by the host's sshd: the channel, and who connected on the host (`addr:port`).
+pub type Forwarded = (russh::Channel<russh::client::Msg>, String);
+
 struct Checker {
     expected: Option<String>,
     accept_new: NewKeys,
     seen: Arc<Mutex<Option<String>>>,
+    /// Where forwarded connections go; `None`: they are refused.
+    forwarded: Option<tokio::sync::mpsc::UnboundedSender<Forwarded>>,
 }
 
 impl russh::client::Handler for Checker {
@@ -72,6 +85,23 @@ impl russh::client::Handler for Checker {
             Some(e) => same_fingerprint(e, &fp),
             None => self.accept_new != NewKeys::Refuse,
         })
+    }
+
+    /// Accepts and hands the channel on at once: this runs on the session's loop, the work belongs elsewhere.
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<russh::client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        let Some(tx) = &self.forwarded else { return Ok(()) };
+        reply.accept().await;
+        let _ = tx.send((channel, format!("{originator_address}:{originator_port}")));
+        Ok(())
     }
 }
 
@@ -99,11 +129,16 @@ impl Output {
     }
 }
 
+/// Where remote forwards listen on the host: its loopback only.
+pub const LOOPBACK: &str = "127.0.0.1";
+
 /// A logged-in SSH session to one host.
 pub struct Session {
     handle: russh::client::Handle<Checker>,
     /// The host key fingerprint, verified.
     pub fingerprint: String,
+    /// `ip:port` of the host's sshd.
+    addr: String,
 }
 
 impl std::fmt::Debug for Session {
@@ -119,16 +154,44 @@ fn env_secret(var: &str, what: &str) -> Result<String, RemoteError> {
 impl Session {
     /// Connects, verifies the host key, and logs in as clients.xml says.
     pub async fn open(host: &Host, known: &KnownHosts, new_keys: NewKeys) -> Result<Self, RemoteError> {
+        let config = russh::client::Config {
+            inactivity_timeout: Some(Duration::from_secs(60)),
+            nodelay: true,
+            ..Default::default()
+        };
+        Self::open_with(host, known, new_keys, config, None).await
+    }
+
+    /// [`Session::open`] for a long-lived session holding remote forwards (serve's tunnel): a host key never seen
+    /// is refused, keepalives detect a dead peer, and forwarded connections are sent on `forwarded`.
+    pub async fn open_forwarding(
+        host: &Host,
+        known: &KnownHosts,
+        forwarded: tokio::sync::mpsc::UnboundedSender<Forwarded>,
+    ) -> Result<Self, RemoteError> {
+        let config = russh::client::Config {
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 3,
+            nodelay: true,
+            ..Default::default()
+        };
+        Self::open_with(host, known, NewKeys::Refuse, config, Some(forwarded)).await
+    }
+
+    async fn open_with(
+        host: &Host,
+        known: &KnownHosts,
+        new_keys: NewKeys,
+        config: russh::client::Config,
+        forwarded: Option<tokio::sync::mpsc::UnboundedSender<Forwarded>>,
+    ) -> Result<Self, RemoteError> {
         let addr = format!("{}:{}", host.ip, host.port);
         let recorded = known.get(host);
         let expected = host.host_key.clone().or(recorded.clone());
         let seen = Arc::new(Mutex::new(None));
-        let checker = Checker { expected: expected.clone(), accept_new: new_keys, seen: seen.clone() };
-        let config = Arc::new(russh::client::Config {
-            inactivity_timeout: Some(Duration::from_secs(60)),
-            nodelay: true,
-            ..Default::default()
-        });
+        let checker = Checker { expected: expected.clone(), accept_new: new_keys, seen: seen.clone(), forwarded };
+        let config = Arc::new(config);
         let connect = russh::client::connect(config, addr.as_str(), checker);
         let mut handle = match tokio::time::timeout(Duration::from_secs(10), connect).await {
             Err(_) => return Err(RemoteError::Unreachable { addr, reason: "timed out".into() }),
@@ -158,7 +221,31 @@ impl Session {
         if recorded.is_none() && host.host_key.is_none() && new_keys == NewKeys::Accept {
             known.record(host, &fingerprint).map_err(|e| RemoteError::Credentials(format!("known_hosts: {e}")))?;
         }
-        Ok(Self { handle, fingerprint })
+        Ok(Self { handle, fingerprint, addr })
+    }
+
+    /// Asks the host's sshd to listen on `127.0.0.1:port` of the host and forward what connects there (`port` 0:
+    /// sshd picks one). Returns the port listened on.
+    pub async fn forward(&self, port: u16) -> Result<u16, RemoteError> {
+        match self.handle.tcpip_forward(LOOPBACK, u32::from(port)).await {
+            Ok(0) => Ok(port),
+            Ok(p) => u16::try_from(p).map_err(|_| RemoteError::Ssh(format!("sshd forwarded impossible port {p}"))),
+            Err(russh::Error::RequestDenied) => Err(RemoteError::ForwardRefused { addr: self.addr.clone() }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Learns a free port on the host's loopback that its sshd will forward: forwards port 0, then cancels. A
+    /// refusal says forwarding is off on the host.
+    pub async fn learn_forward_port(&self) -> Result<u16, RemoteError> {
+        let port = self.forward(0).await?;
+        self.handle.cancel_tcpip_forward(LOOPBACK, u32::from(port)).await?;
+        Ok(port)
+    }
+
+    /// Resolves when the connection has ended (closed by either side, or keepalives unanswered).
+    pub async fn closed(&mut self) {
+        let _ = (&mut self.handle).await;
     }
 
     /// Runs a command, feeding `stdin`, and collects its output.

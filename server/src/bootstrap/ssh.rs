@@ -9,9 +9,9 @@ use vigil_schema::agent_config::{CollectPaths, SecretHex};
 use super::commands::linux;
 use super::credentials::{self, AgentFiles, Installed};
 use super::plan::{Confirm, Inputs, Inspection, Plan, Step};
-use super::remote::{NewKeys, Session};
+use super::remote::{LOOPBACK, NewKeys, RemoteError, Session};
 use super::{BootstrapError, Ctx, Done, dir_name, endpoint_for, layout};
-use crate::config::{Host, Os};
+use crate::config::{Host, Os, Reporting};
 use crate::store::{AgentRecord, Store};
 
 /// `key=value` lines of the probe.
@@ -95,6 +95,8 @@ pub async fn bootstrap_ssh(ctx: &Ctx, host: &Host, progress: &(dyn Fn(&str) + Sy
     };
     let s = Session::open(host, &ctx.known, new_keys).await?;
     let result = async {
+        let tunneled = through_tunnel(ctx, host, &s, progress).await?;
+        let host = tunneled.as_ref().unwrap_or(host);
         progress("probing");
         let planned = probe_and_plan(ctx, host, &s).await?;
         if ctx.dry_run {
@@ -105,6 +107,38 @@ pub async fn bootstrap_ssh(ctx: &Ctx, host: &Host, progress: &(dyn Fn(&str) + Sy
     .await;
     s.close().await;
     result
+}
+
+/// For a host reporting through the tunnel: checks that its sshd forwards (a refusal is recorded for `vigil status`
+/// and ends the bootstrap with the way out), and returns the host with the endpoint its agent dials, the forwarded
+/// port on its loopback: the one recorded before (stable across re-bootstraps and serve restarts), else a free one
+/// sshd picked, recorded for `vigil serve`'s tunnel manager.
+async fn through_tunnel(
+    ctx: &Ctx,
+    host: &Host,
+    s: &Session,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Option<Host>, BootstrapError> {
+    if ctx.config.reporting(host) != Reporting::Tunnel {
+        return Ok(None);
+    }
+    progress("checking port forwarding");
+    let learned = match s.learn_forward_port().await {
+        Ok(p) => p,
+        Err(e @ RemoteError::ForwardRefused { .. }) => {
+            if !ctx.dry_run && ctx.store.is_some() {
+                ctx.store()?.set_tunnel_refused(&host.name, &e.to_string(), vigil_sys::clock::now_ms())?;
+            }
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let recorded = if ctx.store.is_some() { ctx.store()?.tunnel_port(&host.name)? } else { None };
+    let port = recorded.unwrap_or(learned);
+    if !ctx.dry_run {
+        ctx.store()?.set_tunnel_port(&host.name, port)?;
+    }
+    Ok(Some(Host { endpoint: Some(format!("{LOOPBACK}:{port}")), ..host.clone() }))
 }
 
 /// Executes `plan` on the host, recording each step as it completes.
@@ -237,10 +271,17 @@ async fn confirm(
         }
         if tokio::time::Instant::now() > deadline {
             let what = if how == Confirm::NewReport { "delivered no report" } else { "did not check in" };
+            let reach = if ctx.config.reporting(host) == Reporting::Tunnel {
+                format!(
+                    "is vigil serve running and holding the host's tunnel to {} (`vigil status`)?",
+                    endpoint_for(&ctx.config, host)
+                )
+            } else {
+                format!("can the host reach {}?", endpoint_for(&ctx.config, host))
+            };
             return Err(BootstrapError::Failed(format!(
-                "agent started but {what} within {} s (can the host reach {}? see {dir}/agent.log)",
+                "agent started but {what} within {} s ({reach} see {dir}/agent.log)",
                 timeout.as_secs(),
-                endpoint_for(&ctx.config, host)
             )));
         }
         tokio::time::sleep(backoff.next_wait()).await;

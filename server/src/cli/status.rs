@@ -18,7 +18,8 @@ pub fn run(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|h| (h.name.clone(), h.ip.clone(), config.schedule_for(&h.name).min_interval_s()))
         .collect();
-    let rows = status::collect(&store, &hosts, vigil_sys::clock::now_ms())?;
+    let mut rows = status::collect(&store, &hosts, vigil_sys::clock::now_ms())?;
+    status::add_channels(&mut rows, &store, &config)?;
     let err = status::config_error(&store)?.or(load_error);
     let restart = store.restart_needed()?;
     let mut out = Out::new();

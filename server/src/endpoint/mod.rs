@@ -80,6 +80,8 @@ pub struct Shared {
     pub ingest: IngestHandle,
     pub counters: Counters,
     pub limits: Limits,
+    /// The limits every new connection passes, TCP or tunnelled.
+    pub admission: Admission,
     pub tracker: TaskTracker,
     pub cancel: CancellationToken,
     /// Serialises registry refreshes after an unknown key: one at a time, at most one per [`REFRESH_EVERY`];
@@ -95,6 +97,7 @@ impl Shared {
             config,
             ingest,
             counters: Counters::default(),
+            admission: Admission::new(&limits),
             limits,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -182,14 +185,14 @@ pub struct Anonymous {
 #[derive(Debug)]
 struct SourceSlots {
     max: usize,
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    open: std::sync::Mutex<std::collections::HashMap<Source, usize>>,
 }
 
 /// One taken place of a source; given back on drop.
 #[derive(Debug)]
 pub struct SourceSlot {
     slots: Arc<SourceSlots>,
-    ip: std::net::IpAddr,
+    source: Source,
 }
 
 impl SourceSlots {
@@ -197,25 +200,25 @@ impl SourceSlots {
         Self { max, open: std::sync::Mutex::new(std::collections::HashMap::new()) }
     }
 
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+    fn take(self: &Arc<Self>, source: Source) -> Option<SourceSlot> {
         let mut open = self.open.lock().ok()?;
-        let n = open.entry(ip).or_insert(0);
+        let n = open.entry(source.clone()).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
-        Some(SourceSlot { slots: self.clone(), ip })
+        Some(SourceSlot { slots: self.clone(), source })
     }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
         if let Ok(mut open) = self.slots.open.lock()
-            && let Some(n) = open.get_mut(&self.ip)
+            && let Some(n) = open.get_mut(&self.source)
         {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ip);
+                open.remove(&self.source);
             }
         }
     }
@@ -239,11 +242,63 @@ pub fn ssh_config(host_key: PrivateKey, limits: &Limits) -> SshConfig {
     }
 }
 
+/// Where a connection comes from, for the per-source cap on unauthenticated connections: the peer's address for
+/// TCP, the host for connections forwarded through its tunnel (every one of them comes from the server's own
+/// session, so the address says nothing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    Ip(std::net::IpAddr),
+    Tunnel(String),
+}
+
+/// The admission limits every connection passes, TCP or tunnelled: the total, the anonymous, and the anonymous
+/// per source.
+#[derive(Debug)]
+pub struct Admission {
+    total: Arc<Semaphore>,
+    unauth: Arc<Semaphore>,
+    sources: Arc<SourceSlots>,
+}
+
+/// What a connection holds from admission until it ends.
+#[derive(Debug)]
+pub struct Admitted {
+    total: tokio::sync::OwnedSemaphorePermit,
+    anonymous: Anonymous,
+}
+
+impl Admission {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(limits.max_connections)),
+            unauth: Arc::new(Semaphore::new(limits.max_unauthenticated)),
+            sources: Arc::new(SourceSlots::new(limits.max_unauthenticated_per_source)),
+        }
+    }
+
+    /// A place for a new connection from `source`, or `None` (logged and counted) when a limit is reached.
+    pub fn admit(&self, shared: &Shared, source: Source, peer: &str) -> Option<Admitted> {
+        let Ok(total) = self.total.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing");
+            return None;
+        };
+        let Some(source_slot) = self.sources.take(source) else {
+            if let Some(n) = Counters::bump(&shared.counters.auth_rejected) {
+                tracing::info!(%peer, count = n, "too many unauthenticated connections from this source; closing");
+            }
+            return None;
+        };
+        let Ok(unauth) = self.unauth.clone().try_acquire_owned() else {
+            Counters::bump(&shared.counters.auth_rejected);
+            tracing::debug!(%peer, "too many unauthenticated connections; closing");
+            return None;
+        };
+        Some(Admitted { total, anonymous: Anonymous { _overall: unauth, _source: source_slot } })
+    }
+}
+
 /// Accepts connections on `listener` until `shared.cancel` fires, then waits for every connection to finish.
 pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>) {
-    let total = Arc::new(Semaphore::new(shared.limits.max_connections));
-    let unauth = Arc::new(Semaphore::new(shared.limits.max_unauthenticated));
-    let sources = Arc::new(SourceSlots::new(shared.limits.max_unauthenticated_per_source));
     loop {
         let accepted = tokio::select! {
             _ = shared.cancel.cancelled() => break,
@@ -258,76 +313,72 @@ pub async fn run(listener: TcpListener, ssh: Arc<SshConfig>, shared: Arc<Shared>
                 continue;
             }
         };
-        let Ok(total_permit) = total.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; closing");
+        let Some(admitted) = shared.admission.admit(&shared, Source::Ip(peer.ip()), &peer.to_string()) else {
             continue;
         };
-        let Some(source_slot) = sources.take(peer.ip()) else {
-            if let Some(n) = Counters::bump(&shared.counters.auth_rejected) {
-                tracing::info!(%peer, count = n, "too many unauthenticated connections from this source; closing");
-            }
-            continue;
-        };
-        let Ok(unauth_permit) = unauth.clone().try_acquire_owned() else {
-            Counters::bump(&shared.counters.auth_rejected);
-            tracing::debug!(%peer, "too many unauthenticated connections; closing");
-            continue;
-        };
-        shared.counters.connections.fetch_add(1, Ordering::Relaxed);
         let _ = socket.set_nodelay(true);
-        let authenticated = Arc::new(AtomicBool::new(false));
-        let anonymous = Anonymous { _overall: unauth_permit, _source: source_slot };
-        // One span per connection: the peer now, the agent and host once it authenticates (see the handler).
-        let span = tracing::info_span!("conn", %peer, agent = tracing::field::Empty, host = tracing::field::Empty);
-        let handler = handler::Handler::new(shared.clone(), authenticated.clone(), anonymous, span.clone());
-        let ssh = ssh.clone();
-        let shared2 = shared.clone();
-        let conn = async move {
-            let _total = total_permit;
-            let deadline = shared2.limits.auth_deadline;
-            let session = match tokio::time::timeout(deadline, run_stream(ssh, socket, handler)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "ssh handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    Counters::bump(&shared2.counters.timeouts);
-                    return;
-                }
-            };
-            let handle = session.handle();
-            tokio::pin!(session);
-            let auth_timer = async {
-                tokio::time::sleep(deadline).await;
-                if authenticated.load(Ordering::Acquire) {
-                    std::future::pending::<()>().await;
-                }
-            };
-            tokio::select! {
-                r = &mut session => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "session ended");
-                    }
-                }
-                _ = auth_timer => {
-                    if let Some(n) = Counters::bump(&shared2.counters.timeouts) {
-                        tracing::info!(count = n, "peer did not authenticate in time; closing");
-                    }
-                    let _ = handle.disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), String::new()).await;
-                }
-                _ = shared2.cancel.cancelled() => {
-                    // Give the protocol task time to ack what is in flight; the agent closes when it is done.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
-                    let _ = handle.disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), String::new()).await;
-                }
-            }
-        };
-        shared.tracker.spawn(tracing::Instrument::instrument(conn, span));
+        spawn_connection(&shared, ssh.clone(), socket, peer.to_string(), admitted);
     }
     shared.tracker.close();
     shared.tracker.wait().await;
     tracing::info!("endpoint closed: {}", shared.counters.summary());
+}
+
+/// Runs the SSH server and the vigil protocol on one admitted connection, whatever carries it (a TCP socket, or a
+/// channel forwarded through a host's tunnel), on the endpoint's tracker; `peer` names it in the logs.
+pub fn spawn_connection<S>(shared: &Arc<Shared>, ssh: Arc<SshConfig>, stream: S, peer: String, admitted: Admitted)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    shared.counters.connections.fetch_add(1, Ordering::Relaxed);
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let Admitted { total: total_permit, anonymous } = admitted;
+    // One span per connection: the peer now, the agent and host once it authenticates (see the handler).
+    let span = tracing::info_span!("conn", %peer, agent = tracing::field::Empty, host = tracing::field::Empty);
+    let handler = handler::Handler::new(shared.clone(), authenticated.clone(), anonymous, span.clone());
+    let shared2 = shared.clone();
+    let conn = async move {
+        let _total = total_permit;
+        let deadline = shared2.limits.auth_deadline;
+        let session = match tokio::time::timeout(deadline, run_stream(ssh, stream, handler)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "ssh handshake failed");
+                return;
+            }
+            Err(_) => {
+                Counters::bump(&shared2.counters.timeouts);
+                return;
+            }
+        };
+        let handle = session.handle();
+        tokio::pin!(session);
+        let auth_timer = async {
+            tokio::time::sleep(deadline).await;
+            if authenticated.load(Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = &mut session => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "session ended");
+                }
+            }
+            _ = auth_timer => {
+                if let Some(n) = Counters::bump(&shared2.counters.timeouts) {
+                    tracing::info!(count = n, "peer did not authenticate in time; closing");
+                }
+                let _ = handle.disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), String::new()).await;
+            }
+            _ = shared2.cancel.cancelled() => {
+                // Give the protocol task time to ack what is in flight; the agent closes when it is done.
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+                let _ = handle.disconnect(russh::Disconnect::ByApplication, "server shutting down".into(), String::new()).await;
+            }
+        }
+    };
+    shared.tracker.spawn(tracing::Instrument::instrument(conn, span));
 }
 
 #[cfg(test)]
@@ -337,12 +388,17 @@ mod tests {
     #[test]
     fn source_slots_cap_one_address_and_come_back() {
         let slots = Arc::new(SourceSlots::new(2));
-        let a: std::net::IpAddr = [127, 0, 0, 2].into();
-        let b: std::net::IpAddr = [127, 0, 0, 1].into();
-        let first = slots.take(a).unwrap();
-        let _second = slots.take(a).unwrap();
-        assert!(slots.take(a).is_none(), "a third from the same source is refused");
+        let a = Source::Ip([127, 0, 0, 2].into());
+        let b = Source::Ip([127, 0, 0, 1].into());
+        let first = slots.take(a.clone()).unwrap();
+        let _second = slots.take(a.clone()).unwrap();
+        assert!(slots.take(a.clone()).is_none(), "a third from the same source is refused");
         assert!(slots.take(b).is_some(), "another source still gets in");
+        let t = Source::Tunnel("web".into());
+        let _t1 = slots.take(t.clone()).unwrap();
+        let _t2 = slots.take(t.clone()).unwrap();
+        assert!(slots.take(t).is_none(), "a tunnel's connections are capped per host");
+        assert!(slots.take(Source::Tunnel("db".into())).is_some(), "another host's tunnel still gets in");
         drop(first);
         assert!(slots.take(a).is_some(), "a place comes back when its connection authenticates or ends");
     }

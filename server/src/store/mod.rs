@@ -14,10 +14,12 @@ pub mod alerts;
 mod insert;
 pub mod repairs;
 pub mod schema_doc;
+mod tunnels;
 mod views;
 #[cfg(test)]
 pub(crate) use views::vitals as test_vitals_report;
 
+pub use tunnels::{TunnelRow, TunnelState};
 pub use views::HostRow;
 
 use std::collections::HashMap;
@@ -290,6 +292,7 @@ impl Store {
 
     /// Forgets the agent credentials of `host` (its history stays). Returns how many were removed.
     pub fn remove_agents_of_host(&mut self, host: &str) -> Result<usize, StoreError> {
+        self.remove_tunnel(host)?;
         Ok(self.conn.execute("DELETE FROM agents WHERE host = ?1", params![host])?)
     }
 

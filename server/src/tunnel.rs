@@ -1,0 +1,286 @@
+//! The SSH reverse channel, server side: for each host reporting through a tunnel (`channel="tunnel"`, the default
+//! for SSH hosts) that bootstrap registered with a forwarded port, `vigil serve` holds one SSH session to the host's
+//! own sshd (bootstrap's login and pinned or known host key; a key never seen is refused) with a remote forward on
+//! the host's loopback. The agent dials that port; each forwarded connection is admitted and served by the
+//! endpoint exactly like a TCP connection ([`endpoint::spawn_connection`]), its anonymous cap keyed by the host.
+//!
+//! [`run`] owns one task per tunnel: the set follows the live config and the `tunnels` and `agents` tables (polled
+//! every [`WATCH_EVERY`], so a fresh bootstrap is picked up while it waits for its first report). Sessions are set
+//! up at most [`MAX_SETUPS`] at once and re-established with jittered backoff; a refused forward waits at least
+//! [`REFUSED_WAIT`]. Each change of state is recorded through the ingest writer for `vigil status`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::server::Config as SshConfig;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::bootstrap::KnownHosts;
+use crate::bootstrap::remote::{Forwarded, RemoteError, Session};
+use crate::config::{Host, Reporting};
+use crate::endpoint::{self, Shared, Source};
+use crate::store::TunnelState;
+
+/// How often the wanted set of tunnels is read again.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// Most session set-ups (connect, log in, forward) at once: a restart with thousands of hosts does not storm them.
+pub const MAX_SETUPS: usize = 16;
+/// First wait after a failed set-up or a lost session; doubles up to [`MAX_WAIT`].
+pub const FIRST_WAIT: Duration = Duration::from_secs(1);
+pub const MAX_WAIT: Duration = Duration::from_secs(120);
+/// Least wait after the host's sshd refused the forward: an operator has to change something first.
+pub const REFUSED_WAIT: Duration = Duration::from_secs(60);
+
+/// One wanted tunnel.
+#[derive(Debug, Clone)]
+struct Wanted {
+    host: Host,
+    port: u16,
+}
+
+/// Two wants are the same tunnel when everything the session depends on is: where and how to log in, the pinned
+/// key and the port. An edit of anything else (alerts, tags, mail) leaves the running tunnel alone.
+impl PartialEq for Wanted {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.host, &other.host);
+        self.port == other.port
+            && (&a.ip, a.port, &a.username, &a.auth, &a.host_key) == (&b.ip, b.port, &b.username, &b.auth, &b.host_key)
+    }
+}
+
+/// Keeps one task per wanted tunnel until `cancel` fires; then cancels and awaits them all.
+pub async fn run(shared: Arc<Shared>, ssh: Arc<SshConfig>, cancel: CancellationToken) {
+    let known = Arc::new(KnownHosts::new(&shared.config.borrow().server.data_dir));
+    let setups = Arc::new(Semaphore::new(MAX_SETUPS));
+    let tracker = TaskTracker::new();
+    let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
+    let mut config_rx = shared.config.clone();
+    loop {
+        if let Some(wanted) = wanted(&shared).await {
+            running.retain(|name, (w, token)| {
+                let keep = wanted.get(name) == Some(w);
+                if !keep {
+                    tracing::info!(host = %name, "tunnel closed: the host's config or registration changed");
+                    token.cancel();
+                }
+                keep
+            });
+            for (name, w) in wanted {
+                if running.contains_key(&name) {
+                    continue;
+                }
+                let token = cancel.child_token();
+                let span = tracing::info_span!("tunnel", host = %name, port = w.port);
+                let task = hold(w.clone(), known.clone(), shared.clone(), ssh.clone(), setups.clone(), token.clone());
+                tracker.spawn(task.instrument(span));
+                running.insert(name, (w, token));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = config_rx.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+    }
+    for (_, token) in running.values() {
+        token.cancel();
+    }
+    tracker.close();
+    tracker.wait().await;
+    // `vigil status` must not show tunnels up that nobody holds (after a SIGKILL they stay as last recorded).
+    for name in running.keys() {
+        record(&shared, name, TunnelState::Down, Some("vigil serve stopped".into())).await;
+    }
+}
+
+/// The tunnels the config and the database ask for: hosts reporting through a tunnel, with a recorded port and a
+/// registered agent. `None` when the database could not be read (the running set stays).
+async fn wanted(shared: &Shared) -> Option<HashMap<String, Wanted>> {
+    let config = shared.config.borrow().clone();
+    let read = shared.ingest.exec(|store| Ok::<_, crate::store::StoreError>((store.tunnels()?, store.agents()?))).await;
+    let (tunnels, agents) = match read {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not read the tunnels");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let registered: HashSet<&str> = agents.iter().map(|a| a.host.as_str()).collect();
+    let ports: HashMap<&str, u16> = tunnels.iter().filter_map(|t| Some((t.host.as_str(), t.port?))).collect();
+    Some(
+        config
+            .clients
+            .iter()
+            .filter(|h| config.reporting(h) == Reporting::Tunnel && registered.contains(h.name.as_str()))
+            .filter_map(|h| Some((h.name.clone(), Wanted { host: h.clone(), port: *ports.get(h.name.as_str())? })))
+            .collect(),
+    )
+}
+
+/// Records a tunnel's state for `vigil status`.
+async fn record(shared: &Shared, host: &str, state: TunnelState, error: Option<String>) {
+    let host = host.to_owned();
+    let now = vigil_sys::clock::now_ms();
+    match shared.ingest.exec(move |s| s.set_tunnel_state(&host, state, error.as_deref(), now)).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record the tunnel's state"),
+    }
+}
+
+/// Holds one host's tunnel until `cancel`: sets the session up, serves what it forwards, and sets it up again
+/// after a failure or a loss, with backoff.
+async fn hold(
+    w: Wanted,
+    known: Arc<KnownHosts>,
+    shared: Arc<Shared>,
+    ssh: Arc<SshConfig>,
+    setups: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = vigil_sys::backoff::Backoff::new(FIRST_WAIT, MAX_WAIT);
+    loop {
+        let set_up = {
+            let _permit = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = setups.acquire() => p,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = set_up(&w, &known) => r,
+            }
+        };
+        let wait = match set_up {
+            Ok((session, forwarded)) => {
+                tracing::info!("tunnel up");
+                record(&shared, &w.host.name, TunnelState::Up, None).await;
+                backoff.reset();
+                let lost = serve(&w, session, forwarded, &shared, &ssh, &cancel).await;
+                if cancel.is_cancelled() {
+                    return;
+                }
+                tracing::warn!(reason = %lost, "tunnel lost");
+                record(&shared, &w.host.name, TunnelState::Down, Some(lost)).await;
+                backoff.next_wait()
+            }
+            Err(e @ RemoteError::ForwardRefused { .. }) => {
+                tracing::warn!(error = %e, "tunnel refused");
+                record(&shared, &w.host.name, TunnelState::Refused, Some(e.to_string())).await;
+                backoff.next_wait().max(vigil_sys::backoff::jittered(REFUSED_WAIT))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel down");
+                record(&shared, &w.host.name, TunnelState::Down, Some(e.to_string())).await;
+                backoff.next_wait()
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+type Forwards = tokio::sync::mpsc::UnboundedReceiver<Forwarded>;
+
+/// Logs in to the host and asks its sshd for the forward.
+async fn set_up(w: &Wanted, known: &KnownHosts) -> Result<(Session, Forwards), RemoteError> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let session = Session::open_forwarding(&w.host, known, tx).await?;
+    match session.forward(w.port).await {
+        Ok(_) => Ok((session, rx)),
+        Err(e) => {
+            session.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Serves forwarded connections until the session ends (returns why) or `cancel` fires (closes it).
+async fn serve(
+    w: &Wanted,
+    mut session: Session,
+    mut forwarded: Forwards,
+    shared: &Arc<Shared>,
+    ssh: &Arc<SshConfig>,
+    cancel: &CancellationToken,
+) -> String {
+    enum Next {
+        Cancelled,
+        Closed,
+        Channel(Option<Forwarded>),
+    }
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => Next::Cancelled,
+            _ = session.closed() => Next::Closed,
+            f = forwarded.recv() => Next::Channel(f),
+        };
+        match next {
+            Next::Cancelled => {
+                session.close().await;
+                return "closed".into();
+            }
+            Next::Closed | Next::Channel(None) => return "the SSH session to the host ended".into(),
+            Next::Channel(Some((channel, origin))) => {
+                let peer = format!("tunnel {} ({origin})", w.host.name);
+                let source = Source::Tunnel(w.host.name.clone());
+                if let Some(admitted) = shared.admission.admit(shared, source, &peer) {
+                    endpoint::spawn_connection(shared, ssh.clone(), channel.into_stream(), peer, admitted);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AlertKind, AlertRule, Auth, Transport};
+
+    fn host() -> Host {
+        Host {
+            name: "web".into(),
+            ip: "10.0.0.1".into(),
+            port: 22,
+            username: Some("vigil".into()),
+            auth: Auth::PasswordEnv("PW".into()),
+            mail: None,
+            host_key: None,
+            os: None,
+            transport: Transport::Ssh,
+            channel: None,
+            repair: true,
+            tags: Vec::new(),
+            endpoint: None,
+            alerts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_an_edit_the_session_depends_on_restarts_a_tunnel() {
+        let w = Wanted { host: host(), port: 40001 };
+        let mut alerts = w.clone();
+        alerts.host.tags = vec!["db".into()];
+        alerts.host.mail = Some("ops@example.com".into());
+        alerts.host.alerts =
+            vec![AlertRule { kind: AlertKind::Cpu, limit: 90.0, mount: None, clear_margin: 5.0, repeat_minutes: None }];
+        assert_eq!(w, alerts, "tags, mail and alert limits leave the tunnel alone");
+        for edit in [
+            |h: &mut Wanted| h.port = 40002,
+            |h: &mut Wanted| h.host.ip = "10.0.0.2".into(),
+            |h: &mut Wanted| h.host.port = 2222,
+            |h: &mut Wanted| h.host.username = Some("root".into()),
+            |h: &mut Wanted| h.host.auth = Auth::PasswordEnv("OTHER".into()),
+            |h: &mut Wanted| h.host.host_key = Some("SHA256:x".into()),
+        ] {
+            let mut other = w.clone();
+            edit(&mut other);
+            assert_ne!(w, other, "{other:?}");
+        }
+    }
+}
