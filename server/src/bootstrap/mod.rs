@@ -242,6 +242,11 @@ impl Ctx {
         }
     }
 
+    /// Whether this run has a database to read and write (a dry run before the database exists has none).
+    pub fn has_database(&self) -> bool {
+        self.writer.is_some() || self.store.is_some()
+    }
+
     fn store(&self) -> Result<MutexGuard<'_, Store>, BootstrapError> {
         let store = self.store.as_ref().ok_or(BootstrapError::Plan("no database in a dry run"))?;
         store.lock().map_err(|_| BootstrapError::Failed("store lock poisoned".into()))

@@ -126,17 +126,24 @@ async fn through_tunnel(
     let learned = match s.learn_forward_port().await {
         Ok(p) => p,
         Err(e @ RemoteError::ForwardRefused { .. }) => {
-            if !ctx.dry_run && ctx.store.is_some() {
-                ctx.store()?.set_tunnel_refused(&host.name, &e.to_string(), vigil_sys::clock::now_ms())?;
+            if !ctx.dry_run && ctx.has_database() {
+                let (name, error) = (host.name.clone(), e.to_string());
+                ctx.with_store(move |s| Ok(s.set_tunnel_refused(&name, &error, vigil_sys::clock::now_ms())?)).await?;
             }
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),
     };
-    let recorded = if ctx.store.is_some() { ctx.store()?.tunnel_port(&host.name)? } else { None };
+    let recorded = if ctx.has_database() {
+        let name = host.name.clone();
+        ctx.with_store(move |s| Ok(s.tunnel_port(&name)?)).await?
+    } else {
+        None
+    };
     let port = recorded.unwrap_or(learned);
     if !ctx.dry_run {
-        ctx.store()?.set_tunnel_port(&host.name, port)?;
+        let name = host.name.clone();
+        ctx.with_store(move |s| Ok(s.set_tunnel_port(&name, port)?)).await?;
     }
     Ok(Some(Host { endpoint: Some(format!("{LOOPBACK}:{port}")), ..host.clone() }))
 }
