@@ -3,6 +3,7 @@
 //! Everything that crosses the wire is defined here and nowhere else:
 //!
 //! - [`report`]: the statistics an agent collects, one type per family, and their validation.
+//! - [`command`]: command jobs: the spec, the run's result, output parsing.
 //! - [`job`]: collectors, jobs and the schedule an agent pulls, with its stable hash.
 //! - [`proto`]: the protocol messages (hello, jobs, report, ack, error), versioned.
 //! - [`envelope`]: the sealed form of every frame: AES-256-CBC + HMAC-SHA256, encrypt-then-MAC.
@@ -13,6 +14,7 @@
 //! must stay small. It does no I/O.
 
 pub mod agent_config;
+pub mod command;
 pub mod envelope;
 pub mod frame;
 pub mod job;
