@@ -20,7 +20,7 @@ use super::values;
 use super::{AlertKind, AlertRule, Auth, Host, Os, Passphrase, Secret, Transport};
 
 /// The attributes `<client>` accepts.
-pub const CLIENT_ATTRIBUTES: [&str; 13] = [
+pub const CLIENT_ATTRIBUTES: [&str; 14] = [
     "name",
     "ip",
     "port",
@@ -34,6 +34,7 @@ pub const CLIENT_ATTRIBUTES: [&str; 13] = [
     "tags",
     "endpoint",
     "mail",
+    "commands",
 ];
 
 /// Whether an attribute holds a secret: no diagnostic may show any part of its value.
@@ -483,6 +484,18 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
             }
         },
     };
+    let commands = match a.get("commands") {
+        None => false,
+        Some(attr) => match attr.value.as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => {
+                let dym = values::did_you_mean(other, ["allow", "deny"]);
+                diags.at(attr.value_at, format!("unknown commands \"{other}\"{dym}; expected allow or deny"));
+                false
+            }
+        },
+    };
     let ssh = a.get("transport").is_none_or(|t| t.value == "ssh");
     if ssh && !a.contains_key("username") {
         a.missing(diags, el.at, "<client> is missing `username`, which SSH hosts need (or set transport=\"local\")");
@@ -532,6 +545,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
         tags,
         endpoint: env("endpoint"),
         alerts: Vec::new(),
+        commands,
     })
 }
 
@@ -743,7 +757,7 @@ mod tests {
   </defaults>
   <client name="db-1" ip="db1.example.com" username="vigil" key_file="keys/id_ed25519" password_env="DB_PASS"
           host_key="SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s" os="linux" tags="db, prod eu"
-          endpoint="vigil.example.com:7022">
+          endpoint="vigil.example.com:7022" commands="allow">
     <alert type="cpu" limit="75%" clear="10" repeat="30"/>
     <alert type="disk" limit="80%" mount="/var"/>
     <alert type="load" limit="2.5"/>
@@ -752,6 +766,7 @@ mod tests {
 </clients>"#);
         let h = &f.hosts[0];
         assert_eq!(h.tags, ["db", "prod", "eu"]);
+        assert!(h.commands && !f.hosts[1].commands, "commands only where allowed");
         assert_eq!(h.os, Some(Os::Linux));
         assert_eq!(
             h.auth,
@@ -812,7 +827,8 @@ mod tests {
                 // No "missing username" on top: the unknown `user` is most likely it.
                 "2:31: bad port \"0\"; expected a number from 1 to 65535",
                 "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
-                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail",
+                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, \
+                 commands",
                 "2:47: unknown os \"Linux\" (did you mean \"linux\"?); expected linux or windows",
                 "3:30: bad cpu limit \"abc\"; expected a percentage such as \"50%\"",
             ]

@@ -74,6 +74,8 @@ pub struct Host {
     pub endpoint: Option<String>,
     /// The host's own alert rules followed by the `<defaults>` it does not override.
     pub alerts: Vec<AlertRule>,
+    /// `commands="allow"`: the host runs command jobs (written into its agent.toml at bootstrap).
+    pub commands: bool,
 }
 
 /// How vigil logs in to a host over SSH.
@@ -235,6 +237,8 @@ pub struct JobDef {
     pub hosts: Vec<String>,
     /// Hosts having any of these tags are selected too.
     pub tags: Vec<String>,
+    /// A command job (then `collectors` is empty): what it runs and how.
+    pub command: Option<vigil_schema::command::CommandSpec>,
 }
 
 /// A loaded configuration and the warnings that did not stop it from loading.
