@@ -691,7 +691,9 @@ fn bytes(cx: &mut Cx<'_>, key: &str, v: &Value<'_>) -> Option<u64> {
                 _ => {
                     cx.diags.at(
                         v.span().start,
-                        format!("bad `{key}`: \"{s}\" is not a size; expected e.g. \"64KiB\", \"1MiB\" or a number of bytes"),
+                        format!(
+                            "bad `{key}`: \"{s}\" is not a size; expected e.g. \"64KiB\", \"1MiB\" or a number of bytes"
+                        ),
                     );
                     None
                 }

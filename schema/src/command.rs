@@ -141,10 +141,8 @@ pub fn output_char_ok(c: char) -> bool {
 /// Turns captured bytes into the text a [`CommandRun`] carries: invalid UTF-8 replaced, forbidden characters
 /// (except newline and tab) replaced by spaces, at most `max` bytes (cut on a character boundary).
 pub fn clean_output(bytes: &[u8], max: usize) -> String {
-    let mut s: String = String::from_utf8_lossy(bytes)
-        .chars()
-        .map(|c| if output_char_ok(c) { c } else { ' ' })
-        .collect();
+    let mut s: String =
+        String::from_utf8_lossy(bytes).chars().map(|c| if output_char_ok(c) { c } else { ' ' }).collect();
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {
