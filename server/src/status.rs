@@ -45,6 +45,19 @@ pub struct HostStatus {
     pub fullest_disk: Option<DiskFill>,
     /// Alerts of this host firing now.
     pub alerts: Vec<FiringAlert>,
+    /// The latest run of each command job of this host (a refusal says why the host runs no commands).
+    pub commands: Vec<CommandStatus>,
+}
+
+/// The latest run of one command job, as `vigil status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandStatus {
+    pub job: String,
+    /// Host clock, ms since the epoch.
+    pub started_ms: i64,
+    /// `exit 0`, `timed out`, `refused: ...`.
+    pub result: String,
+    pub ok: bool,
 }
 
 /// An alert firing now, as `vigil status` shows it.
@@ -124,6 +137,7 @@ fn host_status(
         swap_pct: row.swap_pct,
         fullest_disk: row.fullest_disk.map(|(mount, pct)| DiskFill { mount, pct }),
         alerts,
+        commands: command_status(store, name)?,
     };
     if let Some(seen) = status.last_seen_ms {
         let since_s = now_ms.saturating_sub(seen).max(0) / 1000;
@@ -134,6 +148,18 @@ fn host_status(
         };
     }
     Ok(status)
+}
+
+/// The latest run of each of `host`'s command jobs.
+fn command_status(store: &Store, host: &str) -> Result<Vec<CommandStatus>, StoreError> {
+    let mut out = Vec::new();
+    for job in store.command_jobs_of(host)? {
+        let filter = crate::store::RunFilter { host: Some(host.to_owned()), job: Some(job), since_ms: 0, limit: 1 };
+        for r in store.command_runs(&filter)? {
+            out.push(CommandStatus { ok: r.succeeded(), result: r.describe(), job: r.job, started_ms: r.started_ms });
+        }
+    }
+    Ok(out)
 }
 
 /// The pending config error `vigil serve` recorded, if any.
@@ -227,6 +253,21 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
                 escape::cell(host),
                 escape::cell(&a.rule),
                 crate::alert::message::num(a.limit)
+            );
+        }
+    }
+    let commands: Vec<(&str, &CommandStatus)> =
+        hosts.iter().flat_map(|h| h.commands.iter().map(move |c| (h.name.as_str(), c))).collect();
+    if !commands.is_empty() {
+        let _ = writeln!(out, "\ncommand jobs (latest run):");
+        for (host, c) in commands {
+            let _ = writeln!(
+                out,
+                "  {}  {}  {}  at {}",
+                escape::cell(host),
+                escape::cell(&c.job),
+                escape::cell(&c.result),
+                crate::alert::message::utc(c.started_ms)
             );
         }
     }

@@ -12,9 +12,11 @@
 
 pub mod alerts;
 mod insert;
+mod runs;
 pub mod schema_doc;
 mod views;
 
+pub use runs::{MetricRow, RunFilter, RunRow};
 pub use views::HostRow;
 
 use std::collections::HashMap;
