@@ -44,7 +44,7 @@ pub fn is_secret_attribute(name: &str) -> bool {
 }
 
 /// The attributes `<alert>` accepts.
-pub const ALERT_ATTRIBUTES: [&str; 5] = ["type", "limit", "mount", "clear", "repeat"];
+pub const ALERT_ATTRIBUTES: [&str; 7] = ["type", "limit", "mount", "clear", "repeat", "job", "metric"];
 
 /// Default hysteresis margin of percentage alerts, in percent points.
 pub const DEFAULT_CLEAR_PERCENT: f64 = 5.0;
@@ -575,10 +575,15 @@ fn alerts(elements: &[RawElement], diags: &mut Diags) -> Vec<AlertRule> {
     let mut rules: Vec<AlertRule> = Vec::new();
     for el in elements {
         let Some(rule) = alert(el, diags) else { continue };
-        if rules.iter().any(|r| r.kind == rule.kind && r.mount == rule.mount) {
-            let what = match &rule.mount {
-                Some(m) => format!("{} alert for mount {m}", rule.kind),
-                None => format!("{} alert", rule.kind),
+        if rules
+            .iter()
+            .any(|r| r.kind == rule.kind && r.mount == rule.mount && r.job == rule.job && r.metric == rule.metric)
+        {
+            let what = match (&rule.mount, &rule.job, &rule.metric) {
+                (Some(m), _, _) => format!("{} alert for mount {m}", rule.kind),
+                (_, Some(j), Some(m)) => format!("metric alert for {j}/{m}"),
+                (_, Some(j), None) => format!("job alert for {j}"),
+                _ => format!("{} alert", rule.kind),
             };
             diags.at(el.at, format!("a second {what} here; each alert type (and disk mount) may appear once"));
         } else {
@@ -609,7 +614,14 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
             kind
         }
     };
+    let command_rule = command_rule(&a, kind, el.at, diags);
     let limit = match (a.get("limit"), kind) {
+        // A job alert fires on a failed run: its "value" is 1 for a failure, 0 for a success.
+        (None, Some(AlertKind::Job)) => Some(0.5),
+        (Some(attr), Some(AlertKind::Job)) => {
+            diags.at(attr.name_at, "`limit` does not apply to job alerts (they fire when a run fails)");
+            None
+        }
         (None, _) => {
             a.missing(diags, el.at, "<alert> is missing the required attribute `limit`");
             None
@@ -632,8 +644,8 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
     }
     let mut clear = None;
     if let Some(attr) = a.get("clear") {
-        if kind == Some(AlertKind::Silence) {
-            diags.at(attr.name_at, "`clear` does not apply to silence alerts");
+        if matches!(kind, Some(AlertKind::Silence | AlertKind::Job)) {
+            diags.at(attr.name_at, format!("`clear` does not apply to {} alerts", kind.map_or("", AlertKind::name)));
         } else {
             match attr.value.trim().trim_end_matches('%').trim().parse::<f64>() {
                 Ok(v) if v.is_finite() && v >= 0.0 => match limit {
@@ -665,18 +677,64 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
     }
     let (kind, limit) = (kind?, limit?);
     let clear_margin = clear.unwrap_or(match kind {
-        AlertKind::Silence => 0.0,
+        AlertKind::Silence | AlertKind::Job | AlertKind::Metric => 0.0,
         AlertKind::Load => limit / 10.0,
         _ => DEFAULT_CLEAR_PERCENT.min(limit / 2.0),
     });
     let mount = a.get("mount").map(|attr| attr.value.trim().to_string());
-    Some(AlertRule { kind, limit, mount, clear_margin, repeat_minutes })
+    let (job, metric) = command_rule?;
+    Some(AlertRule { kind, limit, mount, clear_margin, repeat_minutes, job, metric })
+}
+
+/// The `job` and `metric` attributes: `job` required by job and metric alerts, `metric` by metric alerts, neither
+/// allowed elsewhere. `None` after a reported problem.
+#[allow(clippy::type_complexity)]
+fn command_rule(
+    a: &Attrs<'_>,
+    kind: Option<AlertKind>,
+    at: usize,
+    diags: &mut Diags,
+) -> Option<(Option<String>, Option<String>)> {
+    let value = |name: &str| a.get(name).map(|attr| attr.value.trim().to_string());
+    let mut ok = true;
+    let wants = |name: &str| match name {
+        "job" => matches!(kind, Some(AlertKind::Job | AlertKind::Metric)),
+        _ => kind == Some(AlertKind::Metric),
+    };
+    for name in ["job", "metric"] {
+        match a.get(name) {
+            Some(attr) if kind.is_some() && !wants(name) => {
+                diags.at(
+                    attr.name_at,
+                    format!(
+                        "`{name}` applies only to {} alerts",
+                        if name == "job" { "job and metric" } else { "metric" }
+                    ),
+                );
+                ok = false;
+            }
+            Some(attr) if attr.value.trim().is_empty() => {
+                diags.at(attr.value_at, format!("`{name}` must not be empty"));
+                ok = false;
+            }
+            None if wants(name) => {
+                a.missing(diags, at, &format!("a {} alert needs `{name}`", kind.map_or("", AlertKind::name)));
+                ok = false;
+            }
+            _ => {}
+        }
+    }
+    ok.then(|| (value("job"), value("metric")))
 }
 
 /// Parses a limit in the unit of its alert type.
 fn parse_limit(kind: AlertKind, value: &str) -> Result<f64, String> {
     let v = value.trim();
     match kind {
+        AlertKind::Metric => match v.parse::<f64>() {
+            Ok(n) if n.is_finite() => Ok(n),
+            _ => Err(format!("bad metric limit \"{value}\"; expected a number such as \"90\" or \"0.5\"")),
+        },
         AlertKind::Silence => match v.parse::<u32>() {
             Ok(n) if n >= 1 => Ok(f64::from(n)),
             _ => Err(format!(

@@ -129,6 +129,10 @@ pub struct AlertRule {
     pub clear_margin: f64,
     /// Minutes between repeated mails while the alert stays raised; `None`: mail once.
     pub repeat_minutes: Option<u32>,
+    /// For job and metric alerts: the command job watched.
+    pub job: Option<String>,
+    /// For metric alerts: the metric's name in the job's parsed output.
+    pub metric: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,11 +143,23 @@ pub enum AlertKind {
     Disk,
     Load,
     Silence,
+    /// A command job's run failed (non-zero exit, signal, timeout, could not start); resolves on a success.
+    Job,
+    /// A value parsed from a command job's output.
+    Metric,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] =
-        [AlertKind::Cpu, AlertKind::Memory, AlertKind::Swap, AlertKind::Disk, AlertKind::Load, AlertKind::Silence];
+    pub const ALL: [AlertKind; 8] = [
+        AlertKind::Cpu,
+        AlertKind::Memory,
+        AlertKind::Swap,
+        AlertKind::Disk,
+        AlertKind::Load,
+        AlertKind::Silence,
+        AlertKind::Job,
+        AlertKind::Metric,
+    ];
 
     /// The name used in clients.xml's `type` attribute.
     pub fn name(self) -> &'static str {
@@ -154,6 +170,8 @@ impl AlertKind {
             AlertKind::Disk => "disk",
             AlertKind::Load => "load",
             AlertKind::Silence => "silence",
+            AlertKind::Job => "job",
+            AlertKind::Metric => "metric",
         }
     }
 

@@ -191,3 +191,51 @@ fn command_jobs_run_where_allowed_are_bounded_and_stored() -> Result<()> {
     ensure!(line.contains("refused: command jobs are not allowed on this host"), "{st}");
     Ok(())
 }
+
+#[test]
+fn a_failing_job_mails_once_and_its_recovery_once() -> Result<()> {
+    let smtp = vigil_tests::smtp::Smtp::start()?;
+    let h = Sshd::start(SshdOpts::default())?;
+    let keys = tempfile::tempdir()?;
+    let key = ClientKey::generate(keys.path(), "id_cmd")?;
+    h.authorize("root", &key)?;
+    let name = unique("mail");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let w = Workdir::new()?;
+    let port = free_port();
+    let client = ClientEntry::ssh(&name, &h, "root", Auth::Key(key.private.clone()))
+        .attr("commands", "allow")
+        .attr("mail", "ops@example.org")
+        .to_xml();
+    let client = client.replacen("/>\n", ">\n    <alert type=\"job\" job=\"flaky\"/>\n  </client>\n", 1);
+    w.write_clients_text(&format!("<?xml version=\"1.0\"?>\n<clients>\n{client}</clients>\n"))?;
+    // The job fails until the file `ok` exists in the agent's directory (its working directory).
+    w.write_jobs(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+         tls = \"none\"\nfrom = \"vigil@example.org\"\n\n[[job]]\nname = \"flaky\"\n\
+         command = [\"/bin/sh\", \"-c\", \"test -e ok\"]\ninterval = \"1s\"\n",
+        w.data_dir().display(),
+        smtp.port()
+    ))?;
+    let serve: Proc = w.spawn_vigil(&["serve"], "serve")?;
+    wait_for(Duration::from_secs(20), "serve listening", || vigil_tests::net::port_accepts(port))?;
+    let out = w.vigil(&["bootstrap", "--all", "--accept-new-host-key"]).output()?;
+    ensure!(out.status.success(), "bootstrap failed: {}", text(&out));
+
+    let logs = || format!("{}\n{}", serve.logs(), smtp.logs());
+    smtp.wait_for_messages(1, T).map_err(|e| e.context(logs()))?;
+    // Several more failed runs come and go: still one mail.
+    std::thread::sleep(Duration::from_secs(4));
+    let mails = smtp.messages()?;
+    let subjects: Vec<String> = mails.iter().filter_map(|m| m.subject()).collect();
+    ensure!(subjects.len() == 1, "one mail while the job keeps failing: {subjects:?}");
+    ensure!(subjects[0].contains(&format!("FIRING job flaky on {name}")), "{subjects:?}");
+
+    std::fs::write(agent_dir(&name).join("ok"), b"")?;
+    smtp.wait_for_messages(2, T).map_err(|e| e.context(logs()))?;
+    std::thread::sleep(Duration::from_secs(4));
+    let subjects: Vec<String> = smtp.messages()?.iter().filter_map(|m| m.subject()).collect();
+    ensure!(subjects.len() == 2, "one recovery mail, then quiet: {subjects:?}");
+    ensure!(subjects.iter().any(|s| s.contains(&format!("RESOLVED job flaky on {name}"))), "{subjects:?}");
+    Ok(())
+}
