@@ -3,9 +3,12 @@
 //! `max_output` each (the rest is read and discarded, so memory stays bounded whatever the command prints).
 
 use std::path::Path;
+#[cfg(unix)]
 use std::time::Duration;
 
-use vigil_schema::command::{CommandRun, CommandSpec, RunOutcome, clean_output, parse_output};
+#[cfg(unix)]
+use vigil_schema::command::clean_output;
+use vigil_schema::command::{CommandRun, CommandSpec, RunOutcome, parse_output};
 
 /// Why an agent refuses command jobs when its host has not opted in.
 pub const NOT_ALLOWED: &str =
@@ -121,7 +124,7 @@ async fn execute(spec: &CommandSpec, dir: &Path) -> CommandRun {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let error = vigil_schema::command::clean_output(e.to_string().as_bytes(), 400);
+            let error = clean_output(e.to_string().as_bytes(), 400);
             return not_run(RunOutcome::FailedToStart { error });
         }
     };

@@ -786,6 +786,38 @@ mod tests {
     }
 
     #[test]
+    fn job_and_metric_alerts_and_their_mistakes() {
+        let f = ok(r#"<clients><client name="a" ip="10.0.0.1" username="u" commands="allow">
+  <alert type="job" job="backup"/>
+  <alert type="metric" job="queues" metric="queue_len" limit="100" repeat="60"/>
+  <alert type="metric" job="queues" metric="age" limit="-0.5"/>
+</client></clients>"#);
+        let r = &f.hosts[0].alerts;
+        assert_eq!((r[0].kind, r[0].job.as_deref(), r[0].limit), (AlertKind::Job, Some("backup"), 0.5));
+        assert_eq!((r[1].kind, r[1].metric.as_deref(), r[1].limit), (AlertKind::Metric, Some("queue_len"), 100.0));
+        assert_eq!((r[1].clear_margin, r[1].repeat_minutes, r[2].limit), (0.0, Some(60), -0.5));
+        let e = errs(
+            r#"<clients><client name="a" ip="10.0.0.1" username="u" commands="sometimes">
+  <alert type="job"/>
+  <alert type="job" job="b" limit="1"/>
+  <alert type="metric" job="q" limit="x"/>
+  <alert type="cpu" limit="50" job="q"/>
+</client></clients>"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "1:64: unknown commands \"sometimes\"; expected allow or deny",
+                "2:3: a job alert needs `job`",
+                "3:29: `limit` does not apply to job alerts (they fire when a run fails)",
+                "4:3: a metric alert needs `metric`",
+                "4:39: bad metric limit \"x\"; expected a number such as \"90\" or \"0.5\"",
+                "5:32: `job` applies only to job and metric alerts",
+            ]
+        );
+    }
+
+    #[test]
     fn exercise_form_parses() {
         let f = ok(r#"<clients>
   <client ip="10.0.0.5" port="22" username="user" password="secret" mail="ops@example.com">

@@ -160,6 +160,43 @@ mod tests {
     }
 
     #[test]
+    fn job_and_metric_rules_measure_their_own_job_only() {
+        use vigil_schema::command::{CommandRun, Metric, RunOutcome};
+        let ran = |outcome, metrics| Stats {
+            command: Some(CommandRun {
+                started_ms: 0,
+                duration_ms: 0,
+                outcome,
+                stdout: String::new(),
+                stderr: String::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                metrics,
+                parse_errors: vec![],
+            }),
+            ..Stats::default()
+        };
+        let job = AlertRule { job: Some("backup".into()), ..rule(AlertKind::Job, 0.5, 0.0) };
+        let value = |s: &Stats| measure(&job, s).map(|m| m.value);
+        assert_eq!(value(&ran(RunOutcome::Exited { code: 0 }, vec![])), Some(0.0));
+        assert_eq!(value(&ran(RunOutcome::Exited { code: 2 }, vec![])), Some(1.0));
+        assert_eq!(value(&ran(RunOutcome::TimedOut, vec![])), Some(1.0));
+        assert_eq!(value(&ran(RunOutcome::Refused { reason: "no".into() }, vec![])), None, "nothing ran");
+        assert!(applies(&job, "backup") && !applies(&job, "other"));
+        assert_eq!(rule_key(&job), "job:backup");
+        // Failing, failing, succeeding: one firing and one resolve.
+        assert_eq!(run(&job, &[1.0, 1.0, 0.0, 0.0]), [(0, Transition::Fire), (2, Transition::Resolve)]);
+
+        let metric =
+            AlertRule { job: Some("q".into()), metric: Some("len".into()), ..rule(AlertKind::Metric, 10.0, 0.0) };
+        let m = |name: &str, value| Metric { name: name.into(), labels: vec![], value };
+        let s = ran(RunOutcome::Exited { code: 0 }, vec![m("other", 99.0), m("len", 12.0)]);
+        assert_eq!(measure(&metric, &s).map(|m| m.value), Some(12.0));
+        assert_eq!(rule_key(&metric), "metric:q:len");
+        assert!(!applies(&metric, "other") && applies(&rule(AlertKind::Cpu, 1.0, 0.0), "anything"));
+    }
+
+    #[test]
     fn hovering_at_the_limit_fires_once_and_resolves_once() {
         let r = rule(AlertKind::Cpu, 90.0, 5.0);
         let series = [80.0, 91.0, 89.0, 90.5, 88.0, 92.0, 86.0, 90.1, 84.9, 89.0, 91.0];
