@@ -175,6 +175,7 @@ async fn execute(spec: &CommandSpec, dir: &Path) -> CommandRun {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use vigil_schema::command::ParseMode;
