@@ -135,7 +135,7 @@ pub struct CommandRun {
 
 /// Whether `c` may appear in command output: everything text may hold, plus newline and tab.
 pub fn output_char_ok(c: char) -> bool {
-    c == '\n' || c == '\t' || !crate::report::is_forbidden_char(c)
+    c == '\n' || c == '\t' || !crate::text::is_forbidden_char(c)
 }
 
 /// Turns captured bytes into the text a [`CommandRun`] carries: invalid UTF-8 replaced, forbidden characters
@@ -189,7 +189,7 @@ fn metric_name_ok(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '.' || c == '-')
-        && name.len() <= crate::report::limits::MAX_TEXT
+        && name.len() <= crate::text::MAX_TEXT
 }
 
 /// `name value` and Prometheus text lines (`name{a="x",b="y"} value [timestamp]`).
@@ -265,7 +265,7 @@ fn labels(s: &str) -> Result<Vec<(String, String)>, &'static str> {
                 None => return Err("unterminated label value"),
             }
         };
-        if value.len() > crate::report::limits::MAX_TEXT || value.chars().any(crate::report::is_forbidden_char) {
+        if value.len() > crate::text::MAX_TEXT || value.chars().any(crate::text::is_forbidden_char) {
             return Err("label value too long or holds control characters");
         }
         out.push((key.to_string(), value));

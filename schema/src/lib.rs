@@ -8,6 +8,7 @@
 //! - [`proto`]: the protocol messages (hello, jobs, report, ack, error), versioned.
 //! - [`envelope`]: the sealed form of every frame: AES-256-CBC + HMAC-SHA256, encrypt-then-MAC.
 //! - [`frame`]: length-prefixed framing with a hard size limit, pure bytes in and out.
+//! - [`text`]: what agent-supplied text may hold (no controls, no bidi overrides).
 //! - [`secret`]: key material with redacted `Debug`, zeroed on drop, never `Serialize`.
 //!
 //! Architecture invariant: this crate depends on no async runtime, SSH or database crate; the agent links it and
@@ -21,6 +22,7 @@ pub mod job;
 pub mod proto;
 pub mod report;
 pub mod secret;
+pub mod text;
 
 /// Lowercase hex of a byte slice.
 pub fn to_hex(bytes: &[u8]) -> String {

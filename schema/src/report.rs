@@ -198,7 +198,7 @@ pub struct Report {
 /// Hard bounds a report must stay within; anything larger is refused, not truncated.
 pub mod limits {
     /// Longest agent-supplied text (names, paths, hosts, versions), in bytes.
-    pub const MAX_TEXT: usize = 512;
+    pub const MAX_TEXT: usize = crate::text::MAX_TEXT;
     /// Longest security event message, in bytes.
     pub const MAX_MESSAGE: usize = 4096;
     pub const MAX_ITEMS: usize = 4096;
@@ -217,13 +217,7 @@ fn err(field: impl Into<String>, problem: &'static str) -> ReportError {
     ReportError { field: field.into(), problem }
 }
 
-/// Whether `c` may not appear in agent-supplied text: every C0 control (tab and newline included), DEL, every C1
-/// control, and the Unicode bidirectional formatting characters (embeddings, overrides, isolates and marks) that
-/// can make a terminal, a mail reader or a log viewer show text other than what was sent.
-pub fn is_forbidden_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
+pub use crate::text::is_forbidden_char;
 
 /// Checks one agent-supplied string: at most `max` bytes, no [forbidden character](is_forbidden_char).
 pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), ReportError> {
