@@ -125,3 +125,67 @@ impl Store {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use vigil_schema::command::{CommandRun, Metric, RunOutcome};
+    use vigil_schema::report::{Report, Stats};
+
+    use super::*;
+    use crate::store::Incoming;
+
+    fn run(seq: u64, job: &str, at: i64, outcome: RunOutcome) -> Incoming {
+        let run = CommandRun {
+            started_ms: at,
+            duration_ms: 7,
+            outcome,
+            stdout: format!("out {seq}\n"),
+            stderr: String::new(),
+            stdout_truncated: seq == 2,
+            stderr_truncated: false,
+            metrics: vec![Metric { name: "m".into(), labels: vec![("k".into(), "v".into())], value: seq as f64 }],
+            parse_errors: vec!["line 2: value is not a number".into()],
+        };
+        Incoming {
+            agent_id: "a1".into(),
+            host: "web1".into(),
+            ip: "10.0.0.1".into(),
+            received_at_ms: at,
+            report: Report {
+                seq,
+                job: job.into(),
+                collected_at_ms: at,
+                dropped: 0,
+                stats: Stats { command: Some(run), ..Stats::default() },
+            },
+        }
+    }
+
+    #[test]
+    fn runs_are_listed_newest_first_filtered_and_pruned_with_their_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        store
+            .insert_reports(&[
+                run(1, "a", 1_000, RunOutcome::Exited { code: 0 }),
+                run(2, "a", 2_000, RunOutcome::TimedOut),
+                run(3, "b", 3_000, RunOutcome::Signaled { signal: 9 }),
+            ])
+            .unwrap();
+        let all = store.command_runs(&RunFilter { limit: 10, ..RunFilter::default() }).unwrap();
+        let seen: Vec<(&str, String)> = all.iter().map(|r| (r.job.as_str(), r.describe())).collect();
+        assert_eq!(seen, [("b", "signal 9".into()), ("a", "timed out".into()), ("a", "exit 0".into())]);
+        assert!(all[1].stdout_truncated && all[2].succeeded() && !all[1].succeeded());
+        assert_eq!(all[0].metrics, [MetricRow { name: "m".into(), labels: serde_json::json!({"k": "v"}), value: 3.0 }]);
+        assert_eq!(all[0].parse_errors, ["line 2: value is not a number"]);
+        let a = RunFilter { job: Some("a".into()), since_ms: 1_500, limit: 10, host: Some("web1".into()) };
+        assert_eq!(store.command_runs(&a).unwrap().len(), 1);
+        assert_eq!(store.command_jobs_of("web1").unwrap(), ["a", "b"]);
+        store.prune(2_500).unwrap();
+        let left = store.command_runs(&RunFilter { limit: 10, ..RunFilter::default() }).unwrap();
+        assert_eq!(left.len(), 1, "retention removed the older runs");
+        let metrics: i64 = store.conn.query_row("SELECT count(*) FROM command_metrics", [], |r| r.get(0)).unwrap();
+        assert_eq!(metrics, 1, "and their metrics");
+    }
+}
