@@ -117,9 +117,9 @@ fn command_jobs_run_where_allowed_are_bounded_and_stored() -> Result<()> {
     };
     let first = |v: &serde_json::Value| v.as_array().and_then(|a| a.first()).cloned();
 
-    // echo 42: in the store and in `vigil runs --json` within two intervals of the agent's start (bootstrap
-    // returned once the agent delivered; a generous bound covers a loaded machine).
-    wait_for(T, "the answer job's run", || {
+    // echo 42: in the store and in `vigil runs --json` within two intervals (1 s each) of bootstrap's return (the
+    // agent runs and delivers by then), with a margin of 10 s for a loaded machine.
+    wait_for(Duration::from_secs(2 + 10), "the answer job's run within two intervals", || {
         runs(&["--host", &allowed, "--job", "answer"]).ok().and_then(|v| first(&v)).is_some()
     })?;
     let answer = first(&runs(&["--host", &allowed, "--job", "answer"])?).context("a run")?;
