@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub auth_log: Option<PathBuf>,
     /// The directory holding agent.toml: the agent's private directory.
     pub dir: PathBuf,
+    /// The host opted in to command jobs (`commands = true`).
+    pub commands: bool,
 }
 
 /// The agent's SSH private key, never printed.
@@ -96,6 +98,7 @@ impl AgentConfig {
             utmp: file.collect.utmp.as_deref().map(resolve),
             auth_log: file.collect.auth_log.as_deref().map(resolve),
             dir,
+            commands: file.commands,
         })
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`collect`]: one collector per statistic family (sysinfo, utmp, auth log).
 //! - [`config`]: `agent.toml`, written by `vigil bootstrap`.
+//! - [`command`]: runs command jobs (own process group, timeout, capped output).
 //! - [`schedule`]: runs the jobs on their intervals with a per-agent phase.
 //! - [`spool`]: sealed reports on disk until acknowledged, bounded, loss counted.
 //! - [`push`]: the SSH client to the server's endpoint.
@@ -11,6 +12,7 @@
 //! `main`, so nothing outlives it.
 
 mod collect;
+mod command;
 mod config;
 mod push;
 mod schedule;

@@ -1,16 +1,20 @@
 //! The scheduler: runs each job of the pulled schedule on its interval, at a phase offset fixed per agent and job
-//! (within the job's jitter) so a fleet does not fire in lockstep. Each run is collected, sealed and spooled.
+//! (within the job's jitter) so a fleet does not fire in lockstep. Each run is collected, sealed and spooled. A
+//! command job runs as its own task (the scheduler goes on meanwhile); a command job whose previous run is still
+//! going when its tick comes is skipped, not started twice.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use vigil_schema::command::{CommandRun, RunOutcome};
 use vigil_schema::job::{Job, Schedule};
 use vigil_schema::proto::{AgentMsg, seal_msg};
-use vigil_schema::report::Report;
+use vigil_schema::report::{Report, Stats};
 
 use crate::collect::Collectors;
 use crate::config::AgentConfig;
@@ -43,9 +47,19 @@ pub fn run_job(
     job: &Job,
 ) -> Result<u64, JobError> {
     let stats = collectors.collect(&job.collectors);
-    let collected_at_ms = vigil_sys::clock::now_ms();
+    spool_report(cfg, spool, &job.name, vigil_sys::clock::now_ms(), stats)
+}
+
+/// Seals and spools one report of `job`. Returns its sequence number.
+fn spool_report(
+    cfg: &AgentConfig,
+    spool: &RefCell<Spool>,
+    job: &str,
+    collected_at_ms: i64,
+    stats: Stats,
+) -> Result<u64, JobError> {
     let (seq, dropped) = spool.borrow_mut().next().map_err(JobError::Spool)?;
-    let report = Report { seq, job: job.name.clone(), collected_at_ms, dropped, stats };
+    let report = Report { seq, job: job.to_owned(), collected_at_ms, dropped, stats };
     let frame_payload = seal_msg(&cfg.keys, &cfg.agent_id, seq, &AgentMsg::Report(report)).map_err(JobError::Seal)?;
     // Spool the envelope itself (without the frame prefix).
     let sealed = &frame_payload[vigil_schema::frame::PREFIX_LEN..];
@@ -65,6 +79,20 @@ pub async fn run(
     produced: &Notify,
     cancel: CancellationToken,
 ) {
+    // Finished command runs come back here to be spooled; the set holds the jobs whose run is still going.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, CommandRun)>();
+    let mut running: HashSet<String> = HashSet::new();
+    let mut refused: HashSet<String> = HashSet::new();
+    let spool_run = |job: &str, run: CommandRun| {
+        let at = run.started_ms;
+        match spool_report(cfg, spool, job, at, Stats { command: Some(run), ..Stats::default() }) {
+            Ok(seq) => {
+                tracing::debug!(job, seq, "command run spooled");
+                produced.notify_one();
+            }
+            Err(e) => tracing::error!(job, error = %e, "command run not spooled"),
+        }
+    };
     loop {
         let schedule = schedule_rx.borrow_and_update().clone();
         tracing::info!(jobs = schedule.jobs.len(), hash = %schedule.hash(), "running schedule");
@@ -87,15 +115,39 @@ pub async fn run(
                     }
                     break;
                 }
+                Some((job, run)) = done_rx.recv() => {
+                    running.remove(&job);
+                    spool_run(&job, run);
+                }
                 _ = sleep => {
                     let Some((i, t)) = next else { continue };
                     let job = &schedule.jobs[i];
+                    if let Some(spec) = &job.command {
+                        if !cfg.commands {
+                            // Said once per job and agent start: the server shows it in `vigil status`.
+                            if refused.insert(job.name.clone()) {
+                                tracing::warn!(job = %job.name, "{}", crate::command::NOT_ALLOWED);
+                                let reason = crate::command::NOT_ALLOWED.to_string();
+                                spool_run(&job.name, crate::command::not_run(RunOutcome::Refused { reason }));
+                            }
+                        } else if running.contains(&job.name) {
+                            tracing::warn!(job = %job.name, "previous run still going: this tick is skipped");
+                        } else {
+                            running.insert(job.name.clone());
+                            let (spec, dir, tx, name) = (spec.clone(), cfg.dir.clone(), done_tx.clone(), job.name.clone());
+                            tokio::spawn(async move {
+                                let run = crate::command::run(&spec, &dir).await;
+                                let _ = tx.send((name, run));
+                            });
+                        }
+                    } else {
                     match run_job(cfg, &mut collectors, spool, job) {
                         Ok(seq) => {
                             tracing::debug!(job = %job.name, seq, "collected");
                             produced.notify_one();
                         }
                         Err(e) => tracing::error!(job = %job.name, error = %e, "collection not spooled"),
+                    }
                     }
                     // Next tick on the fixed phase grid; ticks missed while the host slept are skipped.
                     let interval = Duration::from_secs(u64::from(job.interval_s.max(1)));
@@ -118,7 +170,8 @@ mod tests {
 
     #[test]
     fn phase_is_stable_within_jitter_and_differs_between_agents() {
-        let job = Job { name: "vitals".into(), collectors: vec![Collector::Cpu], interval_s: 10, jitter_s: 5 };
+        let job =
+            Job { name: "vitals".into(), collectors: vec![Collector::Cpu], interval_s: 10, jitter_s: 5, command: None };
         let a = phase_ms("agent-a", &job);
         assert_eq!(a, phase_ms("agent-a", &job));
         assert!(a <= 5000);

@@ -20,7 +20,7 @@ use super::values;
 use super::{AlertKind, AlertRule, Auth, Channel, Host, Os, Passphrase, Secret, Transport};
 
 /// The attributes `<client>` accepts.
-pub const CLIENT_ATTRIBUTES: [&str; 15] = [
+pub const CLIENT_ATTRIBUTES: [&str; 16] = [
     "name",
     "ip",
     "port",
@@ -36,6 +36,7 @@ pub const CLIENT_ATTRIBUTES: [&str; 15] = [
     "mail",
     "repair",
     "channel",
+    "commands",
 ];
 
 /// Whether an attribute holds a secret: no diagnostic may show any part of its value.
@@ -45,7 +46,7 @@ pub fn is_secret_attribute(name: &str) -> bool {
 }
 
 /// The attributes `<alert>` accepts.
-pub const ALERT_ATTRIBUTES: [&str; 5] = ["type", "limit", "mount", "clear", "repeat"];
+pub const ALERT_ATTRIBUTES: [&str; 7] = ["type", "limit", "mount", "clear", "repeat", "job", "metric"];
 
 /// Default hysteresis margin of percentage alerts, in percent points.
 pub const DEFAULT_CLEAR_PERCENT: f64 = 5.0;
@@ -509,6 +510,18 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
             }
         },
     };
+    let commands = match a.get("commands") {
+        None => false,
+        Some(attr) => match attr.value.as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => {
+                let dym = values::did_you_mean(other, ["allow", "deny"]);
+                diags.at(attr.value_at, format!("unknown commands \"{other}\"{dym}; expected allow or deny"));
+                false
+            }
+        },
+    };
     let ssh = a.get("transport").is_none_or(|t| t.value == "ssh");
     if ssh && !a.contains_key("username") {
         a.missing(diags, el.at, "<client> is missing `username`, which SSH hosts need (or set transport=\"local\")");
@@ -560,6 +573,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
         endpoint: env("endpoint"),
         alerts: Vec::new(),
         repair,
+        commands,
     })
 }
 
@@ -589,10 +603,15 @@ fn alerts(elements: &[RawElement], diags: &mut Diags) -> Vec<AlertRule> {
     let mut rules: Vec<AlertRule> = Vec::new();
     for el in elements {
         let Some(rule) = alert(el, diags) else { continue };
-        if rules.iter().any(|r| r.kind == rule.kind && r.mount == rule.mount) {
-            let what = match &rule.mount {
-                Some(m) => format!("{} alert for mount {m}", rule.kind),
-                None => format!("{} alert", rule.kind),
+        if rules
+            .iter()
+            .any(|r| r.kind == rule.kind && r.mount == rule.mount && r.job == rule.job && r.metric == rule.metric)
+        {
+            let what = match (&rule.mount, &rule.job, &rule.metric) {
+                (Some(m), _, _) => format!("{} alert for mount {m}", rule.kind),
+                (_, Some(j), Some(m)) => format!("metric alert for {j}/{m}"),
+                (_, Some(j), None) => format!("job alert for {j}"),
+                _ => format!("{} alert", rule.kind),
             };
             diags.at(el.at, format!("a second {what} here; each alert type (and disk mount) may appear once"));
         } else {
@@ -623,7 +642,14 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
             kind
         }
     };
+    let command_rule = command_rule(&a, kind, el.at, diags);
     let limit = match (a.get("limit"), kind) {
+        // A job alert fires on a failed run: its "value" is 1 for a failure, 0 for a success.
+        (None, Some(AlertKind::Job)) => Some(0.5),
+        (Some(attr), Some(AlertKind::Job)) => {
+            diags.at(attr.name_at, "`limit` does not apply to job alerts (they fire when a run fails)");
+            None
+        }
         (None, _) => {
             a.missing(diags, el.at, "<alert> is missing the required attribute `limit`");
             None
@@ -646,8 +672,8 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
     }
     let mut clear = None;
     if let Some(attr) = a.get("clear") {
-        if kind == Some(AlertKind::Silence) {
-            diags.at(attr.name_at, "`clear` does not apply to silence alerts");
+        if matches!(kind, Some(AlertKind::Silence | AlertKind::Job)) {
+            diags.at(attr.name_at, format!("`clear` does not apply to {} alerts", kind.map_or("", AlertKind::name)));
         } else {
             match attr.value.trim().trim_end_matches('%').trim().parse::<f64>() {
                 Ok(v) if v.is_finite() && v >= 0.0 => match limit {
@@ -679,18 +705,64 @@ fn alert(el: &RawElement, diags: &mut Diags) -> Option<AlertRule> {
     }
     let (kind, limit) = (kind?, limit?);
     let clear_margin = clear.unwrap_or(match kind {
-        AlertKind::Silence => 0.0,
+        AlertKind::Silence | AlertKind::Job | AlertKind::Metric => 0.0,
         AlertKind::Load => limit / 10.0,
         _ => DEFAULT_CLEAR_PERCENT.min(limit / 2.0),
     });
     let mount = a.get("mount").map(|attr| attr.value.trim().to_string());
-    Some(AlertRule { kind, limit, mount, clear_margin, repeat_minutes })
+    let (job, metric) = command_rule?;
+    Some(AlertRule { kind, limit, mount, clear_margin, repeat_minutes, job, metric })
+}
+
+/// The `job` and `metric` attributes: `job` required by job and metric alerts, `metric` by metric alerts, neither
+/// allowed elsewhere. `None` after a reported problem.
+#[allow(clippy::type_complexity)]
+fn command_rule(
+    a: &Attrs<'_>,
+    kind: Option<AlertKind>,
+    at: usize,
+    diags: &mut Diags,
+) -> Option<(Option<String>, Option<String>)> {
+    let value = |name: &str| a.get(name).map(|attr| attr.value.trim().to_string());
+    let mut ok = true;
+    let wants = |name: &str| match name {
+        "job" => matches!(kind, Some(AlertKind::Job | AlertKind::Metric)),
+        _ => kind == Some(AlertKind::Metric),
+    };
+    for name in ["job", "metric"] {
+        match a.get(name) {
+            Some(attr) if kind.is_some() && !wants(name) => {
+                diags.at(
+                    attr.name_at,
+                    format!(
+                        "`{name}` applies only to {} alerts",
+                        if name == "job" { "job and metric" } else { "metric" }
+                    ),
+                );
+                ok = false;
+            }
+            Some(attr) if attr.value.trim().is_empty() => {
+                diags.at(attr.value_at, format!("`{name}` must not be empty"));
+                ok = false;
+            }
+            None if wants(name) => {
+                a.missing(diags, at, &format!("a {} alert needs `{name}`", kind.map_or("", AlertKind::name)));
+                ok = false;
+            }
+            _ => {}
+        }
+    }
+    ok.then(|| (value("job"), value("metric")))
 }
 
 /// Parses a limit in the unit of its alert type.
 fn parse_limit(kind: AlertKind, value: &str) -> Result<f64, String> {
     let v = value.trim();
     match kind {
+        AlertKind::Metric => match v.parse::<f64>() {
+            Ok(n) if n.is_finite() => Ok(n),
+            _ => Err(format!("bad metric limit \"{value}\"; expected a number such as \"90\" or \"0.5\"")),
+        },
         AlertKind::Silence => match v.parse::<u32>() {
             Ok(n) if n >= 1 => Ok(f64::from(n)),
             _ => Err(format!(
@@ -742,6 +814,38 @@ mod tests {
     }
 
     #[test]
+    fn job_and_metric_alerts_and_their_mistakes() {
+        let f = ok(r#"<clients><client name="a" ip="10.0.0.1" username="u" commands="allow">
+  <alert type="job" job="backup"/>
+  <alert type="metric" job="queues" metric="queue_len" limit="100" repeat="60"/>
+  <alert type="metric" job="queues" metric="age" limit="-0.5"/>
+</client></clients>"#);
+        let r = &f.hosts[0].alerts;
+        assert_eq!((r[0].kind, r[0].job.as_deref(), r[0].limit), (AlertKind::Job, Some("backup"), 0.5));
+        assert_eq!((r[1].kind, r[1].metric.as_deref(), r[1].limit), (AlertKind::Metric, Some("queue_len"), 100.0));
+        assert_eq!((r[1].clear_margin, r[1].repeat_minutes, r[2].limit), (0.0, Some(60), -0.5));
+        let e = errs(
+            r#"<clients><client name="a" ip="10.0.0.1" username="u" commands="sometimes">
+  <alert type="job"/>
+  <alert type="job" job="b" limit="1"/>
+  <alert type="metric" job="q" limit="x"/>
+  <alert type="cpu" limit="50" job="q"/>
+</client></clients>"#,
+        );
+        assert_eq!(
+            e,
+            [
+                "1:64: unknown commands \"sometimes\"; expected allow or deny",
+                "2:3: a job alert needs `job`",
+                "3:29: `limit` does not apply to job alerts (they fire when a run fails)",
+                "4:3: a metric alert needs `metric`",
+                "4:39: bad metric limit \"x\"; expected a number such as \"90\" or \"0.5\"",
+                "5:32: `job` applies only to job and metric alerts",
+            ]
+        );
+    }
+
+    #[test]
     fn exercise_form_parses() {
         let f = ok(r#"<clients>
   <client ip="10.0.0.5" port="22" username="user" password="secret" mail="ops@example.com">
@@ -786,7 +890,7 @@ mod tests {
   </defaults>
   <client name="db-1" ip="db1.example.com" username="vigil" key_file="keys/id_ed25519" password_env="DB_PASS"
           host_key="SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s" os="linux" tags="db, prod eu"
-          endpoint="vigil.example.com:7022">
+          endpoint="vigil.example.com:7022" commands="allow">
     <alert type="cpu" limit="75%" clear="10" repeat="30"/>
     <alert type="disk" limit="80%" mount="/var"/>
     <alert type="load" limit="2.5"/>
@@ -795,6 +899,7 @@ mod tests {
 </clients>"#);
         let h = &f.hosts[0];
         assert_eq!(h.tags, ["db", "prod", "eu"]);
+        assert!(h.commands && !f.hosts[1].commands, "commands only where allowed");
         assert_eq!(h.os, Some(Os::Linux));
         assert_eq!(
             h.auth,
@@ -855,7 +960,8 @@ mod tests {
                 // No "missing username" on top: the unknown `user` is most likely it.
                 "2:31: bad port \"0\"; expected a number from 1 to 65535",
                 "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
-                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, repair, channel",
+                 port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, repair, channel, \
+                 commands",
                 "2:47: unknown os \"Linux\" (did you mean \"linux\"?); expected linux or windows",
                 "3:30: bad cpu limit \"abc\"; expected a percentage such as \"50%\"",
             ]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+use vigil_schema::command::{self, CommandSpec, ParseMode};
 use vigil_schema::job::Collector;
 
 use super::diag::{Diagnostic, Diags, Loc};
@@ -32,7 +33,8 @@ pub const SMTP_KEYS: [&str; 7] = ["host", "port", "tls", "from", "username", "pa
 /// Keys of `[alerts]`.
 pub const ALERTS_KEYS: [&str; 1] = ["security_digest"];
 /// Keys of each `[[job]]`.
-pub const JOB_KEYS: [&str; 6] = ["name", "collectors", "interval", "jitter", "hosts", "tags"];
+pub const JOB_KEYS: [&str; 10] =
+    ["name", "collectors", "command", "interval", "timeout", "parse", "max_output", "jitter", "hosts", "tags"];
 /// Top-level tables.
 const TOP_KEYS: [&str; 4] = ["server", "smtp", "alerts", "job"];
 
@@ -570,7 +572,12 @@ fn job(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<(JobDef, JobLocs, 
         None => f.missing(cx, at, "[[job]] is missing `name`".into()),
     }
     let mut collectors = Vec::new();
+    let command = command_spec(&f, cx);
     match f.get("collectors") {
+        Some(v) if f.contains_key("command") => {
+            cx.diags.at(v.span().start, "a job has either `collectors` or `command`, not both");
+        }
+        None if f.contains_key("command") => {}
         Some(v) => {
             if let Some(items) = strings(cx, "collectors", v) {
                 if items.is_empty() {
@@ -594,7 +601,11 @@ fn job(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<(JobDef, JobLocs, 
                 }
             }
         }
-        None => f.missing(cx, at, "[[job]] is missing `collectors`, the list of what it collects".into()),
+        None => f.missing(
+            cx,
+            at,
+            "[[job]] is missing `collectors`, the list of what it collects (or `command`, the argv it runs)".into(),
+        ),
     }
     let mut interval_s = None;
     match f.get("interval") {
@@ -652,13 +663,151 @@ fn job(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<(JobDef, JobLocs, 
     if cx.diags.items.len() > errors_before {
         return None;
     }
-    let job = JobDef { name: name?, collectors, interval_s: interval_s?, jitter_s, hosts, tags };
+    let job = JobDef { name: name?, collectors, interval_s: interval_s?, jitter_s, hosts, tags, command };
     Some((job, loc, name_at))
+}
+
+/// A `[[job]]`'s `command`, `timeout`, `parse` and `max_output`; the last three only with `command`.
+fn command_spec(f: &Fields<'_, '_>, cx: &mut Cx<'_>) -> Option<CommandSpec> {
+    let Some(cmd) = f.get("command") else {
+        for key in ["timeout", "parse", "max_output"] {
+            if let Some(v) = f.get(key) {
+                cx.diags.at(v.span().start, format!("`{key}` applies to command jobs only; this job has no `command`"));
+            }
+        }
+        return None;
+    };
+    let mut argv = None;
+    if let Some(items) = strings(cx, "command", cmd) {
+        if items.is_empty() || items[0].0.is_empty() {
+            cx.diags.at(cmd.span().start, "`command` needs at least the program, e.g. [\"/usr/bin/df\", \"-i\"]");
+        } else if items.len() > command::MAX_ARGS {
+            cx.diags.at(cmd.span().start, format!("`command` has more than {} arguments", command::MAX_ARGS));
+        } else if let Some((_, bad)) = items.iter().find(|(s, _)| s.contains('\0')) {
+            cx.diags.at(*bad, "a `command` argument must not hold a NUL character");
+        } else {
+            argv = Some(items.into_iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>());
+        }
+    }
+    let mut timeout_s = Some(command::DEFAULT_TIMEOUT_S);
+    if let Some(v) = f.get("timeout") {
+        timeout_s = match seconds(cx, "timeout", v) {
+            Some(n) if n == 0 || n > u64::from(command::MAX_TIMEOUT_S) => {
+                cx.diags.at(
+                    v.span().start,
+                    format!("`timeout` must be from 1 second to 1 hour ({}), not {n}", command::MAX_TIMEOUT_S),
+                );
+                None
+            }
+            Some(n) => u32::try_from(n).ok(),
+            None => None,
+        };
+    }
+    let mut parse = Some(ParseMode::Text);
+    if let Some(v) = f.get("parse")
+        && let Some(s) = string(cx, "parse", v)
+    {
+        parse = ParseMode::from_name(s);
+        if parse.is_none() {
+            let dym = values::did_you_mean(s, ["text", "json", "metrics"]);
+            cx.diags.at(v.span().start, format!("unknown parse mode \"{s}\"{dym}; expected text, json or metrics"));
+        }
+    }
+    let mut max_output = Some(command::DEFAULT_MAX_OUTPUT);
+    if let Some(v) = f.get("max_output") {
+        max_output = bytes(cx, "max_output", v).and_then(|n| {
+            if n == 0 || n > u64::from(command::MAX_OUTPUT) {
+                cx.diags.at(
+                    v.span().start,
+                    format!("`max_output` must be from 1 byte to 128KiB ({}), not {n}", command::MAX_OUTPUT),
+                );
+                return None;
+            }
+            u32::try_from(n).ok()
+        });
+    }
+    Some(CommandSpec { argv: argv?, timeout_s: timeout_s?, max_output: max_output?, parse: parse? })
+}
+
+/// A size: an integer of bytes or a string such as `"64KiB"`, `"1MiB"`, `"512B"`, `"10kB"`.
+fn bytes(cx: &mut Cx<'_>, key: &str, v: &Value<'_>) -> Option<u64> {
+    match v.get_ref() {
+        DeValue::Integer(_) => match integer(cx, key, v) {
+            Some(n) => u64::try_from(n).ok().or_else(|| {
+                cx.diags.at(v.span().start, format!("`{key}` must not be negative"));
+                None
+            }),
+            None => None,
+        },
+        DeValue::String(s) => {
+            let t = s.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (num, unit) = t.split_at(split);
+            let mult: Option<u64> = match unit.trim() {
+                "" | "B" => Some(1),
+                "KiB" => Some(1 << 10),
+                "MiB" => Some(1 << 20),
+                "kB" | "KB" => Some(1000),
+                "MB" => Some(1_000_000),
+                _ => None,
+            };
+            match (num.parse::<u64>().ok(), mult) {
+                (Some(n), Some(m)) => n.checked_mul(m),
+                _ => {
+                    cx.diags.at(
+                        v.span().start,
+                        format!(
+                            "bad `{key}`: \"{s}\" is not a size; expected e.g. \"64KiB\", \"1MiB\" or a number of bytes"
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            type_error(cx, key, v, "a size such as \"64KiB\", or an integer of bytes");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_jobs_and_their_mistakes() {
+        let head = "[server]\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
+        let good = format!(
+            "{head}[[job]]\nname = \"inodes\"\ncommand = [\"/usr/bin/df\", \"-i\"]\ninterval = \"60s\"\ntimeout = \"10s\"\n\
+             parse = \"metrics\"\nmax_output = \"16KiB\"\n[[job]]\nname = \"d\"\ncommand = [\"/bin/true\"]\ninterval = 5\n"
+        );
+        let f = parse(Path::new("j.toml"), &good).unwrap();
+        let spec = f.jobs[0].command.clone().unwrap();
+        assert_eq!(spec.argv, ["/usr/bin/df", "-i"]);
+        assert_eq!((spec.timeout_s, spec.max_output, spec.parse), (10, 16 << 10, ParseMode::Metrics));
+        assert!(f.jobs[0].collectors.is_empty());
+        let d = f.jobs[1].command.clone().unwrap();
+        assert_eq!((d.timeout_s, d.max_output, d.parse), (30, 64 << 10, ParseMode::Text));
+
+        let bad = format!(
+            "{head}[[job]]\nname = \"a\"\ncommand = []\ncollectors = [\"cpu\"]\ninterval = 5\ntimeout = \"2h\"\n\
+             parse = \"xml\"\nmax_output = \"1GiB\"\n[[job]]\nname = \"b\"\ncollectors = [\"cpu\"]\ninterval = 5\n\
+             timeout = 3\n[[job]]\nname = \"c\"\ncommand = [\"/bin/true\"]\ninterval = 5\nmax_output = 300000\n"
+        );
+        assert_eq!(
+            errs(&bad),
+            [
+                "6:11: `command` needs at least the program, e.g. [\"/usr/bin/df\", \"-i\"]",
+                "7:14: a job has either `collectors` or `command`, not both",
+                "9:11: `timeout` must be from 1 second to 1 hour (3600), not 7200",
+                "10:9: unknown parse mode \"xml\"; expected text, json or metrics",
+                "11:14: bad `max_output`: \"1GiB\" is not a size; expected e.g. \"64KiB\", \"1MiB\" or a number of bytes",
+                "16:11: `timeout` applies to command jobs only; this job has no `command`",
+                "21:14: `max_output` must be from 1 byte to 128KiB (131072), not 300000",
+            ]
+        );
+    }
 
     fn errs(src: &str) -> Vec<String> {
         match parse(Path::new("j.toml"), src) {

@@ -79,6 +79,8 @@ pub struct Host {
     /// Whether `vigil serve` repairs this host on its own when it falls silent (`repair="on"`, the default, or
     /// `"off"`). Only SSH hosts are repaired.
     pub repair: bool,
+    /// `commands="allow"`: the host runs command jobs (written into its agent.toml at bootstrap).
+    pub commands: bool,
 }
 
 /// How vigil logs in to a host over SSH.
@@ -174,6 +176,10 @@ pub struct AlertRule {
     pub clear_margin: f64,
     /// Minutes between repeated mails while the alert stays raised; `None`: mail once.
     pub repeat_minutes: Option<u32>,
+    /// For job and metric alerts: the command job watched.
+    pub job: Option<String>,
+    /// For metric alerts: the metric's name in the job's parsed output.
+    pub metric: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -184,11 +190,23 @@ pub enum AlertKind {
     Disk,
     Load,
     Silence,
+    /// A command job's run failed (non-zero exit, signal, timeout, could not start); resolves on a success.
+    Job,
+    /// A value parsed from a command job's output.
+    Metric,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] =
-        [AlertKind::Cpu, AlertKind::Memory, AlertKind::Swap, AlertKind::Disk, AlertKind::Load, AlertKind::Silence];
+    pub const ALL: [AlertKind; 8] = [
+        AlertKind::Cpu,
+        AlertKind::Memory,
+        AlertKind::Swap,
+        AlertKind::Disk,
+        AlertKind::Load,
+        AlertKind::Silence,
+        AlertKind::Job,
+        AlertKind::Metric,
+    ];
 
     /// The name used in clients.xml's `type` attribute.
     pub fn name(self) -> &'static str {
@@ -199,6 +217,8 @@ impl AlertKind {
             AlertKind::Disk => "disk",
             AlertKind::Load => "load",
             AlertKind::Silence => "silence",
+            AlertKind::Job => "job",
+            AlertKind::Metric => "metric",
         }
     }
 
@@ -289,6 +309,8 @@ pub struct JobDef {
     pub hosts: Vec<String>,
     /// Hosts having any of these tags are selected too.
     pub tags: Vec<String>,
+    /// A command job (then `collectors` is empty): what it runs and how.
+    pub command: Option<vigil_schema::command::CommandSpec>,
 }
 
 /// A loaded configuration and the warnings that did not stop it from loading.

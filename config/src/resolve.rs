@@ -79,6 +79,7 @@ pub(crate) fn schedule(jobs: &[JobDef], host: &Host) -> Schedule {
                 collectors: j.collectors.clone(),
                 interval_s: j.interval_s,
                 jitter_s: j.jitter_s,
+                command: j.command.clone(),
             })
             .collect(),
     )

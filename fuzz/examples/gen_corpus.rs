@@ -80,6 +80,7 @@ fn main() {
         collectors: vec![Collector::Cpu, Collector::Memory],
         interval_s: 10,
         jitter_s: 2,
+        command: None,
     }]);
     let replies = [
         ServerMsg::Welcome { protocol: PROTOCOL_VERSION, server_version: "0.1.0".into() },

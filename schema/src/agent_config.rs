@@ -60,6 +60,9 @@ pub struct AgentConfigFile {
     /// Overrides for collector sources (tests and unusual hosts).
     #[serde(default)]
     pub collect: CollectPaths,
+    /// The host opted in to command jobs (`<client commands="allow">`); without it the agent refuses them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub commands: bool,
 }
 
 /// Where collectors read from when not the system default.
@@ -101,6 +104,7 @@ mod tests {
             spool_max_reports: 1,
             schedule_file: default_schedule_file(),
             collect: CollectPaths::default(),
+            commands: false,
         };
         let printed = format!("{c:?}");
         assert!(!printed.contains("deadbeef") && !printed.contains("0123456789"), "{printed}");

@@ -59,7 +59,8 @@ impl std::fmt::Display for Collector {
     }
 }
 
-/// One job: a set of collectors run together every `interval_s` seconds, offset by up to `jitter_s`.
+/// One job: a set of collectors run together every `interval_s` seconds, offset by up to `jitter_s`; or, with
+/// `command`, a command run on that interval (then `collectors` is empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
@@ -67,6 +68,10 @@ pub struct Job {
     pub collectors: Vec<Collector>,
     pub interval_s: u32,
     pub jitter_s: u32,
+    /// A command job. Absent from the canonical form when `None`, so the hash of a collector-only schedule is the
+    /// one it had before command jobs existed (agents do not re-pull for nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::command::CommandSpec>,
 }
 
 /// Everything one host runs. Order is canonical (sorted by job name) so that the hash is stable.
@@ -107,7 +112,19 @@ mod tests {
     use super::*;
 
     fn job(name: &str, c: &[Collector], i: u32) -> Job {
-        Job { name: name.into(), collectors: c.to_vec(), interval_s: i, jitter_s: 0 }
+        Job { name: name.into(), collectors: c.to_vec(), interval_s: i, jitter_s: 0, command: None }
+    }
+
+    #[test]
+    fn a_command_job_changes_the_hash_and_round_trips() {
+        use crate::command::{CommandSpec, ParseMode};
+        let plain = Schedule::new(vec![job("vitals", &[Collector::Cpu], 10)]);
+        let spec = CommandSpec { argv: vec!["/bin/true".into()], timeout_s: 5, max_output: 10, parse: ParseMode::Json };
+        let mut with = plain.clone();
+        with.jobs.push(Job { command: Some(spec), ..job("check", &[], 60) });
+        assert_ne!(plain.hash(), with.hash());
+        let json = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<Schedule>(&json).unwrap(), with);
     }
 
     #[test]

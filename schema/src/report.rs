@@ -174,6 +174,9 @@ pub struct Stats {
     pub network: Option<Vec<NetInterface>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_events: Option<SecurityEvents>,
+    /// The run of a command job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<crate::command::CommandRun>,
 }
 
 /// One report: the result of one job run on one host.
@@ -195,7 +198,7 @@ pub struct Report {
 /// Hard bounds a report must stay within; anything larger is refused, not truncated.
 pub mod limits {
     /// Longest agent-supplied text (names, paths, hosts, versions), in bytes.
-    pub const MAX_TEXT: usize = 512;
+    pub const MAX_TEXT: usize = crate::text::MAX_TEXT;
     /// Longest security event message, in bytes.
     pub const MAX_MESSAGE: usize = 4096;
     pub const MAX_ITEMS: usize = 4096;
@@ -214,13 +217,7 @@ fn err(field: impl Into<String>, problem: &'static str) -> ReportError {
     ReportError { field: field.into(), problem }
 }
 
-/// Whether `c` may not appear in agent-supplied text: every C0 control (tab and newline included), DEL, every C1
-/// control, and the Unicode bidirectional formatting characters (embeddings, overrides, isolates and marks) that
-/// can make a terminal, a mail reader or a log viewer show text other than what was sent.
-pub fn is_forbidden_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
+pub use crate::text::is_forbidden_char;
 
 /// Checks one agent-supplied string: at most `max` bytes, no [forbidden character](is_forbidden_char).
 pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), ReportError> {
@@ -332,6 +329,47 @@ impl Report {
                 opt_text("security_events.events.source", x.source.as_deref())?;
                 check_text("security_events.events.message", &x.message, limits::MAX_MESSAGE)?;
             }
+        }
+        self.validate_command()
+    }
+
+    fn validate_command(&self) -> Result<(), ReportError> {
+        use crate::command::{MAX_METRICS, MAX_OUTPUT, MAX_PARSE_ERRORS, RunOutcome, output_char_ok};
+        let Some(c) = &self.stats.command else { return Ok(()) };
+        for (f, v) in [("command.stdout", &c.stdout), ("command.stderr", &c.stderr)] {
+            if v.len() > MAX_OUTPUT as usize {
+                return Err(err(f, "text too long"));
+            }
+            if !v.chars().all(output_char_ok) {
+                return Err(err(f, "control or bidi-override characters in text"));
+            }
+        }
+        match &c.outcome {
+            RunOutcome::FailedToStart { error: t } | RunOutcome::Refused { reason: t } => text("command.outcome", t)?,
+            _ => {}
+        }
+        if c.metrics.len() > MAX_METRICS {
+            return Err(err("command.metrics", "too many items"));
+        }
+        for m in &c.metrics {
+            if m.name.is_empty() {
+                return Err(err("command.metrics.name", "empty"));
+            }
+            text("command.metrics.name", &m.name)?;
+            if !m.value.is_finite() {
+                return Err(err("command.metrics.value", "not a finite number"));
+            }
+            items("command.metrics.labels", &m.labels)?;
+            for (k, v) in &m.labels {
+                text("command.metrics.labels", k)?;
+                text("command.metrics.labels", v)?;
+            }
+        }
+        if c.parse_errors.len() > MAX_PARSE_ERRORS {
+            return Err(err("command.parse_errors", "too many items"));
+        }
+        for e in &c.parse_errors {
+            text("command.parse_errors", e)?;
         }
         Ok(())
     }
@@ -499,6 +537,7 @@ impl Report {
                         },
                     ],
                 }),
+                command: None,
             },
         }
     }
@@ -652,5 +691,33 @@ mod tests {
     fn unknown_fields_are_refused() {
         let json = r#"{"seq":1,"job":"j","collected_at_ms":1,"stats":{},"extra":1}"#;
         assert!(serde_json::from_str::<Report>(json).is_err());
+    }
+
+    #[test]
+    fn a_command_run_keeps_newlines_but_no_other_controls_and_is_bounded() {
+        use crate::command::{CommandRun, MAX_OUTPUT, Metric, RunOutcome};
+        let run = CommandRun {
+            started_ms: 1,
+            duration_ms: 2,
+            outcome: RunOutcome::Exited { code: 0 },
+            stdout: "42\n\tok\n".into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            metrics: vec![Metric { name: "m".into(), labels: vec![("a".into(), "b".into())], value: 1.0 }],
+            parse_errors: vec!["line 2: value is not a number".into()],
+        };
+        let mut r = Report { stats: Stats { command: Some(run), ..Stats::default() }, ..Report::example(1, 1) };
+        r.validate().unwrap();
+        fn cmd(r: &mut Report) -> &mut CommandRun {
+            r.stats.command.as_mut().unwrap()
+        }
+        cmd(&mut r).stdout = "a\x1b[2Jb".into();
+        assert_eq!(r.validate().unwrap_err().field, "command.stdout");
+        cmd(&mut r).stdout = "x".repeat(MAX_OUTPUT as usize + 1);
+        assert_eq!(r.validate().unwrap_err().problem, "text too long");
+        cmd(&mut r).stdout = String::new();
+        cmd(&mut r).metrics[0].value = f64::NAN;
+        assert_eq!(r.validate().unwrap_err().field, "command.metrics.value");
     }
 }

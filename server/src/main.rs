@@ -93,6 +93,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Command job runs, newest first.
+    Runs {
+        /// Only this host's runs.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this job's runs.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only runs this recent: 90s, 15m, 2h, 1d, 1w (default: all).
+        #[arg(long, value_parser = cli::alerts::parse_since)]
+        since: Option<i64>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// Show each run's stdout, stderr and parsed values (the JSON form always has them).
+        #[arg(long)]
+        output: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The log filter when `VIGIL_LOG` does not say otherwise.
@@ -156,5 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::HostKey => cli::bootstrap::host_key(files),
         Command::Alerts { since, json } => cli::alerts::run(files, since, json),
+        Command::Runs { host, job, since, limit, output, json } => {
+            cli::runs::run(files, cli::runs::RunsArgs { host, job, since_ms_back: since, limit, output, json })
+        }
     }
 }

@@ -52,6 +52,8 @@ pub struct HostStatus {
     pub reporting: Option<&'static str>,
     /// Its tunnel's recorded state, for a host reporting through one that bootstrap has registered.
     pub tunnel: Option<TunnelStatus>,
+    /// The latest run of each command job of this host (a refusal says why the host runs no commands).
+    pub commands: Vec<CommandStatus>,
 }
 
 /// A host's tunnel, as `vigil status` shows it.
@@ -65,6 +67,17 @@ pub struct TunnelStatus {
     pub error: Option<String>,
     /// Server clock, ms since the epoch.
     pub since_ms: Option<i64>,
+}
+
+/// The latest run of one command job, as `vigil status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandStatus {
+    pub job: String,
+    /// Host clock, ms since the epoch.
+    pub started_ms: i64,
+    /// `exit 0`, `timed out`, `refused: ...`.
+    pub result: String,
+    pub ok: bool,
 }
 
 /// An alert firing now, as `vigil status` shows it.
@@ -147,6 +160,7 @@ fn host_status(
         last_repair: store.repair_of(name)?,
         reporting: None,
         tunnel: None,
+        commands: command_status(store, name)?,
     };
     if let Some(seen) = status.last_seen_ms {
         let since_s = now_ms.saturating_sub(seen).max(0) / 1000;
@@ -188,6 +202,18 @@ fn channel_cell(h: &HostStatus) -> String {
         (Some(r), Some(t)) => format!("{r} {}", t.state),
         (Some(r), None) => r.into(),
     }
+}
+
+/// The latest run of each of `host`'s command jobs.
+fn command_status(store: &Store, host: &str) -> Result<Vec<CommandStatus>, StoreError> {
+    let mut out = Vec::new();
+    for job in store.command_jobs_of(host)? {
+        let filter = crate::store::RunFilter { host: Some(host.to_owned()), job: Some(job), since_ms: 0, limit: 1 };
+        for r in store.command_runs(&filter)? {
+            out.push(CommandStatus { ok: r.succeeded(), result: r.describe(), job: r.job, started_ms: r.started_ms });
+        }
+    }
+    Ok(out)
 }
 
 /// The pending config error `vigil serve` recorded, if any.
@@ -296,6 +322,21 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
             let since = t.since_ms.map_or_else(|| "-".into(), crate::alert::message::utc);
             let error = t.error.as_deref().map_or_else(String::new, |e| escape::control(e, false));
             let _ = writeln!(out, "  {}  {}  since {since}: {error}", escape::cell(host), t.state);
+        }
+    }
+    let commands: Vec<(&str, &CommandStatus)> =
+        hosts.iter().flat_map(|h| h.commands.iter().map(move |c| (h.name.as_str(), c))).collect();
+    if !commands.is_empty() {
+        let _ = writeln!(out, "\ncommand jobs (latest run):");
+        for (host, c) in commands {
+            let _ = writeln!(
+                out,
+                "  {}  {}  {}  at {}",
+                escape::cell(host),
+                escape::cell(&c.job),
+                escape::cell(&c.result),
+                crate::alert::message::utc(c.started_ms)
+            );
         }
     }
     if let Some(keys) = restart_needed {

@@ -255,6 +255,7 @@ mod tests {
             transport: Transport::Ssh,
             channel: None,
             repair: true,
+            commands: false,
             tags: Vec::new(),
             endpoint: None,
             alerts: Vec::new(),
@@ -267,8 +268,15 @@ mod tests {
         let mut alerts = w.clone();
         alerts.host.tags = vec!["db".into()];
         alerts.host.mail = Some("ops@example.com".into());
-        alerts.host.alerts =
-            vec![AlertRule { kind: AlertKind::Cpu, limit: 90.0, mount: None, clear_margin: 5.0, repeat_minutes: None }];
+        alerts.host.alerts = vec![AlertRule {
+            kind: AlertKind::Cpu,
+            limit: 90.0,
+            mount: None,
+            clear_margin: 5.0,
+            repeat_minutes: None,
+            job: None,
+            metric: None,
+        }];
         assert_eq!(w, alerts, "tags, mail and alert limits leave the tunnel alone");
         for edit in [
             |h: &mut Wanted| h.port = 40002,

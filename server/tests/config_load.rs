@@ -472,8 +472,9 @@ hosts = ["web-*"]
             collectors: vec![Collector::Cpu, Collector::Memory, Collector::Swap],
             interval_s: 10,
             jitter_s: 2,
+            command: None,
         },
-        Job { name: "db".into(), collectors: vec![Collector::DiskUsage], interval_s: 60, jitter_s: 0 },
+        Job { name: "db".into(), collectors: vec![Collector::DiskUsage], interval_s: 60, jitter_s: 0, command: None },
     ]);
     let db = cfg.schedule_for("db-1");
     assert_eq!(db, expected);

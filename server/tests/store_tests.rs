@@ -101,6 +101,7 @@ pub fn full_report(seq: u64, collected_at_ms: i64) -> Report {
                     message: "Failed password for root".into(),
                 }],
             }),
+            command: None,
         },
     }
 }

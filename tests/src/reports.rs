@@ -268,6 +268,7 @@ pub fn sample_report(seq: u64, collected_at_ms: i64, cpu_pct: f32, mem_pct: f32,
                 tx_bytes_per_s: None,
             }]),
             security_events: None,
+            command: None,
         },
     }
 }

@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(10);
 #[test]
 fn every_command_ends_quietly_when_its_output_pipe_is_closed() -> Result<()> {
     let s = Served::start(&["alpha"], "5s")?;
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 10] = [
         &["status"],
         &["status", "--json"],
         &["alerts"],
@@ -23,6 +23,8 @@ fn every_command_ends_quietly_when_its_output_pipe_is_closed() -> Result<()> {
         &["check"],
         &["check", "--verbose"],
         &["host-key"],
+        &["runs"],
+        &["runs", "--json"],
         &["bootstrap", "--all", "--dry-run"],
     ];
     for args in commands {

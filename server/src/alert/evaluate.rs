@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use super::message::{self, AlertMail, HISTORY_LEN};
-use super::{Phase, Transition, measure, repeat_due, rule_key, step};
+use super::{Phase, Transition, applies, measure, repeat_due, rule_key, step};
 use crate::config::{AlertKind, AlertRule, Config, Host};
 use crate::store::alerts::{self as rows, NewEvent, StateRow};
 use crate::store::{Incoming, StoreError, Tx};
@@ -105,6 +105,9 @@ pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Res
     let Some(host) = config.host(&inc.host) else { return Ok(()) };
     let to = recipient(config, host);
     for rule in &host.alerts {
+        if !applies(rule, &inc.report.job) {
+            continue;
+        }
         let key = rule_key(rule);
         let previous = rows::state(conn, &host.name, &key)?;
         let (transition, value, mount) = if rule.kind == AlertKind::Silence {

@@ -43,6 +43,8 @@ pub fn value_text(kind: AlertKind, v: f64) -> String {
     match kind {
         AlertKind::Load => format!("{v:.2}"),
         AlertKind::Silence => format!("{}s", num(v.round())),
+        AlertKind::Job => (if v >= 1.0 { "failed" } else { "succeeded" }).to_owned(),
+        AlertKind::Metric => num(v),
         _ => format!("{v:.1}%"),
     }
 }
@@ -52,6 +54,8 @@ pub fn limit_text(kind: AlertKind, v: f64) -> String {
     match kind {
         AlertKind::Load => num(v),
         AlertKind::Silence => format!("{} intervals", num(v)),
+        AlertKind::Job => "a failed run".to_owned(),
+        AlertKind::Metric => num(v),
         _ => format!("{}%", num(v)),
     }
 }
@@ -60,6 +64,10 @@ pub fn limit_text(kind: AlertKind, v: f64) -> String {
 fn rule_label(rule: &AlertRule, mount: Option<&str>) -> String {
     match mount.or(rule.mount.as_deref()) {
         Some(m) if rule.kind == AlertKind::Disk => format!("disk {m}"),
+        _ if rule.kind == AlertKind::Job => format!("job {}", rule.job.as_deref().unwrap_or("")),
+        _ if rule.kind == AlertKind::Metric => {
+            format!("metric {}/{}", rule.job.as_deref().unwrap_or(""), rule.metric.as_deref().unwrap_or(""))
+        }
         _ => rule.kind.name().to_owned(),
     }
 }
@@ -82,6 +90,16 @@ pub fn subject(m: &AlertMail<'_>) -> String {
                 m.host,
                 value_text(kind, m.value),
                 num(m.rule.limit),
+                if t == Transition::Repeat { " [repeat]" } else { "" }
+            ),
+        };
+    }
+    if kind == AlertKind::Job {
+        return match m.transition {
+            Transition::Resolve => format!("[vigil] RESOLVED {label} on {} (the run succeeded)", m.host),
+            t => format!(
+                "[vigil] FIRING {label} on {} (the run failed){}",
+                m.host,
                 if t == Transition::Repeat { " [repeat]" } else { "" }
             ),
         };
@@ -232,7 +250,7 @@ mod tests {
     use vigil_schema::report::{SecurityEvent, SecurityEventKind};
 
     fn rule(kind: AlertKind, limit: f64, clear: f64) -> AlertRule {
-        AlertRule { kind, limit, mount: None, clear_margin: clear, repeat_minutes: None }
+        AlertRule { kind, limit, mount: None, clear_margin: clear, repeat_minutes: None, job: None, metric: None }
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub use evaluate::{SILENCE_CHECK_EVERY, check_silence, flush_security_digests, o
 pub fn rule_key(rule: &AlertRule) -> String {
     match (&rule.kind, &rule.mount) {
         (AlertKind::Disk, Some(m)) => format!("disk:{m}"),
+        (AlertKind::Job, _) => format!("job:{}", rule.job.as_deref().unwrap_or("")),
+        (AlertKind::Metric, _) => {
+            format!("metric:{}:{}", rule.job.as_deref().unwrap_or(""), rule.metric.as_deref().unwrap_or(""))
+        }
         (k, _) => k.name().to_owned(),
     }
 }
@@ -40,7 +44,9 @@ pub struct Measured {
 }
 
 /// The value `rule` watches in `stats`: cpu total, memory and swap used percent, disk used percent of the rule's
-/// mount (or the fullest mount), load1. `None` when the report does not carry it (or for silence).
+/// mount (or the fullest mount), load1; for a job rule 1 when the run failed and 0 when it succeeded (a refusal is
+/// neither); for a metric rule the first value of that name the run's output gave. `None` when the report does not
+/// carry it (or for silence). Job and metric rules see only reports of their job ([`applies`]).
 pub fn measure(rule: &AlertRule, stats: &Stats) -> Option<Measured> {
     let plain = |v: f64| v.is_finite().then_some(Measured { value: v, mount: None });
     match rule.kind {
@@ -49,6 +55,16 @@ pub fn measure(rule: &AlertRule, stats: &Stats) -> Option<Measured> {
         AlertKind::Memory => stats.memory.as_ref().and_then(|m| plain(f64::from(m.used_pct))),
         AlertKind::Swap => stats.swap.as_ref().and_then(|s| plain(f64::from(s.used_pct))),
         AlertKind::Silence => None,
+        AlertKind::Job => {
+            let run = stats.command.as_ref()?;
+            let failed = run.outcome.is_failure();
+            (failed || run.outcome.is_success()).then_some(Measured { value: f64::from(u8::from(failed)), mount: None })
+        }
+        AlertKind::Metric => {
+            let name = rule.metric.as_deref()?;
+            let m = stats.command.as_ref()?.metrics.iter().find(|m| m.name == name)?;
+            plain(m.value)
+        }
         AlertKind::Disk => {
             let disks = stats.disk_usage.as_ref()?;
             disks
@@ -59,6 +75,11 @@ pub fn measure(rule: &AlertRule, stats: &Stats) -> Option<Measured> {
                 .map(|d| Measured { value: f64::from(d.used_pct), mount: Some(d.mount_point.clone()) })
         }
     }
+}
+
+/// Whether `rule` looks at a report of `job`: job and metric rules only at their own job's reports.
+pub fn applies(rule: &AlertRule, job: &str) -> bool {
+    !matches!(rule.kind, AlertKind::Job | AlertKind::Metric) || rule.job.as_deref() == Some(job)
 }
 
 /// Where an alert stands.
@@ -118,7 +139,7 @@ mod tests {
     use vigil_schema::report::{CpuStats, DiskUsage};
 
     fn rule(kind: AlertKind, limit: f64, clear: f64) -> AlertRule {
-        AlertRule { kind, limit, mount: None, clear_margin: clear, repeat_minutes: None }
+        AlertRule { kind, limit, mount: None, clear_margin: clear, repeat_minutes: None, job: None, metric: None }
     }
 
     /// Runs a series through the state machine; returns the transitions.
@@ -136,6 +157,43 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn job_and_metric_rules_measure_their_own_job_only() {
+        use vigil_schema::command::{CommandRun, Metric, RunOutcome};
+        let ran = |outcome, metrics| Stats {
+            command: Some(CommandRun {
+                started_ms: 0,
+                duration_ms: 0,
+                outcome,
+                stdout: String::new(),
+                stderr: String::new(),
+                stdout_truncated: false,
+                stderr_truncated: false,
+                metrics,
+                parse_errors: vec![],
+            }),
+            ..Stats::default()
+        };
+        let job = AlertRule { job: Some("backup".into()), ..rule(AlertKind::Job, 0.5, 0.0) };
+        let value = |s: &Stats| measure(&job, s).map(|m| m.value);
+        assert_eq!(value(&ran(RunOutcome::Exited { code: 0 }, vec![])), Some(0.0));
+        assert_eq!(value(&ran(RunOutcome::Exited { code: 2 }, vec![])), Some(1.0));
+        assert_eq!(value(&ran(RunOutcome::TimedOut, vec![])), Some(1.0));
+        assert_eq!(value(&ran(RunOutcome::Refused { reason: "no".into() }, vec![])), None, "nothing ran");
+        assert!(applies(&job, "backup") && !applies(&job, "other"));
+        assert_eq!(rule_key(&job), "job:backup");
+        // Failing, failing, succeeding: one firing and one resolve.
+        assert_eq!(run(&job, &[1.0, 1.0, 0.0, 0.0]), [(0, Transition::Fire), (2, Transition::Resolve)]);
+
+        let metric =
+            AlertRule { job: Some("q".into()), metric: Some("len".into()), ..rule(AlertKind::Metric, 10.0, 0.0) };
+        let m = |name: &str, value| Metric { name: name.into(), labels: vec![], value };
+        let s = ran(RunOutcome::Exited { code: 0 }, vec![m("other", 99.0), m("len", 12.0)]);
+        assert_eq!(measure(&metric, &s).map(|m| m.value), Some(12.0));
+        assert_eq!(rule_key(&metric), "metric:q:len");
+        assert!(!applies(&metric, "other") && applies(&rule(AlertKind::Cpu, 1.0, 0.0), "anything"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ if command -v findmnt >/dev/null 2>&1 && findmnt -no OPTIONS --target "$T" | tr 
 D="$T/$N"; echo "dir=$D"
 echo "free_kb=$(df -Pk "$T" | awk 'NR==2{{print $4}}')"
 if [ -f "$D/vigil-agent" ]; then echo "agent_sha=$(sha256sum "$D/vigil-agent" | cut -d' ' -f1)"; fi
-if [ -f "$D/agent.toml" ]; then sed -n 's/^\(agent_id\|server\|server_host_key\|secret\) = "\(.*\)"$/cfg_\1=\2/p' "$D/agent.toml"; fi
+if [ -f "$D/agent.toml" ]; then sed -n 's/^\(agent_id\|server\|server_host_key\|secret\) = "\(.*\)"$/cfg_\1=\2/p; s/^commands = true$/cfg_commands=1/p' "$D/agent.toml"; fi
 if [ -f "$D/agent_key" ]; then echo "key=1"; fi
 if [ -f "$D/agent.lock" ] && ! flock -n "$D/agent.lock" true 2>/dev/null; then echo "running=1"; fi
 for t in flock setsid sha256sum; do command -v $t >/dev/null 2>&1 || echo "missing=$t"; done

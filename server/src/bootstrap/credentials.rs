@@ -79,6 +79,7 @@ impl AgentFiles {
             spool_max_reports: vigil_schema::agent_config::DEFAULT_SPOOL_MAX_REPORTS,
             schedule_file: layout::SCHEDULE.into(),
             collect,
+            commands: host.commands,
         };
         let agent_toml = Zeroizing::new(toml::to_string(&file).map_err(|e| BootstrapError::Encode(e.to_string()))?);
         let schedule: Schedule = config.schedule_for(&host.name);
@@ -162,6 +163,8 @@ pub struct Installed {
     pub secret: Option<SecretHex>,
     /// Whether the private key file is there.
     pub key_present: bool,
+    /// Whether its agent.toml allows command jobs (`commands = true`).
+    pub commands: bool,
 }
 
 impl Installed {
@@ -174,25 +177,28 @@ impl Installed {
             server: c.server.clone(),
             secret: Some(c.secret.clone()),
             key_present,
+            commands: c.commands,
         })
     }
 }
 
 /// Whether an installed agent's credentials can stay: its id is registered for this host, its key file is there,
-/// and it pins the current server key and dials the current endpoint. Otherwise bootstrap mints new ones. Local and
-/// SSH installs share it.
+/// it pins the current server key and dials the current endpoint, and its command opt-in is the host's
+/// (`commands="allow"`). Otherwise bootstrap mints new ones. Local and SSH installs share it.
 pub fn current(
     registered: &[AgentRecord],
     host: &str,
     installed: Option<&Installed>,
     fingerprint: &str,
     endpoint: &str,
+    commands: bool,
 ) -> bool {
     installed.is_some_and(|i| {
         registered.iter().any(|a| a.agent_id == i.agent_id && a.host == host)
             && i.key_present
             && i.server_host_key == fingerprint
             && i.server == endpoint
+            && i.commands == commands
     })
 }
 
@@ -221,10 +227,14 @@ mod tests {
             server: server.into(),
             secret: None,
             key_present,
+            commands: false,
         };
-        let yes = |i: Installed, host| current(&reg, host, Some(&i), "SHA256:k", "s:1");
+        let yes = |i: Installed, host| current(&reg, host, Some(&i), "SHA256:k", "s:1", false);
         assert!(yes(ok("web-1", "SHA256:k", "s:1", true), "web"));
-        assert!(!current(&reg, "web", None, "SHA256:k", "s:1"), "nothing installed");
+        assert!(!current(&reg, "web", None, "SHA256:k", "s:1", false), "nothing installed");
+        let allowed = Installed { commands: true, ..ok("web-1", "SHA256:k", "s:1", true) };
+        assert!(!current(&reg, "web", Some(&allowed), "SHA256:k", "s:1", false), "opt-in withdrawn");
+        assert!(current(&reg, "web", Some(&allowed), "SHA256:k", "s:1", true));
         assert!(!yes(ok("web-1", "SHA256:k", "s:1", true), "db"), "other host");
         assert!(!yes(ok("web-2", "SHA256:k", "s:1", true), "web"), "unregistered");
         assert!(!yes(ok("web-1", "SHA256:old", "s:1", true), "web"), "new server key");

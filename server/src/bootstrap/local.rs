@@ -119,6 +119,7 @@ pub fn plan_local(
         host: &host.name,
         fingerprint: server_fingerprint,
         endpoint: &endpoint,
+        commands: host.commands,
         binary_sha,
         // The local agent's start is confirmed by its lock (bootstrap_local also runs inside `vigil serve`).
         server_up: false,

@@ -36,6 +36,8 @@ pub struct Inputs<'a> {
     pub host: &'a str,
     pub fingerprint: &'a str,
     pub endpoint: &'a str,
+    /// The host's `commands="allow"`, which agent.toml must carry.
+    pub commands: bool,
     pub binary_sha: &'a str,
     /// Whether `vigil serve` answers: then a start is confirmed by the agent's delivery, else by its process.
     pub server_up: bool,
@@ -132,8 +134,14 @@ impl Plan {
     /// every start.
     pub fn decide(insp: &Inspection, inp: &Inputs<'_>) -> Self {
         let binary = insp.agent_sha.as_deref() != Some(inp.binary_sha);
-        let creds_ok =
-            credentials::current(inp.registered, inp.host, insp.installed.as_ref(), inp.fingerprint, inp.endpoint);
+        let creds_ok = credentials::current(
+            inp.registered,
+            inp.host,
+            insp.installed.as_ref(),
+            inp.fingerprint,
+            inp.endpoint,
+            inp.commands,
+        );
         let credentials = !creds_ok;
         let mut steps = Vec::new();
         if binary || credentials {
@@ -191,6 +199,7 @@ mod tests {
             server: "s:1".into(),
             secret: Some(SecretHex("00".into())),
             key_present: true,
+            commands: false,
         }
     }
 
@@ -201,6 +210,7 @@ mod tests {
             host: "web",
             fingerprint: "SHA256:k",
             endpoint: "s:1",
+            commands: false,
             binary_sha: "abc",
             server_up,
         };

@@ -51,7 +51,8 @@ fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapEr
     let secret = kv.remove("cfg_secret").map(SecretHex);
     let installed = match (kv.remove("cfg_agent_id"), kv.remove("cfg_server_host_key"), kv.remove("cfg_server")) {
         (Some(agent_id), Some(server_host_key), Some(server)) => {
-            Some(Installed { agent_id, server_host_key, server, secret, key_present: kv.contains_key("key") })
+            let (key_present, commands) = (kv.contains_key("key"), kv.contains_key("cfg_commands"));
+            Some(Installed { agent_id, server_host_key, server, secret, key_present, commands })
         }
         _ => None,
     };
@@ -78,6 +79,7 @@ async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<(Plan, In
         host: &host.name,
         fingerprint: &ctx.fingerprint,
         endpoint: &endpoint,
+        commands: host.commands,
         binary_sha: &ctx.binary_sha,
         server_up: ctx.server_up,
     };

@@ -65,17 +65,27 @@ fn schedules(out: &mut Out, c: &Config) -> std::io::Result<()> {
         writeln!(out, "{} ({}, {:?}) schedule {}", h.name, h.ip, h.transport, &s.hash()[..12])?;
         for j in &s.jobs {
             let names: Vec<&str> = j.collectors.iter().map(|c| c.name()).collect();
-            writeln!(
-                out,
-                "  {:<12} every {:>5}s jitter {:>3}s: {}",
-                j.name,
-                j.interval_s,
-                j.jitter_s,
-                names.join(", ")
-            )?;
+            let what = match &j.command {
+                // Debug form of the argv: quoted and escaped, one line whatever the arguments hold.
+                Some(cmd) => format!(
+                    "command {:?} timeout {}s parse {} max_output {}{}",
+                    cmd.argv,
+                    cmd.timeout_s,
+                    cmd.parse.name(),
+                    cmd.max_output,
+                    if h.commands { "" } else { " (refused: no commands=\"allow\")" }
+                ),
+                None => names.join(", "),
+            };
+            writeln!(out, "  {:<12} every {:>5}s jitter {:>3}s: {what}", j.name, j.interval_s, j.jitter_s)?;
         }
         for a in &h.alerts {
-            let on = a.mount.as_deref().map(|m| format!(" on {m}")).unwrap_or_default();
+            let on = match (&a.mount, &a.job, &a.metric) {
+                (Some(m), _, _) => format!(" on {m}"),
+                (_, Some(j), Some(m)) => format!(" on {j}/{m}"),
+                (_, Some(j), None) => format!(" on {j}"),
+                _ => String::new(),
+            };
             writeln!(out, "  alert {:?} limit {}{on}", a.kind, a.limit)?;
         }
     }

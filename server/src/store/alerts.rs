@@ -354,7 +354,7 @@ pub fn recent_values(
         AlertKind::Swap => {
             simple("SELECT ts, used_pct FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT ?2")
         }
-        AlertKind::Silence => Ok(Vec::new()),
+        AlertKind::Silence | AlertKind::Job | AlertKind::Metric => Ok(Vec::new()),
         AlertKind::Disk => {
             // A bounded window of the newest rows (a report has a handful of mounts), grouped here by report.
             let mut stmt = conn.0.prepare_cached(

@@ -4,13 +4,25 @@
 use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, Transaction, params};
+use vigil_schema::command::{CommandRun, RunOutcome};
 use vigil_schema::report::Report;
 
 use super::StoreError;
 
 /// The tables holding statistics rows, each with `host_id`, `client_ip`, `report_id` and `ts`.
-pub(crate) const FAMILY_TABLES: [&str; 9] =
-    ["system_details", "sessions", "cpu", "memory", "swap", "partitions", "disk_usage", "network", "security_events"];
+pub(crate) const FAMILY_TABLES: [&str; 11] = [
+    "system_details",
+    "sessions",
+    "cpu",
+    "memory",
+    "swap",
+    "partitions",
+    "disk_usage",
+    "network",
+    "security_events",
+    "command_runs",
+    "command_metrics",
+];
 
 /// A decoded, checked report on its way to the database, with who sent it and when it arrived.
 #[derive(Debug, Clone)]
@@ -243,7 +255,61 @@ pub(super) fn insert_one(
             stmt.execute(params![host, ip, rid, ts, e.source, x.time, x.kind.name(), x.user, x.source, x.message])?;
         }
     }
+    if let Some(run) = &s.command {
+        insert_command(tx, [host, rid, ts], ip, &r.job, run)?;
+    }
     Ok(Outcome::Stored { report_id: rid })
+}
+
+/// A command run's row and its parsed metrics.
+fn insert_command(
+    tx: &Transaction<'_>,
+    [host, rid, ts]: [i64; 3],
+    ip: &str,
+    job: &str,
+    run: &CommandRun,
+) -> Result<(), StoreError> {
+    let (outcome, code, signal, detail) = match &run.outcome {
+        RunOutcome::Exited { code } => ("exited", Some(*code), None, None),
+        RunOutcome::Signaled { signal } => ("signaled", None, Some(*signal), None),
+        RunOutcome::TimedOut => ("timed_out", None, None, None),
+        RunOutcome::FailedToStart { error } => ("failed_to_start", None, None, Some(error.as_str())),
+        RunOutcome::Refused { reason } => ("refused", None, None, Some(reason.as_str())),
+    };
+    let parse_errors = (!run.parse_errors.is_empty()).then(|| run.parse_errors.join("\n"));
+    tx.prepare_cached(
+        "INSERT INTO command_runs (host_id, client_ip, report_id, ts, job, started_ms, duration_ms, outcome, exit_code,
+                                   signal, detail, stdout, stderr, stdout_truncated, stderr_truncated, parse_errors)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        host,
+        ip,
+        rid,
+        ts,
+        job,
+        run.started_ms,
+        int(run.duration_ms),
+        outcome,
+        code,
+        signal,
+        detail,
+        run.stdout,
+        run.stderr,
+        run.stdout_truncated,
+        run.stderr_truncated,
+        parse_errors
+    ])?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO command_metrics (host_id, client_ip, report_id, ts, job, name, labels, value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for m in &run.metrics {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            m.labels.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        stmt.execute(params![host, ip, rid, ts, job, m.name, serde_json::Value::Object(labels).to_string(), m.value])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

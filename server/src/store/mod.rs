@@ -13,12 +13,14 @@
 pub mod alerts;
 mod insert;
 pub mod repairs;
+mod runs;
 pub mod schema_doc;
 mod tunnels;
 mod views;
 #[cfg(test)]
 pub(crate) use views::vitals as test_vitals_report;
 
+pub use runs::{MetricRow, RunFilter, RunRow};
 pub use tunnels::{TunnelRow, TunnelState};
 pub use views::HostRow;
 
