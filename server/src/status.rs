@@ -312,6 +312,24 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
         }
     }
     render_repairs(&mut out, hosts);
+    render_tunnels(&mut out, hosts);
+    render_commands(&mut out, hosts);
+    if let Some(keys) = restart_needed {
+        let _ = writeln!(
+            out,
+            "\nrestart needed for [server] {} (vigil serve runs with the previous values)",
+            escape::cell(keys)
+        );
+    }
+    if let Some(e) = config_error {
+        let _ =
+            writeln!(out, "\npending config error (the previous config stays in force):\n{}", escape::control(e, true));
+    }
+    out
+}
+
+/// The tunnels that are not up, with why.
+fn render_tunnels(out: &mut String, hosts: &[HostStatus]) {
     let troubled: Vec<(&str, &TunnelStatus)> = hosts
         .iter()
         .filter_map(|h| h.tunnel.as_ref().filter(|t| t.error.is_some()).map(|t| (h.name.as_str(), t)))
@@ -324,6 +342,10 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
             let _ = writeln!(out, "  {}  {}  since {since}: {error}", escape::cell(host), t.state);
         }
     }
+}
+
+/// The latest run of each command job per host.
+fn render_commands(out: &mut String, hosts: &[HostStatus]) {
     let commands: Vec<(&str, &CommandStatus)> =
         hosts.iter().flat_map(|h| h.commands.iter().map(move |c| (h.name.as_str(), c))).collect();
     if !commands.is_empty() {
@@ -339,18 +361,6 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
             );
         }
     }
-    if let Some(keys) = restart_needed {
-        let _ = writeln!(
-            out,
-            "\nrestart needed for [server] {} (vigil serve runs with the previous values)",
-            escape::cell(keys)
-        );
-    }
-    if let Some(e) = config_error {
-        let _ =
-            writeln!(out, "\npending config error (the previous config stays in force):\n{}", escape::control(e, true));
-    }
-    out
 }
 
 /// The last automatic repair of each host that had one: when, how it ended, and its one line.
