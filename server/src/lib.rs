@@ -15,6 +15,7 @@
 //!   upgrading, starting and removing agents, on this machine (`transport="local"`) or over SSH.
 //! - [`alert`]: alert rules evaluated in each report's transaction and periodically for silence; transitions and
 //!   their mail are queued in the `outbox` table. [`mail`]: sends the outbox through SMTP (lettre), exactly once.
+//! - [`web`]: the read-only web dashboard, JSON API and Prometheus `/metrics` on `[web] listen`.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
 pub use vigil_config as config;
@@ -30,3 +31,4 @@ pub mod reload;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod web;

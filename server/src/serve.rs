@@ -1,7 +1,7 @@
-//! `vigil serve`: wires config, store, ingest, the SSH endpoint, live reload, retention and local agents into one
-//! daemon, and owns every task it spawns: one function per long-lived task below, each run on one `TaskTracker`
-//! under one `CancellationToken`; `run` returns only after all have finished and the ingest writer has committed
-//! what was queued.
+//! `vigil serve`: wires config, store, ingest, the SSH endpoint, live reload, retention, local agents and the web
+//! dashboard of `[web]` into one daemon, and owns every task it spawns: one function per long-lived task below, each
+//! run on one `TaskTracker` under one `CancellationToken`; `run` returns only after all have finished and the ingest
+//! writer has committed what was queued.
 //!
 //! Every write of the daemon goes through the ingest writer (`IngestHandle::exec`): reports, check-ins, the config
 //! state, retention, alert state, mail state and the local agents' registrations.
@@ -61,6 +61,8 @@ pub enum ServeError {
     },
     #[error("cannot start: the ingest writer stopped")]
     Ingest(#[source] IngestError),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
 }
 
 /// Runs the server until `shutdown` fires.
@@ -97,6 +99,11 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
         .and_then(|()| stdout.flush());
     tracing::info!(%local_addr, %fingerprint, hosts = config.clients.len(), jobs = config.jobs.len(), "serving");
 
+    // `[web]` is bound at start, like `[server] listen`.
+    let web = match &config.web {
+        Some(w) => Some(web_listener(w).await?),
+        None => None,
+    };
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     // Alert rules follow the config in force; set before the endpoint takes reports.
     ingest.set_alert_config(config_rx.clone()).await.map_err(ServeError::Ingest)?;
@@ -119,6 +126,11 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     tracker.spawn(crate::alert::watch_silence(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(retention_task(ingest.clone(), config_rx.clone(), cancel.clone()));
+    if let Some((listener, token)) = web {
+        let health = crate::web::Health { endpoint: shared.clone(), ingest: ingest.clone() };
+        let state = crate::web::WebState::open(&settings.database, config_rx.clone(), token, Some(health))?;
+        tracker.spawn(crate::web::run(listener, Arc::new(state), cancel.clone()));
+    }
     if opts.start_local_agents {
         tracker.spawn(local_agents_task(shared.clone(), fingerprint, cancel.clone()));
     }
@@ -134,6 +146,19 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The dashboard's listener and token (read from `token_env` now: a token named but not set stops the start).
+async fn web_listener(w: &crate::config::WebSettings) -> Result<(TcpListener, Option<crate::web::Token>), ServeError> {
+    let token = w.token_env.as_deref().map(crate::web::Token::from_env).transpose()?;
+    let listener =
+        TcpListener::bind(w.listen).await.map_err(|source| crate::web::WebError::Listen { addr: w.listen, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| ServeError::Runtime { what: "the web listener's address", source })?;
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "vigil serve: web dashboard on http://{addr}/").and_then(|()| stdout.flush());
+    tracing::info!(%addr, token = w.token_env.is_some(), "web dashboard");
+    Ok((listener, token))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT. Never returns when the handlers cannot be installed.

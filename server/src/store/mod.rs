@@ -14,6 +14,7 @@ pub mod alerts;
 mod insert;
 pub mod schema_doc;
 mod views;
+pub mod web;
 
 pub use views::HostRow;
 

@@ -1,0 +1,344 @@
+//! The read side of the web dashboard, the JSON API, `/metrics` and `vigil export`: time series bucketed into
+//! min/avg/max by SQL (a point budget caps the buckets), each host's latest values, its details, sessions and
+//! security events, and rows of a family since a time. Every query is a range or newest-row lookup on a
+//! `(host_id, ts)` index.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::alerts::EventRow;
+use super::{Store, StoreError};
+
+/// A metric the series endpoint serves: which table, and the lines it draws (label expression, value expression).
+/// Every string here is a constant of this file: no request text reaches the SQL.
+#[derive(Debug, Clone, Copy)]
+struct MetricDef {
+    name: &'static str,
+    /// The `FROM` clause; the table's columns are qualified `t.`.
+    from: &'static str,
+    lines: &'static [(&'static str, &'static str)],
+}
+
+const METRICS: [MetricDef; 9] = [
+    MetricDef { name: "cpu", from: "cpu t", lines: &[("'total'", "t.total_pct")] },
+    MetricDef {
+        name: "cpu_cores",
+        // One row per core: the stored JSON array unrolled by SQLite's json_each.
+        from: "cpu t, json_each(t.per_core_pct) j",
+        lines: &[("'core ' || j.key", "j.value")],
+    },
+    MetricDef {
+        name: "load",
+        from: "cpu t",
+        lines: &[("'load1'", "t.load1"), ("'load5'", "t.load5"), ("'load15'", "t.load15")],
+    },
+    MetricDef { name: "memory", from: "memory t", lines: &[("'used %'", "t.used_pct")] },
+    MetricDef {
+        name: "memory_bytes",
+        from: "memory t",
+        lines: &[("'used'", "t.used"), ("'available'", "t.available")],
+    },
+    MetricDef { name: "swap", from: "swap t", lines: &[("'used %'", "t.used_pct")] },
+    MetricDef { name: "disk", from: "disk_usage t", lines: &[("t.mount_point", "t.used_pct")] },
+    MetricDef { name: "net_rx", from: "network t", lines: &[("t.name", "t.rx_bytes_per_s")] },
+    MetricDef { name: "net_tx", from: "network t", lines: &[("t.name", "t.tx_bytes_per_s")] },
+];
+
+/// The metric names [`Store::series`] knows, in the order the host page draws them.
+pub fn metric_names() -> impl Iterator<Item = &'static str> {
+    METRICS.iter().map(|m| m.name)
+}
+
+/// One time bucket of a line: the minimum, mean and maximum of the samples in it (spikes survive downsampling).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    /// Start of the bucket, ms since the epoch.
+    pub t_ms: i64,
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+}
+
+/// One line of a chart (a mount, an interface, a core, or the metric itself).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Line {
+    pub label: String,
+    /// Buckets holding samples, oldest first (empty buckets are left out).
+    pub buckets: Vec<Bucket>,
+}
+
+/// A metric of a host over a time range.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    pub bucket_ms: i64,
+    pub lines: Vec<Line>,
+}
+
+/// Latest values of a host, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latest {
+    /// (total percent, load1, load5, load15, per-core percent JSON)
+    pub cpu: Option<(f64, f64, f64, f64)>,
+    /// (total, used, available, free) bytes
+    pub memory: Option<(i64, i64, i64, i64)>,
+    /// (total, used, free) bytes
+    pub swap: Option<(i64, i64, i64)>,
+    /// (mount, total, free) bytes of the latest disk sample
+    pub disks: Vec<(String, i64, i64)>,
+    /// (interface, rx bytes, tx bytes) counters of the latest network sample
+    pub networks: Vec<(String, i64, i64)>,
+    /// Receive time (server clock) of the latest report, ms.
+    pub last_report_ms: Option<i64>,
+}
+
+/// The latest system details of a host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Details {
+    pub hostname: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub uptime_s: i64,
+    pub cpu_model: String,
+    pub cpu_count: i64,
+}
+
+/// A session of the latest users sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionRow {
+    pub user: String,
+    pub terminal: String,
+    pub remote_host: Option<String>,
+    pub login_time: i64,
+}
+
+/// A recorded security event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecurityRow {
+    pub ts_ms: i64,
+    pub kind: String,
+    pub user: Option<String>,
+    pub message: String,
+}
+
+const HOST_ID: &str = "SELECT id FROM hosts WHERE name = ?1";
+
+/// Largest number of buckets a series request may ask for.
+pub const MAX_POINTS: u32 = 5_000;
+
+impl Store {
+    fn host_id(&self, host: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.prepare_cached(HOST_ID)?.query_row(params![host], |r| r.get(0)).optional()?)
+    }
+
+    /// `metric` of `host` over `[from_ms, to_ms)`, in at most `points` buckets per line. `None`: an unknown metric.
+    /// A host the database does not know has no lines.
+    pub fn series(
+        &self,
+        host: &str,
+        metric: &str,
+        from_ms: i64,
+        to_ms: i64,
+        points: u32,
+    ) -> Result<Option<Series>, StoreError> {
+        let Some(def) = METRICS.iter().find(|m| m.name == metric) else { return Ok(None) };
+        let points = i64::from(points.clamp(1, MAX_POINTS));
+        let span = to_ms.saturating_sub(from_ms).max(1);
+        // Ceiling division: at most `points` buckets cover the range.
+        let bucket_ms = ((span + points - 1) / points).max(1);
+        let mut series = Series { bucket_ms, lines: Vec::new() };
+        let Some(id) = self.host_id(host)? else { return Ok(Some(series)) };
+        for (label, value) in def.lines {
+            let sql = format!(
+                "SELECT {label} AS label, (t.ts - ?2) / ?4 AS b, min({value}), avg({value}), max({value})
+                 FROM {from} WHERE t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND {value} IS NOT NULL
+                 GROUP BY label, b ORDER BY label, b",
+                from = def.from
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![id, from_ms, to_ms, bucket_ms])?;
+            while let Some(r) = rows.next()? {
+                let label: String = r.get(0)?;
+                let b: i64 = r.get(1)?;
+                let bucket = Bucket { t_ms: from_ms + b * bucket_ms, min: r.get(2)?, avg: r.get(3)?, max: r.get(4)? };
+                match series.lines.last_mut() {
+                    Some(line) if line.label == label => line.buckets.push(bucket),
+                    _ => series.lines.push(Line { label, buckets: vec![bucket] }),
+                }
+            }
+        }
+        Ok(Some(series))
+    }
+
+    /// The newest values of `host` (all empty for a host never seen).
+    pub fn latest(&self, host: &str) -> Result<Latest, StoreError> {
+        let mut out = Latest::default();
+        let Some(id) = self.host_id(host)? else { return Ok(out) };
+        let c = &self.conn;
+        out.cpu = c
+            .prepare_cached(
+                "SELECT total_pct, load1, load5, load15 FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        out.memory = c
+            .prepare_cached(
+                "SELECT total, used, available, free FROM memory WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        out.swap = c
+            .prepare_cached("SELECT total, used, free FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        out.disks = c
+            .prepare_cached(
+                "SELECT mount_point, total, free FROM disk_usage WHERE report_id =
+                 (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+                 ORDER BY mount_point",
+            )?
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        out.networks = c
+            .prepare_cached(
+                "SELECT name, rx_bytes, tx_bytes FROM network WHERE report_id =
+                 (SELECT report_id FROM network WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+                 ORDER BY name",
+            )?
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        out.last_report_ms = c
+            .prepare_cached(
+                "SELECT received_at_ms FROM reports WHERE host_id = ?1 ORDER BY received_at_ms DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        Ok(out)
+    }
+
+    /// The newest system details of `host`.
+    pub fn details(&self, host: &str) -> Result<Option<Details>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(None) };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT hostname, os_name, os_version, kernel, arch, uptime_s, cpu_model, cpu_count
+                 FROM system_details WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| {
+                Ok(Details {
+                    hostname: r.get(0)?,
+                    os_name: r.get(1)?,
+                    os_version: r.get(2)?,
+                    kernel: r.get(3)?,
+                    arch: r.get(4)?,
+                    uptime_s: r.get(5)?,
+                    cpu_model: r.get(6)?,
+                    cpu_count: r.get(7)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The sessions of `host`'s newest users sample.
+    pub fn sessions(&self, host: &str) -> Result<Vec<SessionRow>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT user, terminal, remote_host, login_time FROM sessions WHERE report_id =
+                 (SELECT report_id FROM sessions WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+                 ORDER BY login_time",
+            )?
+            .query_map(params![id], |r| {
+                Ok(SessionRow { user: r.get(0)?, terminal: r.get(1)?, remote_host: r.get(2)?, login_time: r.get(3)? })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The `limit` newest alert events, of `host` or of every host, newest first.
+    pub fn recent_alert_events(&self, host: Option<&str>, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<EventRow> {
+            Ok(EventRow {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                host: r.get(2)?,
+                ip: r.get(3)?,
+                rule: r.get(4)?,
+                state: r.get(5)?,
+                value: r.get(6)?,
+                limit: r.get(7)?,
+                detail: r.get(8)?,
+            })
+        };
+        const COLUMNS: &str = "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events";
+        let rows = match host {
+            Some(h) => self
+                .conn
+                .prepare_cached(&format!("{COLUMNS} WHERE host = ?1 ORDER BY id DESC LIMIT ?2"))?
+                .query_map(params![h, limit], map)?
+                .collect::<Result<_, _>>()?,
+            None => self
+                .conn
+                .prepare_cached(&format!("{COLUMNS} ORDER BY id DESC LIMIT ?1"))?
+                .query_map(params![limit], map)?
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// The `limit` newest security events of `host`, newest first.
+    pub fn security_events(&self, host: &str, limit: u32) -> Result<Vec<SecurityRow>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT ts, kind, user, message FROM security_events WHERE host_id = ?1
+                 ORDER BY ts DESC, id DESC LIMIT ?2",
+            )?
+            .query_map(params![id, limit], |r| {
+                Ok(SecurityRow { ts_ms: r.get(0)?, kind: r.get(1)?, user: r.get(2)?, message: r.get(3)? })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::store::Incoming;
+    use vigil_schema::report::{Report, Stats};
+
+    fn report(seq: u64, at: i64, cpu: f32) -> Incoming {
+        let mut r = Report::example(seq, at);
+        r.stats = Stats { cpu: r.stats.cpu.map(|c| vigil_schema::report::CpuStats { total_pct: cpu, ..c }), ..r.stats };
+        Incoming { agent_id: "ag".into(), host: "web1".into(), ip: "10.0.0.1".into(), received_at_ms: at, report: r }
+    }
+
+    #[test]
+    fn a_series_keeps_the_spike_and_stays_within_its_point_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        // 1,000 samples 10 s apart at 10 %, one spike of 99 % in the middle.
+        let batch: Vec<_> = (0..1_000)
+            .map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 517 { 99.0 } else { 10.0 }))
+            .collect();
+        store.insert_reports(&batch).unwrap();
+        let s = store.series("web1", "cpu", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+        assert_eq!(s.lines.len(), 1);
+        let line = &s.lines[0];
+        assert!(line.buckets.len() <= 50 && line.buckets.len() >= 45, "{}", line.buckets.len());
+        let top = line.buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
+        assert_eq!(top, 99.0, "the spike survives downsampling");
+        assert!(line.buckets.iter().all(|b| b.min == 10.0));
+        assert!(line.buckets.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
+        // Lines per label: every core, every mount.
+        let cores = store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+        let n = Report::example(1, 0).stats.cpu.unwrap().per_core_pct.len();
+        assert_eq!(cores.lines.len(), n);
+        assert!(store.series("web1", "nope", 0, 1, 10).unwrap().is_none());
+        assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
+    }
+}
