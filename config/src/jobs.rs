@@ -880,3 +880,32 @@ jitter = "x"
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod web_tests {
+    use super::*;
+
+    const SERVER: &str = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"d\"\n";
+
+    fn parse_web(web: &str) -> Result<Option<WebSettings>, Vec<String>> {
+        parse(Path::new("j.toml"), &format!("{SERVER}{web}"))
+            .map(|f| f.web)
+            .map_err(|d| d.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect())
+    }
+
+    #[test]
+    fn a_dashboard_beyond_loopback_needs_a_token() {
+        assert_eq!(parse_web("").unwrap(), None);
+        let local = parse_web("[web]\nlisten = \"127.0.0.1:7080\"\n").unwrap().unwrap();
+        assert_eq!((local.listen.port(), local.token_env), (7080, None));
+        let errs = parse_web("[web]\nlisten = \"0.0.0.0:7080\"\n").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("5:10: [web] listens on 0.0.0.0:7080, which is not a loopback"), "{errs:?}");
+        let tok = parse_web("[web]\nlisten = \"0.0.0.0:7080\"\ntoken_env = \"VIGIL_WEB_TOKEN\"\n").unwrap().unwrap();
+        assert_eq!(tok.token_env.as_deref(), Some("VIGIL_WEB_TOKEN"));
+        assert!(parse_web("[web]\nlisten = \"[::1]:7080\"\n").unwrap().is_some());
+        let errs = parse_web("[web]\nlisten = \"nowhere\"\ntokenenv = \"X\"\n").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+}

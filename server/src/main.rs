@@ -93,6 +93,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stored samples to stdout, oldest first.
+    Export {
+        /// Samples this recent: 90s, 15m, 2h, 7d, 1w.
+        #[arg(long, value_parser = cli::alerts::parse_since)]
+        since: i64,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this family (cpu, memory, swap, disk_usage, network, partitions, system, sessions,
+        /// security_events); all of them when absent (jsonl only).
+        #[arg(long, value_parser = cli::export::parse_family)]
+        family: Option<String>,
+        #[arg(long, value_enum)]
+        format: cli::export::Format,
+    },
 }
 
 /// The log filter when `VIGIL_LOG` does not say otherwise.
@@ -156,5 +171,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::HostKey => cli::bootstrap::host_key(files),
         Command::Alerts { since, json } => cli::alerts::run(files, since, json),
+        Command::Export { since, host, family, format } => {
+            cli::export::run(files, since, host.as_deref(), family.as_deref(), format)
+        }
     }
 }

@@ -122,6 +122,58 @@ pub struct SecurityRow {
     pub message: String,
 }
 
+/// The families `vigil export` writes: (name, table, columns after host and time).
+const EXPORT_FAMILIES: [(&str, &str, &[&str]); 9] = [
+    (
+        "system",
+        "system_details",
+        &["hostname", "os_name", "os_version", "kernel", "arch", "uptime_s", "boot_time", "cpu_model", "cpu_count"],
+    ),
+    ("sessions", "sessions", &["source", "user", "terminal", "remote_host", "login_time"]),
+    ("cpu", "cpu", &["total_pct", "per_core_pct", "load1", "load5", "load15"]),
+    ("memory", "memory", &["total", "used", "available", "free", "used_pct"]),
+    ("swap", "swap", &["total", "used", "free", "used_pct"]),
+    ("partitions", "partitions", &["device", "mount_point", "fs_type", "options"]),
+    ("disk_usage", "disk_usage", &["mount_point", "total", "used", "free", "used_pct", "inodes_total", "inodes_used"]),
+    (
+        "network",
+        "network",
+        &[
+            "name",
+            "rx_bytes",
+            "tx_bytes",
+            "rx_packets",
+            "tx_packets",
+            "rx_errors",
+            "tx_errors",
+            "rx_dropped",
+            "tx_dropped",
+            "rx_bytes_per_s",
+            "tx_bytes_per_s",
+        ],
+    ),
+    ("security_events", "security_events", &["source", "event_time", "kind", "user", "event_source", "message"]),
+];
+
+/// The families `vigil export` knows, in its order.
+pub fn export_families() -> impl Iterator<Item = &'static str> {
+    EXPORT_FAMILIES.iter().map(|f| f.0)
+}
+
+/// The columns of an export family after `host` and `ts_ms`; `None` for an unknown family.
+pub fn export_columns(family: &str) -> Option<&'static [&'static str]> {
+    EXPORT_FAMILIES.iter().find(|f| f.0 == family).map(|f| f.2)
+}
+
+/// A value of an exported row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
 const HOST_ID: &str = "SELECT id FROM hosts WHERE name = ?1";
 
 /// Largest number of buckets a series request may ask for.
@@ -169,6 +221,44 @@ impl Store {
             }
         }
         Ok(Some(series))
+    }
+
+    /// Every row of `family` sampled at or after `since_ms` (of `host` only, when named), oldest first, handed to
+    /// `row` one at a time as (host, ts_ms, cells in [`export_columns`] order): memory stays flat however much is
+    /// exported. `Ok(false)`: an unknown family. An error from `row` stops the export and is returned.
+    pub fn export<E: From<StoreError>>(
+        &self,
+        family: &str,
+        host: Option<&str>,
+        since_ms: i64,
+        mut row: impl FnMut(&str, i64, &[Cell]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let Some((_, table, columns)) = EXPORT_FAMILIES.iter().find(|f| f.0 == family) else { return Ok(false) };
+        let cols: Vec<String> = columns.iter().map(|c| format!("t.{c}")).collect();
+        let sql = format!(
+            "SELECT h.name, t.ts, {} FROM {table} t JOIN hosts h ON h.id = t.host_id
+             WHERE t.ts >= ?1 AND (?2 IS NULL OR h.name = ?2) ORDER BY t.ts, t.id",
+            cols.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(StoreError::from)?;
+        let mut rows = stmt.query(params![since_ms, host]).map_err(StoreError::from)?;
+        let mut cells = Vec::with_capacity(columns.len());
+        while let Some(r) = rows.next().map_err(StoreError::from)? {
+            let name: String = r.get(0).map_err(StoreError::from)?;
+            let ts: i64 = r.get(1).map_err(StoreError::from)?;
+            cells.clear();
+            for i in 0..columns.len() {
+                use rusqlite::types::ValueRef;
+                cells.push(match r.get_ref(i + 2).map_err(StoreError::from)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(n) => Cell::Int(n),
+                    ValueRef::Real(x) => Cell::Real(x),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                });
+            }
+            row(&name, ts, &cells)?;
+        }
+        Ok(true)
     }
 
     /// The newest values of `host` (all empty for a host never seen).

@@ -263,3 +263,111 @@ mod tests {
         assert_eq!(base64_decode(b"Y!=="), None);
     }
 }
+
+/// The dashboard over real HTTP on a loopback port, fed by a store with hostile agent-supplied strings.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod http_tests {
+    use super::*;
+    use crate::store::Incoming;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use vigil_schema::report::Report;
+
+    const SCRIPT: &str = "<script>alert(1)</script>";
+
+    async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, out)
+    }
+
+    /// A served dashboard over a database holding one report of `web1` whose strings carry `<script>`.
+    async fn serve(token: Option<&str>) -> (SocketAddr, CancellationToken, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let clients = dir.path().join("clients.xml");
+        let jobs = dir.path().join("jobs.toml");
+        std::fs::write(&clients, "<clients><client name=\"web1\" ip=\"10.0.0.1\" transport=\"local\"/></clients>")
+            .unwrap();
+        std::fs::write(
+            &jobs,
+            "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"d\"\n[web]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let config = crate::config::Config::load(&clients, &jobs).unwrap().config;
+        let db = dir.path().join("v.db");
+        let mut store = Store::open(&db).unwrap();
+        let now = vigil_sys::clock::now_ms();
+        let mut r = Report::example(1, now);
+        if let Some(d) = r.stats.disk_usage.as_mut() {
+            d[0].mount_point = format!("/mnt/{SCRIPT}");
+        }
+        if let Some(s) = r.stats.system.as_mut() {
+            s.hostname = SCRIPT.into();
+        }
+        if let Some(n) = r.stats.network.as_mut() {
+            n[0].name = format!("e\"{SCRIPT}");
+        }
+        r.validate().unwrap();
+        let inc = Incoming {
+            agent_id: "ag".into(),
+            host: "web1".into(),
+            ip: "10.0.0.1".into(),
+            received_at_ms: now,
+            report: r,
+        };
+        store.insert_reports(&[inc]).unwrap();
+        drop(store);
+        let (_tx, rx) = watch::channel(Arc::new(config));
+        let token = token.map(|t| Token(Arc::from(t.as_bytes().to_vec())));
+        let state = Arc::new(WebState::open(&db, rx, token, None).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(run(listener, state, cancel.clone()));
+        (addr, cancel, dir)
+    }
+
+    #[tokio::test]
+    async fn agent_supplied_text_is_escaped_and_every_page_sends_the_policy() {
+        let (addr, cancel, _dir) = serve(None).await;
+        for path in ["/", "/hosts/web1", "/alerts", "/api/hosts", "/metrics", "/assets/app.js", "/nope"] {
+            let (code, resp) = get(addr, path, None).await;
+            assert!(code == 200 || path == "/nope", "{path}: {resp}");
+            assert!(resp.contains(&format!("content-security-policy: {CSP}")), "{path}: {resp}");
+        }
+        let (_, host) = get(addr, "/hosts/web1", None).await;
+        assert!(!host.contains("<script>alert"), "{host}");
+        assert!(host.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "the hostname is shown, escaped: {host}");
+        let (_, fleet) = get(addr, "/", None).await;
+        assert!(fleet.contains("/mnt/&lt;script&gt;"), "the fullest disk is shown, escaped: {fleet}");
+        assert!(!fleet.contains("<script>alert"), "{fleet}");
+        // Only the page's own script tags: no inline script anywhere.
+        assert!(fleet.matches("<script").count() == 2 && fleet.contains("<script src=\"/assets/app.js\""), "{fleet}");
+        let (_, metrics) = get(addr, "/metrics", None).await;
+        assert!(metrics.contains("device=\"e\\\"<script>alert(1)</script>\""), "label values escaped: {metrics}");
+        let (code, series) = get(addr, "/api/series?host=web1&metric=disk&points=10", None).await;
+        assert_eq!(code, 200, "{series}");
+        assert!(series.contains("\"label\":\"/mnt/<script>alert(1)</script>\""), "{series}");
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn with_a_token_every_request_without_it_is_refused() {
+        let (addr, cancel, _dir) = serve(Some("s3cret")).await;
+        for path in ["/", "/hosts/web1", "/metrics", "/api/hosts", "/assets/app.js", "/nope"] {
+            let (code, resp) = get(addr, path, None).await;
+            assert_eq!(code, 401, "{path}: {resp}");
+            assert!(!resp.contains("web1"), "{path}: {resp}");
+            assert_eq!(get(addr, path, Some("Bearer wrong")).await.0, 401, "{path}");
+        }
+        assert_eq!(get(addr, "/metrics", Some("Bearer s3cret")).await.0, 200);
+        // "prometheus:s3cret"
+        assert_eq!(get(addr, "/", Some("Basic cHJvbWV0aGV1czpzM2NyZXQ=")).await.0, 200);
+        cancel.cancel();
+    }
+}

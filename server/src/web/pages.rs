@@ -93,6 +93,10 @@ fn sparkline(s: Option<&Series>, from_ms: i64, to_ms: i64) -> Markup {
     for b in &line.buckets {
         let x = (b.t_ms - from_ms) as f64 / span * 100.0;
         let y = 20.0 - b.avg.clamp(0.0, 100.0) / 5.0;
+        if line.buckets.len() == 1 {
+            // One bucket alone would draw nothing: a short level stroke shows it.
+            let _ = write!(points, "{:.1},{y:.1} ", x - 2.0);
+        }
         let _ = write!(points, "{x:.1},{y:.1} ");
     }
     html! {

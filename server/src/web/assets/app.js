@@ -45,7 +45,7 @@
     });
     var opts = {
       width: width, height: 220, series: series, bands: bands,
-      scales: { x: { time: true, min: data.from, max: data.to } },
+      scales: { x: { time: true, min: data.from, max: data.to }, y: section.getAttribute("data-unit") === "%" ? { range: [0, 100] } : {} },
       axes: [{}, { values: fmt(section.getAttribute("data-unit")), size: 70 }],
       cursor: { sync: { key: sync.key, setSeries: false }, drag: { x: true, y: false } },
       legend: { show: true },
