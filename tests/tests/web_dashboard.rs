@@ -217,3 +217,36 @@ fn vigil_check_refuses_a_dashboard_beyond_loopback_without_a_token() -> Result<(
     ensure!(w.vigil(&["check"]).output()?.status.success());
     Ok(())
 }
+
+#[test]
+fn vigil_export_writes_the_stored_samples_as_csv_and_jsonl() -> Result<()> {
+    let d = Dashboard::start()?;
+    let out = d.work.vigil(&["export", "--since", "1h", "--family", "cpu", "--format", "csv"]).output()?;
+    let csv = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = csv.lines();
+    ensure!(lines.next() == Some("host,ts_ms,total_pct,per_core_pct,load1,load5,load15"), "{csv}");
+    let rows: Vec<&str> = lines.collect();
+    ensure!(rows.len() >= 3 && rows.iter().all(|r| r.starts_with("here,")), "{csv}");
+    // A per-core array holds commas: quoted.
+    ensure!(rows[0].contains(",\"[") || !rows[0].contains('['), "{csv}");
+
+    let out = d.work.vigil(&["export", "--since", "1h", "--host", "here", "--format", "jsonl"]).output()?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut families = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| line.to_string())?;
+        ensure!(v["host"] == "here" && v["ts_ms"].is_i64(), "{line}");
+        families.insert(v["family"].as_str().unwrap_or_default().to_string());
+    }
+    for f in ["cpu", "memory", "disk_usage", "network", "system"] {
+        ensure!(families.contains(f), "no {f} rows: {families:?}");
+    }
+    // Another host's samples: none. CSV without a family: refused with a reason.
+    let out = d.work.vigil(&["export", "--since", "1h", "--host", "elsewhere", "--format", "jsonl"]).output()?;
+    ensure!(out.status.success() && out.stdout.is_empty());
+    let out = d.work.vigil(&["export", "--since", "1h", "--format", "csv"]).output()?;
+    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--family"));
+    Ok(())
+}
