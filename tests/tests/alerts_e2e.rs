@@ -107,7 +107,7 @@ fn a_report_over_a_limit_mails_that_hosts_address_once_with_the_facts() -> Resul
     ensure!(m.header("From").is_some_and(|f| f.contains("vigil@example.org")), "{}", m.raw);
     ensure!(m.header("Message-ID").is_some_and(|id| id.starts_with("<vigil.")), "{}", m.raw);
     let body = m.body();
-    for want in ["Host:   web-01", "IP:     192.0.2.1", "Value:  93.2%", "Limit:  90%", "clears below 85%", "UTC"] {
+    for want in ["Host:   web-01", "IP:     127.0.2.1", "Value:  93.2%", "Limit:  90%", "clears below 85%", "UTC"] {
         ensure!(body.contains(want), "{want:?} missing from the body:\n{body}");
     }
     // The recent history shows the value before the alert.

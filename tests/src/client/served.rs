@@ -22,9 +22,11 @@ pub fn replace_file(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming over {}", path.display()))
 }
 
-/// The `ip` clients.xml gives the `i`th host of a [`Served`] (TEST-NET-1, never dialled).
+/// The `ip` clients.xml gives the `i`th host of a [`Served`]: a loopback address where no sshd listens. Tests send
+/// traffic to this machine only: whatever in vigil dials a host (bootstrap, a dry run's probe, a tunnel, a repair)
+/// is refused at once, and nothing leaves the machine.
 pub fn host_ip(i: usize) -> String {
-    format!("192.0.2.{}", i + 1)
+    format!("127.0.2.{}", i + 1)
 }
 
 /// A work directory with `hosts` (SSH transport, so serve starts no local agents) enrolled, and `vigil serve`

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use russh::keys::PrivateKey;
 use serde::{Deserialize, Serialize};
 use vigil_schema::secret::{AgentSecret, EnvelopeKeys};
-use vigil_server::keys::AgentCredentials;
+use vigil_server::bootstrap::credentials::AgentCredentials;
 use vigil_server::store::{AgentRecord, Store};
 use vigil_tests::fleet::{ClientEntry, clients_xml};
 
@@ -28,10 +28,11 @@ pub fn host_name(i: usize) -> String {
     format!("load-{i:05}")
 }
 
-/// A unique address in 10.0.0.0/8 for host `i` (never dialled: the hosts use the SSH transport).
+/// A unique loopback address for host `i` (in 127.1.0.0/16 and up, where no sshd listens): whatever dials it is
+/// refused at once, and nothing leaves the machine.
 pub fn host_ip(i: usize) -> String {
     let n = i + 1;
-    format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff)
+    format!("127.{}.{}.{}", 1 + ((n >> 16) & 0x7f), (n >> 8) & 0xff, n & 0xff)
 }
 
 /// One line of [`AGENTS_FILE`].
@@ -172,7 +173,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert!(load_agents(dir.path(), 4).is_err());
         let xml = std::fs::read_to_string(dir.path().join("clients.xml")).unwrap();
-        assert!(xml.contains("name=\"load-00001\"") && xml.contains("ip=\"10.0.0.2\""));
+        assert!(xml.contains("name=\"load-00001\"") && xml.contains("ip=\"127.1.0.2\""));
         assert!(!format!("{:?}", agents[0]).contains("PRIVATE KEY"));
     }
 
