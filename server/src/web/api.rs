@@ -116,7 +116,8 @@ pub fn columns(host: String, metric: String, from: i64, to: i64, series: Series)
 }
 
 pub(super) async fn series(State(state): State<Arc<WebState>>, Query(q): Query<SeriesQuery>) -> Response {
-    let to = q.to.unwrap_or_else(vigil_sys::clock::now_unix);
+    // The range is half-open in whole seconds: one past now, so a sample of this very second is in it.
+    let to = q.to.unwrap_or_else(|| vigil_sys::clock::now_unix() + 1);
     let from = q.from.unwrap_or(to - DEFAULT_RANGE_S);
     if from >= to {
         return (StatusCode::BAD_REQUEST, "`from` must be before `to`\n").into_response();

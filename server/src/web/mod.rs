@@ -276,9 +276,14 @@ mod http_tests {
     const SCRIPT: &str = "<script>alert(1)</script>";
 
     async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+        request(addr, "GET", path, auth).await
+    }
+
+    async fn request(addr: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
@@ -353,6 +358,10 @@ mod http_tests {
         let (code, series) = get(addr, "/api/series?host=web1&metric=disk&points=10", None).await;
         assert_eq!(code, 200, "{series}");
         assert!(series.contains("\"label\":\"/mnt/<script>alert(1)</script>\""), "{series}");
+        // Nothing changes state: no other method is routed.
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            assert_eq!(request(addr, method, "/api/hosts", None).await.0, 405, "{method}");
+        }
         cancel.cancel();
     }
 

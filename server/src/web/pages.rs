@@ -223,7 +223,8 @@ pub(super) async fn host(
     Path(name): Path<String>,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    let now_s = vigil_sys::clock::now_unix();
+    // One past now: the charts' half-open range holds this very second's samples.
+    let now_s = vigil_sys::clock::now_unix() + 1;
     let (from, to, picked) = match (q.from, q.to) {
         (Some(f), Some(t)) if f < t => (f, t, None),
         _ => {
