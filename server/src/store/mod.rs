@@ -1,7 +1,7 @@
 //! The SQLite database, and all of vigil's SQL: opening it (0600, WAL, migrations), agents, the config state and
 //! retention here; reports in [`insert`], alert state, history, outbox and security digest in [`alerts`], the
-//! status queries in `views`, the schema documentation in [`schema_doc`]. Nothing outside this module uses
-//! `rusqlite`, except through the typed methods and rows here.
+//! status queries in `views`, the dashboard's, API's and export's queries in [`web`], the schema documentation in
+//! [`schema_doc`]. Nothing outside this module uses `rusqlite`, except through the typed methods and rows here.
 //!
 //! The schema lives only in `migrations/` (refinery, embedded, applied on every [`Store::open`], append-only: a change
 //! is a new `V<n>__<name>.sql`).

@@ -23,7 +23,7 @@ fn sample(seq: u64, at: i64, i: u64) -> Report {
     let mut r = Report::example(seq, at);
     let wave = ((i % 360) as f32 / 360.0 * std::f32::consts::TAU).sin();
     if let Some(c) = r.stats.cpu.as_mut() {
-        c.total_pct = 30.0 + 20.0 * wave + if i % 997 == 0 { 45.0 } else { 0.0 };
+        c.total_pct = 30.0 + 20.0 * wave + if i.is_multiple_of(997) { 45.0 } else { 0.0 };
     }
     r.stats.system = None;
     r.stats.users = None;
