@@ -101,7 +101,7 @@ fn sparkline(s: Option<&Series>, from_ms: i64, to_ms: i64) -> Markup {
     }
     html! {
         svg.spark viewBox="0 0 100 20" width="100" height="20" preserveAspectRatio="none" data-points=(line.buckets.len()) {
-            polyline points=(points.trim_end()) fill="none" stroke="currentColor" stroke-width="1" {}
+            polyline points=(points.trim_end()) fill="none" stroke="currentColor" stroke-width="1.5" vector-effect="non-scaling-stroke" {}
         }
     }
 }
