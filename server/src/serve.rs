@@ -86,6 +86,11 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: settings.listen, source })?;
+    // `[web]` is bound at start, like `[server] listen`, before serve says it listens: a missing token stops it here.
+    let web = match &config.web {
+        Some(w) => Some(web_listener(w).await?),
+        None => None,
+    };
     let local_addr =
         listener.local_addr().map_err(|source| ServeError::Runtime { what: "the listener's address", source })?;
     // Watching starts before the announcement: an edit made once serve says it listens is seen.
@@ -99,11 +104,6 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
         .and_then(|()| stdout.flush());
     tracing::info!(%local_addr, %fingerprint, hosts = config.clients.len(), jobs = config.jobs.len(), "serving");
 
-    // `[web]` is bound at start, like `[server] listen`.
-    let web = match &config.web {
-        Some(w) => Some(web_listener(w).await?),
-        None => None,
-    };
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     // Alert rules follow the config in force; set before the endpoint takes reports.
     ingest.set_alert_config(config_rx.clone()).await.map_err(ServeError::Ingest)?;

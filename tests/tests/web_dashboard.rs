@@ -250,3 +250,22 @@ fn vigil_export_writes_the_stored_samples_as_csv_and_jsonl() -> Result<()> {
     ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--family"));
     Ok(())
 }
+
+#[test]
+fn serve_does_not_start_when_the_token_variable_is_unset() -> Result<()> {
+    let w = Workdir::new()?;
+    w.write_clients_text(&clients_xml(&[ClientEntry::local("here")]))?;
+    let jobs = jobs_toml(free_port(), &w.data_dir(), None, "5s");
+    let web = free_port();
+    w.write_jobs(&format!("{jobs}\n[web]\nlisten = \"127.0.0.1:{web}\"\ntoken_env = \"VIGIL_TEST_UNSET_TOKEN\"\n"))?;
+    let mut cmd = w.vigil(&["serve"]);
+    cmd.env_remove("VIGIL_TEST_UNSET_TOKEN").env("TMPDIR", w.path());
+    let mut serve = Proc::spawn(cmd, w.path(), "serve")?;
+    let exit = serve.wait_exit(Duration::from_secs(20));
+    kill_processes_under(w.path());
+    let exit = exit?;
+    ensure!(!exit.success(), "serve started without its token:\n{}", serve.logs());
+    ensure!(serve.stderr().contains("VIGIL_TEST_UNSET_TOKEN"), "{}", serve.logs());
+    ensure!(!serve.stdout().contains("listening on"), "serve announced itself first:\n{}", serve.logs());
+    Ok(())
+}
