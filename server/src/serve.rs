@@ -126,6 +126,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     tracker.spawn(crate::alert::watch_silence(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(retention_task(ingest.clone(), config_rx.clone(), cancel.clone()));
+    tracker.spawn(rollup_task(ingest.clone(), cancel.clone()));
     if let Some((listener, token)) = web {
         let health = crate::web::Health { endpoint: shared.clone(), ingest: ingest.clone() };
         let state = crate::web::WebState::open(&settings.database, config_rx.clone(), token, Some(health))?;
@@ -272,6 +273,31 @@ async fn retention_task(ingest: IngestHandle, config_rx: watch::Receiver<Arc<Con
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
+}
+
+/// How often new reports are rolled up into the dashboard's 5-minute buckets.
+pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
+
+/// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
+/// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
+async fn rollup_task(ingest: IngestHandle, cancel: CancellationToken) {
+    loop {
+        loop {
+            match ingest.exec(|s| s.roll_up()).await {
+                Ok(Ok(n)) if n > 0 && !cancel.is_cancelled() => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "rolling up reports for the dashboard failed");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(ROLLUP_EVERY) => {}
         }
     }
 }

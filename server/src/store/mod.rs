@@ -384,6 +384,7 @@ impl Store {
             }
         }
         let alert_rows = self.write_tx(|c| alerts::prune(c, older_than_ms))?;
+        self.prune_rollups(older_than_ms)?;
         Ok(Pruned { reports, alert_rows })
     }
 

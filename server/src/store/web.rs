@@ -176,6 +176,29 @@ pub enum Cell {
 
 const HOST_ID: &str = "SELECT id FROM hosts WHERE name = ?1";
 
+/// Width of a roll-up bucket (`rollup_5m`).
+pub const ROLLUP_MS: i64 = 300_000;
+/// Reports rolled up per [`Store::roll_up`] call, so one call holds the writer briefly.
+const ROLLUP_CHUNK: i64 = 20_000;
+
+/// min, sum, count and max of the samples of one (line, bucket), from roll-ups and raw rows alike.
+#[derive(Debug, Clone, Copy)]
+struct Agg {
+    n: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Agg {
+    fn add(&mut self, o: Agg) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+}
+
 /// Largest number of buckets a series request may ask for.
 pub const MAX_POINTS: u32 = 5_000;
 
@@ -199,25 +222,65 @@ impl Store {
         let span = to_ms.saturating_sub(from_ms).max(1);
         // Ceiling division: at most `points` buckets cover the range.
         let bucket_ms = ((span + points - 1) / points).max(1);
-        let mut series = Series { bucket_ms, lines: Vec::new() };
-        let Some(id) = self.host_id(host)? else { return Ok(Some(series)) };
-        for (label, value) in def.lines {
-            let sql = format!(
-                "SELECT {label} AS label, (t.ts - ?2) / ?4 AS b, min({value}), avg({value}), max({value})
-                 FROM {from} WHERE t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND {value} IS NOT NULL
-                 GROUP BY label, b ORDER BY label, b",
-                from = def.from
-            );
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params![id, from_ms, to_ms, bucket_ms])?;
-            while let Some(r) = rows.next()? {
-                let label: String = r.get(0)?;
-                let b: i64 = r.get(1)?;
-                let bucket = Bucket { t_ms: from_ms + b * bucket_ms, min: r.get(2)?, avg: r.get(3)?, max: r.get(4)? };
-                match series.lines.last_mut() {
-                    Some(line) if line.label == label => line.buckets.push(bucket),
-                    _ => series.lines.push(Line { label, buckets: vec![bucket] }),
+        let Some(id) = self.host_id(host)? else { return Ok(Some(Series { bucket_ms, lines: Vec::new() })) };
+        // Keyed by (label, bucket index): both sources add into the same buckets.
+        let mut acc: std::collections::BTreeMap<(String, i64), Agg> = std::collections::BTreeMap::new();
+        let mut add = |label: String, b: i64, a: Agg| {
+            acc.entry((label, b)).and_modify(|x| x.add(a)).or_insert(a);
+        };
+        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, i64, Agg)> {
+            Ok((r.get(0)?, r.get(1)?, Agg { n: r.get(2)?, sum: r.get(3)?, min: r.get(4)?, max: r.get(5)? }))
+        };
+        if bucket_ms >= ROLLUP_MS {
+            // Coarse buckets: the roll-ups of the reports already rolled up, plus the raw rows of the newer ones.
+            let rolled: i64 = self
+                .conn
+                .prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?
+                .query_row([], |r| r.get(0))?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT label, max(0, (bucket_ms - ?2) / ?4), sum(n), sum(sum), min(min), max(max) FROM rollup_5m
+                 WHERE host_id = ?1 AND metric = ?5 AND bucket_ms > ?2 - ?6 AND bucket_ms < ?3
+                 GROUP BY 1, 2",
+            )?;
+            for r in stmt.query_map(params![id, from_ms, to_ms, bucket_ms, def.name, ROLLUP_MS], row)? {
+                let (label, b, a) = r?;
+                add(label, b, a);
+            }
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT {label}, (t.ts - ?2) / ?4, count(*), sum({value}), min({value}), max({value})
+                     FROM {from} WHERE t.report_id > ?5 AND t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3
+                     AND {value} IS NOT NULL GROUP BY 1, 2",
+                    from = def.from
+                );
+                for r in
+                    self.conn.prepare_cached(&sql)?.query_map(params![id, from_ms, to_ms, bucket_ms, rolled], row)?
+                {
+                    let (label, b, a) = r?;
+                    add(label, b, a);
                 }
+            }
+        } else {
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT {label}, (t.ts - ?2) / ?4, count(*), sum({value}), min({value}), max({value})
+                     FROM {from} WHERE t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND {value} IS NOT NULL
+                     GROUP BY 1, 2",
+                    from = def.from
+                );
+                for r in self.conn.prepare_cached(&sql)?.query_map(params![id, from_ms, to_ms, bucket_ms], row)? {
+                    let (label, b, a) = r?;
+                    add(label, b, a);
+                }
+            }
+        }
+        let mut series = Series { bucket_ms, lines: Vec::new() };
+        for ((label, b), a) in acc {
+            let bucket =
+                Bucket { t_ms: from_ms + b * bucket_ms, min: a.min, avg: a.sum / a.n.max(1) as f64, max: a.max };
+            match series.lines.last_mut() {
+                Some(line) if line.label == label => line.buckets.push(bucket),
+                _ => series.lines.push(Line { label, buckets: vec![bucket] }),
             }
         }
         Ok(Some(series))
@@ -259,6 +322,68 @@ impl Store {
             row(&name, ts, &cells)?;
         }
         Ok(true)
+    }
+
+    /// Adds the samples of reports stored since the last call into `rollup_5m`, at most [`ROLLUP_CHUNK`] reports per
+    /// call (one transaction). Returns how many reports were rolled up; run it until it returns less than a chunk.
+    /// Only the daemon's writer calls it.
+    pub fn roll_up(&mut self) -> Result<i64, StoreError> {
+        self.write_tx(|tx| {
+            let conn = tx.0;
+            let after: i64 =
+                conn.prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?.query_row([], |r| r.get(0))?;
+            let newest: Option<i64> = conn
+                .prepare_cached("SELECT id FROM reports WHERE id > ?1 ORDER BY id LIMIT 1 OFFSET ?2")?
+                .query_row(params![after, ROLLUP_CHUNK - 1], |r| r.get(0))
+                .optional()?;
+            let until: i64 = match newest {
+                Some(id) => id,
+                None => conn.prepare_cached("SELECT coalesce(max(id), 0) FROM reports")?.query_row([], |r| r.get(0))?,
+            };
+            if until <= after {
+                return Ok(0);
+            }
+            for def in &METRICS {
+                for (label, value) in def.lines {
+                    let sql = format!(
+                        "INSERT INTO rollup_5m (host_id, metric, label, bucket_ms, n, sum, min, max)
+                         SELECT t.host_id, '{name}', {label}, (t.ts / {ROLLUP_MS}) * {ROLLUP_MS}, count(*), sum({value}),
+                                min({value}), max({value})
+                         FROM {from} WHERE t.report_id > ?1 AND t.report_id <= ?2 AND {value} IS NOT NULL
+                         GROUP BY 1, 3, 4
+                         ON CONFLICT (host_id, metric, bucket_ms, label) DO UPDATE SET n = n + excluded.n,
+                            sum = sum + excluded.sum, min = min(min, excluded.min), max = max(max, excluded.max)",
+                        name = def.name,
+                        from = def.from
+                    );
+                    conn.prepare_cached(&sql)?.execute(params![after, until])?;
+                }
+            }
+            conn.prepare_cached("UPDATE rollup_state SET last_report_id = ?1 WHERE id = 1")?.execute(params![until])?;
+            let rolled: i64 = conn
+                .prepare_cached("SELECT count(*) FROM reports WHERE id > ?1 AND id <= ?2")?
+                .query_row(params![after, until], |r| r.get(0))?;
+            Ok(rolled)
+        })
+    }
+
+    /// Deletes roll-up buckets that end before `older_than_ms` (retention), host by host and metric by metric
+    /// along the primary key.
+    pub(crate) fn prune_rollups(&mut self, older_than_ms: i64) -> Result<usize, StoreError> {
+        self.write_tx(|tx| {
+            let conn = tx.0;
+            let hosts: Vec<i64> =
+                conn.prepare_cached("SELECT id FROM hosts")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut deleted = 0;
+            let mut stmt =
+                conn.prepare_cached("DELETE FROM rollup_5m WHERE host_id = ?1 AND metric = ?2 AND bucket_ms < ?3")?;
+            for h in hosts {
+                for def in &METRICS {
+                    deleted += stmt.execute(params![h, def.name, older_than_ms - ROLLUP_MS])?;
+                }
+            }
+            Ok(deleted)
+        })
     }
 
     /// The newest values of `host` (all empty for a host never seen).
@@ -429,6 +554,36 @@ mod tests {
         let n = Report::example(1, 0).stats.cpu.unwrap().per_core_pct.len();
         assert_eq!(cores.lines.len(), n);
         assert!(store.series("web1", "nope", 0, 1, 10).unwrap().is_none());
+        // Coarse buckets read the roll-ups plus the raw rows not rolled up yet, and answer as the raw rows do: the
+        // same reports into a database never rolled up, and into one rolled up after its first 1,500 reports.
+        let to = 1_000_000 + 20_000_000;
+        let coarse = |s: &Store| s.series("web1", "cpu_cores", 0, to, 10).unwrap().unwrap();
+        let later = |r: std::ops::Range<u64>| -> Vec<Incoming> {
+            r.map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 1_234 { 77.0 } else { 10.0 })).collect()
+        };
+        store.insert_reports(&later(1_000..1_500)).unwrap();
+        store.insert_reports(&later(1_500..1_800)).unwrap();
+        let raw = coarse(&store);
+        assert!(raw.bucket_ms >= ROLLUP_MS && raw.lines.len() == 2);
+        let mut rolled = Store::open(&dir.path().join("r.db")).unwrap();
+        rolled.insert_reports(&batch).unwrap();
+        rolled.insert_reports(&later(1_000..1_500)).unwrap();
+        assert_eq!(rolled.roll_up().unwrap(), 1_500);
+        assert_eq!(rolled.roll_up().unwrap(), 0);
+        rolled.insert_reports(&later(1_500..1_800)).unwrap();
+        let mixed = coarse(&rolled);
+        assert_eq!(mixed.lines.len(), raw.lines.len());
+        for (m, r) in mixed.lines.iter().zip(&raw.lines) {
+            assert_eq!(m.buckets.len(), r.buckets.len(), "{}", m.label);
+            for (a, b) in m.buckets.iter().zip(&r.buckets) {
+                assert_eq!((a.t_ms, a.min, a.max), (b.t_ms, b.min, b.max));
+                assert!((a.avg - b.avg).abs() < 1e-9);
+            }
+        }
+        let cpu = rolled.series("web1", "cpu", 0, to, 10).unwrap().unwrap();
+        let top = cpu.lines[0].buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
+        assert_eq!(top, 99.0, "the spike is rolled up");
+        assert!(rolled.prune_rollups(i64::MAX / 2).unwrap() > 0);
         assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
     }
 }
