@@ -4,7 +4,7 @@
 //! writer has committed what was queued.
 //!
 //! Every write of the daemon goes through the ingest writer (`IngestHandle::exec`): reports, check-ins, the config
-//! state, retention, alert state, mail state and the local agents' registrations.
+//! state, retention, the dashboard's roll-ups, alert state, mail state and the local agents' registrations.
 
 use std::io::Write;
 use std::path::PathBuf;

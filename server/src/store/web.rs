@@ -246,10 +246,12 @@ impl Store {
                 let (label, b, a) = r?;
                 add(label, b, a);
             }
+            // The unary `+` keeps the planner off the `(host_id, ts)` index, which would scan the whole range: the
+            // reports not rolled up yet are the few newest, found through the `report_id` index.
             for (label, value) in def.lines {
                 let sql = format!(
                     "SELECT {label}, (t.ts - ?2) / ?4, count(*), sum({value}), min({value}), max({value})
-                     FROM {from} WHERE t.report_id > ?5 AND t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3
+                     FROM {from} WHERE t.report_id > ?5 AND +t.host_id = ?1 AND +t.ts >= ?2 AND +t.ts < ?3
                      AND {value} IS NOT NULL GROUP BY 1, 2",
                     from = def.from
                 );
