@@ -18,6 +18,11 @@ missing=()
 { [ -x /usr/bin/ssh ] && [ -x /usr/bin/ssh-keygen ]; } || missing+=(openssh-client)
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; } || missing+=(python3-aiosmtpd)
 command -v useradd >/dev/null || missing+=(passwd)
+# --- web (begin): headless Chromium for the dashboard tests, promtool for /metrics
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -x /usr/bin/promtool ] || missing+=(prometheus)
+# --- web (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -14,7 +14,7 @@ use vigil_schema::job::Collector;
 
 use super::diag::{Diagnostic, Diags, Loc};
 use super::values;
-use super::{AlertSettings, Channel, JobDef, ServerSettings, SmtpSettings, TlsMode};
+use super::{AlertSettings, Channel, JobDef, ServerSettings, SmtpSettings, TlsMode, WebSettings};
 
 /// Keys of `[server]`.
 pub const SERVER_KEYS: [&str; 9] = [
@@ -32,11 +32,13 @@ pub const SERVER_KEYS: [&str; 9] = [
 pub const SMTP_KEYS: [&str; 7] = ["host", "port", "tls", "from", "username", "password_env", "allow_plaintext_auth"];
 /// Keys of `[alerts]`.
 pub const ALERTS_KEYS: [&str; 1] = ["security_digest"];
+/// Keys of `[web]`.
+pub const WEB_KEYS: [&str; 2] = ["listen", "token_env"];
 /// Keys of each `[[job]]`.
 pub const JOB_KEYS: [&str; 10] =
     ["name", "collectors", "command", "interval", "timeout", "parse", "max_output", "jitter", "hosts", "tags"];
 /// Top-level tables.
-const TOP_KEYS: [&str; 4] = ["server", "smtp", "alerts", "job"];
+const TOP_KEYS: [&str; 5] = ["server", "smtp", "alerts", "job", "web"];
 
 /// Default `retention_days`.
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
@@ -74,6 +76,7 @@ pub(crate) struct JobsFile {
     pub(crate) server: ServerSettings,
     pub(crate) smtp: Option<SmtpSettings>,
     pub(crate) alerts: AlertSettings,
+    pub(crate) web: Option<WebSettings>,
     pub(crate) jobs: Vec<JobDef>,
     pub(crate) locs: Vec<JobLocs>,
 }
@@ -100,8 +103,8 @@ pub(crate) fn parse(path: &Path, source: &str) -> Result<JobsFile, Vec<Diagnosti
     let base = path.parent().unwrap_or(Path::new(""));
     let validated = validate(doc.get_ref(), base, &mut cx);
     match validated {
-        Some((server, smtp, alerts, jobs, locs)) if cx.diags.is_empty() => {
-            Ok(JobsFile { path: path.to_path_buf(), server, smtp, alerts, jobs, locs })
+        Some(((server, smtp, alerts, jobs, locs), web)) if cx.diags.is_empty() => {
+            Ok(JobsFile { path: path.to_path_buf(), server, smtp, alerts, web, jobs, locs })
         }
         _ => Err(cx.diags.into_sorted()),
     }
@@ -239,8 +242,9 @@ fn seconds(cx: &mut Cx<'_>, key: &str, v: &Value<'_>) -> Option<u64> {
 
 type Validated = (ServerSettings, Option<SmtpSettings>, AlertSettings, Vec<JobDef>, Vec<JobLocs>);
 
-fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<Validated> {
+fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<(Validated, Option<WebSettings>)> {
     let top = fields(doc, &TOP_KEYS, "jobs.toml (top level)", cx);
+    let web = web_table(top.get("web").copied(), cx);
     let server = match top.get("server") {
         Some(v) => match v.get_ref().as_table() {
             Some(t) => server(t, v.span().start, base, cx),
@@ -306,7 +310,7 @@ fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<Validated
             None => cx.diags.at(v.span().start, "write each job as [[job]] (an array of tables), not [job]"),
         }
     }
-    Some((server?, smtp?, alerts?, jobs, locs))
+    Some(((server?, smtp?, alerts?, jobs, locs), web?))
 }
 
 fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<ServerSettings> {
@@ -470,6 +474,65 @@ fn alerts(t: &DeTable<'_>, cx: &mut Cx<'_>) -> Option<AlertSettings> {
         }
     }
     (cx.diags.items.len() == errors_before).then_some(settings)
+}
+
+/// `[web]` of the document, when written: `Some(None)` when absent, `None` when invalid (reported).
+fn web_table(v: Option<&Value<'_>>, cx: &mut Cx<'_>) -> Option<Option<WebSettings>> {
+    let Some(v) = v else { return Some(None) };
+    match v.get_ref().as_table() {
+        Some(t) => web(t, v.span().start, cx).map(Some),
+        None => {
+            type_error(cx, "web", v, "a table ([web])");
+            None
+        }
+    }
+}
+
+/// `[web]`: where the dashboard listens, and the variable holding its access token. A listen address other than
+/// loopback is refused without a token: the dashboard shows the whole fleet.
+fn web(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<WebSettings> {
+    let errors_before = cx.diags.items.len();
+    let f = fields(t, &WEB_KEYS, "[web]", cx);
+    let mut listen = None;
+    match f.get("listen") {
+        Some(v) => {
+            if let Some(s) = string(cx, "listen", v) {
+                match s.parse::<SocketAddr>() {
+                    Ok(addr) => listen = Some(addr),
+                    Err(_) => cx.diags.at(
+                        v.span().start,
+                        format!("bad listen address \"{s}\"; expected an IP address and port such as 127.0.0.1:7080"),
+                    ),
+                }
+            }
+        }
+        None => f.missing(cx, at, "[web] is missing `listen`, the address the dashboard listens on".into()),
+    }
+    let mut token_env = None;
+    if let Some(v) = f.get("token_env")
+        && let Some(s) = string(cx, "token_env", v)
+    {
+        match values::env_name(s) {
+            Ok(()) => token_env = Some(s.to_string()),
+            Err(message) => cx.diags.at(v.span().start, message),
+        }
+    }
+    if let (Some(addr), None, None) = (listen, &token_env, f.get("token_env"))
+        && !addr.ip().is_loopback()
+    {
+        let at = f.get("listen").map_or(at, |v| v.span().start);
+        cx.diags.at(
+            at,
+            format!(
+                "[web] listens on {addr}, which is not a loopback address, without an access token; set token_env = \
+                 \"VAR\" (the token is read from that environment variable) or listen on 127.0.0.1"
+            ),
+        );
+    }
+    if cx.diags.items.len() > errors_before {
+        return None;
+    }
+    Some(WebSettings { listen: listen?, token_env })
 }
 
 /// An absolute form of a path, without touching the file system.
@@ -1061,5 +1124,34 @@ jitter = "x"
             errs(&format!("{SERVER}channel = \"tunel\"\n")),
             ["4:11: unknown channel \"tunel\" (did you mean \"tunnel\"?); expected tunnel or direct"]
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod web_tests {
+    use super::*;
+
+    const SERVER: &str = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"d\"\n";
+
+    fn parse_web(web: &str) -> Result<Option<WebSettings>, Vec<String>> {
+        parse(Path::new("j.toml"), &format!("{SERVER}{web}"))
+            .map(|f| f.web)
+            .map_err(|d| d.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect())
+    }
+
+    #[test]
+    fn a_dashboard_beyond_loopback_needs_a_token() {
+        assert_eq!(parse_web("").unwrap(), None);
+        let local = parse_web("[web]\nlisten = \"127.0.0.1:7080\"\n").unwrap().unwrap();
+        assert_eq!((local.listen.port(), local.token_env), (7080, None));
+        let errs = parse_web("[web]\nlisten = \"0.0.0.0:7080\"\n").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("5:10: [web] listens on 0.0.0.0:7080, which is not a loopback"), "{errs:?}");
+        let tok = parse_web("[web]\nlisten = \"0.0.0.0:7080\"\ntoken_env = \"VIGIL_WEB_TOKEN\"\n").unwrap().unwrap();
+        assert_eq!(tok.token_env.as_deref(), Some("VIGIL_WEB_TOKEN"));
+        assert!(parse_web("[web]\nlisten = \"[::1]:7080\"\n").unwrap().is_some());
+        let errs = parse_web("[web]\nlisten = \"nowhere\"\ntokenenv = \"X\"\n").unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
     }
 }

@@ -43,6 +43,8 @@ pub struct Config {
     pub smtp: Option<SmtpSettings>,
     /// `[alerts]` of jobs.toml.
     pub alerts: AlertSettings,
+    /// `[web]` of jobs.toml: the dashboard; `None` when the table is absent (no dashboard).
+    pub web: Option<WebSettings>,
     /// The jobs, in jobs.toml order.
     pub jobs: Vec<JobDef>,
     /// The `<defaults>` alert rules of clients.xml (already merged into each host's `alerts`).
@@ -274,6 +276,15 @@ impl Default for AlertSettings {
     fn default() -> Self {
         Self { security_digest: jobs::DEFAULT_SECURITY_DIGEST }
     }
+}
+
+/// `[web]` of jobs.toml: the read-only dashboard, JSON API and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSettings {
+    /// Where the dashboard listens (HTTP).
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the access token; required unless `listen` is loopback.
+    pub token_env: Option<String>,
 }
 
 /// `[smtp]` of jobs.toml.

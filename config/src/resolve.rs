@@ -17,6 +17,7 @@ pub(crate) fn resolve(clients: ClientsFile, jobs: JobsFile) -> Loaded {
         server: jobs.server,
         smtp: jobs.smtp,
         alerts: jobs.alerts,
+        web: jobs.web,
         jobs: jobs.jobs,
         defaults: clients.defaults,
     };

@@ -18,6 +18,7 @@
 //! - [`repair`]: self-healing: re-runs the bootstrap plan on SSH hosts that fell silent, with backoff.
 //! - [`tunnel`]: the SSH reverse channel: serve's sessions to hosts' sshd with a remote forward their agents dial;
 //!   forwarded connections go to the endpoint.
+//! - [`web`]: the read-only web dashboard, JSON API and Prometheus `/metrics` on `[web] listen`.
 //! - [`serve`]: wires the above into the running daemon and owns every task it spawns.
 
 pub use vigil_config as config;
@@ -35,3 +36,4 @@ pub mod serve;
 pub mod status;
 pub mod store;
 pub mod tunnel;
+pub mod web;

@@ -114,6 +114,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stored samples to stdout, oldest first.
+    Export {
+        /// Samples this recent: 90s, 15m, 2h, 7d, 1w.
+        #[arg(long, value_parser = cli::alerts::parse_since)]
+        since: i64,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Only this family (cpu, memory, swap, disk_usage, network, partitions, system, sessions,
+        /// security_events); all of them when absent (jsonl only).
+        #[arg(long, value_parser = cli::export::parse_family)]
+        family: Option<String>,
+        #[arg(long, value_enum)]
+        format: cli::export::Format,
+    },
 }
 
 /// The log filter when `VIGIL_LOG` does not say otherwise.
@@ -160,13 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => cli::serve::run(files),
         Command::Status { json } => cli::status::run(files, json),
         Command::Bootstrap { hosts, all, dry_run, accept_new_host_key, parallel } => {
-            let args = cli::bootstrap::BootstrapArgs {
-                hosts: &hosts,
-                all,
-                dry_run,
-                accept_new_host_key,
-                parallel: usize::from(parallel),
-            };
+            let parallel = usize::from(parallel);
+            let args = cli::bootstrap::BootstrapArgs { hosts: &hosts, all, dry_run, accept_new_host_key, parallel };
             cli::bootstrap::bootstrap(files, args)
         }
         Command::Uninstall { hosts, all, accept_new_host_key } => {
@@ -179,6 +189,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts { since, json } => cli::alerts::run(files, since, json),
         Command::Runs { host, job, since, limit, output, json } => {
             cli::runs::run(files, cli::runs::RunsArgs { host, job, since_ms_back: since, limit, output, json })
+        }
+        Command::Export { since, host, family, format } => {
+            cli::export::run(files, since, host.as_deref(), family.as_deref(), format)
         }
     }
 }

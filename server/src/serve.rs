@@ -1,11 +1,11 @@
-//! `vigil serve`: wires config, store, ingest, the SSH endpoint, live reload, retention and local agents into one
-//! daemon, and owns every task it spawns: one function per long-lived task below, each run on one `TaskTracker`
-//! under one `CancellationToken`; `run` returns only after all have finished and the ingest writer has committed
-//! what was queued.
+//! `vigil serve`: wires config, store, ingest, the SSH endpoint, live reload, retention, local agents and the web
+//! dashboard of `[web]` into one daemon, and owns every task it spawns: one function per long-lived task below, each
+//! run on one `TaskTracker` under one `CancellationToken`; `run` returns only after all have finished and the ingest
+//! writer has committed what was queued.
 //!
 //! Every write of the daemon goes through the ingest writer (`IngestHandle::exec`): reports, check-ins, the config
-//! state, retention, alert state, mail state, the local agents' registrations and automatic repairs
-//! (`crate::repair`: registrations, repair events).
+//! state, retention, the dashboard's roll-ups, alert state, mail state, the local agents' registrations and
+//! automatic repairs (`crate::repair`: registrations, repair events).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,6 +64,8 @@ pub enum ServeError {
     },
     #[error("cannot start: the ingest writer stopped")]
     Ingest(#[source] IngestError),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
 }
 
 /// Runs the server until `shutdown` fires.
@@ -87,6 +89,11 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let listener = TcpListener::bind(settings.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: settings.listen, source })?;
+    // `[web]` is bound at start, like `[server] listen`, before serve says it listens: a missing token stops it here.
+    let web = match &config.web {
+        Some(w) => Some(web_listener(w).await?),
+        None => None,
+    };
     let local_addr =
         listener.local_addr().map_err(|source| ServeError::Runtime { what: "the listener's address", source })?;
     // Watching starts before the announcement: an edit made once serve says it listens is seen.
@@ -134,6 +141,12 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
         repair_requests,
         cancel.clone(),
     ));
+    tracker.spawn(rollup_task(ingest.clone(), cancel.clone()));
+    if let Some((listener, token)) = web {
+        let health = crate::web::Health { endpoint: shared.clone(), ingest: ingest.clone() };
+        let state = crate::web::WebState::open(&settings.database, config_rx.clone(), token, Some(health))?;
+        tracker.spawn(crate::web::run(listener, Arc::new(state), cancel.clone()));
+    }
     if opts.start_local_agents {
         tracker.spawn(local_agents_task(shared.clone(), fingerprint, cancel.clone()));
     }
@@ -149,6 +162,19 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The dashboard's listener and token (read from `token_env` now: a token named but not set stops the start).
+async fn web_listener(w: &crate::config::WebSettings) -> Result<(TcpListener, Option<crate::web::Token>), ServeError> {
+    let token = w.token_env.as_deref().map(crate::web::Token::from_env).transpose()?;
+    let listener =
+        TcpListener::bind(w.listen).await.map_err(|source| crate::web::WebError::Listen { addr: w.listen, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| ServeError::Runtime { what: "the web listener's address", source })?;
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "vigil serve: web dashboard on http://{addr}/").and_then(|()| stdout.flush());
+    tracing::info!(%addr, token = w.token_env.is_some(), "web dashboard");
+    Ok((listener, token))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT. Never returns when the handlers cannot be installed.
@@ -262,6 +288,31 @@ async fn retention_task(ingest: IngestHandle, config_rx: watch::Receiver<Arc<Con
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
+}
+
+/// How often new reports are rolled up into the dashboard's 5-minute buckets.
+pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
+
+/// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
+/// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
+async fn rollup_task(ingest: IngestHandle, cancel: CancellationToken) {
+    loop {
+        loop {
+            match ingest.exec(|s| s.roll_up()).await {
+                Ok(Ok(n)) if n > 0 && !cancel.is_cancelled() => continue,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "rolling up reports for the dashboard failed");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(ROLLUP_EVERY) => {}
         }
     }
 }

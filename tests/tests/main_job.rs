@@ -1,6 +1,6 @@
 //! The README's main job: `vigil serve` on the shipped clients.xml (this machine through the `local` transport) and
 //! the shipped jobs, with `vigil status` showing this machine with live numbers within seconds. Only the listen
-//! port and the data directory are changed, so the test can run beside a real server.
+//! ports (SSH endpoint and dashboard) and the data directory are changed, so the test can run beside a real server.
 
 use std::time::Duration;
 
@@ -19,6 +19,10 @@ fn serve_on_the_shipped_files_monitors_this_machine() {
     let port = free_port();
     let jobs = jobs.replace("listen = \"127.0.0.1:7022\"", &format!("listen = \"127.0.0.1:{port}\""));
     assert!(jobs.contains(&port.to_string()), "the shipped jobs.toml listens on 127.0.0.1:7022");
+    // The shipped dashboard listens on 127.0.0.1:7080: moved too.
+    let web_port = free_port();
+    let jobs = jobs.replace("listen = \"127.0.0.1:7080\"", &format!("listen = \"127.0.0.1:{web_port}\""));
+    assert!(jobs.contains(&web_port.to_string()), "the shipped jobs.toml has the dashboard on 127.0.0.1:7080");
     w.write_clients_text(&clients).unwrap();
     w.write_jobs(&jobs).unwrap();
     let tmp = w.path().join("tmp");
@@ -39,7 +43,9 @@ fn serve_on_the_shipped_files_monitors_this_machine() {
         })
     });
     let v = status();
+    let web_up = vigil_tests::net::port_accepts(web_port);
     kill_processes_under(&tmp);
+    assert!(web_up, "the shipped dashboard is not listening:\n{}", serve.logs());
     live.unwrap_or_else(|e| panic!("{e:#}\nstatus: {v:?}\n{}", serve.logs()));
     let v = v.unwrap();
     let host = &v["hosts"][0];

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod bootstrap;
 pub mod check;
+pub mod export;
 pub mod runs;
 pub mod serve;
 pub mod status;

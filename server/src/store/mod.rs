@@ -1,6 +1,7 @@
 //! The SQLite database, and all of vigil's SQL: opening it (0600, WAL, migrations), agents, the config state and
 //! retention here; reports in [`insert`], alert state, history, outbox and security digest in [`alerts`], the last
-//! automatic repair of each host in [`repairs`], the status queries in `views`, the schema documentation in
+//! automatic repair of each host in [`repairs`], the status queries in `views`, the dashboard's, API's and
+//! export's queries in [`web`], the schema documentation in
 //! [`schema_doc`]. Nothing outside this module uses `rusqlite`, except through the typed methods and rows here.
 //!
 //! The schema lives only in `migrations/` (refinery, embedded, applied on every [`Store::open`], append-only: a change
@@ -19,6 +20,7 @@ mod tunnels;
 mod views;
 #[cfg(test)]
 pub(crate) use views::vitals as test_vitals_report;
+pub mod web;
 
 pub use runs::{MetricRow, RunFilter, RunRow};
 pub use tunnels::{TunnelRow, TunnelState};
@@ -391,6 +393,7 @@ impl Store {
             }
         }
         let alert_rows = self.write_tx(|c| alerts::prune(c, older_than_ms))?;
+        self.prune_rollups(older_than_ms)?;
         Ok(Pruned { reports, alert_rows })
     }
 

@@ -1,0 +1,591 @@
+//! The read side of the web dashboard, the JSON API, `/metrics` and `vigil export`: time series bucketed into
+//! min/avg/max by SQL (a point budget caps the buckets), each host's latest values, its details, sessions and
+//! security events, and rows of a family since a time. Every query is a range or newest-row lookup on a
+//! `(host_id, ts)` index.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::alerts::EventRow;
+use super::{Store, StoreError};
+
+/// A metric the series endpoint serves: which table, and the lines it draws (label expression, value expression).
+/// Every string here is a constant of this file: no request text reaches the SQL.
+#[derive(Debug, Clone, Copy)]
+struct MetricDef {
+    name: &'static str,
+    /// The `FROM` clause; the table's columns are qualified `t.`.
+    from: &'static str,
+    lines: &'static [(&'static str, &'static str)],
+}
+
+const METRICS: [MetricDef; 9] = [
+    MetricDef { name: "cpu", from: "cpu t", lines: &[("'total'", "t.total_pct")] },
+    MetricDef {
+        name: "cpu_cores",
+        // One row per core: the stored JSON array unrolled by SQLite's json_each.
+        from: "cpu t, json_each(t.per_core_pct) j",
+        lines: &[("'core ' || j.key", "j.value")],
+    },
+    MetricDef {
+        name: "load",
+        from: "cpu t",
+        lines: &[("'load1'", "t.load1"), ("'load5'", "t.load5"), ("'load15'", "t.load15")],
+    },
+    MetricDef { name: "memory", from: "memory t", lines: &[("'used %'", "t.used_pct")] },
+    MetricDef {
+        name: "memory_bytes",
+        from: "memory t",
+        lines: &[("'used'", "t.used"), ("'available'", "t.available")],
+    },
+    MetricDef { name: "swap", from: "swap t", lines: &[("'used %'", "t.used_pct")] },
+    MetricDef { name: "disk", from: "disk_usage t", lines: &[("t.mount_point", "t.used_pct")] },
+    MetricDef { name: "net_rx", from: "network t", lines: &[("t.name", "t.rx_bytes_per_s")] },
+    MetricDef { name: "net_tx", from: "network t", lines: &[("t.name", "t.tx_bytes_per_s")] },
+];
+
+/// The metric names [`Store::series`] knows, in the order the host page draws them.
+pub fn metric_names() -> impl Iterator<Item = &'static str> {
+    METRICS.iter().map(|m| m.name)
+}
+
+/// One time bucket of a line: the minimum, mean and maximum of the samples in it (spikes survive downsampling).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    /// Start of the bucket, ms since the epoch.
+    pub t_ms: i64,
+    pub min: f64,
+    pub avg: f64,
+    pub max: f64,
+}
+
+/// One line of a chart (a mount, an interface, a core, or the metric itself).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Line {
+    pub label: String,
+    /// Buckets holding samples, oldest first (empty buckets are left out).
+    pub buckets: Vec<Bucket>,
+}
+
+/// A metric of a host over a time range.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    pub bucket_ms: i64,
+    pub lines: Vec<Line>,
+}
+
+/// Latest values of a host, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latest {
+    /// (total percent, load1, load5, load15, per-core percent JSON)
+    pub cpu: Option<(f64, f64, f64, f64)>,
+    /// (total, used, available, free) bytes
+    pub memory: Option<(i64, i64, i64, i64)>,
+    /// (total, used, free) bytes
+    pub swap: Option<(i64, i64, i64)>,
+    /// (mount, total, free) bytes of the latest disk sample
+    pub disks: Vec<(String, i64, i64)>,
+    /// (interface, rx bytes, tx bytes) counters of the latest network sample
+    pub networks: Vec<(String, i64, i64)>,
+    /// Receive time (server clock) of the latest report, ms.
+    pub last_report_ms: Option<i64>,
+}
+
+/// The latest system details of a host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Details {
+    pub hostname: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub uptime_s: i64,
+    pub cpu_model: String,
+    pub cpu_count: i64,
+}
+
+/// A session of the latest users sample.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionRow {
+    pub user: String,
+    pub terminal: String,
+    pub remote_host: Option<String>,
+    pub login_time: i64,
+}
+
+/// A recorded security event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecurityRow {
+    pub ts_ms: i64,
+    pub kind: String,
+    pub user: Option<String>,
+    pub message: String,
+}
+
+/// The families `vigil export` writes: (name, table, columns after host and time).
+const EXPORT_FAMILIES: [(&str, &str, &[&str]); 9] = [
+    (
+        "system",
+        "system_details",
+        &["hostname", "os_name", "os_version", "kernel", "arch", "uptime_s", "boot_time", "cpu_model", "cpu_count"],
+    ),
+    ("sessions", "sessions", &["source", "user", "terminal", "remote_host", "login_time"]),
+    ("cpu", "cpu", &["total_pct", "per_core_pct", "load1", "load5", "load15"]),
+    ("memory", "memory", &["total", "used", "available", "free", "used_pct"]),
+    ("swap", "swap", &["total", "used", "free", "used_pct"]),
+    ("partitions", "partitions", &["device", "mount_point", "fs_type", "options"]),
+    ("disk_usage", "disk_usage", &["mount_point", "total", "used", "free", "used_pct", "inodes_total", "inodes_used"]),
+    (
+        "network",
+        "network",
+        &[
+            "name",
+            "rx_bytes",
+            "tx_bytes",
+            "rx_packets",
+            "tx_packets",
+            "rx_errors",
+            "tx_errors",
+            "rx_dropped",
+            "tx_dropped",
+            "rx_bytes_per_s",
+            "tx_bytes_per_s",
+        ],
+    ),
+    ("security_events", "security_events", &["source", "event_time", "kind", "user", "event_source", "message"]),
+];
+
+/// The families `vigil export` knows, in its order.
+pub fn export_families() -> impl Iterator<Item = &'static str> {
+    EXPORT_FAMILIES.iter().map(|f| f.0)
+}
+
+/// The columns of an export family after `host` and `ts_ms`; `None` for an unknown family.
+pub fn export_columns(family: &str) -> Option<&'static [&'static str]> {
+    EXPORT_FAMILIES.iter().find(|f| f.0 == family).map(|f| f.2)
+}
+
+/// A value of an exported row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+const HOST_ID: &str = "SELECT id FROM hosts WHERE name = ?1";
+
+/// Width of a roll-up bucket (`rollup_5m`).
+pub const ROLLUP_MS: i64 = 300_000;
+/// Reports rolled up per [`Store::roll_up`] call, so one call holds the writer briefly.
+const ROLLUP_CHUNK: i64 = 20_000;
+
+/// min, sum, count and max of the samples of one (line, bucket), from roll-ups and raw rows alike.
+#[derive(Debug, Clone, Copy)]
+struct Agg {
+    n: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Agg {
+    fn add(&mut self, o: Agg) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+}
+
+/// Largest number of buckets a series request may ask for.
+pub const MAX_POINTS: u32 = 5_000;
+
+impl Store {
+    fn host_id(&self, host: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.prepare_cached(HOST_ID)?.query_row(params![host], |r| r.get(0)).optional()?)
+    }
+
+    /// `metric` of `host` over `[from_ms, to_ms)`, in at most `points` buckets per line. `None`: an unknown metric.
+    /// A host the database does not know has no lines.
+    pub fn series(
+        &self,
+        host: &str,
+        metric: &str,
+        from_ms: i64,
+        to_ms: i64,
+        points: u32,
+    ) -> Result<Option<Series>, StoreError> {
+        let Some(def) = METRICS.iter().find(|m| m.name == metric) else { return Ok(None) };
+        let points = i64::from(points.clamp(1, MAX_POINTS));
+        let span = to_ms.saturating_sub(from_ms).max(1);
+        // Ceiling division: at most `points` buckets cover the range.
+        let bucket_ms = ((span + points - 1) / points).max(1);
+        let Some(id) = self.host_id(host)? else { return Ok(Some(Series { bucket_ms, lines: Vec::new() })) };
+        // Keyed by (label, bucket index): both sources add into the same buckets.
+        let mut acc: std::collections::BTreeMap<(String, i64), Agg> = std::collections::BTreeMap::new();
+        let mut add = |label: String, b: i64, a: Agg| {
+            acc.entry((label, b)).and_modify(|x| x.add(a)).or_insert(a);
+        };
+        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, i64, Agg)> {
+            Ok((r.get(0)?, r.get(1)?, Agg { n: r.get(2)?, sum: r.get(3)?, min: r.get(4)?, max: r.get(5)? }))
+        };
+        if bucket_ms >= ROLLUP_MS {
+            // Coarse buckets: the roll-ups of the reports already rolled up, plus the raw rows of the newer ones.
+            let rolled: i64 = self
+                .conn
+                .prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?
+                .query_row([], |r| r.get(0))?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT label, max(0, (bucket_ms - ?2) / ?4), sum(n), sum(sum), min(min), max(max) FROM rollup_5m
+                 WHERE host_id = ?1 AND metric = ?5 AND bucket_ms > ?2 - ?6 AND bucket_ms < ?3
+                 GROUP BY 1, 2",
+            )?;
+            for r in stmt.query_map(params![id, from_ms, to_ms, bucket_ms, def.name, ROLLUP_MS], row)? {
+                let (label, b, a) = r?;
+                add(label, b, a);
+            }
+            // The unary `+` keeps the planner off the `(host_id, ts)` index, which would scan the whole range: the
+            // reports not rolled up yet are the few newest, found through the `report_id` index.
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT {label}, (t.ts - ?2) / ?4, count(*), sum({value}), min({value}), max({value})
+                     FROM {from} WHERE t.report_id > ?5 AND +t.host_id = ?1 AND +t.ts >= ?2 AND +t.ts < ?3
+                     AND {value} IS NOT NULL GROUP BY 1, 2",
+                    from = def.from
+                );
+                for r in
+                    self.conn.prepare_cached(&sql)?.query_map(params![id, from_ms, to_ms, bucket_ms, rolled], row)?
+                {
+                    let (label, b, a) = r?;
+                    add(label, b, a);
+                }
+            }
+        } else {
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT {label}, (t.ts - ?2) / ?4, count(*), sum({value}), min({value}), max({value})
+                     FROM {from} WHERE t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND {value} IS NOT NULL
+                     GROUP BY 1, 2",
+                    from = def.from
+                );
+                for r in self.conn.prepare_cached(&sql)?.query_map(params![id, from_ms, to_ms, bucket_ms], row)? {
+                    let (label, b, a) = r?;
+                    add(label, b, a);
+                }
+            }
+        }
+        let mut series = Series { bucket_ms, lines: Vec::new() };
+        for ((label, b), a) in acc {
+            let bucket =
+                Bucket { t_ms: from_ms + b * bucket_ms, min: a.min, avg: a.sum / a.n.max(1) as f64, max: a.max };
+            match series.lines.last_mut() {
+                Some(line) if line.label == label => line.buckets.push(bucket),
+                _ => series.lines.push(Line { label, buckets: vec![bucket] }),
+            }
+        }
+        Ok(Some(series))
+    }
+
+    /// Every row of `family` sampled at or after `since_ms` (of `host` only, when named), oldest first, handed to
+    /// `row` one at a time as (host, ts_ms, cells in [`export_columns`] order): memory stays flat however much is
+    /// exported. `Ok(false)`: an unknown family. An error from `row` stops the export and is returned.
+    pub fn export<E: From<StoreError>>(
+        &self,
+        family: &str,
+        host: Option<&str>,
+        since_ms: i64,
+        mut row: impl FnMut(&str, i64, &[Cell]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let Some((_, table, columns)) = EXPORT_FAMILIES.iter().find(|f| f.0 == family) else { return Ok(false) };
+        let cols: Vec<String> = columns.iter().map(|c| format!("t.{c}")).collect();
+        let sql = format!(
+            "SELECT h.name, t.ts, {} FROM {table} t JOIN hosts h ON h.id = t.host_id
+             WHERE t.ts >= ?1 AND (?2 IS NULL OR h.name = ?2) ORDER BY t.ts, t.id",
+            cols.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(StoreError::from)?;
+        let mut rows = stmt.query(params![since_ms, host]).map_err(StoreError::from)?;
+        let mut cells = Vec::with_capacity(columns.len());
+        while let Some(r) = rows.next().map_err(StoreError::from)? {
+            let name: String = r.get(0).map_err(StoreError::from)?;
+            let ts: i64 = r.get(1).map_err(StoreError::from)?;
+            cells.clear();
+            for i in 0..columns.len() {
+                use rusqlite::types::ValueRef;
+                cells.push(match r.get_ref(i + 2).map_err(StoreError::from)? {
+                    ValueRef::Null => Cell::Null,
+                    ValueRef::Integer(n) => Cell::Int(n),
+                    ValueRef::Real(x) => Cell::Real(x),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                });
+            }
+            row(&name, ts, &cells)?;
+        }
+        Ok(true)
+    }
+
+    /// Adds the samples of reports stored since the last call into `rollup_5m`, at most [`ROLLUP_CHUNK`] reports per
+    /// call (one transaction). Returns how many reports were rolled up; run it until it returns less than a chunk.
+    /// Only the daemon's writer calls it.
+    pub fn roll_up(&mut self) -> Result<i64, StoreError> {
+        self.write_tx(|tx| {
+            let conn = tx.0;
+            let after: i64 =
+                conn.prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?.query_row([], |r| r.get(0))?;
+            let newest: Option<i64> = conn
+                .prepare_cached("SELECT id FROM reports WHERE id > ?1 ORDER BY id LIMIT 1 OFFSET ?2")?
+                .query_row(params![after, ROLLUP_CHUNK - 1], |r| r.get(0))
+                .optional()?;
+            let until: i64 = match newest {
+                Some(id) => id,
+                None => conn.prepare_cached("SELECT coalesce(max(id), 0) FROM reports")?.query_row([], |r| r.get(0))?,
+            };
+            if until <= after {
+                return Ok(0);
+            }
+            for def in &METRICS {
+                for (label, value) in def.lines {
+                    let sql = format!(
+                        "INSERT INTO rollup_5m (host_id, metric, label, bucket_ms, n, sum, min, max)
+                         SELECT t.host_id, '{name}', {label}, (t.ts / {ROLLUP_MS}) * {ROLLUP_MS}, count(*), sum({value}),
+                                min({value}), max({value})
+                         FROM {from} WHERE t.report_id > ?1 AND t.report_id <= ?2 AND {value} IS NOT NULL
+                         GROUP BY 1, 3, 4
+                         ON CONFLICT (host_id, metric, bucket_ms, label) DO UPDATE SET n = n + excluded.n,
+                            sum = sum + excluded.sum, min = min(min, excluded.min), max = max(max, excluded.max)",
+                        name = def.name,
+                        from = def.from
+                    );
+                    conn.prepare_cached(&sql)?.execute(params![after, until])?;
+                }
+            }
+            conn.prepare_cached("UPDATE rollup_state SET last_report_id = ?1 WHERE id = 1")?.execute(params![until])?;
+            let rolled: i64 = conn
+                .prepare_cached("SELECT count(*) FROM reports WHERE id > ?1 AND id <= ?2")?
+                .query_row(params![after, until], |r| r.get(0))?;
+            Ok(rolled)
+        })
+    }
+
+    /// Deletes roll-up buckets that end before `older_than_ms` (retention), host by host and metric by metric
+    /// along the primary key.
+    pub(crate) fn prune_rollups(&mut self, older_than_ms: i64) -> Result<usize, StoreError> {
+        self.write_tx(|tx| {
+            let conn = tx.0;
+            let hosts: Vec<i64> =
+                conn.prepare_cached("SELECT id FROM hosts")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut deleted = 0;
+            let mut stmt =
+                conn.prepare_cached("DELETE FROM rollup_5m WHERE host_id = ?1 AND metric = ?2 AND bucket_ms < ?3")?;
+            for h in hosts {
+                for def in &METRICS {
+                    deleted += stmt.execute(params![h, def.name, older_than_ms - ROLLUP_MS])?;
+                }
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// The newest values of `host` (all empty for a host never seen).
+    pub fn latest(&self, host: &str) -> Result<Latest, StoreError> {
+        let mut out = Latest::default();
+        let Some(id) = self.host_id(host)? else { return Ok(out) };
+        let c = &self.conn;
+        out.cpu = c
+            .prepare_cached(
+                "SELECT total_pct, load1, load5, load15 FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        out.memory = c
+            .prepare_cached(
+                "SELECT total, used, available, free FROM memory WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        out.swap = c
+            .prepare_cached("SELECT total, used, free FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1")?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        out.disks = c
+            .prepare_cached(
+                "SELECT mount_point, total, free FROM disk_usage WHERE report_id =
+                 (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+                 ORDER BY mount_point",
+            )?
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        out.networks = c
+            .prepare_cached(
+                "SELECT name, rx_bytes, tx_bytes FROM network WHERE report_id =
+                 (SELECT report_id FROM network WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+                 ORDER BY name",
+            )?
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        out.last_report_ms = c
+            .prepare_cached(
+                "SELECT received_at_ms FROM reports WHERE host_id = ?1 ORDER BY received_at_ms DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        Ok(out)
+    }
+
+    /// The newest system details of `host`.
+    pub fn details(&self, host: &str) -> Result<Option<Details>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(None) };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT hostname, os_name, os_version, kernel, arch, uptime_s, cpu_model, cpu_count
+                 FROM system_details WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![id], |r| {
+                Ok(Details {
+                    hostname: r.get(0)?,
+                    os_name: r.get(1)?,
+                    os_version: r.get(2)?,
+                    kernel: r.get(3)?,
+                    arch: r.get(4)?,
+                    uptime_s: r.get(5)?,
+                    cpu_model: r.get(6)?,
+                    cpu_count: r.get(7)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The sessions of `host`'s newest users sample.
+    pub fn sessions(&self, host: &str) -> Result<Vec<SessionRow>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT user, terminal, remote_host, login_time FROM sessions WHERE report_id =
+                 (SELECT report_id FROM sessions WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+                 ORDER BY login_time",
+            )?
+            .query_map(params![id], |r| {
+                Ok(SessionRow { user: r.get(0)?, terminal: r.get(1)?, remote_host: r.get(2)?, login_time: r.get(3)? })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The `limit` newest alert events, of `host` or of every host, newest first.
+    pub fn recent_alert_events(&self, host: Option<&str>, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<EventRow> {
+            Ok(EventRow {
+                id: r.get(0)?,
+                at_ms: r.get(1)?,
+                host: r.get(2)?,
+                ip: r.get(3)?,
+                rule: r.get(4)?,
+                state: r.get(5)?,
+                value: r.get(6)?,
+                limit: r.get(7)?,
+                detail: r.get(8)?,
+            })
+        };
+        const COLUMNS: &str = "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events";
+        let rows = match host {
+            Some(h) => self
+                .conn
+                .prepare_cached(&format!("{COLUMNS} WHERE host = ?1 ORDER BY id DESC LIMIT ?2"))?
+                .query_map(params![h, limit], map)?
+                .collect::<Result<_, _>>()?,
+            None => self
+                .conn
+                .prepare_cached(&format!("{COLUMNS} ORDER BY id DESC LIMIT ?1"))?
+                .query_map(params![limit], map)?
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// The `limit` newest security events of `host`, newest first.
+    pub fn security_events(&self, host: &str, limit: u32) -> Result<Vec<SecurityRow>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT ts, kind, user, message FROM security_events WHERE host_id = ?1
+                 ORDER BY ts DESC, id DESC LIMIT ?2",
+            )?
+            .query_map(params![id, limit], |r| {
+                Ok(SecurityRow { ts_ms: r.get(0)?, kind: r.get(1)?, user: r.get(2)?, message: r.get(3)? })
+            })?
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::store::Incoming;
+    use vigil_schema::report::{Report, Stats};
+
+    fn report(seq: u64, at: i64, cpu: f32) -> Incoming {
+        let mut r = Report::example(seq, at);
+        r.stats = Stats { cpu: r.stats.cpu.map(|c| vigil_schema::report::CpuStats { total_pct: cpu, ..c }), ..r.stats };
+        Incoming { agent_id: "ag".into(), host: "web1".into(), ip: "10.0.0.1".into(), received_at_ms: at, report: r }
+    }
+
+    #[test]
+    fn a_series_keeps_the_spike_and_stays_within_its_point_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        // 1,000 samples 10 s apart at 10 %, one spike of 99 % in the middle.
+        let batch: Vec<_> = (0..1_000)
+            .map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 517 { 99.0 } else { 10.0 }))
+            .collect();
+        store.insert_reports(&batch).unwrap();
+        let s = store.series("web1", "cpu", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+        assert_eq!(s.lines.len(), 1);
+        let line = &s.lines[0];
+        assert!(line.buckets.len() <= 50 && line.buckets.len() >= 45, "{}", line.buckets.len());
+        let top = line.buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
+        assert_eq!(top, 99.0, "the spike survives downsampling");
+        assert!(line.buckets.iter().all(|b| b.min == 10.0));
+        assert!(line.buckets.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
+        // Lines per label: every core, every mount.
+        let cores = store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+        let n = Report::example(1, 0).stats.cpu.unwrap().per_core_pct.len();
+        assert_eq!(cores.lines.len(), n);
+        assert!(store.series("web1", "nope", 0, 1, 10).unwrap().is_none());
+        // Coarse buckets read the roll-ups plus the raw rows not rolled up yet, and answer as the raw rows do: the
+        // same reports into a database never rolled up, and into one rolled up after its first 1,500 reports.
+        let to = 1_000_000 + 20_000_000;
+        let coarse = |s: &Store| s.series("web1", "cpu_cores", 0, to, 10).unwrap().unwrap();
+        let later = |r: std::ops::Range<u64>| -> Vec<Incoming> {
+            r.map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 1_234 { 77.0 } else { 10.0 })).collect()
+        };
+        store.insert_reports(&later(1_000..1_500)).unwrap();
+        store.insert_reports(&later(1_500..1_800)).unwrap();
+        let raw = coarse(&store);
+        assert!(raw.bucket_ms >= ROLLUP_MS && raw.lines.len() == 2);
+        let mut rolled = Store::open(&dir.path().join("r.db")).unwrap();
+        rolled.insert_reports(&batch).unwrap();
+        rolled.insert_reports(&later(1_000..1_500)).unwrap();
+        assert_eq!(rolled.roll_up().unwrap(), 1_500);
+        assert_eq!(rolled.roll_up().unwrap(), 0);
+        rolled.insert_reports(&later(1_500..1_800)).unwrap();
+        let mixed = coarse(&rolled);
+        assert_eq!(mixed.lines.len(), raw.lines.len());
+        for (m, r) in mixed.lines.iter().zip(&raw.lines) {
+            assert_eq!(m.buckets.len(), r.buckets.len(), "{}", m.label);
+            for (a, b) in m.buckets.iter().zip(&r.buckets) {
+                assert_eq!((a.t_ms, a.min, a.max), (b.t_ms, b.min, b.max));
+                assert!((a.avg - b.avg).abs() < 1e-9);
+            }
+        }
+        let cpu = rolled.series("web1", "cpu", 0, to, 10).unwrap().unwrap();
+        let top = cpu.lines[0].buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
+        assert_eq!(top, 99.0, "the spike is rolled up");
+        assert!(rolled.prune_rollups(i64::MAX / 2).unwrap() > 0);
+        assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
+    }
+}
