@@ -313,24 +313,28 @@ fn validate(doc: &DeTable<'_>, base: &Path, cx: &mut Cx<'_>) -> Option<(Validate
     Some(((server?, smtp?, alerts?, jobs, locs), web?))
 }
 
+/// A section's required `listen` socket address; `what` is (section, what listens there, an example address).
+fn listen_address(f: &Fields<'_, '_>, at: usize, cx: &mut Cx<'_>, what: (&str, &str, &str)) -> Option<SocketAddr> {
+    let (section, listener, example) = what;
+    let Some(v) = f.get("listen") else {
+        f.missing(cx, at, format!("{section} is missing `listen`, the address {listener} listens on"));
+        return None;
+    };
+    let s = string(cx, "listen", v)?;
+    match s.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            let message = format!("bad listen address \"{s}\"; expected an IP address and port such as {example}");
+            cx.diags.at(v.span().start, message);
+            None
+        }
+    }
+}
+
 fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<ServerSettings> {
     let errors_before = cx.diags.items.len();
     let f = fields(t, &SERVER_KEYS, "[server]", cx);
-    let mut listen = None;
-    match f.get("listen") {
-        Some(v) => {
-            if let Some(s) = string(cx, "listen", v) {
-                match s.parse::<SocketAddr>() {
-                    Ok(addr) => listen = Some(addr),
-                    Err(_) => cx.diags.at(
-                        v.span().start,
-                        format!("bad listen address \"{s}\"; expected an IP address and port such as 127.0.0.1:7022"),
-                    ),
-                }
-            }
-        }
-        None => f.missing(cx, at, "[server] is missing `listen`, the address the SSH endpoint listens on".into()),
-    }
+    let listen = listen_address(&f, at, cx, ("[server]", "the SSH endpoint", "127.0.0.1:7022"));
     let mut endpoint = None;
     if let Some(v) = f.get("endpoint")
         && let Some(s) = string(cx, "endpoint", v)
@@ -493,21 +497,7 @@ fn web_table(v: Option<&Value<'_>>, cx: &mut Cx<'_>) -> Option<Option<WebSetting
 fn web(t: &DeTable<'_>, at: usize, cx: &mut Cx<'_>) -> Option<WebSettings> {
     let errors_before = cx.diags.items.len();
     let f = fields(t, &WEB_KEYS, "[web]", cx);
-    let mut listen = None;
-    match f.get("listen") {
-        Some(v) => {
-            if let Some(s) = string(cx, "listen", v) {
-                match s.parse::<SocketAddr>() {
-                    Ok(addr) => listen = Some(addr),
-                    Err(_) => cx.diags.at(
-                        v.span().start,
-                        format!("bad listen address \"{s}\"; expected an IP address and port such as 127.0.0.1:7080"),
-                    ),
-                }
-            }
-        }
-        None => f.missing(cx, at, "[web] is missing `listen`, the address the dashboard listens on".into()),
-    }
+    let listen = listen_address(&f, at, cx, ("[web]", "the dashboard", "127.0.0.1:7080"));
     let mut token_env = None;
     if let Some(v) = f.get("token_env")
         && let Some(s) = string(cx, "token_env", v)
