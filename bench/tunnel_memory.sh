@@ -81,8 +81,10 @@ EOF
     "$SSHD" -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
     PIDS+=($!)
     fp="$(ssh-keygen -lf "$d/host_ed25519.pub" | awk '{print $2}')"
-    extra=""
-    [[ "$i" == 1 ]] && extra=" channel=\"direct\""
+    # repair="off": the enrolled hosts without a running agent would otherwise fall silent and be repaired (an
+    # upload of the agent binary each) while the memory is measured.
+    extra=" repair=\"off\""
+    [[ "$i" == 1 ]] && extra="$extra channel=\"direct\""
     echo "  <client name=\"h$i\" ip=\"127.0.0.1\" port=\"${SSH_PORTS[$i]}\" username=\"root\" key_file=\"$TMP/id_bench\" host_key=\"$fp\"$extra/>" \
         >>"$TMP/clients.xml"
 done
