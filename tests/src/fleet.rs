@@ -193,6 +193,19 @@ fn escape_toml(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// A host name unique across this test binary's tests and concurrent test binaries: `prefix`, the pid, `label`, a
+/// counter (host names become agent directory names in the shared /tmp).
+pub fn unique_host(prefix: &str, label: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}{}{label}{n}", std::process::id())
+}
+
+/// Where bootstrap installs `host`'s agent on a test host (they share this machine's /tmp).
+pub fn agent_dir(host: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from("/tmp").join(format!("vigil-agent-{host}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,10 +15,8 @@ use vigil_tests::poll::wait_for;
 use vigil_tests::process::{Proc, kill_processes_under, pid_alive};
 use vigil_tests::sshd::{ClientKey, Sshd, SshdOpts};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 fn unique(label: &str) -> String {
-    format!("bf{}{label}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    vigil_tests::fleet::unique_host("bf", label)
 }
 
 fn tmp_agent_dir(host: &str) -> PathBuf {

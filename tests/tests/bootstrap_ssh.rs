@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -14,15 +13,12 @@ use vigil_tests::process::{Proc, kill_processes_under, pid_alive};
 use vigil_tests::sshd::{ClientKey, Sshd, SshdOpts};
 use vigil_tests::users::LocalUser;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 fn unique(label: &str) -> String {
-    format!("bs{}{label}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    vigil_tests::fleet::unique_host("bs", label)
 }
 
-fn agent_dir(host: &str) -> PathBuf {
-    PathBuf::from("/tmp").join(format!("vigil-agent-{host}"))
-}
+use vigil_tests::fixtures::SystemLogs;
+use vigil_tests::fleet::agent_dir;
 
 /// A fleet of sshd hosts and a running `vigil serve`; kills every installed agent on drop.
 struct Fleet {
@@ -102,51 +98,6 @@ fn agents_in(dir: &std::path::Path) -> usize {
                 .count()
         })
         .unwrap_or(0)
-}
-
-/// The machine's own session record and auth log, which bootstrapped agents read from their default paths. This
-/// container has neither; the test creates them (a session in utmp, an auth log that gets a failed login once the
-/// agents run) and removes what it created.
-struct SystemLogs {
-    created: Vec<PathBuf>,
-}
-
-impl SystemLogs {
-    const UTMP: &str = "/var/run/utmp";
-    const AUTH: &str = "/var/log/auth.log";
-
-    fn install() -> Result<Self> {
-        let mut created = Vec::new();
-        if !std::path::Path::new(Self::UTMP).exists() {
-            vigil_tests::fixtures::write_utmp(std::path::Path::new(Self::UTMP), "alice")?;
-            created.push(PathBuf::from(Self::UTMP));
-        }
-        if !std::path::Path::new(Self::AUTH).exists() {
-            std::fs::write(Self::AUTH, "")?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(Self::AUTH, std::fs::Permissions::from_mode(0o644))?;
-            created.push(PathBuf::from(Self::AUTH));
-        }
-        Ok(Self { created })
-    }
-
-    fn failed_login(&self) -> Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(Self::AUTH)?;
-        writeln!(
-            f,
-            "Nov 26 09:14:01 vm sshd[4242]: Failed password for invalid user mallory from 198.51.100.23 port 50000 ssh2"
-        )?;
-        Ok(())
-    }
-}
-
-impl Drop for SystemLogs {
-    fn drop(&mut self) {
-        for p in &self.created {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 const TABLES: [&str; 9] =

@@ -7,9 +7,7 @@
 //! the metrics table and its malformed line is reported; the host without the opt-in runs nothing and `vigil
 //! status` says why.
 
-use std::path::PathBuf;
 use std::process::Output;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -23,15 +21,11 @@ const T: Duration = Duration::from_secs(40);
 /// The argument that marks the sleeping job's processes (no other process on the machine sleeps this long).
 const SLEEP_MARK: &str = "300.5151";
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 fn unique(label: &str) -> String {
-    format!("cj{}{label}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    vigil_tests::fleet::unique_host("cj", label)
 }
 
-fn agent_dir(host: &str) -> PathBuf {
-    PathBuf::from("/tmp").join(format!("vigil-agent-{host}"))
-}
+use vigil_tests::fleet::agent_dir;
 
 /// Agents installed under these names are killed and their directories removed on drop.
 struct Cleanup(Vec<String>);

@@ -2,9 +2,7 @@
 //! no command. Real OpenSSH sshd hosts on 127.0.0.1 (they share this machine's /tmp, so every test uses host names
 //! of its own), a real SMTP server, the built binaries.
 
-use std::path::PathBuf;
 use std::process::Output;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -15,15 +13,11 @@ use vigil_tests::process::{Proc, kill_processes_under, pid_alive, signal_pid};
 use vigil_tests::smtp::Smtp;
 use vigil_tests::sshd::{ClientKey, Sshd, SshdOpts};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 fn unique(label: &str) -> String {
-    format!("rp{}{label}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    vigil_tests::fleet::unique_host("rp", label)
 }
 
-fn agent_dir(host: &str) -> PathBuf {
-    PathBuf::from("/tmp").join(format!("vigil-agent-{host}"))
-}
+use vigil_tests::fleet::agent_dir;
 
 /// A fleet of sshd hosts and a running `vigil serve`; kills every installed agent on drop.
 struct Fleet {

@@ -5,9 +5,7 @@
 //! retry storm.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::Output;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -18,15 +16,12 @@ use vigil_tests::process::{Proc, kill_processes_under};
 use vigil_tests::sshd::{ClientKey, SSHD, Sshd, SshdOpts};
 use vigil_tests::users::LocalUser;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
 fn unique(label: &str) -> String {
-    format!("tn{}{label}{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    vigil_tests::fleet::unique_host("tn", label)
 }
 
-fn agent_dir(host: &str) -> PathBuf {
-    PathBuf::from("/tmp").join(format!("vigil-agent-{host}"))
-}
+use vigil_tests::fixtures::SystemLogs;
+use vigil_tests::fleet::agent_dir;
 
 const TABLES: [&str; 9] =
     ["system_details", "sessions", "cpu", "memory", "swap", "partitions", "disk_usage", "network", "security_events"];
@@ -202,50 +197,6 @@ fn sequence(f: &Fleet, host: &str) -> (i64, i64, i64, i64) {
         .unwrap_or((0, 0, 0, 0))
 }
 
-/// The machine's session record and auth log, which the agents read from their default paths; this container has
-/// neither: created for the test (a session in utmp, a failed login in the auth log) and removed after.
-struct SystemLogs {
-    created: Vec<PathBuf>,
-}
-
-impl SystemLogs {
-    const UTMP: &str = "/var/run/utmp";
-    const AUTH: &str = "/var/log/auth.log";
-
-    fn install() -> Result<Self> {
-        let mut created = Vec::new();
-        if !std::path::Path::new(Self::UTMP).exists() {
-            vigil_tests::fixtures::write_utmp(std::path::Path::new(Self::UTMP), "alice")?;
-            created.push(PathBuf::from(Self::UTMP));
-        }
-        if !std::path::Path::new(Self::AUTH).exists() {
-            std::fs::write(Self::AUTH, "")?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(Self::AUTH, std::fs::Permissions::from_mode(0o644))?;
-            created.push(PathBuf::from(Self::AUTH));
-        }
-        Ok(Self { created })
-    }
-
-    fn failed_login(&self) -> Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(Self::AUTH)?;
-        writeln!(
-            f,
-            "Nov 26 09:14:01 vm sshd[4242]: Failed password for invalid user mallory from 198.51.100.23 port 50000 ssh2"
-        )?;
-        Ok(())
-    }
-}
-
-impl Drop for SystemLogs {
-    fn drop(&mut self) {
-        for p in &self.created {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 #[test]
 fn agents_report_through_the_tunnel_across_serve_restarts_and_live_edits() -> Result<()> {
     // Host 1: root with a key. Host 2: a non-root user with a password (the exercise's form).
@@ -334,7 +285,9 @@ fn agents_report_through_the_tunnel_across_serve_restarts_and_live_edits() -> Re
     f.w.write_clients_text(&clients_xml(&entries))?;
     wait_for(Duration::from_secs(15), "the re-added host's forward back", || sshd_listens_on(port2))?;
     let back_at = vigil_sys::clock::now_ms();
-    wait_for(Duration::from_secs(30), "the re-added host delivers again", || {
+    // Removing the host revoked its agent's session when the config reached serve before the forward closed; a
+    // revoked agent waits out its longest backoff (30-60 s, jittered) before it dials again.
+    wait_for(Duration::from_secs(90), "the re-added host delivers again", || {
         f.db()
             .query_row(
                 "SELECT count(*) FROM reports r JOIN hosts h ON h.id = r.host_id WHERE h.name = ?1 AND r.received_at_ms > ?2",

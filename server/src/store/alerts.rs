@@ -216,7 +216,7 @@ pub fn prune(conn: Tx<'_>, older_than_ms: i64) -> Result<usize, StoreError> {
 }
 
 /// The columns `id, at_ms, host, ip, rule, state, value, limit_value, detail` of `alert_events` as an [`EventRow`].
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     Ok(EventRow {
         id: r.get(0)?,
         at_ms: r.get(1)?,

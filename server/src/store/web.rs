@@ -476,19 +476,7 @@ impl Store {
 
     /// The `limit` newest alert events, of `host` or of every host, newest first.
     pub fn recent_alert_events(&self, host: Option<&str>, limit: u32) -> Result<Vec<EventRow>, StoreError> {
-        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<EventRow> {
-            Ok(EventRow {
-                id: r.get(0)?,
-                at_ms: r.get(1)?,
-                host: r.get(2)?,
-                ip: r.get(3)?,
-                rule: r.get(4)?,
-                state: r.get(5)?,
-                value: r.get(6)?,
-                limit: r.get(7)?,
-                detail: r.get(8)?,
-            })
-        };
+        let map = super::alerts::event_row;
         const COLUMNS: &str = "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events";
         let rows = match host {
             Some(h) => self
