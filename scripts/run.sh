@@ -9,4 +9,4 @@ cargo build --release -p vigil-server -p vigil-agent
 if [ "$#" -eq 0 ]; then
     set -- serve
 fi
-exec target/release/vigil --clients clients.xml --jobs jobs.toml "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/vigil" --clients clients.xml --jobs jobs.toml "$@"
