@@ -29,6 +29,9 @@ use vigil_sys::clock::now_ms;
 pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// How often the local agents are checked (and restarted when not running).
 pub const LOCAL_AGENTS_EVERY: Duration = Duration::from_secs(15);
+/// How often serve records that it is alive (`nodes` table; `vigil status` trusts a heartbeat younger than
+/// `store::nodes::STALE_AFTER_MS`).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// What `vigil serve` runs on.
 #[derive(Debug, Clone)]
@@ -113,12 +116,24 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let shared = Shared::new(config_rx.clone(), ingest.clone(), opts.limits.clone());
     shared.refresh_registry().await;
 
+    // This node's row, before the tunnel manager records anything: tunnels a killed predecessor left `up` go down.
+    let node = crate::store::nodes::this_node();
+    let (name, pid) = (node.clone(), std::process::id());
+    match ingest.exec(move |s| s.node_started(&name, pid, now_ms())).await {
+        Ok(r) => r?,
+        Err(e) => return Err(ServeError::Ingest(e)),
+    }
+
     let tracker = TaskTracker::new();
     let cancel = shutdown.child_token();
+    tracker.spawn(heartbeat_task(ingest.clone(), node, cancel.clone()));
     let ssh = Arc::new(endpoint::ssh_config(host_key, &opts.limits));
     tracker.spawn(endpoint_task(listener, ssh.clone(), shared.clone(), cancel.clone()));
     // The reverse channel: forwarded connections join the endpoint's tracker, so the endpoint is cancelled after it.
-    tracker.spawn(crate::tunnel::run(shared.clone(), ssh, cancel.clone()));
+    // Self-healing of silent SSH hosts: the supervisor below; the tunnel manager asks it for a repair now when its
+    // session finds no agent running on the host.
+    let (repair_handle, repair_requests) = crate::repair::channel();
+    tracker.spawn(crate::tunnel::run(shared.clone(), ssh, repair_handle, cancel.clone()));
     // Without a watcher the config in force stays for good: its sender is kept, or every follower would stop.
     let _fixed_config = match watcher {
         Some(watcher) => {
@@ -131,9 +146,6 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     tracker.spawn(silence_task(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(retention_task(ingest.clone(), config_rx.clone(), cancel.clone()));
-    // Self-healing of silent SSH hosts. `_repair_handle` asks for a repair now (for a tunnel manager that finds no
-    // agent running); kept until shutdown so the supervisor's request channel stays open.
-    let (_repair_handle, repair_requests) = crate::repair::channel();
     tracker.spawn(crate::repair::run(
         ingest.clone(),
         config_rx.clone(),
@@ -297,6 +309,25 @@ pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 
 /// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
 /// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
+/// Moves this node's heartbeat every [`HEARTBEAT_EVERY`]; records a clean stop when cancelled.
+async fn heartbeat_task(ingest: IngestHandle, node: String, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+        }
+        let name = node.clone();
+        match ingest.exec(move |s| s.node_heartbeat(&name, now_ms())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the heartbeat"),
+            Err(_) => return,
+        }
+    }
+    if let Ok(Err(e)) = ingest.exec(move |s| s.node_stopped(&node, now_ms())).await {
+        tracing::warn!(error = %e, "could not record the stop");
+    }
+}
+
 async fn rollup_task(ingest: IngestHandle, cancel: CancellationToken) {
     loop {
         loop {

@@ -56,6 +56,20 @@ pub struct HostStatus {
     pub commands: Vec<CommandStatus>,
 }
 
+/// A `vigil serve` process that used the database, as `vigil status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeStatus {
+    #[serde(flatten)]
+    pub row: crate::store::nodes::NodeRow,
+    /// Not stopped, and its heartbeat is fresh.
+    pub running: bool,
+}
+
+/// The nodes recorded in `store`, judged at `now_ms`.
+pub fn nodes(store: &Store, now_ms: i64) -> Result<Vec<NodeStatus>, StoreError> {
+    Ok(store.nodes()?.into_iter().map(|row| NodeStatus { running: row.running(now_ms), row }).collect())
+}
+
 /// A host's tunnel, as `vigil status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TunnelStatus {
@@ -96,6 +110,8 @@ pub struct FiringAlert {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatusView<'a> {
     pub hosts: &'a [HostStatus],
+    /// The `vigil serve` processes that used this database.
+    pub nodes: &'a [NodeStatus],
     pub config_error: Option<&'a str>,
     /// `[server]` settings edited in jobs.toml that the running `vigil serve` applies only after a restart.
     pub restart_needed: Option<&'a str>,
@@ -174,7 +190,13 @@ fn host_status(
 }
 
 /// Fills in how each configured host reports and its tunnel's state (the `tunnels` table).
-pub fn add_channels(rows: &mut [HostStatus], store: &Store, config: &crate::config::Config) -> Result<(), StoreError> {
+/// A tunnel recorded `up` counts only while a serve runs (`serve_running`): after a crash nobody holds it.
+pub fn add_channels(
+    rows: &mut [HostStatus],
+    store: &Store,
+    config: &crate::config::Config,
+    serve_running: bool,
+) -> Result<(), StoreError> {
     let tunnels = store.tunnels()?;
     for row in rows.iter_mut() {
         let Some(host) = config.clients.iter().find(|h| h.name == row.name) else { continue };
@@ -183,10 +205,11 @@ pub fn add_channels(rows: &mut [HostStatus], store: &Store, config: &crate::conf
         if reporting == crate::config::Reporting::Tunnel
             && let Some(t) = tunnels.iter().find(|t| t.host == row.name)
         {
+            let orphaned = t.state == crate::store::TunnelState::Up && !serve_running;
             row.tunnel = Some(TunnelStatus {
-                state: t.state.as_str(),
+                state: if orphaned { crate::store::TunnelState::Down.as_str() } else { t.state.as_str() },
                 port: t.port,
-                error: t.error.clone(),
+                error: if orphaned { Some("vigil serve is not running".into()) } else { t.error.clone() },
                 since_ms: t.since_ms,
             });
         }
@@ -240,7 +263,12 @@ fn span(s: i64) -> String {
 }
 
 /// The human table: a header, a row per host, then the pending config error if there is one.
-pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_needed: Option<&str>) -> String {
+pub fn render_table(
+    hosts: &[HostStatus],
+    nodes: &[NodeStatus],
+    config_error: Option<&str>,
+    restart_needed: Option<&str>,
+) -> String {
     let header = ["HOST", "IP", "AGENT", "LAST SEEN", "STATE", "CPU", "MEM", "SWAP", "FULLEST DISK", "CHANNEL"];
     let rows: Vec<[String; 10]> = hosts
         .iter()
@@ -313,6 +341,7 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
     }
     render_repairs(&mut out, hosts);
     render_tunnels(&mut out, hosts);
+    render_nodes(&mut out, nodes);
     render_commands(&mut out, hosts);
     if let Some(keys) = restart_needed {
         let _ = writeln!(
@@ -387,10 +416,30 @@ fn render_repairs(out: &mut String, hosts: &[HostStatus]) {
 /// The JSON form: `{"hosts": [...], "config_error": null | "...", "restart_needed": null | "..."}`.
 pub fn render_json(
     hosts: &[HostStatus],
+    nodes: &[NodeStatus],
     config_error: Option<&str>,
     restart_needed: Option<&str>,
 ) -> Result<String, serde_json::Error> {
-    serde_json::to_string_pretty(&StatusView { hosts, config_error, restart_needed })
+    serde_json::to_string_pretty(&StatusView { hosts, nodes, config_error, restart_needed })
+}
+
+/// One line per `vigil serve` that used the database: running, or when it was last seen.
+fn render_nodes(out: &mut String, nodes: &[NodeStatus]) {
+    let _ = writeln!(out);
+    if nodes.is_empty() {
+        let _ = writeln!(out, "vigil serve: has not run on this database");
+    }
+    for n in nodes {
+        let r = &n.row;
+        let state = match (n.running, r.stopped_at_ms) {
+            (true, _) => format!("running (pid {}, since {})", r.pid, crate::alert::message::utc(r.started_at_ms)),
+            (false, Some(at)) => format!("stopped at {}", crate::alert::message::utc(at)),
+            (false, None) => {
+                format!("not running: no heartbeat since {} (killed?)", crate::alert::message::utc(r.heartbeat_ms))
+            }
+        };
+        let _ = writeln!(out, "vigil serve on {}: {state}", escape::cell(&r.name));
+    }
 }
 
 #[cfg(test)]
@@ -423,7 +472,7 @@ mod tests {
         let view = collect(&store, &hosts, 31_000).unwrap();
         assert_eq!(view[0].cpu_pct, Some(50.0));
         assert!(view[0].clock_wrong);
-        let table = render_table(&view, None, None);
+        let table = render_table(&view, &[], None, None);
         assert!(table.contains("ok, clock +2h"), "{table}");
     }
 
@@ -435,7 +484,7 @@ mod tests {
         store.insert_reports(&[report(1, 10_000, 12.5, &[])]).unwrap();
         let hosts = vec![("web1".to_string(), "10.0.0.1".to_string(), Some(10))];
         assert_eq!(collect(&store, &hosts, 11_000).unwrap()[0].last_repair, None);
-        assert!(!render_table(&collect(&store, &hosts, 11_000).unwrap(), None, None).contains("last repairs"));
+        assert!(!render_table(&collect(&store, &hosts, 11_000).unwrap(), &[], None, None).contains("last repairs"));
         let row = RepairRow {
             host: "web1".into(),
             last_attempt_ms: 20_000,
@@ -446,11 +495,11 @@ mod tests {
         store.write_tx(|c| set_repair(c, &row)).unwrap();
         let view = collect(&store, &hosts, 21_000).unwrap();
         assert_eq!(view[0].last_repair.as_ref(), Some(&row));
-        let table = render_table(&view, None, None);
+        let table = render_table(&view, &[], None, None);
         assert!(table.contains("last repairs:\n  web1  "), "{table}");
         assert!(table.contains("failed (2 failures in a row)  REPAIR FAILED web1"), "{table}");
         assert!(!table.contains('\x1b'), "{table}");
-        let json = render_json(&view, None, None).unwrap();
+        let json = render_json(&view, &[], None, None).unwrap();
         assert!(json.contains("\"outcome\": \"failed\""), "{json}");
     }
 
@@ -473,11 +522,11 @@ mod tests {
             .unwrap();
         let hosts = vec![("web1".to_string(), "10.0.0.1".to_string(), Some(10))];
         let view = collect(&store, &hosts, 11_000).unwrap();
-        let table = render_table(&view, Some("bad\u{1b}[2J edit"), None);
+        let table = render_table(&view, &[], Some("bad\u{1b}[2J edit"), None);
         assert!(!table.chars().any(|c| c.is_control() && c != '\n'), "{table:?}");
         assert!(table.lines().all(|l| l.chars().count() < 400), "a line too long to read");
         assert!(table.contains("1.0\\u{1b}]0;owned"), "{table}");
-        let json = render_json(&view, None, None).unwrap();
+        let json = render_json(&view, &[], None, None).unwrap();
         assert!(!json.chars().any(|c| c.is_control() && c != '\n'), "raw control characters in the JSON");
     }
 
@@ -509,9 +558,9 @@ mod tests {
         assert_eq!(view.len(), 2);
         assert!(!view[1].in_config && view[1].name == "web1");
 
-        let table = render_table(&later, Some("clients.xml:4:2: missing ip"), Some("listen"));
+        let table = render_table(&later, &[], Some("clients.xml:4:2: missing ip"), Some("listen"));
         assert!(table.contains("SILENT") && table.contains("/data 81.5%") && table.contains("missing ip"), "{table}");
-        let json: serde_json::Value = serde_json::from_str(&render_json(&later, None, None).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_json(&later, &[], None, None).unwrap()).unwrap();
         assert_eq!(json["hosts"][0]["fullest_disk"]["mount"], "/data");
         assert_eq!(json["config_error"], serde_json::Value::Null);
     }

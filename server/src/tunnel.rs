@@ -8,21 +8,33 @@
 //! every [`WATCH_EVERY`], so a fresh bootstrap is picked up while it waits for its first report). Sessions are set
 //! up at most [`MAX_SETUPS`] at once and re-established with jittered backoff; a refused forward waits at least
 //! [`REFUSED_WAIT`]. Each change of state is recorded through the ingest writer for `vigil status`.
+//!
+//! The agent keeps one connection open through its tunnel. When none has been open for [`AGENT_CHECK_AFTER`], the
+//! held session probes the host (the bootstrap probe: one exec) and, when no agent runs there (killed, or its
+//! directory gone with a reboot), asks the repair supervisor to repair the host now rather than at its silence
+//! limit ([`RepairHandle`]); while none connects it looks again every [`AGENT_CHECK_EVERY`].
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use russh::server::Config as SshConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::bootstrap::KnownHosts;
+use crate::bootstrap::commands::linux;
 use crate::bootstrap::remote::{Forwarded, RemoteError, Session};
-use crate::config::{Host, Reporting};
+use crate::bootstrap::{KnownHosts, dir_name};
+use crate::config::{Host, Os, Reporting};
 use crate::endpoint::{self, Shared, Source};
+use crate::repair::RepairHandle;
 use crate::store::TunnelState;
 
 /// How often the wanted set of tunnels is read again.
@@ -34,6 +46,23 @@ pub const FIRST_WAIT: Duration = Duration::from_secs(1);
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
 /// Least wait after the host's sshd refused the forward: an operator has to change something first.
 pub const REFUSED_WAIT: Duration = Duration::from_secs(60);
+/// With no connection through the tunnel for this long, serve looks on the host whether its agent runs. Longer than
+/// an agent's reconnect right after a tunnel comes back (its backoff starts at a second), shorter than a silence
+/// limit.
+pub const AGENT_CHECK_AFTER: Duration = Duration::from_secs(20);
+/// While no agent connects, the look is repeated this often (one exec on the host each time).
+pub const AGENT_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// Longest wait for the probe's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a tunnel task needs besides its host: shared by all of them.
+struct Tasks {
+    known: KnownHosts,
+    shared: Arc<Shared>,
+    ssh: Arc<SshConfig>,
+    setups: Semaphore,
+    repair: RepairHandle,
+}
 
 /// One wanted tunnel.
 #[derive(Debug, Clone)]
@@ -53,9 +82,9 @@ impl PartialEq for Wanted {
 }
 
 /// Keeps one task per wanted tunnel until `cancel` fires; then cancels and awaits them all.
-pub async fn run(shared: Arc<Shared>, ssh: Arc<SshConfig>, cancel: CancellationToken) {
-    let known = Arc::new(KnownHosts::new(&shared.config.borrow().server.data_dir));
-    let setups = Arc::new(Semaphore::new(MAX_SETUPS));
+pub async fn run(shared: Arc<Shared>, ssh: Arc<SshConfig>, repair: RepairHandle, cancel: CancellationToken) {
+    let known = KnownHosts::new(&shared.config.borrow().server.data_dir);
+    let tasks = Arc::new(Tasks { known, shared: shared.clone(), ssh, setups: Semaphore::new(MAX_SETUPS), repair });
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
     let mut config_rx = shared.config.clone();
@@ -75,7 +104,7 @@ pub async fn run(shared: Arc<Shared>, ssh: Arc<SshConfig>, cancel: CancellationT
                 }
                 let token = cancel.child_token();
                 let span = tracing::info_span!("tunnel", host = %name, port = w.port);
-                let task = hold(w.clone(), known.clone(), shared.clone(), ssh.clone(), setups.clone(), token.clone());
+                let task = hold(w.clone(), tasks.clone(), token.clone());
                 tracker.spawn(task.instrument(span));
                 running.insert(name, (w, token));
             }
@@ -134,47 +163,42 @@ async fn record(shared: &Shared, host: &str, state: TunnelState, error: Option<S
 
 /// Holds one host's tunnel until `cancel`: sets the session up, serves what it forwards, and sets it up again
 /// after a failure or a loss, with backoff.
-async fn hold(
-    w: Wanted,
-    known: Arc<KnownHosts>,
-    shared: Arc<Shared>,
-    ssh: Arc<SshConfig>,
-    setups: Arc<Semaphore>,
-    cancel: CancellationToken,
-) {
+async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken) {
+    let shared = &tasks.shared;
     let mut backoff = vigil_sys::backoff::Backoff::new(FIRST_WAIT, MAX_WAIT);
     loop {
         let set_up = {
             let _permit = tokio::select! {
                 _ = cancel.cancelled() => return,
-                p = setups.acquire() => p,
+                p = tasks.setups.acquire() => p,
             };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = set_up(&w, &known) => r,
+                // Boxed, as is the probe below: a held tunnel's task then keeps only what an idle session needs.
+                r = Box::pin(set_up(&w, &tasks.known)) => r,
             }
         };
         let wait = match set_up {
             Ok((session, forwarded)) => {
                 tracing::info!("tunnel up");
-                record(&shared, &w.host.name, TunnelState::Up, None).await;
+                record(shared, &w.host.name, TunnelState::Up, None).await;
                 backoff.reset();
-                let lost = serve(&w, session, forwarded, &shared, &ssh, &cancel).await;
+                let lost = serve(&w, session, forwarded, &tasks, &cancel).await;
                 if cancel.is_cancelled() {
                     return;
                 }
                 tracing::warn!(reason = %lost, "tunnel lost");
-                record(&shared, &w.host.name, TunnelState::Down, Some(lost)).await;
+                record(shared, &w.host.name, TunnelState::Down, Some(lost)).await;
                 backoff.next_wait()
             }
             Err(e @ RemoteError::ForwardRefused { .. }) => {
                 tracing::warn!(error = %e, "tunnel refused");
-                record(&shared, &w.host.name, TunnelState::Refused, Some(e.to_string())).await;
+                record(shared, &w.host.name, TunnelState::Refused, Some(e.to_string())).await;
                 backoff.next_wait().max(vigil_sys::backoff::jittered(REFUSED_WAIT))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tunnel down");
-                record(&shared, &w.host.name, TunnelState::Down, Some(e.to_string())).await;
+                record(shared, &w.host.name, TunnelState::Down, Some(e.to_string())).await;
                 backoff.next_wait()
             }
         };
@@ -200,25 +224,30 @@ async fn set_up(w: &Wanted, known: &KnownHosts) -> Result<(Session, Forwards), R
     }
 }
 
-/// Serves forwarded connections until the session ends (returns why) or `cancel` fires (closes it).
+/// Serves forwarded connections until the session ends (returns why) or `cancel` fires (closes it); looks for the
+/// agent on the host while none is connected.
 async fn serve(
     w: &Wanted,
     mut session: Session,
     mut forwarded: Forwards,
-    shared: &Arc<Shared>,
-    ssh: &Arc<SshConfig>,
+    tasks: &Tasks,
     cancel: &CancellationToken,
 ) -> String {
     enum Next {
         Cancelled,
         Closed,
         Channel(Option<Forwarded>),
+        Check,
     }
+    let live = Arc::new(AtomicUsize::new(0));
+    let check_agent = w.host.repair && w.host.os != Some(Os::Windows);
+    let mut next_check = Instant::now() + AGENT_CHECK_AFTER;
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => Next::Cancelled,
             _ = session.closed() => Next::Closed,
             f = forwarded.recv() => Next::Channel(f),
+            _ = tokio::time::sleep_until(next_check), if check_agent => Next::Check,
         };
         match next {
             Next::Cancelled => {
@@ -229,11 +258,71 @@ async fn serve(
             Next::Channel(Some((channel, origin))) => {
                 let peer = format!("tunnel {} ({origin})", w.host.name);
                 let source = Source::Tunnel(w.host.name.clone());
+                let shared = &tasks.shared;
                 if let Some(admitted) = shared.admission.admit(shared, source, &peer) {
-                    endpoint::spawn_connection(shared, ssh.clone(), channel.into_stream(), peer, admitted);
+                    let stream = Counted::new(channel.into_stream(), live.clone());
+                    endpoint::spawn_connection(shared, tasks.ssh.clone(), stream, peer, admitted);
+                }
+            }
+            Next::Check if live.load(Ordering::Acquire) > 0 => next_check = Instant::now() + AGENT_CHECK_AFTER,
+            Next::Check => {
+                next_check = Instant::now() + AGENT_CHECK_EVERY;
+                match tokio::time::timeout(PROBE_TIMEOUT, Box::pin(agent_running(&session, &w.host))).await {
+                    Ok(Ok(true)) => tracing::debug!("no connection through the tunnel, but the agent runs"),
+                    Ok(Ok(false)) => {
+                        let asked = tasks.repair.request(&w.host.name);
+                        tracing::warn!(repair_requested = asked, "no agent runs on the host");
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not look for the agent on the host"),
+                    Err(_) => tracing::warn!("could not look for the agent on the host: the probe timed out"),
                 }
             }
         }
+    }
+}
+
+/// Whether the host's agent runs, by the bootstrap probe (false when its directory is gone).
+async fn agent_running(session: &Session, host: &Host) -> Result<bool, RemoteError> {
+    let probe = session.run(&linux::probe(&dir_name(&host.name)), None).await?;
+    Ok(probe.stdout_text().lines().any(|l| l.trim() == "running=1"))
+}
+
+/// A forwarded stream counted among its tunnel's live connections while it exists.
+struct Counted<S> {
+    inner: S,
+    live: Arc<AtomicUsize>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, live: Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::AcqRel);
+        Self { inner, live }
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -238,3 +238,35 @@ fn repeated_failures_are_mailed_once_per_streak() -> Result<()> {
     ensure!(mails[0].raw.contains("automatic repair failed 3 times in a row"), "{:?}", mails[0].raw);
     Ok(())
 }
+
+#[test]
+fn a_tunnel_that_finds_no_agent_asks_for_a_repair_long_before_the_silence_limit() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let key = ClientKey::generate(work.path(), "id_repair")?;
+    let h = sshd_with(&key)?;
+    let name = unique("tun");
+    // Silent only after 600 intervals (10 min): within this test only the tunnel's look at the host can ask for the
+    // repair. The default channel is the tunnel.
+    let entries = [ClientEntry::ssh(&name, &h, "root", Auth::Key(key.private.clone())).alert("silence", "600")];
+    let f = Fleet::start(&entries, std::slice::from_ref(&name), None, "1s")?;
+    let out = f.vigil(&["bootstrap", name.as_str(), "--accept-new-host-key"]);
+    ensure!(out.status.success(), "{}", text(&out));
+    let status = text(&f.vigil(&["status"]));
+    ensure!(status.contains("tunnel"), "the host reports through its tunnel: {status}");
+    wait_for(Duration::from_secs(30), "rows", || f.reports(&name) > 0)?;
+    let old: Vec<String> = f.agent_ids(&name).into_iter().map(|(id, _)| id).collect();
+
+    simulate_reboot(&name)?;
+    let rebooted = Instant::now();
+    // 20 s without a connection through the tunnel, a probe, a repair: well within a minute.
+    wait_for(Duration::from_secs(75), "rows again from the repaired host", || {
+        f.reports_from_new_agents(&name, &old) > 0
+    })
+    .map_err(|e| e.context(f.logs()))?;
+    ensure!(rebooted.elapsed() < Duration::from_secs(75));
+    ensure!(f.logs().contains("no agent runs on the host"), "the tunnel asked: {}", f.logs());
+    wait_for(Duration::from_secs(10), "the repair event", || {
+        f.repair_events(&name).is_ok_and(|e| e.iter().any(|(state, _)| state == "resolved"))
+    })?;
+    Ok(())
+}

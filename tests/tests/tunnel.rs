@@ -252,6 +252,17 @@ fn agents_report_through_the_tunnel_across_serve_restarts_and_live_edits() -> Re
         let mut serve = f.serve.take().context("serve")?;
         serve.signal(sig)?;
         serve.wait_exit(Duration::from_secs(20))?;
+        // Nobody holds the tunnels now: status says so, also after a SIGKILL left them recorded `up`.
+        let table = text(&f.vigil(&["status"]));
+        assert!(table.contains("vigil serve on ") && !table.contains(": running"), "{table}");
+        let v = f.status_json();
+        for n in &names {
+            let row = v["hosts"].as_array().and_then(|a| a.iter().find(|h| h["name"] == n.as_str())).cloned();
+            let tunnel = row.unwrap_or_default()["tunnel"].clone();
+            assert_eq!(tunnel["state"], "down", "{n} after signal {sig}: {table}");
+            let error = tunnel["error"].as_str().unwrap_or("");
+            assert!(error.contains("not running") || error.contains("stopped"), "{n}: {error}");
+        }
         std::thread::sleep(Duration::from_secs(3));
         f.serve()?;
     }

@@ -18,15 +18,17 @@ pub fn run(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|h| (h.name.clone(), h.ip.clone(), config.schedule_for(&h.name).min_interval_s()))
         .collect();
-    let mut rows = status::collect(&store, &hosts, vigil_sys::clock::now_ms())?;
-    status::add_channels(&mut rows, &store, &config)?;
+    let now = vigil_sys::clock::now_ms();
+    let mut rows = status::collect(&store, &hosts, now)?;
+    let nodes = status::nodes(&store, now)?;
+    status::add_channels(&mut rows, &store, &config, nodes.iter().any(|n| n.running))?;
     let err = status::config_error(&store)?.or(load_error);
     let restart = store.restart_needed()?;
     let mut out = Out::new();
     if json {
-        writeln!(out, "{}", status::render_json(&rows, err.as_deref(), restart.as_deref())?)?;
+        writeln!(out, "{}", status::render_json(&rows, &nodes, err.as_deref(), restart.as_deref())?)?;
     } else {
-        write!(out, "{}", status::render_table(&rows, err.as_deref(), restart.as_deref()))?;
+        write!(out, "{}", status::render_table(&rows, &nodes, err.as_deref(), restart.as_deref()))?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

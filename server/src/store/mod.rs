@@ -13,6 +13,7 @@
 
 pub mod alerts;
 mod insert;
+pub mod nodes;
 pub mod repairs;
 mod runs;
 pub mod schema_doc;
