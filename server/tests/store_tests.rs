@@ -375,11 +375,11 @@ fn status_shows_latest_values_from_a_readonly_open() {
     let err = status::config_error(&ro).unwrap();
     assert_eq!(err.as_deref(), Some("jobs.toml:3:1: unknown collector `gpu`"));
     let json: serde_json::Value =
-        serde_json::from_str(&status::render_json(&view, err.as_deref(), None).unwrap()).unwrap();
+        serde_json::from_str(&status::render_json(&view, &[], err.as_deref(), None).unwrap()).unwrap();
     assert_eq!(json["hosts"][0]["name"], "web1");
     assert_eq!(json["hosts"][0]["silent"], false);
     assert_eq!(json["config_error"], "jobs.toml:3:1: unknown collector `gpu`");
-    assert!(status::render_table(&view, err.as_deref(), None).contains("unknown collector"));
+    assert!(status::render_table(&view, &[], err.as_deref(), None).contains("unknown collector"));
     // The read-only open wrote nothing.
     assert_eq!(ro.migration_history().unwrap(), migrations);
 }
