@@ -9,8 +9,9 @@
 # 3. serve with the default channel (tunnel): waits until all N tunnels are `up`, then VmRSS after SETTLE s.
 #    (RSS - baseline) / N = memory per held tunnel; projected to 10,000 tunnels.
 # 4. In the tunnel run, two real agents at a 1 s interval: host 0 dials its tunnel port (through sshd), host 1 is
-#    `channel="direct"` and dials serve's listen port. Latency = received_at_ms - collected_at_ms of their reports
-#    (same clock): median and p90 of each.
+#    `channel="direct"` and dials serve's listen port. Ack round trip = from the agent's send of a report to its ack
+#    (sent after serve's commit), as each agent logs it at debug level (`acked seq=N rtt_us=...`); median, p90, p99
+#    of each. Delivery latency = received_at_ms - collected_at_ms of their reports (same clock), for reference.
 #
 # Usage: bench/tunnel_memory.sh [N]     (default 50)
 # Env:   VIGIL, AGENT (default target/debug/vigil, target/debug/vigil-agent), SETTLE (default 10), LAT_S (default 30),
@@ -149,7 +150,7 @@ PER=$(( (HELD_RSS - BASE) / HELD ))
 # --- latency: one agent through its tunnel, one direct, same run --------------------------------------------------
 START_MS="$(($(date +%s%N) / 1000000))"
 for i in 0 1; do
-    "$AGENT" --config "$TMP/agent$i/agent.toml" 2>"$TMP/agent$i.log" &
+    VIGIL_LOG=debug "$AGENT" --config "$TMP/agent$i/agent.toml" 2>"$TMP/agent$i.log" &
     PIDS+=($!)
 done
 sleep "$LAT_S"
@@ -160,6 +161,14 @@ latency() {
              printf "%d reports, median %d ms, p90 %d ms\n", NR, v[int((NR + 1) / 2)], v[int(NR * 0.9 + 0.5)]}'
 }
 
+# The agents' ack round trips after the first 3 s (connection set-up and the first sends excluded).
+ack_rtt() {
+    grep -o 'acked seq=[0-9]* rtt_us=[0-9]*' "$TMP/agent$1.log" | awk -F'[= ]' '$3 > 3 {print $5}' | sort -n |
+        awk '{v[NR] = $1} END {if (NR == 0) {print "no acks"; exit}
+             printf "%d acks, median %.2f ms, p90 %.2f ms, p99 %.2f ms\n", NR, v[int((NR + 1) / 2)] / 1000,
+                    v[int(NR * 0.9 + 0.5)] / 1000, v[int(NR * 0.99 + 0.5)] / 1000}'
+}
+
 echo "hosts: $N real sshd; tunnels held: $HELD; binary: $VIGIL"
 echo "serve VmRSS, no tunnel:        ${BASE} KiB"
 echo "serve VmRSS, $HELD tunnels up: ${HELD_RSS} KiB"
@@ -167,3 +176,5 @@ echo "per held tunnel:               ${PER} KiB"
 echo "projected to 10,000 tunnels:   $(( (BASE + PER * 10000) / 1024 )) MiB"
 echo "delivery latency, tunnel (h0): $(latency h0)"
 echo "delivery latency, direct (h1): $(latency h1)"
+echo "ack round trip, tunnel (h0):   $(ack_rtt 0)"
+echo "ack round trip, direct (h1):   $(ack_rtt 1)"

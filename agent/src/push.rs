@@ -3,7 +3,7 @@
 //! with exponential backoff and jitter.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +179,8 @@ async fn session(
 
     // Reports spooled before this connection are backlog, drained at a bounded rate; later ones go out at once.
     let backlog_below = spool.borrow().peek_next_seq();
-    let mut in_flight: BTreeSet<u64> = BTreeSet::new();
+    // Each report in flight, with when it was sent: its ack's round trip is logged at debug level.
+    let mut in_flight: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut retry_after: Option<Instant> = None;
     // Token bucket for the backlog, refilled from elapsed time when it is used: no timer ticks while idle.
     let mut tokens = f64::from(BACKLOG_PER_SECOND);
@@ -198,8 +199,8 @@ async fn session(
             // Fresh reports first, then the oldest backlog within the rate budget.
             let candidates: Vec<u64> = {
                 let s = spool.borrow();
-                let fresh = s.pending().filter(|q| *q >= backlog_below).filter(|q| !in_flight.contains(q));
-                let old = s.pending().filter(|q| *q < backlog_below).filter(|q| !in_flight.contains(q));
+                let fresh = s.pending().filter(|q| *q >= backlog_below).filter(|q| !in_flight.contains_key(q));
+                let old = s.pending().filter(|q| *q < backlog_below).filter(|q| !in_flight.contains_key(q));
                 fresh.chain(old).take(WINDOW.saturating_sub(in_flight.len())).collect()
             };
             for seq in candidates {
@@ -214,7 +215,7 @@ async fn session(
                 }
                 let Some(sealed) = spool.borrow().read(seq) else { continue };
                 wr.data_bytes(frame::encode(&sealed)).await?;
-                in_flight.insert(seq);
+                in_flight.insert(seq, Instant::now());
             }
         }
         tokio::select! {
@@ -295,13 +296,22 @@ enum Reply {
 /// Applies a server message to the spool and the set of reports in flight: an ack deletes its report, and so does a
 /// permanent `bad_report` refusal (the report can never be accepted: kept, it would be resent forever);
 /// `unavailable` leaves the report spooled for a later retry; `unknown` (revoked) and `version` end the session.
-fn on_reply(reply: ServerMsg, spool: &RefCell<Spool>, in_flight: &mut BTreeSet<u64>) -> Result<Reply, PushError> {
+fn on_reply(
+    reply: ServerMsg,
+    spool: &RefCell<Spool>,
+    in_flight: &mut BTreeMap<u64, Instant>,
+) -> Result<Reply, PushError> {
     Ok(match reply {
         ServerMsg::Welcome { server_version, .. } => Reply::Welcomed(server_version),
         ServerMsg::Jobs { hash, schedule } => Reply::Jobs { hash, schedule },
         ServerMsg::Ack { seq } => {
             spool.borrow_mut().remove(seq);
-            in_flight.remove(&seq);
+            if let Some(sent) = in_flight.remove(&seq) {
+                // From the send to the ack after the server's commit: the round trip an operator compares between
+                // the reverse channel and a direct connection (bench/tunnel_memory.sh reads it).
+                let rtt_us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                tracing::debug!(seq, rtt_us, "acked");
+            }
             Reply::Nothing
         }
         ServerMsg::Error { code, message, seq } => match (code, seq) {
@@ -359,14 +369,18 @@ mod tests {
         ServerMsg::Error { code, message: "no".into(), seq: Some(seq) }
     }
 
+    fn sent(seqs: &[u64]) -> BTreeMap<u64, Instant> {
+        seqs.iter().map(|&q| (q, Instant::now())).collect()
+    }
+
     #[test]
     fn a_permanent_bad_report_refusal_deletes_the_spooled_report() {
         let dir = tempfile::tempdir().unwrap();
         let spool = spool_with(dir.path(), 3);
-        let mut in_flight: BTreeSet<u64> = [1, 2, 3].into();
+        let mut in_flight = sent(&[1, 2, 3]);
         assert_eq!(on_reply(error(ErrorCode::BadReport, 2), &spool, &mut in_flight).unwrap(), Reply::Nothing);
         assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [1, 3]);
-        assert_eq!(in_flight, [1, 3].into());
+        assert_eq!(in_flight.keys().copied().collect::<Vec<_>>(), [1, 3]);
         assert!(spool.borrow().read(2).is_none());
         // Deleted on disk too: a restart does not send it again.
         drop(spool);
@@ -377,7 +391,7 @@ mod tests {
     fn acks_delete_and_unavailable_keeps_the_report_for_later() {
         let dir = tempfile::tempdir().unwrap();
         let spool = spool_with(dir.path(), 2);
-        let mut in_flight: BTreeSet<u64> = [1, 2].into();
+        let mut in_flight = sent(&[1, 2]);
         assert_eq!(on_reply(ServerMsg::Ack { seq: 1 }, &spool, &mut in_flight).unwrap(), Reply::Nothing);
         assert_eq!(on_reply(error(ErrorCode::Unavailable, 2), &spool, &mut in_flight).unwrap(), Reply::RetryLater);
         assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [2]);
