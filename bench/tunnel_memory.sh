@@ -54,9 +54,11 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # --- N sshd hosts ---------------------------------------------------------------------------------------------------
 ssh-keygen -q -t ed25519 -N '' -C bench -f "$TMP/id_bench"
-read -r -a SSH_PORTS <<<"$(free_ports "$N")"
-read -r -a TUNNEL_PORTS <<<"$(free_ports "$N")"
-read -r VIGIL_PORT <<<"$(free_ports 1)"
+# All ports from one call: ports from separate calls may coincide (each call's sockets close before the next).
+read -r -a PORTS <<<"$(free_ports $((2 * N + 1)))"
+SSH_PORTS=("${PORTS[@]:0:N}")
+TUNNEL_PORTS=("${PORTS[@]:N:N}")
+VIGIL_PORT="${PORTS[2 * N]}"
 {
     echo '<?xml version="1.0" encoding="UTF-8"?>'
     echo '<clients>'

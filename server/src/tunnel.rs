@@ -255,7 +255,8 @@ async fn serve(
                 return "closed".into();
             }
             Next::Closed | Next::Channel(None) => return "the SSH session to the host ended".into(),
-            Next::Channel(Some((channel, origin))) => {
+            Next::Channel(Some(forward)) => {
+                let (channel, origin) = *forward;
                 let peer = format!("tunnel {} ({origin})", w.host.name);
                 let source = Source::Tunnel(w.host.name.clone());
                 let shared = &tasks.shared;

@@ -61,8 +61,9 @@ pub enum NewKeys {
     AcceptUnrecorded,
 }
 
-/// A connection forwarded by the host's sshd: the channel, and who connected on the host (`addr:port`).
-pub type Forwarded = (russh::Channel<russh::client::Msg>, String);
+/// A connection forwarded by the host's sshd: the channel, and who connected on the host (`addr:port`). Boxed: a
+/// held tunnel's queue then keeps 32 pointers, not 32 channels (tokio allocates its queue 32 slots at a time).
+pub type Forwarded = Box<(russh::Channel<russh::client::Msg>, String)>;
 
 struct Checker {
     expected: Option<String>,
@@ -100,7 +101,7 @@ impl russh::client::Handler for Checker {
     ) -> Result<(), Self::Error> {
         let Some(tx) = &self.forwarded else { return Ok(()) };
         reply.accept().await;
-        let _ = tx.send((channel, format!("{originator_address}:{originator_port}")));
+        let _ = tx.send(Box::new((channel, format!("{originator_address}:{originator_port}"))));
         Ok(())
     }
 }
