@@ -241,10 +241,11 @@ exit 1"#,
 }
 
 /// Activates a staged install: optionally stops the agent, moves each staged file in `names` into place, and
-/// optionally registers and starts the task.
+/// optionally registers and starts the task. A start always stops this directory's agent first: one running
+/// without its task (which the probe reports as not running) would otherwise keep its executable locked.
 pub fn activate(dir: &str, names: &[String], stop_first: bool, start_after: bool) -> String {
     let mut script = set_dir(dir);
-    if stop_first {
+    if stop_first || start_after {
         script.push_str(&stop_body(dir));
     }
     for name in names {
@@ -452,6 +453,8 @@ mod tests {
         assert!(s.contains("Where-Object { $_.Path -eq $Exe }"), "only this directory's agent is stopped");
         let plain = decode(&activate(dir, &[], false, false));
         assert!(!plain.contains("Stop-Process") && !plain.contains("Register-ScheduledTask"), "{plain}");
+        let start_only = decode(&activate(dir, &[BINARY.into()], false, true));
+        assert!(start_only.find("Stop-Process").unwrap() < start_only.find("Move-Item").unwrap(), "{start_only}");
     }
 
     #[test]
