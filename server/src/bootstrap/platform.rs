@@ -2,8 +2,9 @@
 //! what differs between them when [`ssh`](super::ssh) executes a plan: the binary's name and build, how the files
 //! travel on stdin, and how the Windows probe's answer becomes an [`Inspection`].
 //!
-//! A host is taken for Windows when clients.xml says `os="windows"`, or when the POSIX probe gets no `os=` line
-//! back (cmd.exe, Windows OpenSSH's default shell, cannot run it) and the PowerShell probe answers `os=Windows`.
+//! A host is taken for Windows when clients.xml says `os="windows"`, or when the POSIX probe names no OS (cmd.exe,
+//! Windows OpenSSH's default shell, cannot run it; nor can PowerShell as the default shell) and the PowerShell probe
+//! answers `os=Windows`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

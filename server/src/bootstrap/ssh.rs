@@ -62,13 +62,19 @@ fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapEr
     Ok(Inspection { dir, agent_sha: kv.remove("agent_sha"), installed, running: kv.contains_key("running"), notes })
 }
 
+/// Whether the POSIX probe ran: it names the OS. cmd.exe (Windows OpenSSH's default shell) prints nothing of it,
+/// and PowerShell as the default shell prints `os=` with nothing after it (`$(uname -s)` fails there).
+fn posix_answered(kv: &HashMap<String, String>) -> bool {
+    kv.get("os").is_some_and(|os| !os.is_empty())
+}
+
 /// Probes the host with the command set clients.xml names (`os="windows"`), else the POSIX one, and when that gets
 /// no `os=` answer (cmd.exe cannot run it), the PowerShell one: the platform found and the probe's answer.
 async fn probe(host: &Host, s: &Session) -> Result<(Platform, HashMap<String, String>), BootstrapError> {
     let name = dir_name(&host.name);
     if host.os != Some(Os::Windows) {
         let kv = parse_probe(&s.run(&linux::probe(&name), None).await?.stdout_text());
-        if kv.contains_key("os") {
+        if posix_answered(&kv) {
             return Ok((Platform::Linux, kv));
         }
         let win = parse_probe(&s.run(&Platform::Windows.probe(&name), None).await?.stdout_text());
@@ -341,6 +347,14 @@ pub async fn uninstall_ssh(ctx: &Ctx, host: &Host) -> Result<(), BootstrapError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_answered_by_cmd_or_powershell_is_no_posix_answer() {
+        assert!(posix_answered(&parse_probe("os=Linux\narch=x86_64\n")));
+        assert!(!posix_answered(&parse_probe("'T' is not recognized as an internal or external command\n")));
+        // PowerShell as DefaultShell: `echo "os=$(uname -s)"` prints the key with an empty value.
+        assert!(!posix_answered(&parse_probe("os=\narch=\ndir=/vigil-agent-w\n")));
+    }
 
     #[test]
     fn the_probe_yields_the_old_secret_and_a_missing_key() {

@@ -76,7 +76,8 @@ pub fn probe(dir_name: &str) -> String {
         r#"$D = Join-Path ([IO.Path]::GetTempPath()) {name}
 $Exe = Join-Path $D {exe}
 "os=Windows"
-"arch=$env:PROCESSOR_ARCHITECTURE"
+# A 32-bit PowerShell on 64-bit Windows sees x86 in PROCESSOR_ARCHITECTURE and the machine's in ...W6432.
+"arch=$(if ($env:PROCESSOR_ARCHITEW6432) {{ $env:PROCESSOR_ARCHITEW6432 }} else {{ $env:PROCESSOR_ARCHITECTURE }})"
 "dir=$D"
 $drive = [IO.Path]::GetPathRoot($D)
 "free_kb=$([math]::Floor((New-Object IO.DriveInfo $drive).AvailableFreeSpace / 1024))"
