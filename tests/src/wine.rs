@@ -89,14 +89,25 @@ impl Wine {
         cmd
     }
 
-    /// Runs `exe` with `args` under Wine and collects its output (the first run also initializes the prefix).
-    pub fn run(&self, exe: &Path, args: &[&str]) -> Result<Output> {
+    /// The command that runs `exe` with `args` under Wine in the exe's directory, for a long-running
+    /// [`Proc`](crate::Proc).
+    pub fn exe_command(&self, exe: &Path, args: &[&str]) -> Command {
         let mut cmd = self.command(WINE64);
         cmd.arg(exe).args(args);
         if let Some(dir) = exe.parent() {
             cmd.current_dir(dir);
         }
-        cmd.output().with_context(|| format!("running {WINE64} {}", exe.display()))
+        cmd
+    }
+
+    /// Runs `exe` with `args` under Wine and collects its output (the first run also initializes the prefix).
+    pub fn run(&self, exe: &Path, args: &[&str]) -> Result<Output> {
+        self.exe_command(exe, args).output().with_context(|| format!("running {WINE64} {}", exe.display()))
+    }
+
+    /// A Unix path as Windows programs under Wine name it: drive `Z:` is the Unix root.
+    pub fn windows_path(path: &Path) -> String {
+        format!("Z:{}", path.display()).replace('/', "\\")
     }
 }
 

@@ -11,11 +11,13 @@
 //! them only when a job asks for `cpu`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use vigil_schema::job::Collector;
 use vigil_schema::proto::AgentMsg;
 use vigil_tests::paths::target_dir;
 use vigil_tests::wine::{TARGET, Wine};
+use vigil_tests::{Proc, Workdir, free_port, wait_until};
 
 fn windows_agent() -> PathBuf {
     let exe = target_dir().join(TARGET).join("debug").join("vigil-agent.exe");
@@ -86,4 +88,55 @@ fn the_windows_agent_reports_what_wine_serves_and_says_what_it_cannot() {
     assert!(unavailable[0].1.contains("not even session 0"), "{unavailable:?}");
     assert!(unavailable[1].1.contains("not even the system volume"), "{unavailable:?}");
     assert!(unavailable[3].1.contains("cannot read the Security event log"), "{unavailable:?}");
+}
+
+/// The Windows agent, run under Wine as a daemon with credentials from `vigil enroll`, delivers to a real
+/// `vigil serve` over SSH on 127.0.0.1; what Wine cannot serve lands in the database as "not available" and
+/// `vigil status` says so for the host.
+#[test]
+fn the_windows_agent_delivers_to_serve_and_status_lists_what_it_cannot_serve() {
+    let work = Workdir::new().unwrap();
+    work.write_clients_text(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clients>\n  \
+         <client name=\"win1\" ip=\"127.0.0.1\" username=\"alice\" password=\"unused\" os=\"windows\"/>\n</clients>\n",
+    )
+    .unwrap();
+    let port = free_port();
+    work.write_jobs(&format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[[job]]\nname = \"win\"\n\
+         collectors = [\"system\", \"memory\", \"users\", \"security_events\"]\ninterval = \"2s\"\n",
+        work.data_dir().display()
+    ))
+    .unwrap();
+    let mut serve = work.spawn_vigil(&["serve"], "serve").unwrap();
+    let up = wait_until(Duration::from_secs(30), || serve.stdout().contains("listening on") || !serve.is_running());
+    assert!(up && serve.is_running(), "vigil serve did not come up\n{}", serve.logs());
+    let agent_dir = work.path().join("agent");
+    let out = work.vigil(&["enroll", "win1", "--dir", agent_dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
+
+    let wine = Wine::new("wine-serve").unwrap();
+    let exe = wine.install(&windows_agent(), "agent").unwrap();
+    let config = Wine::windows_path(&agent_dir.join("agent.toml"));
+    let agent = Proc::spawn(wine.exe_command(&exe, &["--config", &config]), work.path(), "wine-agent").unwrap();
+
+    let db = work.data_dir().join("vigil.db");
+    let query = |sql: &str| -> i64 {
+        rusqlite::Connection::open(&db).and_then(|c| c.query_row(sql, [], |r| r.get::<_, i64>(0))).unwrap_or(-1)
+    };
+    let delivered = wait_until(Duration::from_secs(120), || {
+        query("SELECT count(*) FROM unavailable_families u JOIN hosts h ON h.id = u.host_id WHERE h.name = 'win1'") == 2
+            && query("SELECT count(*) FROM memory m JOIN hosts h ON h.id = m.host_id WHERE h.name = 'win1'") > 0
+    });
+    assert!(delivered, "nothing delivered\n{}\n{}", agent.logs(), serve.logs());
+    let total = query("SELECT m.total FROM memory m JOIN hosts h ON h.id = m.host_id WHERE h.name = 'win1' LIMIT 1");
+    assert!(mem_total_bytes() - u64::try_from(total).unwrap() <= 4096, "memory total {total}");
+
+    let status = work.vigil(&["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("not available on the host:"), "{text}");
+    assert!(text.contains("win1  security_events  cannot read the Security event log"), "{text}");
+    assert!(text.contains("win1  users  the session API lists no session"), "{text}");
+    drop(agent);
+    drop(serve);
 }
