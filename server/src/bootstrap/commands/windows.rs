@@ -158,7 +158,8 @@ pub fn stage(dir: &str, parts: &[Part]) -> String {
     script
 }
 
-/// The Scheduled Task's definition (Task Scheduler XML): the current user's task, run whether or not the user is
+/// The Scheduled Task's definition (Task Scheduler XML, elements in the order Windows itself exports them): the
+/// current user's task, run whether or not the user is
 /// logged on without storing a password (S4U), at logon and every [`REPEAT_MINUTES`] minutes from registration,
 /// no time limit, never a second instance, restarted after a failure. The action runs the agent through cmd.exe so
 /// its stderr goes to `agent.log`; every path in it is relative to the working directory (the agent directory), so
@@ -171,18 +172,18 @@ pub fn task_xml(dir: &str) -> String {
   <RegistrationInfo><Description>vigil agent ({desc})</Description></RegistrationInfo>
   <Triggers>
     <LogonTrigger><Enabled>true</Enabled><UserId>$($Me.Value)</UserId></LogonTrigger>
-    <TimeTrigger><Enabled>true</Enabled><StartBoundary>$Start</StartBoundary><Repetition><Interval>PT{repeat}M</Interval><StopAtDurationEnd>false</StopAtDurationEnd></Repetition></TimeTrigger>
+    <TimeTrigger><Repetition><Interval>PT{repeat}M</Interval><StopAtDurationEnd>false</StopAtDurationEnd></Repetition><StartBoundary>$Start</StartBoundary><Enabled>true</Enabled></TimeTrigger>
   </Triggers>
   <Principals><Principal id="Author"><UserId>$($Me.Value)</UserId><LogonType>S4U</LogonType><RunLevel>LeastPrivilege</RunLevel></Principal></Principals>
   <Settings>
     <MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>
     <DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>
     <StopIfGoingOnBatteries>false</StopIfGoingOnBatteries>
+    <StartWhenAvailable>true</StartWhenAvailable>
+    <Enabled>true</Enabled>
+    <Hidden>true</Hidden>
     <ExecutionTimeLimit>PT0S</ExecutionTimeLimit>
     <RestartOnFailure><Interval>PT1M</Interval><Count>999</Count></RestartOnFailure>
-    <StartWhenAvailable>true</StartWhenAvailable>
-    <Hidden>true</Hidden>
-    <Enabled>true</Enabled>
   </Settings>
   <Actions Context="Author">
     <Exec><Command>cmd.exe</Command><Arguments>/d /c {exe} --config agent.toml &gt;&gt; agent.log 2&gt;&amp;1</Arguments><WorkingDirectory>$([Security.SecurityElement]::Escape($D))</WorkingDirectory></Exec>
@@ -438,6 +439,39 @@ mod tests {
         assert!(xml.contains("vigil agent (vigil-agent-web)"));
         assert_eq!(task_name(dir), "vigil-agent-web");
         assert_eq!(task_name(r"C:\T\vigil-agent-db\"), "vigil-agent-db");
+    }
+
+    #[test]
+    fn the_task_xml_is_well_formed_once_powershell_fills_it_in() {
+        let dir = r"C:\Users\A & B <x>\AppData\Local\Temp\vigil-agent-web";
+        // What the here-string expands to on the host (SecurityElement::Escape escapes & < > " ').
+        let escaped = dir.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let xml = task_xml(dir)
+            .replace("$($Me.Value)", "S-1-5-21-1004336348-1177238915-682003330-1001")
+            .replace("$Start", "2026-11-30T02:00:00")
+            .replace("$([Security.SecurityElement]::Escape($D))", &escaped);
+        assert!(!xml.contains('$'), "{xml}");
+        let mut reader = quick_xml::Reader::from_str(&xml);
+        let (mut open, mut names) = (Vec::new(), Vec::new());
+        loop {
+            match reader.read_event().unwrap_or_else(|e| panic!("{e}\n{xml}")) {
+                quick_xml::events::Event::Start(e) => {
+                    let name = e.name().0.to_owned();
+                    names.push(name.clone());
+                    open.push(name);
+                }
+                quick_xml::events::Event::End(e) => {
+                    assert_eq!(open.pop().as_deref(), Some(e.name().0), "{xml}");
+                }
+                quick_xml::events::Event::Eof => break,
+                _ => {}
+            }
+        }
+        assert!(open.is_empty(), "{open:?}");
+        assert!(xml.contains(&format!("<WorkingDirectory>{escaped}</WorkingDirectory>")), "{xml}");
+        for n in ["Task", "LogonTrigger", "TimeTrigger", "Principal", "Settings", "Exec", "WorkingDirectory"] {
+            assert!(names.iter().any(|x| x == n), "{n} missing");
+        }
     }
 
     #[test]
