@@ -23,6 +23,11 @@ command -v useradd >/dev/null || missing+=(passwd)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ -x /usr/bin/promtool ] || missing+=(prometheus)
 # --- web (end)
+# --- windows (begin): the Windows agent under Wine (tests/tests/windows_agent.rs): Wine, and MinGW + nasm to build it
+[ -x /usr/lib/wine/wine64 ] || missing+=(wine64)
+command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
+command -v nasm >/dev/null || missing+=(nasm)
+# --- windows (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -38,4 +43,8 @@ fi
 mkdir -p /run/sshd
 
 cargo build --workspace --bins
+# --- windows (begin): the agent for Windows, which tests/tests/windows_agent.rs runs under Wine
+rustup target list --installed | grep -qx x86_64-pc-windows-gnu || rustup target add x86_64-pc-windows-gnu
+cargo build --target x86_64-pc-windows-gnu -p vigil-agent
+# --- windows (end)
 cargo test --workspace --no-fail-fast "$@"

@@ -152,6 +152,17 @@ pub struct SecurityEvents {
     pub events: Vec<SecurityEvent>,
 }
 
+/// A family a job asked for that this host cannot serve (on Windows: the Security log closed to the agent, or no
+/// session API, as under Wine). The family itself is left out of the [`Stats`], so "not available" never looks like
+/// an empty, healthy result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unavailable {
+    pub family: crate::job::Collector,
+    /// Why, for the operator (`vigil status`).
+    pub reason: String,
+}
+
 /// The statistics of one collection run. Absent families were not collected by this job.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +188,9 @@ pub struct Stats {
     /// The run of a command job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<crate::command::CommandRun>,
+    /// Families asked for that the host cannot serve (absent above); older reports have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<Unavailable>,
 }
 
 /// One report: the result of one job run on one host.
@@ -329,6 +343,10 @@ impl Report {
                 opt_text("security_events.events.source", x.source.as_deref())?;
                 check_text("security_events.events.message", &x.message, limits::MAX_MESSAGE)?;
             }
+        }
+        items("unavailable", &s.unavailable)?;
+        for u in &s.unavailable {
+            text("unavailable.reason", &u.reason)?;
         }
         self.validate_command()
     }
@@ -538,6 +556,7 @@ impl Report {
                     ],
                 }),
                 command: None,
+                unavailable: Vec::new(),
             },
         }
     }
@@ -574,6 +593,22 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), r);
         assert!(!json.contains("swap"), "absent families are not serialized: {json}");
+        assert!(!json.contains("unavailable"), "nothing unavailable, nothing serialized: {json}");
+    }
+
+    #[test]
+    fn unavailable_families_round_trip_by_name() {
+        let mut r = sample();
+        r.stats.unavailable = vec![Unavailable {
+            family: crate::job::Collector::SecurityEvents,
+            reason: "EvtQuery on Security: access denied".into(),
+        }];
+        r.validate().unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""unavailable":[{"family":"security_events","reason":"#), "{json}");
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), r);
+        r.stats.unavailable = vec![r.stats.unavailable[0].clone(); limits::MAX_ITEMS + 1];
+        assert_eq!(r.validate().unwrap_err().field, "unavailable");
     }
 
     #[test]
@@ -642,6 +677,9 @@ mod tests {
             ("security_events.events.user", |r, v| event(r).user = Some(v)),
             ("security_events.events.source", |r, v| event(r).source = Some(v)),
             ("security_events.events.message", |r, v| event(r).message = v),
+            ("unavailable.reason", |r, v| {
+                r.stats.unavailable = vec![Unavailable { family: crate::job::Collector::Users, reason: v }]
+            }),
         ]
     }
 

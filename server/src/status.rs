@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::escape;
 use crate::store::repairs::RepairRow;
-use crate::store::{MAX_FUTURE_MS, Store, StoreError};
+use crate::store::{MAX_FUTURE_MS, Store, StoreError, UnavailableRow};
 
 /// A host is "silent" when nothing was heard for more than this many times its expected interval.
 pub const SILENT_AFTER_INTERVALS: i64 = 3;
@@ -54,6 +54,8 @@ pub struct HostStatus {
     pub tunnel: Option<TunnelStatus>,
     /// The latest run of each command job of this host (a refusal says why the host runs no commands).
     pub commands: Vec<CommandStatus>,
+    /// Statistics families the host's agent cannot serve there (on Windows: the Security log, sessions), and why.
+    pub unavailable: Vec<UnavailableRow>,
 }
 
 /// A `vigil serve` process that used the database, as `vigil status` shows it.
@@ -177,6 +179,7 @@ fn host_status(
         reporting: None,
         tunnel: None,
         commands: command_status(store, name)?,
+        unavailable: store.unavailable_of(name)?,
     };
     if let Some(seen) = status.last_seen_ms {
         let since_s = now_ms.saturating_sub(seen).max(0) / 1000;
@@ -343,6 +346,7 @@ pub fn render_table(
     render_tunnels(&mut out, hosts);
     render_nodes(&mut out, nodes);
     render_commands(&mut out, hosts);
+    render_unavailable(&mut out, hosts);
     if let Some(keys) = restart_needed {
         let _ = writeln!(
             out,
@@ -389,6 +393,30 @@ fn render_commands(out: &mut String, hosts: &[HostStatus]) {
                 crate::alert::message::utc(c.started_ms)
             );
         }
+    }
+}
+
+/// The statistics families hosts cannot serve, and why: "not available" rather than an empty, healthy family.
+fn render_unavailable(out: &mut String, hosts: &[HostStatus]) {
+    let rows: Vec<(&str, &UnavailableRow)> =
+        hosts.iter().flat_map(|h| h.unavailable.iter().map(move |u| (h.name.as_str(), u))).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "
+not available on the host:"
+    );
+    for (host, u) in rows {
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}  since {}",
+            escape::cell(host),
+            escape::cell(&u.family),
+            escape::cell(&u.reason),
+            crate::alert::message::utc(u.since_ms)
+        );
     }
 }
 
@@ -501,6 +529,31 @@ mod tests {
         assert!(!table.contains('\x1b'), "{table}");
         let json = render_json(&view, &[], None, None).unwrap();
         assert!(json.contains("\"outcome\": \"failed\""), "{json}");
+    }
+
+    #[test]
+    fn status_says_which_families_a_host_cannot_serve() {
+        use vigil_schema::job::Collector;
+        use vigil_schema::report::Unavailable;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
+        let mut r = report(1, 10_000, 1.0, &[]);
+        r.report.stats.unavailable = vec![Unavailable {
+            family: Collector::SecurityEvents,
+            reason: "cannot read the Security event log: EvtQuery on Security: access denied\u{1b}[2J".into(),
+        }];
+        store.insert_reports(&[r]).unwrap();
+        let hosts = vec![("web1".to_string(), "10.0.0.1".to_string(), Some(10))];
+        let view = collect(&store, &hosts, 11_000).unwrap();
+        assert_eq!(view[0].unavailable.len(), 1);
+        let table = render_table(&view, None, None);
+        assert!(
+            table.contains("not available on the host:\n  web1  security_events  cannot read the Security event log"),
+            "{table}"
+        );
+        assert!(!table.contains('\x1b'), "{table}");
+        let json = render_json(&view, None, None).unwrap();
+        assert!(json.contains("\"family\": \"security_events\""), "{json}");
     }
 
     #[test]

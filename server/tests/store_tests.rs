@@ -102,6 +102,7 @@ pub fn full_report(seq: u64, collected_at_ms: i64) -> Report {
                 }],
             }),
             command: None,
+            unavailable: Vec::new(),
         },
     }
 }

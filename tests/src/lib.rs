@@ -22,6 +22,8 @@
 //! - [`fixtures`]: canned input files for collectors (utmp records).
 //! - [`fleet`]: `clients.xml` and `jobs.toml` written for the hosts a test started ([`ClientEntry`],
 //!   [`jobs_toml`]) in a [`Workdir`] where `vigil` runs with `--clients` and `--jobs`.
+//! - [`wine`]: [`Wine`](wine::Wine), Windows binaries under Wine in a throwaway prefix, with the
+//!   `bcryptprimitives.dll` shim Rust's standard library needs there.
 //!
 //! Everything here needs root and the packages `scripts/test.sh` installs (openssh-server, openssh-client,
 //! python3-aiosmtpd); a missing piece is an error that says what to install, never a skipped test.
@@ -39,6 +41,7 @@ pub mod service;
 pub mod smtp;
 pub mod sshd;
 pub mod users;
+pub mod wine;
 
 pub use fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
 pub use net::{free_port, port_accepts};

@@ -269,6 +269,7 @@ pub fn sample_report(seq: u64, collected_at_ms: i64, cpu_pct: f32, mem_pct: f32,
             }]),
             security_events: None,
             command: None,
+            unavailable: Vec::new(),
         },
     }
 }

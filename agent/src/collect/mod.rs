@@ -1,12 +1,14 @@
 //! The agent's collectors: one module per statistics family, all driven by [`Collectors`].
 //!
 //! [`Collectors`] keeps sysinfo's `System`, `Disks` and `Networks` and the other per-collector state (network
-//! baselines, the auth-log read position) alive across ticks, and refreshes only what the requested collectors need.
-//! Every collector is infallible from the outside: a missing source gives an empty family (`source: None` where the
-//! family has one), never a panic. Every string leaving here is bounded and free of control characters (see
+//! baselines, the auth-log read position) alive across ticks, and refreshes only what the requested collectors need:
+//! the CPU counters are touched only when a job asks for `cpu` (Wine has no `pdh.dll!PdhEnumObjectsW`, which they
+//! call on Windows). Every collector is infallible from the outside: a missing source gives an empty family
+//! (`source: None` where the family has one), never a panic; a family the platform cannot serve at all (on Windows:
+//! the Security log closed to the agent, no session API) is left out and listed in `Stats::unavailable` with why. Every string leaving here is bounded and free of control characters (see
 //! [`clean`]), so the output passes `vigil_schema::report::Report::validate`.
 //!
-//! Modules: [`system`], [`users`] (sessions, from [`utmp`]), [`cpu`], [`memory`], [`swap`], [`partitions`],
+//! Modules: [`system`], [`users`] (sessions, from [`utmp`], or on Windows from [`wts`]), [`cpu`], [`memory`], [`swap`], [`partitions`],
 //! [`disk_usage`], [`network`], [`security`] (the auth log, the systemd journal, or on Windows the Security event
 //! log). Each imports only from this module (and its own children).
 
@@ -20,12 +22,14 @@ pub mod swap;
 pub mod system;
 pub mod users;
 pub mod utmp;
+#[cfg(any(windows, test))]
+pub mod wts;
 
 use std::path::PathBuf;
 
 use sysinfo::{DiskRefreshKind, Disks, System};
 use vigil_schema::job::Collector;
-use vigil_schema::report::{Stats, is_forbidden_char, limits};
+use vigil_schema::report::{Stats, Unavailable, is_forbidden_char, limits};
 
 /// Where the collectors read from; `None` means the platform default.
 #[derive(Debug, Clone, Default)]
@@ -43,24 +47,33 @@ pub struct Collectors {
     /// `None` only if sysinfo cannot run on this platform; the families it feeds are then left out.
     sys: Option<System>,
     disks: Option<Disks>,
+    /// Whether the CPU counters have their first two refreshes (done by the first `cpu` request).
+    cpu_primed: bool,
     network: network::NetworkCollector,
     security: security::SecurityCollector,
 }
 
 impl Collectors {
-    /// Creates the collectors and primes the CPU counters (two refreshes `MINIMUM_CPU_UPDATE_INTERVAL` apart) and
-    /// the network baselines, so the first [`Collectors::collect`] already reports usage and rates. Blocks about
-    /// 200 ms. The auth log is opened at its end: events logged before the agent started are not reported.
+    /// Creates the collectors and primes the network baselines, so the first [`Collectors::collect`] already reports
+    /// rates. The CPU counters are primed by the first request for `cpu` (two refreshes
+    /// `MINIMUM_CPU_UPDATE_INTERVAL` apart: that call blocks about 200 ms), so its first sample already has usage.
+    /// The auth log is opened at its end: events logged before the agent started are not reported.
     pub fn new(opts: CollectOptions) -> Self {
-        let mut sys = System::new().map_err(|e| tracing::warn!(error = %e, "sysinfo unavailable")).ok();
+        let sys = System::new().map_err(|e| tracing::warn!(error = %e, "sysinfo unavailable")).ok();
         let network = network::NetworkCollector::new();
-        if let Some(sys) = sys.as_mut() {
+        let security = security::SecurityCollector::new(opts.auth_log_path.clone());
+        Collectors { opts, sys, disks: None, cpu_primed: false, network, security }
+    }
+
+    /// The CPU counters, primed on first use.
+    fn cpu(&mut self) -> Option<vigil_schema::report::CpuStats> {
+        let sys = self.sys.as_mut()?;
+        if !self.cpu_primed {
             sys.refresh_cpu_usage();
             std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
-            sys.refresh_cpu_usage();
+            self.cpu_primed = true;
         }
-        let security = security::SecurityCollector::new(opts.auth_log_path.clone());
-        Collectors { opts, sys, disks: None, network, security }
+        Some(cpu::collect(sys))
     }
 
     /// Collects the families `which` names (duplicates are collected once) and leaves the others out.
@@ -79,17 +92,41 @@ impl Collectors {
                         stats.system = Some(system::collect(sys));
                     }
                 }
-                Collector::Users => stats.users = Some(users::collect(self.opts.utmp_path.as_deref())),
-                Collector::Cpu => stats.cpu = self.sys.as_mut().map(cpu::collect),
+                Collector::Users => match users::collect(self.opts.utmp_path.as_deref()) {
+                    Ok(u) => stats.users = Some(u),
+                    Err(reason) => stats.unavailable.push(unavailable(c, &reason)),
+                },
+                Collector::Cpu => stats.cpu = self.cpu(),
                 Collector::Memory => stats.memory = self.sys.as_mut().map(memory::collect),
                 Collector::Swap => stats.swap = self.sys.as_mut().map(swap::collect),
-                Collector::Partitions => stats.partitions = self.disks.as_ref().map(partitions::collect),
-                Collector::DiskUsage => stats.disk_usage = self.disks.as_ref().map(disk_usage::collect),
+                Collector::Partitions => match self.volumes() {
+                    Ok(d) => stats.partitions = Some(partitions::collect(d)),
+                    Err(reason) => stats.unavailable.push(unavailable(c, reason)),
+                },
+                Collector::DiskUsage => match self.volumes() {
+                    Ok(d) => stats.disk_usage = Some(disk_usage::collect(d)),
+                    Err(reason) => stats.unavailable.push(unavailable(c, reason)),
+                },
                 Collector::Network => stats.network = Some(self.network.collect()),
-                Collector::SecurityEvents => stats.security_events = Some(self.security.collect()),
+                Collector::SecurityEvents => match self.security.collect() {
+                    Ok(e) => stats.security_events = Some(e),
+                    Err(reason) => stats.unavailable.push(unavailable(c, &reason)),
+                },
             }
         }
         stats
+    }
+
+    /// The refreshed disk list, or why there is none. A Windows host always has its system volume, so an empty list
+    /// there means the volume API serves nothing (as under Wine).
+    fn volumes(&self) -> Result<&Disks, &'static str> {
+        match &self.disks {
+            None => Err("the disk list cannot be read"),
+            Some(d) if cfg!(windows) && d.is_empty() => {
+                Err("no volume listed, not even the system volume (the volume API serves none here: Wine?)")
+            }
+            Some(d) => Ok(d),
+        }
     }
 
     /// Refreshes the disk list (mounts only: space comes from statvfs where available).
@@ -104,6 +141,11 @@ impl Collectors {
             }
         }
     }
+}
+
+/// The entry saying `family` cannot be served here, and why (cleaned for the report).
+fn unavailable(family: Collector, reason: &str) -> Unavailable {
+    Unavailable { family, reason: clean_text(reason) }
 }
 
 /// On Unix, space and inodes come from statvfs; elsewhere sysinfo must fetch the space itself.
@@ -190,6 +232,7 @@ mod tests {
         assert!(stats.network.as_ref().is_some_and(|n| !n.is_empty()));
         assert_eq!(stats.users.as_ref().unwrap().source, None);
         assert_eq!(stats.security_events.as_ref().unwrap().source, None);
+        assert_eq!(stats.unavailable, [], "Linux serves every family");
         let report =
             Report { seq: 1, job: "all".into(), collected_at_ms: vigil_sys::clock::now_ms(), dropped: 0, stats };
         report.validate().unwrap();

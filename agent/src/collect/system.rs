@@ -1,14 +1,15 @@
 //! `system`: host details (hostname, OS, kernel, architecture, uptime, boot time, CPU model and count).
 
-use sysinfo::System;
+use sysinfo::{CpuRefreshKind, System};
 use vigil_schema::report::SystemInfo;
 
 use super::clean_text;
 
-/// Reads the host details; the CPU list must have been refreshed once (as [`super::Collectors::new`] does).
+/// Reads the host details. The CPU list (model and count) is read once without the usage counters, which on
+/// Windows need `pdh.dll` (Wine lacks part of it, and the process would abort).
 pub fn collect(sys: &mut System) -> SystemInfo {
     if sys.cpus().is_empty() {
-        sys.refresh_cpu_usage();
+        sys.refresh_cpu_list(CpuRefreshKind::nothing());
     }
     let text = |r: Result<String, sysinfo::Error>| r.map(|s| clean_text(&s)).unwrap_or_default();
     let cpu_model = sys.cpus().first().map(|c| clean_text(c.brand())).unwrap_or_default();

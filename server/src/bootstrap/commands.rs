@@ -6,6 +6,8 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+pub mod windows;
+
 /// Commands for Linux (and other POSIX) hosts.
 pub mod linux {
     use super::sh_quote;
@@ -142,57 +144,6 @@ echo "the agent did not start:" >&2; tail -n 5 agent.log >&2; exit 1"#
             "{}\nif [ -d \"$D\" ] && [ ! -L \"$D\" ] && [ -O \"$D\" ]; then rm -rf \"$D\"; fi\nexit 0",
             stop(dir).trim_end_matches("exit 0")
         )
-    }
-}
-
-/// Commands for Windows hosts (OpenSSH for Windows, PowerShell). Generated and tested here; no Windows agent build
-/// ships yet, so bootstrap refuses Windows hosts before running them.
-pub mod windows {
-    /// The agent directory under C:\Windows\Temp.
-    pub fn dir(dir_name: &str) -> String {
-        format!(r"C:\Windows\Temp\{dir_name}")
-    }
-
-    fn ps_quote(s: &str) -> String {
-        format!("'{}'", s.replace('\'', "''"))
-    }
-
-    fn powershell(script: &str) -> String {
-        format!("powershell -NoProfile -NonInteractive -Command \"{}\"", script.replace('"', "\\\""))
-    }
-
-    /// OS and architecture.
-    pub fn probe() -> String {
-        powershell("Write-Output \"os=Windows\"; Write-Output (\"arch=\" + $env:PROCESSOR_ARCHITECTURE)")
-    }
-
-    /// Creates the directory, readable by the current user (and SYSTEM, Administrators) only.
-    pub fn prepare(dir: &str) -> String {
-        let d = ps_quote(dir);
-        powershell(&format!(
-            "New-Item -ItemType Directory -Force -Path {d} | Out-Null; icacls {d} /inheritance:r /grant:r \
-             \"$($env:USERNAME):(OI)(CI)F\" SYSTEM:(OI)(CI)F Administrators:(OI)(CI)F | Out-Null"
-        ))
-    }
-
-    /// Starts the agent hidden and detached.
-    pub fn start(dir: &str) -> String {
-        let exe = ps_quote(&format!(r"{dir}\vigil-agent.exe"));
-        let d = ps_quote(dir);
-        powershell(&format!(
-            "Start-Process -WindowStyle Hidden -WorkingDirectory {d} -FilePath {exe} -ArgumentList '--config','agent.toml'"
-        ))
-    }
-
-    /// Stops the agent and removes its directory.
-    pub fn uninstall(dir: &str) -> String {
-        let exe = format!(r"{dir}\vigil-agent.exe");
-        let d = ps_quote(dir);
-        powershell(&format!(
-            "Get-Process vigil-agent -ErrorAction SilentlyContinue | Where-Object {{ $_.Path -eq {} }} | Stop-Process -Force; \
-             Remove-Item -Recurse -Force {d}",
-            ps_quote(&exe)
-        ))
     }
 }
 
@@ -410,22 +361,5 @@ mod tests {
         assert!(out.status.success());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
-    }
-
-    #[test]
-    fn windows_commands_target_the_windows_temp_directory() {
-        let d = windows::dir("vigil-agent-web");
-        assert_eq!(d, r"C:\Windows\Temp\vigil-agent-web");
-        let prep = windows::prepare(&d);
-        assert!(prep.starts_with("powershell -NoProfile"), "{prep}");
-        assert!(prep.contains(r"'C:\Windows\Temp\vigil-agent-web'"), "{prep}");
-        assert!(prep.contains("/inheritance:r"), "{prep}");
-        let start = windows::start(&d);
-        assert!(start.contains(r"'C:\Windows\Temp\vigil-agent-web\vigil-agent.exe'"), "{start}");
-        assert!(start.contains("'--config','agent.toml'"), "{start}");
-        let un = windows::uninstall(&d);
-        assert!(un.contains("Stop-Process") && un.contains("Remove-Item -Recurse -Force"), "{un}");
-        // A quote in a name cannot break out of the PowerShell string.
-        assert!(windows::prepare(r"C:\Windows\Temp\a'b").contains("'C:\\Windows\\Temp\\a''b'"));
     }
 }

@@ -8,7 +8,8 @@
 //! them is stored.
 //!
 //! - [`credentials`]: the one place credentials are minted, rendered into files, registered and judged current.
-//! - [`plan`]: inspection → steps. [`commands`]: the shell (and PowerShell) text run on hosts.
+//! - [`plan`]: inspection → steps. [`commands`]: the shell (and PowerShell) text run on hosts; [`platform`]: which
+//!   of the two a host gets, and the Windows agent build.
 //! - [`ssh`]: the plan over SSH, with [`remote`] (the russh client) and [`known_hosts`]. [`local`]: the plan on this
 //!   machine for `transport="local"` (also used by `vigil serve` to start local agents).
 //!
@@ -21,6 +22,7 @@ pub mod credentials;
 pub mod known_hosts;
 pub mod local;
 pub mod plan;
+pub mod platform;
 pub mod remote;
 pub mod ssh;
 

@@ -1,6 +1,8 @@
-//! Bootstrap over SSH: probe the host ([`Inspection`]), decide the [`Plan`], and execute it with the shell commands
-//! of [`commands::linux`](super::commands::linux) on one logged-in [`Session`]; confirm a start in the database.
+//! Bootstrap over SSH: probe the host ([`Inspection`]), decide the [`Plan`], and execute it with the commands of the
+//! host's [`Platform`] (POSIX shell, or PowerShell on Windows) on one logged-in [`Session`]; confirm a start in the
+//! database.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use vigil_schema::agent_config::{CollectPaths, SecretHex};
 use super::commands::linux;
 use super::credentials::{self, AgentFiles, Installed};
 use super::plan::{Confirm, Inputs, Inspection, Plan, Step};
+use super::platform::{self, Build, Platform};
 use super::remote::{LOOPBACK, NewKeys, RemoteError, Session};
 use super::{BootstrapError, Ctx, Done, dir_name, endpoint_for, layout};
 use crate::config::{Host, Os, Reporting};
@@ -59,19 +62,47 @@ fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapEr
     Ok(Inspection { dir, agent_sha: kv.remove("agent_sha"), installed, running: kv.contains_key("running"), notes })
 }
 
-fn refuse_windows(host: &Host) -> Result<(), BootstrapError> {
-    if host.os == Some(Os::Windows) {
-        return Err(BootstrapError::Unsupported(
-            "Windows: no Windows agent build ships with this server (the commands exist, the binary does not)".into(),
-        ));
-    }
-    Ok(())
+/// Whether the POSIX probe ran: it names the OS. cmd.exe (Windows OpenSSH's default shell) prints nothing of it,
+/// and PowerShell as the default shell prints `os=` with nothing after it (`$(uname -s)` fails there).
+fn posix_answered(kv: &HashMap<String, String>) -> bool {
+    kv.get("os").is_some_and(|os| !os.is_empty())
 }
 
-/// Probes the host and decides its plan.
-async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<(Plan, Inspection), BootstrapError> {
-    let probe = s.run(&linux::probe(&dir_name(&host.name)), None).await?;
-    let insp = inspection(parse_probe(&probe.stdout_text()))?;
+/// Probes the host with the command set clients.xml names (`os="windows"`), else the POSIX one, and when that gets
+/// no `os=` answer (cmd.exe cannot run it), the PowerShell one: the platform found and the probe's answer.
+async fn probe(host: &Host, s: &Session) -> Result<(Platform, HashMap<String, String>), BootstrapError> {
+    let name = dir_name(&host.name);
+    if host.os != Some(Os::Windows) {
+        let kv = parse_probe(&s.run(&linux::probe(&name), None).await?.stdout_text());
+        if posix_answered(&kv) {
+            return Ok((Platform::Linux, kv));
+        }
+        let win = parse_probe(&s.run(&Platform::Windows.probe(&name), None).await?.stdout_text());
+        return Ok(if win.get("os").map(String::as_str) == Some("Windows") {
+            (Platform::Windows, win)
+        } else {
+            (Platform::Linux, kv)
+        });
+    }
+    let kv = parse_probe(&s.check(&Platform::Windows.probe(&name), None).await?.stdout_text());
+    Ok((Platform::Windows, kv))
+}
+
+/// Probes the host and decides its plan; the build it gets goes with it.
+async fn probe_and_plan<'a>(
+    ctx: &'a Ctx,
+    host: &Host,
+    s: &Session,
+) -> Result<(Plan, Inspection, Build<'a>), BootstrapError> {
+    let (platform, kv) = probe(host, s).await?;
+    let (insp, build) = match platform {
+        Platform::Linux => {
+            let build =
+                Build { platform, bytes: Cow::Borrowed(&ctx.binary[..]), sha: Cow::Borrowed(ctx.binary_sha.as_str()) };
+            (inspection(kv)?, build)
+        }
+        Platform::Windows => (platform::windows_inspection(kv)?, Build::windows()?),
+    };
     let registered = if ctx.writer.is_some() { ctx.with_store(|s| Ok(s.agents()?)).await? } else { ctx.registered()? };
     let endpoint = endpoint_for(&ctx.config, host);
     let inputs = Inputs {
@@ -80,16 +111,15 @@ async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<(Plan, In
         fingerprint: &ctx.fingerprint,
         endpoint: &endpoint,
         commands: host.commands,
-        binary_sha: &ctx.binary_sha,
+        binary_sha: &build.sha,
         server_up: ctx.server_up,
     };
-    Ok((Plan::decide(&insp, &inputs), insp))
+    Ok((Plan::decide(&insp, &inputs), insp, build))
 }
 
 /// Installs, repairs or upgrades the agent of an SSH host; with `ctx.dry_run`, only probes and returns the plan's
 /// lines. `progress` reports each step.
 pub async fn bootstrap_ssh(ctx: &Ctx, host: &Host, progress: &(dyn Fn(&str) + Sync)) -> Result<Done, BootstrapError> {
-    refuse_windows(host)?;
     progress("connecting");
     let new_keys = match (ctx.dry_run, ctx.new_keys) {
         (true, NewKeys::Accept) => NewKeys::AcceptUnrecorded,
@@ -100,11 +130,11 @@ pub async fn bootstrap_ssh(ctx: &Ctx, host: &Host, progress: &(dyn Fn(&str) + Sy
         let tunneled = through_tunnel(ctx, host, &s, progress).await?;
         let host = tunneled.as_ref().unwrap_or(host);
         progress("probing");
-        let planned = probe_and_plan(ctx, host, &s).await?;
+        let (plan, insp, build) = probe_and_plan(ctx, host, &s).await?;
         if ctx.dry_run {
-            return Ok(Done { steps: planned.0.lines(), ..Done::default() });
+            return Ok(Done { steps: plan.lines(), ..Done::default() });
         }
-        execute(ctx, host, &s, &planned, progress).await
+        execute(ctx, host, &s, &(plan, insp), &build, progress).await
     }
     .await;
     s.close().await;
@@ -156,8 +186,10 @@ async fn execute(
     host: &Host,
     s: &Session,
     (plan, insp): &(Plan, Inspection),
+    build: &Build<'_>,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Done, BootstrapError> {
+    let platform = build.platform;
     let dir = &plan.dir;
     let mut done = Done { notes: insp.notes.clone(), ..Done::default() };
     let mut files: Option<AgentFiles> = None;
@@ -174,21 +206,17 @@ async fn execute(
                         Some(AgentFiles::mint(&ctx.config, host, &ctx.fingerprint, collect, insp.previous_secrets())?);
                 }
                 // Everything travels on one stdin, in one command: each exec costs a session on the host.
-                let mut parts = Vec::new();
-                let mut payload: Vec<u8> = Vec::new();
-                let mut add = |name: &str, mode: &'static str, bytes: &[u8]| {
-                    parts.push(linux::Part { name: name.to_owned(), mode, len: bytes.len() });
-                    payload.extend_from_slice(bytes);
-                };
+                let mut parts: Vec<platform::File<'_>> = Vec::new();
                 if binary {
-                    add(layout::BINARY, "700", &ctx.binary);
+                    parts.push((platform.binary_name(), "700", &build.bytes[..]));
                 }
                 if let Some(f) = &files {
                     for (name, _, bytes) in f.parts() {
-                        add(name, "600", bytes);
+                        parts.push((name, "600", bytes));
                     }
                 }
-                s.check(&linux::stage(dir, &parts), Some(&payload)).await?;
+                let (command, payload) = platform.stage(dir, &parts);
+                s.check(&command, Some(&payload)).await?;
                 done.uploaded = binary;
             }
             Step::Register => {
@@ -200,13 +228,13 @@ async fn execute(
             Step::Activate { stop, binary, credentials, start } => {
                 let mut names = Vec::new();
                 if binary {
-                    names.push(layout::BINARY.to_owned());
+                    names.push(platform.binary_name().to_owned());
                 }
                 if credentials {
                     names.extend([layout::KEY, layout::SCHEDULE, layout::CONFIG].map(String::from));
                 }
                 started_at = vigil_sys::clock::now_ms();
-                if let Err(e) = s.check(&linux::activate(dir, &names, stop, start), None).await {
+                if let Err(e) = s.check(&platform.activate(dir, &names, stop, start), None).await {
                     if let Some((_, old)) = &registration {
                         let (name, old) = (host.name.clone(), old.clone());
                         ctx.with_store(move |s| credentials::unregister(s, &name, old.as_ref())).await?;
@@ -221,7 +249,7 @@ async fn execute(
                     (None, Some(i)) => i.agent_id.clone(),
                     (None, None) => String::new(),
                 };
-                confirm(ctx, host, s, dir, how, &agent_id, started_at).await?;
+                confirm(ctx, host, s, (platform, dir), how, &agent_id, started_at).await?;
                 if how == Confirm::Running {
                     done.notes.push("server not running: agent alive, it will check in when the server starts".into());
                 }
@@ -244,13 +272,13 @@ async fn confirm(
     ctx: &Ctx,
     host: &Host,
     s: &Session,
-    dir: &str,
+    (platform, dir): (Platform, &str),
     how: Confirm,
     agent_id: &str,
     started_at: i64,
 ) -> Result<(), BootstrapError> {
     if how == Confirm::Running {
-        if s.run(&linux::is_running(dir), None).await?.code != 0 {
+        if s.run(&platform.is_running(dir), None).await?.code != 0 {
             return Err(BootstrapError::Failed(format!("agent is not running; see {dir}/agent.log")));
         }
         return Ok(());
@@ -297,16 +325,15 @@ async fn confirm(
     }
 }
 
-/// Stops and removes an SSH host's agent (verified pid and directory only), and forgets its registration.
+/// Stops and removes an SSH host's agent (verified pid and directory only; on Windows also its Scheduled Task), and
+/// forgets its registration.
 pub async fn uninstall_ssh(ctx: &Ctx, host: &Host) -> Result<(), BootstrapError> {
-    refuse_windows(host)?;
     let s = Session::open(host, &ctx.known, ctx.new_keys).await?;
     let result = async {
-        let probe = s.run(&linux::probe(&dir_name(&host.name)), None).await?;
-        let kv = parse_probe(&probe.stdout_text());
+        let (platform, kv) = probe(host, &s).await?;
         let dir = kv.get("dir").cloned().ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
         // The probe names the directory an install would use now (the home fallback when /tmp is noexec).
-        s.check(&linux::uninstall(&dir), None).await?;
+        s.check(&platform.uninstall(&dir), None).await?;
         Ok::<_, BootstrapError>(())
     }
     .await;
@@ -320,6 +347,14 @@ pub async fn uninstall_ssh(ctx: &Ctx, host: &Host) -> Result<(), BootstrapError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_answered_by_cmd_or_powershell_is_no_posix_answer() {
+        assert!(posix_answered(&parse_probe("os=Linux\narch=x86_64\n")));
+        assert!(!posix_answered(&parse_probe("'T' is not recognized as an internal or external command\n")));
+        // PowerShell as DefaultShell: `echo "os=$(uname -s)"` prints the key with an empty value.
+        assert!(!posix_answered(&parse_probe("os=\narch=\ndir=/vigil-agent-w\n")));
+    }
 
     #[test]
     fn the_probe_yields_the_old_secret_and_a_missing_key() {

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use vigil_schema::command::{CommandRun, RunOutcome};
-use vigil_schema::report::Report;
+use vigil_schema::job::Collector;
+use vigil_schema::report::{Report, Stats};
 
 use super::StoreError;
 
@@ -258,7 +259,48 @@ pub(super) fn insert_one(
     if let Some(run) = &s.command {
         insert_command(tx, [host, rid, ts], ip, &r.job, run)?;
     }
+    record_unavailable(tx, host, ts, s)?;
     Ok(Outcome::Stored { report_id: rid })
+}
+
+/// Keeps `unavailable_families` current for the host: the families the report lists as not available are recorded
+/// (the first report's time kept), and each family it serves clears its row. A host with no row pays one primary-key
+/// lookup.
+fn record_unavailable(tx: &Transaction<'_>, host: i64, ts: i64, s: &Stats) -> Result<(), StoreError> {
+    if s.unavailable.is_empty() {
+        let any: Option<i64> = tx
+            .prepare_cached("SELECT 1 FROM unavailable_families WHERE host_id = ?1 LIMIT 1")?
+            .query_row(params![host], |r| r.get(0))
+            .optional()?;
+        if any.is_none() {
+            return Ok(());
+        }
+    }
+    let served = [
+        (Collector::System, s.system.is_some()),
+        (Collector::Users, s.users.is_some()),
+        (Collector::Cpu, s.cpu.is_some()),
+        (Collector::Memory, s.memory.is_some()),
+        (Collector::Swap, s.swap.is_some()),
+        (Collector::Partitions, s.partitions.is_some()),
+        (Collector::DiskUsage, s.disk_usage.is_some()),
+        (Collector::Network, s.network.is_some()),
+        (Collector::SecurityEvents, s.security_events.is_some()),
+    ];
+    let mut clear = tx.prepare_cached("DELETE FROM unavailable_families WHERE host_id = ?1 AND family = ?2")?;
+    for (family, present) in served {
+        if present {
+            clear.execute(params![host, family.name()])?;
+        }
+    }
+    let mut record = tx.prepare_cached(
+        "INSERT INTO unavailable_families (host_id, family, reason, since_ts) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (host_id, family) DO UPDATE SET reason = excluded.reason",
+    )?;
+    for u in &s.unavailable {
+        record.execute(params![host, u.family.name(), u.reason, ts])?;
+    }
+    Ok(())
 }
 
 /// A command run's row and its parsed metrics.

@@ -25,7 +25,7 @@ pub mod web;
 
 pub use runs::{MetricRow, RunFilter, RunRow};
 pub use tunnels::{TunnelRow, TunnelState};
-pub use views::HostRow;
+pub use views::{HostRow, UnavailableRow};
 
 use std::collections::HashMap;
 use std::fs::{OpenOptions, Permissions};

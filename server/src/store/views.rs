@@ -17,6 +17,8 @@ const LATEST_SWAP: &str = "SELECT used_pct FROM swap WHERE host_id = ?1 ORDER BY
 const FULLEST_DISK: &str = "SELECT mount_point, max(used_pct) FROM disk_usage
      WHERE report_id = (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)";
 const ALL_HOSTS: &str = "SELECT name, ip FROM hosts ORDER BY name";
+const UNAVAILABLE_OF: &str = "SELECT family, reason, since_ts FROM unavailable_families
+     WHERE host_id = (SELECT id FROM hosts WHERE name = ?1) ORDER BY family";
 
 /// The per-host queries of the view, for the query-plan test.
 #[cfg(test)]
@@ -40,7 +42,26 @@ pub struct HostRow {
     pub fullest_disk: Option<(String, f64)>,
 }
 
+/// A statistics family a host cannot serve, as its reports say (`unavailable_families`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnavailableRow {
+    /// The collector's name: `users`, `security_events`, ...
+    pub family: String,
+    pub reason: String,
+    /// Sample time of the first report that said so, ms since the epoch.
+    pub since_ms: i64,
+}
+
 impl Store {
+    /// The families host `name` cannot serve now, by name; none for a host the database does not know.
+    pub fn unavailable_of(&self, name: &str) -> Result<Vec<UnavailableRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(UNAVAILABLE_OF)?;
+        let rows = stmt.query_map(params![name], |r| {
+            Ok(UnavailableRow { family: r.get(0)?, reason: r.get(1)?, since_ms: r.get(2)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every host that ever reported: (name, ip), by name.
     pub fn known_hosts(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(ALL_HOSTS)?;
@@ -123,6 +144,43 @@ mod tests {
 
     fn report(seq: u64, at: i64) -> Incoming {
         vitals(seq, at, 10.0, &[("/", 20.0), ("/var", 20.0)])
+    }
+
+    #[test]
+    fn unavailable_families_are_recorded_until_served_again() {
+        use vigil_schema::job::Collector;
+        use vigil_schema::report::{SecurityEvents, Unavailable, Users};
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("u.db")).unwrap();
+        let with = |seq: u64, at: i64, f: &dyn Fn(&mut vigil_schema::report::Stats)| {
+            let mut inc = report(seq, at);
+            f(&mut inc.report.stats);
+            inc
+        };
+        let not = |family, reason: &str| Unavailable { family, reason: reason.into() };
+        store.insert_reports(&[report(1, 1_000)]).unwrap();
+        assert_eq!(store.unavailable_of("web1").unwrap(), []);
+        let first = with(2, 2_000, &|s| {
+            s.unavailable = vec![not(Collector::Users, "no session API"), not(Collector::SecurityEvents, "denied")]
+        });
+        store.insert_reports(&[first]).unwrap();
+        let later = with(3, 3_000, &|s| s.unavailable = vec![not(Collector::SecurityEvents, "still denied")]);
+        store.insert_reports(&[later]).unwrap();
+        let got = store.unavailable_of("web1").unwrap();
+        let got: Vec<_> = got.iter().map(|u| (u.family.as_str(), u.reason.as_str(), u.since_ms)).collect();
+        assert_eq!(got, [("security_events", "still denied", 2_000), ("users", "no session API", 2_000)]);
+        // The log becomes readable, sessions too: served families clear their rows.
+        let served = with(4, 4_000, &|s| {
+            s.security_events = Some(SecurityEvents::default());
+            s.users = Some(Users::default());
+        });
+        store.insert_reports(&[served]).unwrap();
+        assert_eq!(store.unavailable_of("web1").unwrap(), []);
+        assert_eq!(store.unavailable_of("nobody").unwrap(), []);
+        let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {UNAVAILABLE_OF}")).unwrap();
+        let plan: Vec<String> =
+            stmt.query_map(params!["web1"], |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+        assert!(plan.iter().all(|s| !s.starts_with("SCAN") && !s.contains("TEMP B-TREE")), "{plan:?}");
     }
 
     #[test]

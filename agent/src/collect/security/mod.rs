@@ -6,7 +6,8 @@
 //! - [`journal`]: the systemd journal, when no path is configured and neither default file exists (`source`
 //!   "journal").
 //! - `windows`: the Security event log, the only source on Windows (`source` "eventlog:Security"); its pure half
-//!   (XML parsing, filtering, the cursor) also compiles in tests everywhere.
+//!   (XML parsing, filtering, the cursor) also compiles in tests everywhere. A log the agent cannot read makes the
+//!   family "not available" (see [`SecurityCollector::collect`]).
 //!
 //! `source` is `None` when there is no log at all (and on platforms other than Linux and Windows). The syslog and
 //! journal backends classify a message with the same rules ([`event`]).
@@ -57,16 +58,17 @@ impl SecurityCollector {
         }
     }
 
-    /// Reports the events logged since the previous call.
+    /// Reports the events logged since the previous call; `Err` says why the Security event log cannot be read
+    /// (no access, or no Event Log API as under Wine): the family is not available, not empty.
     #[cfg(windows)]
-    pub fn collect(&mut self) -> SecurityEvents {
+    pub fn collect(&mut self) -> Result<SecurityEvents, String> {
         self.event_log.collect()
     }
 
-    /// Reports the events logged since the previous call.
+    /// Reports the events logged since the previous call (always available: no log at all is `source: None`).
     #[cfg(not(windows))]
-    pub fn collect(&mut self) -> SecurityEvents {
-        self.collect_log()
+    pub fn collect(&mut self) -> Result<SecurityEvents, String> {
+        Ok(self.collect_log())
     }
 
     /// Reads the auth log (or the journal) from where the previous call stopped.
@@ -186,12 +188,12 @@ mod tests {
         let path = dir.path().join("auth.log");
         append(&path, "Nov 25 08:00:00 web1 sshd[1]: Failed password for old from 192.0.2.99 port 1 ssh2\n");
         let mut c = SecurityCollector::new(Some(path.clone()));
-        let first = c.collect();
+        let first = c.collect().unwrap();
         assert_eq!(first.source.as_deref(), Some(path.to_str().unwrap()));
         assert!(first.events.is_empty(), "history before start-up is not reported: {first:?}");
 
         append(&path, FIXTURE);
-        let got = c.collect();
+        let got = c.collect().unwrap();
         assert_eq!(
             summary(&got),
             [
@@ -210,10 +212,10 @@ mod tests {
             got.events[6].time,
             vigil_sys::clock::days_from_civil(2026, 11, 26) * 86_400 + 9 * 3600 + 19 * 60 + 42
         );
-        assert!(c.collect().events.is_empty(), "nothing is reported twice");
+        assert!(c.collect().unwrap().events.is_empty(), "nothing is reported twice");
 
         append(&path, &line("late"));
-        assert_eq!(summary(&c.collect()), [(LoginFailed, Some("late"), Some("192.0.2.1"))]);
+        assert_eq!(summary(&c.collect().unwrap()), [(LoginFailed, Some("late"), Some("192.0.2.1"))]);
     }
 
     #[test]
@@ -221,12 +223,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secure");
         let mut c = SecurityCollector::new(Some(path.clone()));
-        assert_eq!(c.collect(), SecurityEvents { source: None, events: vec![] });
+        assert_eq!(c.collect().unwrap(), SecurityEvents { source: None, events: vec![] });
         append(&path, &line("first"));
-        assert_eq!(summary(&c.collect()), [(LoginFailed, Some("first"), Some("192.0.2.1"))]);
+        assert_eq!(summary(&c.collect().unwrap()), [(LoginFailed, Some("first"), Some("192.0.2.1"))]);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(c.collect().events, vec![]);
-        assert_eq!(c.collect().source, None);
+        assert_eq!(c.collect().unwrap().events, vec![]);
+        assert_eq!(c.collect().unwrap().source, None);
     }
 
     #[test]
@@ -235,10 +237,10 @@ mod tests {
         let path = dir.path().join("auth.log");
         append(&path, &line("a").repeat(5));
         let mut c = SecurityCollector::new(Some(path.clone()));
-        assert!(c.collect().events.is_empty());
+        assert!(c.collect().unwrap().events.is_empty());
         std::fs::write(&path, line("after-truncate")).unwrap(); // copytruncate, then one new line
-        assert_eq!(summary(&c.collect()), [(LoginFailed, Some("after-truncate"), Some("192.0.2.1"))]);
-        assert!(c.collect().events.is_empty());
+        assert_eq!(summary(&c.collect().unwrap()), [(LoginFailed, Some("after-truncate"), Some("192.0.2.1"))]);
+        assert!(c.collect().unwrap().events.is_empty());
     }
 
     #[test]
@@ -248,17 +250,17 @@ mod tests {
         append(&path, &line("before-start"));
         let mut c = SecurityCollector::new(Some(path.clone()));
         append(&path, &line("one"));
-        assert_eq!(c.collect().events.len(), 1);
+        assert_eq!(c.collect().unwrap().events.len(), 1);
         append(&path, &line("late-in-old"));
         let old = dir.path().join("auth.log.1");
         std::fs::rename(&path, &old).unwrap();
         append(&old, "Nov 26 10:00:00 h sudo: bob : TTY=pts/1 ; PWD=/ ; USER=root ; COMMAND=/bin/true"); // no newline
         append(&path, &line("new-file"));
-        let users: Vec<_> = c.collect().events.into_iter().map(|e| e.user.unwrap()).collect();
+        let users: Vec<_> = c.collect().unwrap().events.into_iter().map(|e| e.user.unwrap()).collect();
         assert_eq!(users, ["late-in-old", "bob", "new-file"]);
-        assert!(c.collect().events.is_empty());
+        assert!(c.collect().unwrap().events.is_empty());
         append(&path, &line("next"));
-        assert_eq!(c.collect().events.len(), 1);
+        assert_eq!(c.collect().unwrap().events.len(), 1);
     }
 
     #[test]
@@ -269,9 +271,9 @@ mod tests {
         let mut c = SecurityCollector::new(Some(path.clone()));
         let full = line("split");
         append(&path, &full[..30]);
-        assert!(c.collect().events.is_empty());
+        assert!(c.collect().unwrap().events.is_empty());
         append(&path, &full[30..]);
-        assert_eq!(summary(&c.collect()), [(LoginFailed, Some("split"), Some("192.0.2.1"))]);
+        assert_eq!(summary(&c.collect().unwrap()), [(LoginFailed, Some("split"), Some("192.0.2.1"))]);
     }
 
     #[test]
@@ -286,11 +288,11 @@ mod tests {
             flood.push_str("Nov 26 10:00:00 h CRON[2]: noise\n");
         }
         append(&path, &flood);
-        let first = c.collect();
+        let first = c.collect().unwrap();
         assert_eq!(first.events.len(), MAX_EVENTS);
-        let second = c.collect();
+        let second = c.collect().unwrap();
         assert_eq!(second.events.len(), 500);
         assert_eq!(second.events[0].user.as_deref(), Some(format!("u{MAX_EVENTS}").as_str()));
-        assert!(c.collect().events.is_empty());
+        assert!(c.collect().unwrap().events.is_empty());
     }
 }

@@ -15,9 +15,11 @@
 //!   reason is logged once.
 //!
 //! Event IDs read ([`EVENT_IDS`]): 4624 (logon, [`SecurityEventKind::LoginSucceeded`]), 4625 (failed logon,
-//! [`SecurityEventKind::LoginFailed`]) and 4648 (logon with explicit credentials, e.g. `runas`: Windows' `sudo`,
-//! [`SecurityEventKind::Sudo`]). 4672 (special privileges assigned) is left out: it repeats every administrator's
-//! 4624 and every service start, and each report with events is mailed.
+//! [`SecurityEventKind::LoginFailed`]), 4648 (logon with explicit credentials, e.g. `runas`: Windows' `sudo`,
+//! [`SecurityEventKind::Sudo`]), 4672 (special privileges assigned to a logon: an administrator's logon,
+//! [`SecurityEventKind::Sudo`]; the services' own, which come with every service start, are dropped), 4720 (a user
+//! account was created) and 4732 (a member was added to a security-enabled local group, such as Administrators),
+//! both [`SecurityEventKind::Other`].
 
 use serde::Deserialize;
 use vigil_schema::report::{SecurityEvent, SecurityEventKind};
@@ -31,7 +33,7 @@ pub use reader::EventLogReader;
 /// What `source` says in the reports.
 pub const SOURCE: &str = "eventlog:Security";
 /// The event IDs queried.
-pub const EVENT_IDS: [u32; 3] = [4624, 4625, 4648];
+pub const EVENT_IDS: [u32; 6] = [4624, 4625, 4648, 4672, 4720, 4732];
 /// Most records looked at per sample, reported or filtered out.
 pub const MAX_SCANNED: usize = 20_000;
 
@@ -199,6 +201,12 @@ fn account(ev: &RenderedEvent, domain: &str, user: &str) -> Option<String> {
     })
 }
 
+/// `DOMAIN\user` of a person: `None` for a service principal (by `sid`) or a machine account (`NAME$`).
+fn person(ev: &RenderedEvent, sid: &str, domain: &str, user: &str) -> Option<String> {
+    let name = account(ev, domain, user)?;
+    (!is_service_sid(ev.field(sid)) && !name.ends_with('$')).then_some(name)
+}
+
 /// The event as a report entry, or `None` for an event ID not read here and for noise: logons of type System or
 /// Service, and logons or credential use by service principals and machine accounts (`NAME$`). Failed logons are
 /// never filtered. `now` stands in for a missing time.
@@ -235,6 +243,28 @@ pub fn to_security_event(ev: &RenderedEvent, now: i64) -> Option<SecurityEvent> 
             let process = ev.field("ProcessName").map(|p| format!(" by {p}")).unwrap_or_default();
             let message = format!("4648 {subject} used the credentials of {target}{server}{process}");
             (SecurityEventKind::Sudo, subject, message)
+        }
+        4672 => {
+            let subject = person(ev, "SubjectUserSid", "SubjectDomainName", "SubjectUserName")?;
+            let privileges = ev.field("PrivilegeList").map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "));
+            let privileges = privileges.map(|p| format!(": {p}")).unwrap_or_default();
+            (
+                SecurityEventKind::Sudo,
+                subject.clone(),
+                format!("4672 special privileges assigned to {subject}{privileges}"),
+            )
+        }
+        4720 => {
+            let subject = account(ev, "SubjectDomainName", "SubjectUserName").unwrap_or_else(|| "-".to_owned());
+            let target = account(ev, "TargetDomainName", "TargetUserName").unwrap_or_else(|| "-".to_owned());
+            (SecurityEventKind::Other, subject.clone(), format!("4720 {subject} created the user account {target}"))
+        }
+        4732 => {
+            let subject = account(ev, "SubjectDomainName", "SubjectUserName").unwrap_or_else(|| "-".to_owned());
+            let member = ev.field("MemberName").or(ev.field("MemberSid")).unwrap_or("-");
+            let group = account(ev, "TargetDomainName", "TargetUserName").unwrap_or_else(|| "-".to_owned());
+            let message = format!("4732 {subject} added {member} to the group {group}");
+            (SecurityEventKind::Other, subject, message)
         }
         _ => return None,
     };
@@ -366,7 +396,15 @@ mod reader {
         // SAFETY: both strings are NUL-terminated UTF-16 buffers that outlive the call; session 0 is the local
         // computer.
         let h = unsafe { EvtQuery(0, channel.as_ptr(), xpath.as_ptr(), EvtQueryChannelPath | direction) };
-        if h == 0 { Err(EventLogError::Query(io::Error::last_os_error())) } else { Ok(Handle(h)) }
+        if h != 0 {
+            return Ok(Handle(h));
+        }
+        let e = io::Error::last_os_error();
+        Err(EventLogError::Query(match e.raw_os_error() {
+            // No handle and no error: the API is a stub (Wine's is).
+            Some(0) => io::Error::other("no handle and no error code (the Event Log API is a stub here: Wine?)"),
+            _ => e,
+        }))
     }
 
     /// The next at most `max` events of a result set; empty at its end.
@@ -457,18 +495,22 @@ mod reader {
             }
         }
 
-        /// Reports the events recorded since the previous call.
-        pub fn collect(&mut self) -> SecurityEvents {
+        /// Reports the events recorded since the previous call. A read that fails before any event is `Err`:
+        /// why the log is not available (no access, or no Event Log API as under Wine); events read before a
+        /// failure are reported (the rest comes next time).
+        pub fn collect(&mut self) -> Result<SecurityEvents, String> {
             let mut events = Vec::new();
             match self.read(now_unix(), &mut events) {
                 Ok(()) => {
                     self.warned = false;
-                    SecurityEvents { source: Some(SOURCE.to_owned()), events }
+                    Ok(SecurityEvents { source: Some(SOURCE.to_owned()), events })
                 }
                 Err(e) => {
                     self.warn(&e);
-                    let source = (!events.is_empty()).then(|| SOURCE.to_owned());
-                    SecurityEvents { source, events }
+                    if events.is_empty() {
+                        return Err(format!("cannot read the Security event log: {e}"));
+                    }
+                    Ok(SecurityEvents { source: Some(SOURCE.to_owned()), events })
                 }
             }
         }
@@ -562,7 +604,11 @@ mod tests {
 
     #[test]
     fn query_names_the_event_ids_and_the_last_record() {
-        assert_eq!(query(41), "*[System[(EventID=4624 or EventID=4625 or EventID=4648) and EventRecordID>41]]");
+        assert_eq!(
+            query(41),
+            "*[System[(EventID=4624 or EventID=4625 or EventID=4648 or EventID=4672 or EventID=4720 or EventID=4732) \
+             and EventRecordID>41]]"
+        );
     }
 
     #[test]
@@ -702,8 +748,65 @@ mod tests {
     }
 
     #[test]
+    fn special_privileges_of_a_person_are_sudo_and_the_services_are_noise() {
+        let admin = [
+            ("SubjectUserSid", "S-1-5-21-1-2-3-500"),
+            ("SubjectUserName", "Administrator"),
+            ("SubjectDomainName", "WIN-7K2"),
+            ("SubjectLogonId", "0x3e7a1"),
+            ("PrivilegeList", "SeSecurityPrivilege\n\t\t\tSeBackupPrivilege\n\t\t\tSeDebugPrivilege"),
+        ];
+        let e = event(4672, &admin).unwrap();
+        assert_eq!((e.kind, e.user.as_deref()), (SecurityEventKind::Sudo, Some("WIN-7K2\\Administrator")));
+        assert_eq!(
+            e.message,
+            "4672 special privileges assigned to WIN-7K2\\Administrator: SeSecurityPrivilege SeBackupPrivilege \
+             SeDebugPrivilege"
+        );
+        let mut system = admin.to_vec();
+        system[0] = ("SubjectUserSid", "S-1-5-18");
+        assert!(event(4672, &system).is_none(), "every service start");
+        let mut machine = admin.to_vec();
+        machine[1] = ("SubjectUserName", "WIN-7K2$");
+        assert!(event(4672, &machine).is_none());
+    }
+
+    #[test]
+    fn account_creation_and_group_membership_are_reported_with_who_did_it() {
+        let created = [
+            ("TargetUserName", "mallory"),
+            ("TargetDomainName", "WIN-7K2"),
+            ("TargetSid", "S-1-5-21-1-2-3-1005"),
+            ("SubjectUserSid", "S-1-5-21-1-2-3-500"),
+            ("SubjectUserName", "Administrator"),
+            ("SubjectDomainName", "WIN-7K2"),
+        ];
+        let e = event(4720, &created).unwrap();
+        assert_eq!((e.kind, e.user.as_deref()), (SecurityEventKind::Other, Some("WIN-7K2\\Administrator")));
+        assert_eq!(e.message, "4720 WIN-7K2\\Administrator created the user account WIN-7K2\\mallory");
+        let added = [
+            ("MemberName", "-"),
+            ("MemberSid", "S-1-5-21-1-2-3-1005"),
+            ("TargetUserName", "Administrators"),
+            ("TargetDomainName", "Builtin"),
+            ("TargetSid", "S-1-5-32-544"),
+            ("SubjectUserSid", "S-1-5-21-1-2-3-500"),
+            ("SubjectUserName", "Administrator"),
+            ("SubjectDomainName", "WIN-7K2"),
+        ];
+        let e = event(4732, &added).unwrap();
+        assert_eq!(e.kind, SecurityEventKind::Other);
+        assert_eq!(
+            e.message,
+            "4732 WIN-7K2\\Administrator added S-1-5-21-1-2-3-1005 to the group Builtin\\Administrators"
+        );
+        let mut by_name = added.to_vec();
+        by_name[0] = ("MemberName", "CN=Mallory,CN=Users,DC=corp,DC=example");
+        assert!(event(4732, &by_name).unwrap().message.contains(" added CN=Mallory,CN=Users,DC=corp,DC=example "));
+    }
+
+    #[test]
     fn other_ids_are_not_reported_and_text_is_cleaned_and_bounded() {
-        assert!(event(4672, &[("SubjectUserName", "alice")]).is_none());
         assert!(event(4634, RDP_LOGON).is_none());
         let long = "é".repeat(600);
         let e =
@@ -754,8 +857,8 @@ mod tests {
         let mut c = Cursor::default();
         c.begin(10);
         let mut events = Vec::new();
-        // 4624 of type 2 is reported, 4672 is not, but both move the cursor.
-        let records = vec![record(11, 4624), record(12, 4672), record(13, 4625)];
+        // 4624 of type 2 is reported, 4634 (logoff) is not, but both move the cursor.
+        let records = vec![record(11, 4624), record(12, 4634), record(13, 4625)];
         scan(&mut c, records, NOW, &mut events).unwrap();
         assert_eq!(c.last(), Some(13));
         let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.user.clone().unwrap())).collect();
@@ -805,18 +908,22 @@ mod tests {
     }
 
     /// The real reader, on Windows: whatever access the test has (none, under Wine, or an administrator's), it
-    /// neither panics nor reports anything invalid, and a second sample repeats nothing.
+    /// neither panics nor reports anything invalid (no access: "not available"), and a second sample repeats
+    /// nothing.
     #[cfg(windows)]
     #[test]
     fn the_real_reader_reports_valid_samples_or_no_source() {
         let mut reader = EventLogReader::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..2 {
-            let got = reader.collect();
-            match got.source.as_deref() {
-                None => assert!(got.events.is_empty(), "{got:?}"),
-                Some(s) => assert_eq!(s, SOURCE),
-            }
+            let got = match reader.collect() {
+                Ok(got) => got,
+                Err(why) => {
+                    assert!(why.contains("Security event log"), "{why}");
+                    continue;
+                }
+            };
+            assert_eq!(got.source.as_deref(), Some(SOURCE));
             for e in &got.events {
                 assert!(seen.insert((e.time, e.message.clone())), "reported twice: {e:?}");
             }

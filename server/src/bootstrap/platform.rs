@@ -1,0 +1,222 @@
+//! Which command set a host gets, POSIX shell ([`commands::linux`]) or PowerShell ([`commands::windows`]), and
+//! what differs between them when [`ssh`](super::ssh) executes a plan: the binary's name and build, how the files
+//! travel on stdin, and how the Windows probe's answer becomes an [`Inspection`].
+//!
+//! A host is taken for Windows when clients.xml says `os="windows"`, or when the POSIX probe names no OS (cmd.exe,
+//! Windows OpenSSH's default shell, cannot run it; nor can PowerShell as the default shell) and the PowerShell probe
+//! answers `os=Windows`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use vigil_schema::agent_config::SecretHex;
+
+use super::commands::{linux, windows};
+use super::credentials::Installed;
+use super::plan::Inspection;
+use super::{BootstrapError, layout, sha256_hex};
+
+/// The Rust target of the Windows agent build.
+pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+
+/// A host's command set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    Linux,
+    Windows,
+}
+
+/// One file of an install: its name in the agent directory, its POSIX mode, its bytes.
+pub type File<'a> = (&'a str, &'static str, &'a [u8]);
+
+impl Platform {
+    /// The agent binary's file name on the host.
+    pub fn binary_name(self) -> &'static str {
+        match self {
+            Platform::Linux => layout::BINARY,
+            Platform::Windows => windows::BINARY,
+        }
+    }
+
+    /// The probe for the agent directory named `dir_name`.
+    pub fn probe(self, dir_name: &str) -> String {
+        match self {
+            Platform::Linux => linux::probe(dir_name),
+            Platform::Windows => windows::probe(dir_name),
+        }
+    }
+
+    /// The staging command and what it reads on stdin.
+    pub fn stage(self, dir: &str, files: &[File<'_>]) -> (String, Vec<u8>) {
+        match self {
+            Platform::Linux => {
+                let parts: Vec<linux::Part> = files
+                    .iter()
+                    .map(|(name, mode, bytes)| linux::Part { name: (*name).to_owned(), mode, len: bytes.len() })
+                    .collect();
+                (linux::stage(dir, &parts), files.iter().flat_map(|f| f.2.iter().copied()).collect())
+            }
+            Platform::Windows => {
+                let parts: Vec<windows::Part> = files
+                    .iter()
+                    .map(|(name, _, bytes)| windows::Part { name: (*name).to_owned(), len: bytes.len() })
+                    .collect();
+                let bytes: Vec<&[u8]> = files.iter().map(|f| f.2).collect();
+                (windows::stage_command(dir, &parts), windows::stage_payload(&bytes))
+            }
+        }
+    }
+
+    /// Stops (optionally), moves the staged files `names` into place, and starts (optionally).
+    pub fn activate(self, dir: &str, names: &[String], stop: bool, start: bool) -> String {
+        match self {
+            Platform::Linux => linux::activate(dir, names, stop, start),
+            Platform::Windows => windows::activate(dir, names, stop, start),
+        }
+    }
+
+    /// Exits 0 when the agent runs.
+    pub fn is_running(self, dir: &str) -> String {
+        match self {
+            Platform::Linux => linux::is_running(dir),
+            Platform::Windows => windows::is_running(dir),
+        }
+    }
+
+    /// Stops the agent and removes its directory (on Windows also its Scheduled Task).
+    pub fn uninstall(self, dir: &str) -> String {
+        match self {
+            Platform::Linux => linux::uninstall(dir),
+            Platform::Windows => windows::uninstall(dir),
+        }
+    }
+}
+
+/// The agent build a host gets: the binary and its SHA-256 (compared with the installed one's).
+#[derive(Debug, Clone)]
+pub struct Build<'a> {
+    pub platform: Platform,
+    pub bytes: Cow<'a, [u8]>,
+    pub sha: Cow<'a, str>,
+}
+
+impl Build<'_> {
+    /// The Windows build, read from [`windows_agent`].
+    pub fn windows() -> Result<Build<'static>, BootstrapError> {
+        let path = windows_agent()?;
+        let bytes = std::fs::read(&path).map_err(|error| BootstrapError::Io { path, error })?;
+        let sha = sha256_hex(&bytes);
+        Ok(Build { platform: Platform::Windows, bytes: Cow::Owned(bytes), sha: Cow::Owned(sha) })
+    }
+}
+
+/// Where the Windows agent build is: `VIGIL_AGENT_EXE`, else `<target>/vigil-agent.exe` under `VIGIL_AGENTS_DIR`,
+/// under `agents/` beside the running `vigil`, or under the project's `dist/agents` (what `scripts/dist.sh`
+/// builds); the first that exists.
+pub fn windows_agent() -> Result<PathBuf, BootstrapError> {
+    if let Some(p) = std::env::var_os("VIGIL_AGENT_EXE") {
+        let p = PathBuf::from(p);
+        return if p.is_file() { Ok(p) } else { Err(no_windows_build(p)) };
+    }
+    let rel = PathBuf::from(WINDOWS_TARGET).join(windows::BINARY);
+    let mut dirs: Vec<PathBuf> = std::env::var_os("VIGIL_AGENTS_DIR").map(PathBuf::from).into_iter().collect();
+    if let Ok(exe) = std::env::current_exe() {
+        dirs.push(exe.with_file_name("agents"));
+    }
+    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/agents"));
+    let candidates: Vec<PathBuf> = dirs.into_iter().map(|d| d.join(&rel)).collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| no_windows_build(candidates.into_iter().next().unwrap_or_else(|| rel.clone())))
+}
+
+fn no_windows_build(path: PathBuf) -> BootstrapError {
+    BootstrapError::Unsupported(format!(
+        "Windows: no agent build at {} (build the set with scripts/dist.sh, or set VIGIL_AGENT_EXE)",
+        path.display()
+    ))
+}
+
+/// Turns the PowerShell probe's answer into an [`Inspection`], refusing architectures with no Windows build.
+pub fn windows_inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapError> {
+    let arch = kv.remove("arch").unwrap_or_default();
+    match windows::arch(&arch) {
+        Some("x86_64") => {}
+        _ => {
+            return Err(BootstrapError::Unsupported(format!(
+                "Windows {arch}: no agent build for it (this server ships {WINDOWS_TARGET} only)"
+            )));
+        }
+    }
+    let dir = kv.remove("dir").ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
+    let free: u64 = kv.get("free_kb").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if free < windows::NEED_KB {
+        return Err(BootstrapError::Failed(format!("only {free} KiB free for {dir}, {} KiB needed", windows::NEED_KB)));
+    }
+    let secret = kv.remove("cfg_secret").map(SecretHex);
+    let installed = match (kv.remove("cfg_agent_id"), kv.remove("cfg_server_host_key"), kv.remove("cfg_server")) {
+        (Some(agent_id), Some(server_host_key), Some(server)) => {
+            let (key_present, commands) = (kv.contains_key("key"), kv.contains_key("cfg_commands"));
+            Some(Installed { agent_id, server_host_key, server, secret, key_present, commands })
+        }
+        _ => None,
+    };
+    // An agent running without its task would not survive a reboot: a start registers the task again.
+    let running = kv.contains_key("running") && kv.contains_key("task");
+    Ok(Inspection { dir, agent_sha: kv.remove("agent_sha"), installed, running, notes: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(text: &str) -> HashMap<String, String> {
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    }
+
+    #[test]
+    fn a_windows_probe_becomes_an_inspection() {
+        let insp = windows_inspection(kv(
+            "os=Windows\narch=AMD64\ndir=C:\\Users\\a b\\AppData\\Local\\Temp\\vigil-agent-w\nfree_kb=99999999\n\
+             agent_sha=abc\ncfg_agent_id=w-1\ncfg_server=s:1\ncfg_server_host_key=SHA256:k\ncfg_secret=00ff\nkey=1\n\
+             running=1\ntask=1",
+        ))
+        .unwrap();
+        assert_eq!(insp.dir, "C:\\Users\\a b\\AppData\\Local\\Temp\\vigil-agent-w");
+        assert_eq!(insp.agent_sha.as_deref(), Some("abc"));
+        assert!(insp.running && insp.installed.as_ref().is_some_and(|i| i.key_present && i.agent_id == "w-1"));
+        assert_eq!(insp.previous_secrets(), [SecretHex("00ff".into())]);
+    }
+
+    #[test]
+    fn an_agent_without_its_task_is_restarted_and_other_architectures_are_refused() {
+        let insp = windows_inspection(kv("arch=AMD64\ndir=C:\\T\\d\nfree_kb=99999999\nrunning=1")).unwrap();
+        assert!(!insp.running, "no task: the start registers it");
+        let e = windows_inspection(kv("arch=ARM64\ndir=C:\\T\\d\nfree_kb=99999999")).unwrap_err();
+        assert!(e.to_string().contains("Windows ARM64: no agent build"), "{e}");
+        let e = windows_inspection(kv("arch=AMD64\ndir=C:\\T\\d\nfree_kb=10")).unwrap_err();
+        assert!(e.to_string().contains("only 10 KiB free"), "{e}");
+    }
+
+    #[test]
+    fn staging_sends_raw_bytes_to_linux_and_base64_lines_to_windows() {
+        let files: [File<'_>; 2] = [("vigil-agent", "700", b"\x7fELF"), ("agent.toml", "600", b"x = 1\n")];
+        let (cmd, payload) = Platform::Linux.stage("/tmp/d", &files);
+        assert!(cmd.contains("head -c 4"), "{cmd}");
+        assert_eq!(payload, b"\x7fELFx = 1\n");
+        let (cmd, payload) = Platform::Windows.stage(r"C:\T\d", &files);
+        assert!(cmd.starts_with("powershell -NoProfile -NonInteractive -EncodedCommand "), "{cmd}");
+        assert_eq!(payload, b"f0VMRg==\neCA9IDEK\n");
+        assert_eq!(Platform::Windows.binary_name(), "vigil-agent.exe");
+    }
+
+    #[test]
+    fn a_missing_windows_build_names_the_command_that_builds_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = no_windows_build(tmp.path().join("none.exe")).to_string();
+        assert!(e.contains("scripts/dist.sh") && e.contains("none.exe"), "{e}");
+    }
+}
