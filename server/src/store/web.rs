@@ -288,6 +288,50 @@ impl Store {
         Ok(Some(series))
     }
 
+    /// `metric` of every host over `[from_ms, to_ms)` in at most `points` buckets per line, keyed by host name, in
+    /// one statement per line of the metric (the fleet page's sparklines). It reads the raw rows through each host's
+    /// `(host_id, ts)` index: meant for short ranges (the last hour). `None`: an unknown metric.
+    pub fn series_of_all(
+        &self,
+        metric: &str,
+        from_ms: i64,
+        to_ms: i64,
+        points: u32,
+    ) -> Result<Option<std::collections::HashMap<String, Series>>, StoreError> {
+        let Some(def) = METRICS.iter().find(|m| m.name == metric) else { return Ok(None) };
+        let points = i64::from(points.clamp(1, MAX_POINTS));
+        let bucket_ms = ((to_ms.saturating_sub(from_ms).max(1) + points - 1) / points).max(1);
+        let mut out: std::collections::HashMap<String, Series> = std::collections::HashMap::new();
+        for (label, value) in def.lines {
+            let sql = format!(
+                "SELECT h.name, {label}, (t.ts - ?1) / ?3, count(*), sum({value}), min({value}), max({value})
+                 FROM hosts h, {from} WHERE t.host_id = h.id AND t.ts >= ?1 AND t.ts < ?2 AND {value} IS NOT NULL
+                 GROUP BY h.id, 2, 3 ORDER BY h.id, 2, 3",
+                from = def.from
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![from_ms, to_ms, bucket_ms], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    Agg { n: r.get(3)?, sum: r.get(4)?, min: r.get(5)?, max: r.get(6)? },
+                ))
+            })?;
+            for r in rows {
+                let (host, label, b, a) = r?;
+                let series = out.entry(host).or_insert_with(|| Series { bucket_ms, lines: Vec::new() });
+                let bucket =
+                    Bucket { t_ms: from_ms + b * bucket_ms, min: a.min, avg: a.sum / a.n.max(1) as f64, max: a.max };
+                match series.lines.last_mut() {
+                    Some(line) if line.label == label => line.buckets.push(bucket),
+                    _ => series.lines.push(Line { label, buckets: vec![bucket] }),
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// Every row of `family` sampled at or after `since_ms` (of `host` only, when named), oldest first, handed to
     /// `row` one at a time as (host, ts_ms, cells in [`export_columns`] order): memory stays flat however much is
     /// exported. `Ok(false)`: an unknown family. An error from `row` stops the export and is returned.
@@ -575,5 +619,13 @@ mod tests {
         assert_eq!(top, 99.0, "the spike is rolled up");
         assert!(rolled.prune_rollups(i64::MAX / 2).unwrap() > 0);
         assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
+        // Every host at once answers as each host alone.
+        let all = store.series_of_all("cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            all["web1"],
+            store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap()
+        );
+        assert!(store.series_of_all("nope", 0, 1, 10).unwrap().is_none());
     }
 }
