@@ -340,10 +340,11 @@ pub fn render_table(hosts: &[HostStatus], config_error: Option<&str>, restart_ne
     render_tunnels(&mut out, hosts);
     render_commands(&mut out, hosts);
     if let Some(keys) = restart_needed {
+        let keys: Vec<String> = keys.split(", ").map(crate::reload::restart_key).collect();
         let _ = writeln!(
             out,
-            "\nrestart needed for [server] {} (vigil serve runs with the previous values)",
-            escape::cell(keys)
+            "\nrestart needed for {} (vigil serve runs with the previous values)",
+            escape::cell(&keys.join(", "))
         );
     }
     if let Some(e) = config_error {

@@ -259,6 +259,7 @@ mod tests {
             tags: Vec::new(),
             endpoint: None,
             alerts: Vec::new(),
+            display_name: None,
         }
     }
 

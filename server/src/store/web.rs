@@ -478,6 +478,21 @@ impl Store {
         Ok(out)
     }
 
+    /// When the first sample of `host` at or after `since_ms` was taken (its sample time, as the charts place it):
+    /// the first report received since then, one index lookup. `None`: nothing since.
+    pub fn first_sample_since(&self, host: &str, since_ms: i64) -> Result<Option<i64>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(None) };
+        let first: Option<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT collected_at_ms, received_at_ms FROM reports WHERE host_id = ?1 AND received_at_ms >= ?2
+                 ORDER BY received_at_ms, id LIMIT 1",
+            )?
+            .query_row(params![id, since_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(first.map(|(collected, received)| super::sample_time(collected, received).min(received)))
+    }
+
     /// The newest system details of `host`.
     pub fn details(&self, host: &str) -> Result<Option<Details>, StoreError> {
         let Some(id) = self.host_id(host)? else { return Ok(None) };
@@ -619,6 +634,9 @@ mod tests {
         assert_eq!(top, 99.0, "the spike is rolled up");
         assert!(rolled.prune_rollups(i64::MAX / 2).unwrap() > 0);
         assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
+        assert_eq!(store.first_sample_since("web1", 1_000_001).unwrap(), Some(1_010_000));
+        assert_eq!(store.first_sample_since("web1", i64::MAX / 2).unwrap(), None);
+        assert_eq!(store.first_sample_since("nobody", 0).unwrap(), None);
         // Every host at once answers as each host alone.
         let all = store.series_of_all("cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
         assert_eq!(all.len(), 1);

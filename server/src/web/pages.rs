@@ -53,9 +53,12 @@ fn page(title: &str, kind: &str, refresh: Option<u32>, body: Markup) -> Markup {
     }
 }
 
-/// A host's state as the fleet page names it.
-fn state_of(h: &HostStatus) -> &'static str {
-    if h.last_seen_ms.is_none() {
+/// A host's state as the fleet page names it; `config_error`: its `<client>` holds an error of the pending
+/// (rejected) clients.xml edit.
+fn state_of(h: &HostStatus, config_error: bool) -> &'static str {
+    if config_error {
+        "config error"
+    } else if h.last_seen_ms.is_none() {
         "never seen"
     } else if h.silent {
         "silent"
@@ -111,9 +114,10 @@ pub(super) struct FleetQuery {
     sort: Option<String>,
 }
 
-/// One fleet row: the host and its last hour of CPU and memory.
+/// One fleet row: the host, its display name from clients.xml, and its last hour of CPU and memory.
 struct FleetRow {
     host: HostStatus,
+    display: Option<String>,
     cpu: Option<Series>,
     mem: Option<Series>,
 }
@@ -129,12 +133,17 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
             let mut mem = store.series_of_all("memory", from, now, SPARK_POINTS)?.unwrap_or_default();
             let rows = hosts
                 .into_iter()
-                .map(|host| FleetRow { cpu: cpu.remove(&host.name), mem: mem.remove(&host.name), host })
+                .map(|host| FleetRow {
+                    cpu: cpu.remove(&host.name),
+                    mem: mem.remove(&host.name),
+                    display: display_name(config, &host.name),
+                    host,
+                })
                 .collect::<Vec<_>>();
-            Ok((rows, store.config_error()?))
+            Ok((rows, store.config_error()?, store.config_error_hosts()?))
         })
         .await;
-    let (mut rows, config_error) = match read {
+    let (mut rows, config_error, error_hosts) = match read {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -148,11 +157,13 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
             _ => 0.0,
         }
     };
-    let rank = |h: &HostStatus| match state_of(h) {
+    let state = |h: &HostStatus| state_of(h, error_hosts.contains(&h.name));
+    let rank = |h: &HostStatus| match state(h) {
         "firing" => 0,
-        "silent" => 1,
-        "never seen" => 2,
-        _ => 3,
+        "config error" => 1,
+        "silent" => 2,
+        "never seen" => 3,
+        _ => 4,
     };
     match sort {
         "name" => rows.sort_by(|a, b| a.host.name.cmp(&b.host.name)),
@@ -180,9 +191,9 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
             tbody {
                 @for r in &rows {
                     @let h = &r.host;
-                    tr.host data-host=(h.name) data-state=(state_of(h)) {
-                        td { a href={ "/hosts/" (urlencode(&h.name)) } { (h.name) } }
-                        td class={ "state " (state_of(h).replace(' ', "-")) } { (state_of(h)) }
+                    tr.host data-host=(h.name) data-state=(state(h)) {
+                        td { (host_title(&h.name, r.display.as_deref(), true)) }
+                        td class={ "state " (state(h).replace(' ', "-")) } { (state(h)) }
                         td { (ago(h.last_seen_ms, now)) }
                         td.num { (pct(h.cpu_pct)) }
                         td.num { (pct(h.mem_pct)) }
@@ -197,6 +208,24 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
         @if rows.is_empty() { p { "(no hosts)" } }
     };
     page("fleet", "fleet", Some(30), body).into_response()
+}
+
+/// The `display_name` clients.xml gives host `name`, if any.
+fn display_name(config: &crate::config::Config, name: &str) -> Option<String> {
+    config.clients.iter().find(|h| h.name == name).and_then(|h| h.display_name.clone())
+}
+
+/// A host as the pages title it: its display name (any text, escaped like everything else) followed by its name,
+/// or its name alone; a link to its page when `link`.
+fn host_title(name: &str, display: Option<&str>, link: bool) -> Markup {
+    html! {
+        @if link {
+            a href={ "/hosts/" (urlencode(name)) } { (display.unwrap_or(name)) }
+        } @else {
+            (display.unwrap_or(name))
+        }
+        @if display.is_some() { " " span.hostname { (name) } }
+    }
 }
 
 /// Percent-encodes a path segment (host names come from clients.xml and may hold anything).
@@ -236,6 +265,7 @@ pub(super) async fn host(
     };
     let host = name.clone();
     let now_ms = vigil_sys::clock::now_ms();
+    let default_range = picked.is_some() && q.range.is_none();
     let read = state
         .read(move |store, config| {
             let known =
@@ -243,9 +273,18 @@ pub(super) async fn host(
             if !known {
                 return Ok(None);
             }
+            // The default window fits data younger than it: a host that reported for a minute fills the charts
+            // instead of drawing a sliver at their right edge.
+            let fitted = if default_range {
+                store.first_sample_since(&host, from.saturating_mul(1000))?.and_then(|first| fit(from, to, first))
+            } else {
+                None
+            };
             let hosts: Vec<_> = super::api::status_hosts(config).into_iter().filter(|h| h.0 == host).collect();
             let status = crate::status::collect(store, &hosts, now_ms)?.into_iter().find(|h| h.name == host);
             Ok(Some((
+                (display_name(config, &host), store.config_error_hosts()?.contains(&host)),
+                fitted,
                 status,
                 store.details(&host)?,
                 store.sessions(&host)?,
@@ -254,7 +293,7 @@ pub(super) async fn host(
             )))
         })
         .await;
-    let (status, details, sessions, security, events) = match read {
+    let ((display, in_error), fitted, status, details, sessions, security, events) = match read {
         Ok(Some(r)) => r,
         Ok(None) => {
             let body =
@@ -263,12 +302,17 @@ pub(super) async fn host(
         }
         Err(resp) => return resp,
     };
+    let (from, picked) = match fitted {
+        Some(f) => (f, None),
+        None => (from, picked),
+    };
     let body = html! {
-        h1 { (name) " " @if let Some(s) = &status { span class={ "state " (state_of(s).replace(' ', "-")) } { (state_of(s)) } } }
+        h1 { (host_title(&name, display.as_deref(), false)) " " @if let Some(s) = &status { span class={ "state " (state_of(s, in_error).replace(' ', "-")) } { (state_of(s, in_error)) } } }
         p.ranges {
             @for (label, _) in RANGES {
                 a href={ "?range=" (label) } class=[(picked == Some(label)).then_some("sorted")] { (label) } " "
             }
+            @if fitted.is_some() { span #fitted { "showing all " (span_text(to - from)) " of data since its first sample" } " " }
             span.hint { "drag across a chart to zoom; double-click to reset" }
         }
         div #charts data-host=(name) data-from=(from) data-to=(to) {
@@ -297,7 +341,26 @@ pub(super) async fn host(
         h2 { "Alert history" }
         (events_table(&events))
     };
-    page(&name, "host", None, body).into_response()
+    page(display.as_deref().unwrap_or(&name), "host", None, body).into_response()
+}
+
+/// The start of a chart window `[from, to)` (seconds) fitted to data whose first sample is at `first_ms`: a tenth
+/// of the data's span (at least 10 s) before it, when that is well inside the window; `None` keeps the window.
+fn fit(from: i64, to: i64, first_ms: i64) -> Option<i64> {
+    let first = first_ms.div_euclid(1000);
+    let pad = ((to - first) / 10).max(10);
+    let start = first - pad;
+    // Data filling most of the window already reads well.
+    (start > from + (to - from) / 4).then_some(start)
+}
+
+/// A window length as the page names it: `90s`, `15m`, `5h`.
+fn span_text(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3_600),
+    }
 }
 
 fn events_table(events: &[crate::store::alerts::EventRow]) -> Markup {
@@ -330,4 +393,22 @@ pub(super) async fn alerts(State(state): State<Arc<WebState>>) -> Response {
         @if events.is_empty() { p { "(no alert events)" } }
     };
     page("alerts", "alerts", Some(30), body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_window_fits_young_data_and_keeps_old_data() {
+        let (from, to) = (10_000, 13_600);
+        // A minute of data: the window starts a little before it.
+        assert_eq!(fit(from, to, 13_540_000), Some(13_540 - 10));
+        assert_eq!(fit(from, to, 13_000_000), Some(13_000 - 60));
+        // Data over most of the hour (or older): the hour stays.
+        assert_eq!(fit(from, to, 10_500_000), None);
+        assert_eq!(fit(from, to, 9_000_000), None);
+        assert_eq!(span_text(70), "70s");
+        assert_eq!(span_text(600), "10m");
+    }
 }
