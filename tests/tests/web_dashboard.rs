@@ -1,6 +1,7 @@
 //! The web dashboard of a real `vigil serve` fed by a real local agent: the fleet page and the host page load in
 //! headless Chromium without a console error and every chart draws data points (screenshots of both pages are left
-//! in `<target>/web-screenshots/`); `/metrics` passes `promtool check metrics`; `vigil check` refuses a dashboard on a
+//! in `<target>/web-screenshots/`), a display name carrying markup shows as text, a host that reported for seconds
+//! fills its charts, and a host whose clients.xml entry is in error shows "config error" in its row; `/metrics` passes `promtool check metrics`; `vigil check` refuses a dashboard on a
 //! non-loopback address without a token.
 
 use std::io::{Read, Write};
@@ -30,6 +31,17 @@ fn get(port: u16, path: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// The display name clients.xml gives `here`: markup that would change the title and log console errors if it ran.
+const HOSTILE_NAME: &str = "Here <script>document.title=\"pwned\";console.error(\"xss\")</script><img src=x onerror=\"console.error('xss2')\">";
+/// [`HOSTILE_NAME`] as Chromium serializes it in the DOM when it is text.
+const HOSTILE_AS_TEXT: &str =
+    "Here &lt;script&gt;document.title=\"pwned\";console.error(\"xss\")&lt;/script&gt;&lt;img";
+
+/// `here`'s entry in clients.xml.
+fn here() -> ClientEntry {
+    ClientEntry::local("here").attr("display_name", HOSTILE_NAME)
+}
+
 /// A serve with one local host `here` (collecting everything every 2 s) and the dashboard on a free port.
 struct Dashboard {
     work: Workdir,
@@ -41,7 +53,7 @@ impl Dashboard {
     fn start() -> Result<Self> {
         let work = Workdir::new()?;
         let (ssh, web) = (free_port(), free_port());
-        work.write_clients_text(&clients_xml(&[ClientEntry::local("here")]))?;
+        work.write_clients_text(&clients_xml(&[here()]))?;
         let jobs = jobs_toml(ssh, &work.data_dir(), None, "2s");
         work.write_jobs(&format!("{jobs}\n[web]\nlisten = \"127.0.0.1:{web}\"\n"))?;
         let mut cmd = work.vigil(&["serve"]);
@@ -141,11 +153,22 @@ fn fleet_and_host_pages_draw_every_chart_in_chromium_without_console_errors() ->
         .filter_map(|s| s.split("data-points=\"").nth(1)?.split('"').next()?.parse().ok())
         .collect();
     ensure!(sparks.len() == 2 && sparks.iter().all(|&n| n >= 1), "CPU and memory sparklines: {sparks:?}\n{dom}");
+    // The display name is shown as text: its markup never ran (no console error above, the title is the page's).
+    ensure!(dom.contains(HOSTILE_AS_TEXT), "the display name is not shown as text:\n{dom}");
+    ensure!(!dom.contains("<script>document") && !dom.contains("<img src=\"x\""), "markup injected:\n{dom}");
+    ensure!(dom.contains("<title>fleet · vigil</title>"), "the title changed:\n{dom}");
 
     let (dom, log) =
         chromium(&format!("http://127.0.0.1:{}/hosts/here", d.web), profile.path(), &shots.join("host.png"))?;
     no_console_errors(&dom, &log)?;
     ensure!(dom.contains("data-charts-done=\"1\""), "the charts did not finish:\n{dom}");
+    ensure!(dom.contains(&format!("<h1>{HOSTILE_AS_TEXT}")), "the display name is not the heading, as text:\n{dom}");
+    ensure!(!dom.contains("<script>document") && !dom.contains("pwned</title>"), "markup injected:\n{dom}");
+    // The host reported for seconds: the default hour is fitted to its data, not drawn as a sliver at the edge.
+    ensure!(dom.contains("id=\"fitted\""), "the default window was not fitted to young data:\n{dom}");
+    let attr = |name: &str| -> Option<i64> { dom.split(&format!("{name}=\"")).nth(1)?.split('"').next()?.parse().ok() };
+    let (from, to) = (attr("data-from").context("data-from")?, attr("data-to").context("data-to")?);
+    ensure!(to - from < 600, "a window of {} s for seconds of data", to - from);
     let charts: Vec<&str> = dom.split("<section class=\"chart\"").skip(1).collect();
     ensure!(charts.len() == 8, "eight charts: {}", charts.len());
     for c in charts {
@@ -154,6 +177,36 @@ fn fleet_and_host_pages_draw_every_chart_in_chromium_without_console_errors() ->
             head.split("data-points=\"").nth(1).and_then(|s| s.split('"').next()?.parse().ok()).unwrap_or(0);
         ensure!(points > 0 && c.contains("<canvas"), "a chart drew no points: {head}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_host_whose_client_entry_is_in_error_shows_config_error_in_its_row() -> Result<()> {
+    let d = Dashboard::start()?;
+    let row_state = |body: &str| -> Option<String> {
+        body.split("data-host=\"here\" data-state=\"").nth(1)?.split('"').next().map(str::to_owned)
+    };
+    let (_, fleet) = get(d.web, "/")?;
+    ensure!(row_state(&fleet).as_deref() == Some("ok"), "{fleet}");
+    // An edit that breaks `here`'s entry (and only it): serve keeps the last good config and names the host.
+    let broken = clients_xml(&[here().attr("port", "many"), ClientEntry::local("there").attr("ip", "127.0.0.2")]);
+    d.work.write_clients_text(&broken)?;
+    let mut body = String::new();
+    wait_for(Duration::from_secs(30), "the row to show the config error", || {
+        body = get(d.web, "/").map(|r| r.1).unwrap_or_default();
+        row_state(&body).as_deref() == Some("config error")
+    })
+    .map_err(|e| e.context(format!("{body}\n{}", d.serve.logs())))?;
+    ensure!(body.contains("bad port"), "the error itself is shown too:\n{body}");
+    let (_, host) = get(d.web, "/hosts/here")?;
+    ensure!(host.contains("class=\"state config-error\""), "{host}");
+    // Mended: the row is ok again.
+    d.work.write_clients_text(&clients_xml(&[here()]))?;
+    wait_for(Duration::from_secs(30), "the row to be ok again", || {
+        body = get(d.web, "/").map(|r| r.1).unwrap_or_default();
+        row_state(&body).as_deref() == Some("ok")
+    })
+    .map_err(|e| e.context(body.clone()))?;
     Ok(())
 }
 
