@@ -128,6 +128,8 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
     let read = state
         .read(move |store, config| {
             let hosts = crate::status::collect(store, &super::api::status_hosts(config), now)?;
+            let displays: std::collections::HashMap<&str, &str> =
+                config.clients.iter().filter_map(|h| Some((h.name.as_str(), h.display_name.as_deref()?))).collect();
             // The sparklines of all hosts in one statement per metric.
             let mut cpu = store.series_of_all("cpu", from, now, SPARK_POINTS)?.unwrap_or_default();
             let mut mem = store.series_of_all("memory", from, now, SPARK_POINTS)?.unwrap_or_default();
@@ -136,7 +138,7 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
                 .map(|host| FleetRow {
                     cpu: cpu.remove(&host.name),
                     mem: mem.remove(&host.name),
-                    display: display_name(config, &host.name),
+                    display: displays.get(host.name.as_str()).map(|d| (*d).to_owned()),
                     host,
                 })
                 .collect::<Vec<_>>();
