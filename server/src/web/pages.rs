@@ -88,22 +88,23 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}%"))
 }
 
-/// An inline SVG sparkline of a series' averages over `[from, to)`, 0-100 %. Empty when there is no data.
+/// An inline SVG sparkline of a series' averages over `[from, to)`, 0-100 %. Empty when there is no data. The
+/// coordinates are whole numbers on a 1000 x 200 grid: a thousand rows of sparklines format no floats.
 fn sparkline(s: Option<&Series>, from_ms: i64, to_ms: i64) -> Markup {
     let Some(line) = s.and_then(|s| s.lines.first()) else { return html! { span.nodata { "-" } } };
-    let span = (to_ms - from_ms).max(1) as f64;
-    let mut points = String::new();
+    let span = (to_ms - from_ms).max(1);
+    let mut points = String::with_capacity(line.buckets.len() * 9);
     for b in &line.buckets {
-        let x = (b.t_ms - from_ms) as f64 / span * 100.0;
-        let y = 20.0 - b.avg.clamp(0.0, 100.0) / 5.0;
+        let x = (b.t_ms - from_ms).clamp(0, span) * 1000 / span;
+        let y = 200 - (b.avg.clamp(0.0, 100.0) * 2.0).round() as i64;
         if line.buckets.len() == 1 {
             // One bucket alone would draw nothing: a short level stroke shows it.
-            let _ = write!(points, "{:.1},{y:.1} ", x - 2.0);
+            let _ = write!(points, "{},{y} ", (x - 20).max(0));
         }
-        let _ = write!(points, "{x:.1},{y:.1} ");
+        let _ = write!(points, "{x},{y} ");
     }
     html! {
-        svg.spark viewBox="0 0 100 20" width="100" height="20" preserveAspectRatio="none" data-points=(line.buckets.len()) {
+        svg.spark viewBox="0 0 1000 200" width="100" height="20" preserveAspectRatio="none" data-points=(line.buckets.len()) {
             polyline points=(points.trim_end()) fill="none" stroke="currentColor" stroke-width="1.5" vector-effect="non-scaling-stroke" {}
         }
     }
