@@ -342,9 +342,10 @@ impl Store {
     }
 
     /// `metric` of every host over `[from_ms, to_ms)` in at most `points` buckets per line, keyed by host name, in
-    /// one statement per line of the metric (the fleet page's sparklines). It walks the hosts and reads each one's
-    /// raw rows through its `(host_id, ts)` index, so it is meant for short ranges (the last hour); the rows are
-    /// bucketed here, which spares SQLite a sort. `None`: an unknown metric.
+    /// a few statements whatever the number of hosts (the fleet page's sparklines). It walks the hosts and reads
+    /// each one's rows along an index: with buckets of 5 minutes or more, as [`Store::series`] does, its
+    /// `rollup_5m` rows plus the raw rows of the reports not rolled up yet, so the cost does not grow with how
+    /// often hosts report; with finer buckets the raw rows, meant for short ranges. `None`: an unknown metric.
     pub fn series_of_all(
         &self,
         metric: &str,
@@ -356,20 +357,49 @@ impl Store {
         let points = i64::from(points.clamp(1, MAX_POINTS));
         let bucket_ms = ((to_ms.saturating_sub(from_ms).max(1) + points - 1) / points).max(1);
         let mut acc: std::collections::HashMap<i64, Acc> = std::collections::HashMap::new();
-        for (label, value) in def.lines {
-            // CROSS JOIN keeps hosts as the outer loop, so each host's rows are one index range.
-            let sql = format!(
-                "SELECT h.id, {label}, t.ts, {value} FROM hosts h CROSS JOIN {from}
-                 WHERE t.host_id = h.id AND t.ts >= ?1 AND t.ts < ?2 AND {value} IS NOT NULL",
-                from = def.from
-            );
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params![from_ms, to_ms])?;
+        let mut add_rows = |stmt: &mut rusqlite::CachedStatement<'_>, p: &[&dyn rusqlite::ToSql]| {
+            let mut rows = stmt.query(p)?;
             while let Some(r) = rows.next()? {
                 let (host, ts, v): (i64, i64, f64) = (r.get(0)?, r.get(2)?, r.get(3)?);
                 let label = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
                 let a = Agg { n: 1, sum: v, min: v, max: v };
                 acc.entry(host).or_default().add(label, (ts - from_ms) / bucket_ms, a);
+            }
+            Ok::<_, StoreError>(())
+        };
+        // CROSS JOIN keeps hosts as the outer loop, so each host's rows are one index range.
+        if bucket_ms >= ROLLUP_MS {
+            let rolled: i64 = self
+                .conn
+                .prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?
+                .query_row([], |r| r.get(0))?;
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT t.host_id, {label}, t.ts, {value} FROM {from}
+                     WHERE t.report_id > ?3 AND +t.ts >= ?1 AND +t.ts < ?2 AND {value} IS NOT NULL",
+                    from = def.from
+                );
+                add_rows(&mut self.conn.prepare_cached(&sql)?, params![from_ms, to_ms, rolled])?;
+            }
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT h.id, r.label, r.bucket_ms, r.n, r.sum, r.min, r.max FROM hosts h CROSS JOIN rollup_5m r
+                 WHERE r.host_id = h.id AND r.metric = ?3 AND r.bucket_ms > ?1 - ?4 AND r.bucket_ms < ?2",
+            )?;
+            let mut rows = stmt.query(params![from_ms, to_ms, def.name, ROLLUP_MS])?;
+            while let Some(r) = rows.next()? {
+                let label = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                let b = ((r.get::<_, i64>(2)? - from_ms) / bucket_ms).max(0);
+                let a = Agg { n: r.get(3)?, sum: r.get(4)?, min: r.get(5)?, max: r.get(6)? };
+                acc.entry(r.get(0)?).or_default().add(label, b, a);
+            }
+        } else {
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT h.id, {label}, t.ts, {value} FROM hosts h CROSS JOIN {from}
+                     WHERE t.host_id = h.id AND t.ts >= ?1 AND t.ts < ?2 AND {value} IS NOT NULL",
+                    from = def.from
+                );
+                add_rows(&mut self.conn.prepare_cached(&sql)?, params![from_ms, to_ms])?;
             }
         }
         let names: std::collections::HashMap<i64, String> = self
@@ -699,5 +729,8 @@ mod tests {
             store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap()
         );
         assert!(store.series_of_all("nope", 0, 1, 10).unwrap().is_none());
+        // Coarse: from the roll-ups plus the raw rows not rolled up yet, as for one host.
+        let all = rolled.series_of_all("cpu_cores", 0, to, 10).unwrap().unwrap();
+        assert_eq!(all["web1"], coarse(&rolled));
     }
 }
