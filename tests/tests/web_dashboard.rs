@@ -1,7 +1,8 @@
 //! The web dashboard of a real `vigil serve` fed by a real local agent: the fleet page and the host page load in
 //! headless Chromium without a console error and every chart draws data points (screenshots of both pages are left
 //! in `<target>/web-screenshots/`), a display name carrying markup shows as text, a host that reported for seconds
-//! fills its charts, and a host whose clients.xml entry is in error shows "config error" in its row; `/metrics` passes `promtool check metrics`; `vigil check` refuses a dashboard on a
+//! fills its charts, and a host whose clients.xml entry is in error shows "config error" in its row; an edit of
+//! `[web] listen` waits for a restart; `/metrics` passes `promtool check metrics`; `vigil check` refuses a dashboard on a
 //! non-loopback address without a token.
 
 use std::io::{Read, Write};
@@ -207,6 +208,40 @@ fn a_host_whose_client_entry_is_in_error_shows_config_error_in_its_row() -> Resu
         row_state(&body).as_deref() == Some("ok")
     })
     .map_err(|e| e.context(body.clone()))?;
+    Ok(())
+}
+
+#[test]
+fn an_edit_of_web_listen_waits_for_a_restart_and_is_shown_by_status() -> Result<()> {
+    let d = Dashboard::start()?;
+    let jobs = std::fs::read_to_string(d.work.jobs_path())?;
+    let other = free_port();
+    let edited = jobs.replace(&format!("127.0.0.1:{}\"\n", d.web), &format!("127.0.0.1:{other}\"\n"));
+    ensure!(edited != jobs, "no [web] listen line in {jobs}");
+    d.work.write_jobs(&edited)?;
+    wait_for(Duration::from_secs(30), "serve to log the refused edit", || {
+        d.serve.logs().contains("restart needed for [web] listen")
+    })
+    .map_err(|e| e.context(d.serve.logs()))?;
+    let status = || -> Result<(serde_json::Value, String)> {
+        let json = d.work.vigil(&["status", "--json"]).output()?;
+        let table = d.work.vigil(&["status"]).output()?;
+        Ok((serde_json::from_slice(&json.stdout)?, String::from_utf8_lossy(&table.stdout).into_owned()))
+    };
+    let mut shown = (serde_json::Value::Null, String::new());
+    wait_for(Duration::from_secs(30), "status to show the restart", || {
+        shown = status().unwrap_or_default();
+        shown.0["restart_needed"] == "web.listen"
+    })
+    .map_err(|e| e.context(format!("{shown:?}")))?;
+    ensure!(shown.1.contains("restart needed for [web] listen"), "{}", shown.1);
+    // The dashboard keeps its socket: still on the old port, not on the new one.
+    ensure!(get(d.web, "/")?.0 == 200, "the dashboard left its port");
+    ensure!(!vigil_tests::net::port_accepts(other), "the dashboard moved without a restart");
+    d.work.write_jobs(&jobs)?;
+    wait_for(Duration::from_secs(30), "status to drop the restart", || {
+        status().is_ok_and(|(j, _)| j["restart_needed"].is_null())
+    })?;
     Ok(())
 }
 
