@@ -22,7 +22,6 @@ use super::{AlertKind, AlertRule, Auth, Channel, Host, Os, Passphrase, Secret, T
 /// The attributes `<client>` accepts.
 pub const CLIENT_ATTRIBUTES: [&str; 17] = [
     "name",
-    "display_name",
     "ip",
     "port",
     "username",
@@ -38,6 +37,7 @@ pub const CLIENT_ATTRIBUTES: [&str; 17] = [
     "repair",
     "channel",
     "commands",
+    "display_name",
 ];
 
 /// Whether an attribute holds a secret: no diagnostic may show any part of its value.
@@ -1023,7 +1023,7 @@ mod tests {
                 "2:31: bad port \"0\"; expected a number from 1 to 65535",
                 "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
                  port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, repair, channel, \
-                 commands",
+                 commands, display_name",
                 "2:47: unknown os \"Linux\" (did you mean \"linux\"?); expected linux or windows",
                 "3:30: bad cpu limit \"abc\"; expected a percentage such as \"50%\"",
             ]
