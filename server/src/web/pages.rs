@@ -277,10 +277,11 @@ pub(super) async fn host(
             if !known {
                 return Ok(None);
             }
-            // The default window fits data younger than it: a host that reported for a minute fills the charts
-            // instead of drawing a sliver at their right edge.
+            // The default window fits a host younger than it: one that has reported for a minute fills the charts
+            // instead of drawing a sliver at their right edge. Its first sample ever counts, so a host that was
+            // silent for most of the hour still shows the gap.
             let fitted = if default_range {
-                store.first_sample_since(&host, from.saturating_mul(1000))?.and_then(|first| fit(from, to, first))
+                store.first_sample_since(&host, i64::MIN)?.and_then(|first| fit(from, to, first))
             } else {
                 None
             };
