@@ -3,7 +3,7 @@
 //! `<defaults>` alert rules. Every problem of the file is reported, each at its line and column.
 //!
 //! The exercise's form is accepted verbatim: `<clients><client ip port username password mail><alert type limit/>`.
-//! vigil adds optional `<client>` attributes (name, password_env, key_file, host_key, os, transport, tags, endpoint),
+//! vigil adds optional `<client>` attributes (name, display_name, password_env, key_file, host_key, os, transport, tags, endpoint),
 //! more alert types (swap, disk with mount, load, silence), `clear` and `repeat` on alerts, and a top-level
 //! `<defaults>` element with `<alert>` children.
 
@@ -20,7 +20,7 @@ use super::values;
 use super::{AlertKind, AlertRule, Auth, Channel, Host, Os, Passphrase, Secret, Transport};
 
 /// The attributes `<client>` accepts.
-pub const CLIENT_ATTRIBUTES: [&str; 16] = [
+pub const CLIENT_ATTRIBUTES: [&str; 17] = [
     "name",
     "ip",
     "port",
@@ -37,12 +37,58 @@ pub const CLIENT_ATTRIBUTES: [&str; 16] = [
     "repair",
     "channel",
     "commands",
+    "display_name",
 ];
 
 /// Whether an attribute holds a secret: no diagnostic may show any part of its value.
 pub fn is_secret_attribute(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     (name.contains("password") || name.contains("passphrase") || name.contains("secret")) && !name.ends_with("_env")
+}
+
+/// The hosts whose `<client>` element (its start tag through its alerts, up to the next `<client>` or the end of
+/// `<clients>`) holds one of `lines` (1-based) of clients.xml `source`: which hosts a rejected edit is about. Read
+/// leniently, as the text may not parse: a host is named by its `name` attribute, else its `ip`, as when loading.
+pub fn hosts_at_lines(source: &str, lines: &[usize]) -> Vec<String> {
+    let line_of = |at: usize| source[..at].matches('\n').count() + 1;
+    let starts: Vec<usize> = source
+        .match_indices("<client")
+        .map(|(at, _)| at)
+        .filter(|&at| source[at + 7..].starts_with(|c: char| c.is_whitespace() || c == '/' || c == '>'))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().or_else(|| source[start..].find("</clients").map(|e| start + e));
+        let (first, last) =
+            (line_of(start), end.map_or(usize::MAX, |e| line_of(e).saturating_sub(1).max(line_of(start))));
+        if !lines.iter().any(|l| (first..=last).contains(l)) {
+            continue;
+        }
+        let tag = &source[start..source[start..].find('>').map_or(source.len(), |e| start + e)];
+        let attr = |key: &str| -> Option<String> {
+            let mut rest = tag;
+            while let Some(at) = rest.find(key) {
+                let before = rest[..at].chars().next_back();
+                let after = rest[at + key.len()..].trim_start();
+                rest = &rest[at + key.len()..];
+                if !before.is_some_and(char::is_whitespace) {
+                    continue;
+                }
+                let Some(value) = after.strip_prefix('=') else { continue };
+                let value = value.trim_start();
+                let quote = value.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+                let value = &value[1..];
+                return value.find(quote).map(|e| value[..e].to_string());
+            }
+            None
+        };
+        if let Some(name) = attr("name").or_else(|| attr("ip"))
+            && !out.contains(&name)
+        {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// The attributes `<alert>` accepts.
@@ -445,6 +491,8 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
         diags.at(el.at, format!("the ip \"{ip}\" cannot serve as the host's name; add a `name` attribute"));
     }
 
+    check("display_name", diags, &values::display_name);
+
     let mut port = 22;
     if let Some(attr) = a.get("port") {
         match attr.value.trim().parse::<u16>() {
@@ -574,6 +622,7 @@ fn host(el: &RawElement, base: &Path, diags: &mut Diags) -> Option<Host> {
         alerts: Vec::new(),
         repair,
         commands,
+        display_name: env("display_name"),
     })
 }
 
@@ -814,6 +863,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_edit_names_the_hosts_it_is_about() {
+        let src = "<clients>\n<client display_name=\"x\" name=\"a\" ip=\"10.0.0.1\" port=\"x\"/>\n\
+                   <client ip='10.0.0.2'>\n  <alert type=\"cpu\" limit=\"lots\"/>\n</client>\n\
+                   <client name=\"c\" ip=\"10.0.0.3\"/>\n</clients>\n";
+        let lines: Vec<usize> = errs(src).iter().filter_map(|e| e.split(':').next()?.parse().ok()).collect();
+        assert!(lines.contains(&2) && lines.contains(&4), "{lines:?}");
+        assert_eq!(hosts_at_lines(src, &[2, 4]), ["a", "10.0.0.2"]);
+        assert_eq!(hosts_at_lines(src, &[6]), ["c"]);
+        assert!(hosts_at_lines(src, &[1, 7]).is_empty(), "outside every <client>");
+        assert_eq!(hosts_at_lines("<clients>\n<client name=\"d\"", &[2]), ["d"]);
+    }
+
+    #[test]
     fn job_and_metric_alerts_and_their_mistakes() {
         let f = ok(r#"<clients><client name="a" ip="10.0.0.1" username="u" commands="allow">
   <alert type="job" job="backup"/>
@@ -961,7 +1023,7 @@ mod tests {
                 "2:31: bad port \"0\"; expected a number from 1 to 65535",
                 "2:34: unknown attribute `user` on <client> (did you mean \"username\"?); expected one of: name, ip, \
                  port, username, password, password_env, key_file, host_key, os, transport, tags, endpoint, mail, repair, channel, \
-                 commands",
+                 commands, display_name",
                 "2:47: unknown os \"Linux\" (did you mean \"linux\"?); expected linux or windows",
                 "3:30: bad cpu limit \"abc\"; expected a percentage such as \"50%\"",
             ]

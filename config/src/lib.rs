@@ -83,6 +83,9 @@ pub struct Host {
     pub repair: bool,
     /// `commands="allow"`: the host runs command jobs (written into its agent.toml at bootstrap).
     pub commands: bool,
+    /// `display_name="..."`: how the web pages title the host, any printable text (escaped there); `name` stays
+    /// the identifier (agent directory, selectors, database).
+    pub display_name: Option<String>,
 }
 
 /// How vigil logs in to a host over SSH.

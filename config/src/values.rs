@@ -21,6 +21,25 @@ pub(crate) fn name(value: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest display name of a host, in characters.
+pub(crate) const MAX_DISPLAY_NAME: usize = 128;
+
+/// A host's display name (`display_name`): any printable text up to [`MAX_DISPLAY_NAME`] characters, `<`, `&` and
+/// quotes included (the pages escape it); no control or bidirectional formatting characters, which could make a
+/// terminal, a log or a page show something else. It names nothing on disk or in a protocol: the host's `name` does.
+pub(crate) fn display_name(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("`display_name` must not be empty".into());
+    }
+    if value.chars().count() > MAX_DISPLAY_NAME {
+        return Err(format!("`display_name` is longer than {MAX_DISPLAY_NAME} characters"));
+    }
+    if let Some(c) = value.chars().find(|&c| vigil_schema::text::is_forbidden_char(c)) {
+        return Err(format!("`display_name` contains the control or formatting character {c:?}"));
+    }
+    Ok(())
+}
+
 /// A host selector in jobs.toml: a name, or a glob where `*` matches any run of characters.
 pub(crate) fn selector(value: &str) -> Result<(), String> {
     if value.is_empty() {
@@ -155,6 +174,17 @@ mod tests {
         assert!(name("a b", "name").unwrap_err().contains("' '"));
         assert!(name(&"x".repeat(65), "name").unwrap_err().contains("longer than 64"));
         assert!(name(&"x".repeat(64), "name").is_ok());
+    }
+
+    #[test]
+    fn display_names_take_any_printable_text() {
+        assert!(display_name("Web <script>alert(1)</script> & \"co\" — Zürich").is_ok());
+        assert!(display_name("").is_err());
+        assert!(display_name("  ").is_err());
+        assert!(display_name("a\nb").unwrap_err().contains("control"));
+        assert!(display_name("a\u{202E}b").unwrap_err().contains("formatting"));
+        assert!(display_name(&"é".repeat(128)).is_ok());
+        assert!(display_name(&"é".repeat(129)).unwrap_err().contains("longer than 128"));
     }
 
     #[test]

@@ -19,18 +19,16 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reloaded {
     /// A new config is in force. `restart_needed`: the `[server]` keys edited in the files that were not applied.
-    Applied {
-        restart_needed: Vec<&'static str>,
-    },
+    Applied { restart_needed: Vec<&'static str> },
     /// Nothing that can change live changed.
-    Unchanged {
-        restart_needed: Vec<&'static str>,
-    },
-    Rejected(String),
+    Unchanged { restart_needed: Vec<&'static str> },
+    /// The edit was refused: the diagnostics, and the hosts of clients.xml whose `<client>` they point into.
+    Rejected { error: String, hosts: Vec<String> },
 }
 
 /// Keeps the `[server]` settings the daemon runs with (`listen`, `data_dir`, `database`: the socket is bound and
-/// the database open; nothing re-applies them) in `new`, and returns the keys whose edit was refused.
+/// the database open; nothing re-applies them) and the whole `[web]` table in `new`, and returns the keys whose
+/// edit was refused (`[web]` keys as `web.listen`, `web.token_env`, or `web` when the table came or went).
 pub fn keep_running_server(running: &Config, new: &mut Config) -> Vec<&'static str> {
     let (old, edited) = (&running.server, &mut new.server);
     let mut refused = Vec::new();
@@ -46,7 +44,31 @@ pub fn keep_running_server(running: &Config, new: &mut Config) -> Vec<&'static s
         edited.database.clone_from(&old.database);
         refused.push("database");
     }
+    // `[web]`: the dashboard's socket is bound and its token read from the environment at start.
+    let (old, edited) = (&running.web, &mut new.web);
+    match (old, edited.as_ref()) {
+        (Some(o), Some(e)) => {
+            if e.listen != o.listen {
+                refused.push("web.listen");
+            }
+            if e.token_env != o.token_env {
+                refused.push("web.token_env");
+            }
+        }
+        (None, Some(_)) | (Some(_), None) => refused.push("web"),
+        (None, None) => {}
+    }
+    edited.clone_from(old);
     refused
+}
+
+/// How a key [`keep_running_server`] names reads in a message: `[server] listen`, `[web] listen`, `[web]`.
+pub fn restart_key(key: &str) -> String {
+    match key.strip_prefix("web") {
+        Some("") => "[web]".to_owned(),
+        Some(rest) => format!("[web] {}", rest.trim_start_matches('.')),
+        None => format!("[server] {key}"),
+    }
 }
 
 /// Where the last applied config is kept (inside the data directory, 0600): `vigil status` falls back to it while
@@ -118,7 +140,8 @@ pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> R
             }
             let restart_needed = keep_running_server(&tx.borrow(), &mut loaded.config);
             for key in &restart_needed {
-                tracing::warn!("restart needed for [server] {key}: vigil serve keeps running with the previous value");
+                let key = restart_key(key);
+                tracing::warn!("restart needed for {key}: vigil serve keeps running with the previous value");
             }
             // The last good copy keeps describing what runs: while a `[server]` edit waits for a restart, `vigil
             // status` finds the database in use through it.
@@ -131,8 +154,18 @@ pub fn reload(clients: &Path, jobs: &Path, tx: &watch::Sender<Arc<Config>>) -> R
             tx.send_replace(Arc::new(loaded.config));
             Reloaded::Applied { restart_needed }
         }
-        Err(e @ (ConfigError::Invalid(_) | ConfigError::Io { .. })) => Reloaded::Rejected(e.to_string()),
+        Err(e) => Reloaded::Rejected { hosts: hosts_in_error(clients, &e), error: e.to_string() },
     }
+}
+
+/// The hosts a rejected edit is about: those whose `<client>` in clients.xml holds a diagnostic's line.
+fn hosts_in_error(clients: &Path, error: &ConfigError) -> Vec<String> {
+    let ConfigError::Invalid(diags) = error else { return Vec::new() };
+    let lines: Vec<usize> = diags.iter().filter(|d| d.file == clients).map(|d| d.line).collect();
+    if lines.is_empty() {
+        return Vec::new();
+    }
+    std::fs::read_to_string(clients).map(|src| crate::config::clients::hosts_at_lines(&src, &lines)).unwrap_or_default()
 }
 
 /// The file watch on both config files' directories, set up before the daemon announces itself so an edit made
@@ -194,13 +227,15 @@ impl FileWatcher {
                 }
             }
             let (c, j, t) = (self.clients.clone(), self.jobs.clone(), tx.clone());
-            let result = tokio::task::spawn_blocking(move || reload(&c, &j, &t))
-                .await
-                .unwrap_or_else(|e| Reloaded::Rejected(format!("reload task failed: {e}")));
+            let result = tokio::task::spawn_blocking(move || reload(&c, &j, &t)).await.unwrap_or_else(|e| {
+                Reloaded::Rejected { error: format!("reload task failed: {e}"), hosts: Vec::new() }
+            });
             match &result {
                 Reloaded::Applied { .. } => tracing::info!("configuration reloaded"),
                 Reloaded::Unchanged { .. } => tracing::debug!("configuration files touched, nothing else changed"),
-                Reloaded::Rejected(e) => tracing::error!("configuration edit rejected, the last good one stays:\n{e}"),
+                Reloaded::Rejected { error: e, .. } => {
+                    tracing::error!("configuration edit rejected, the last good one stays:\n{e}")
+                }
             }
             on_result(&result);
         }
@@ -246,6 +281,20 @@ mod tests {
         assert_eq!(edited.server.retention_days, 20, "what applies live is applied");
         let mut same = load(&jobs("127.0.0.1:7022", "a.db", 30));
         assert!(keep_running_server(&running, &mut same).is_empty());
+        // `[web]` is bound at start too: a changed listen or token, or the table added or removed, waits.
+        let web = |w: &str| load(&format!("{}\n[web]\n{w}\n", jobs("127.0.0.1:7022", "a.db", 30)));
+        let running_web = web("listen = \"127.0.0.1:7080\"");
+        let mut moved = web("listen = \"127.0.0.1:7081\"\ntoken_env = \"T\"");
+        assert_eq!(keep_running_server(&running_web, &mut moved), ["web.listen", "web.token_env"]);
+        assert_eq!(moved.web, running_web.web);
+        let mut gone = load(&jobs("127.0.0.1:7022", "a.db", 30));
+        assert_eq!(keep_running_server(&running_web, &mut gone), ["web"]);
+        assert_eq!(gone.web, running_web.web);
+        assert!(keep_running_server(&running_web, &mut web("listen = \"127.0.0.1:7080\"")).is_empty());
+        assert_eq!(
+            ["listen", "web.listen", "web"].map(restart_key),
+            ["[server] listen", "[web] listen", "[web]"].map(String::from)
+        );
     }
 
     #[test]

@@ -235,13 +235,14 @@ async fn reload_task(
 ) {
     // (the config error, and the `[server]` keys waiting for a restart when the files were valid: an invalid edit
     // says nothing about them)
-    type State = (Option<String>, Option<Option<String>>);
+    type State = (Option<(String, Vec<String>)>, Option<Option<String>>);
     let (state_tx, mut state_rx) = tokio::sync::mpsc::unbounded_channel::<State>();
     let recorder = async move {
         while let Some((error, restart)) = state_rx.recv().await {
             let r = ingest
                 .exec(move |s| {
-                    s.set_config_error(error.as_deref())?;
+                    s.set_config_error(error.as_ref().map(|e| e.0.as_str()))?;
+                    s.set_config_error_hosts(error.as_ref().map_or(&[][..], |e| &e.1))?;
                     match restart {
                         Some(keys) => s.set_restart_needed(keys.as_deref()),
                         None => Ok(()),
@@ -257,7 +258,7 @@ async fn reload_task(
     };
     let watcher = watcher.run(config_tx, cancel, move |r| {
         let _ = state_tx.send(match r {
-            Reloaded::Rejected(e) => (Some(e.clone()), None),
+            Reloaded::Rejected { error, hosts } => (Some((error.clone(), hosts.clone())), None),
             Reloaded::Applied { restart_needed } | Reloaded::Unchanged { restart_needed } => {
                 (None, Some((!restart_needed.is_empty()).then(|| restart_needed.join(", "))))
             }

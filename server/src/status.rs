@@ -3,7 +3,7 @@
 //! Every figure comes from an indexed "latest row for this host" lookup (`ORDER BY ts DESC LIMIT 1` on a
 //! `(host_id, ts)` index), so the cost of `vigil status` does not grow with history.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -126,31 +126,55 @@ pub fn collect(
     hosts: &[(String, String, Option<u32>)],
     now_ms: i64,
 ) -> Result<Vec<HostStatus>, StoreError> {
+    // Every figure of every host in a few statements (one per kind), then joined here by name.
+    let mut known = Known {
+        rows: store.host_rows()?,
+        firing: HashMap::new(),
+        repairs: store.repairs()?.into_iter().map(|r| (r.host.clone(), r)).collect(),
+        jobs: HashMap::new(),
+    };
+    for f in crate::store::alerts::firing(store.view())? {
+        known.firing.entry(f.host.clone()).or_default().push(f);
+    }
+    for (host, job) in store.command_jobs()? {
+        known.jobs.entry(host).or_default().push(job);
+    }
     let mut out = Vec::with_capacity(hosts.len());
     let mut seen = HashSet::new();
     for (name, ip, interval) in hosts {
         seen.insert(name.as_str());
-        out.push(host_status(store, name, ip, true, *interval, now_ms)?);
+        out.push(host_status(store, &mut known, name, ip, true, *interval, now_ms)?);
     }
     for (name, ip) in store.known_hosts()? {
         if !seen.contains(name.as_str()) {
-            out.push(host_status(store, &name, &ip, false, None, now_ms)?);
+            out.push(host_status(store, &mut known, &name, &ip, false, None, now_ms)?);
         }
     }
     Ok(out)
 }
 
+/// What the database holds of every host, read once per view.
+struct Known {
+    rows: HashMap<String, crate::store::HostRow>,
+    firing: HashMap<String, Vec<crate::store::alerts::FiringRow>>,
+    repairs: HashMap<String, RepairRow>,
+    jobs: HashMap<String, Vec<String>>,
+}
+
 fn host_status(
     store: &Store,
+    known: &mut Known,
     name: &str,
     ip: &str,
     in_config: bool,
     interval_s: Option<u32>,
     now_ms: i64,
 ) -> Result<HostStatus, StoreError> {
-    let row = store.host_row(name)?;
-    let alerts = store
-        .firing_of(name)?
+    let row = known.rows.remove(name).unwrap_or_default();
+    let alerts = known
+        .firing
+        .remove(name)
+        .unwrap_or_default()
         .into_iter()
         .map(|f| FiringAlert { rule: f.rule, value: f.value, limit: f.limit, since_ms: f.since_ms })
         .collect();
@@ -175,10 +199,10 @@ fn host_status(
         swap_pct: row.swap_pct,
         fullest_disk: row.fullest_disk.map(|(mount, pct)| DiskFill { mount, pct }),
         alerts,
-        last_repair: store.repair_of(name)?,
+        last_repair: known.repairs.remove(name),
         reporting: None,
         tunnel: None,
-        commands: command_status(store, name)?,
+        commands: command_status(store, name, &known.jobs.remove(name).unwrap_or_default())?,
         unavailable: store.unavailable_of(name)?,
     };
     if let Some(seen) = status.last_seen_ms {
@@ -230,11 +254,12 @@ fn channel_cell(h: &HostStatus) -> String {
     }
 }
 
-/// The latest run of each of `host`'s command jobs.
-fn command_status(store: &Store, host: &str) -> Result<Vec<CommandStatus>, StoreError> {
+/// The latest run of each of `host`'s command `jobs`.
+fn command_status(store: &Store, host: &str, jobs: &[String]) -> Result<Vec<CommandStatus>, StoreError> {
     let mut out = Vec::new();
-    for job in store.command_jobs_of(host)? {
-        let filter = crate::store::RunFilter { host: Some(host.to_owned()), job: Some(job), since_ms: 0, limit: 1 };
+    for job in jobs {
+        let filter =
+            crate::store::RunFilter { host: Some(host.to_owned()), job: Some(job.clone()), since_ms: 0, limit: 1 };
         for r in store.command_runs(&filter)? {
             out.push(CommandStatus { ok: r.succeeded(), result: r.describe(), job: r.job, started_ms: r.started_ms });
         }
@@ -348,10 +373,11 @@ pub fn render_table(
     render_commands(&mut out, hosts);
     render_unavailable(&mut out, hosts);
     if let Some(keys) = restart_needed {
+        let keys: Vec<String> = keys.split(", ").map(crate::reload::restart_key).collect();
         let _ = writeln!(
             out,
-            "\nrestart needed for [server] {} (vigil serve runs with the previous values)",
-            escape::cell(keys)
+            "\nrestart needed for {} (vigil serve runs with the previous values)",
+            escape::cell(&keys.join(", "))
         );
     }
     if let Some(e) = config_error {

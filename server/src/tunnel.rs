@@ -349,6 +349,7 @@ mod tests {
             tags: Vec::new(),
             endpoint: None,
             alerts: Vec::new(),
+            display_name: None,
         }
     }
 

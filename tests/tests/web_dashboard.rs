@@ -1,6 +1,8 @@
 //! The web dashboard of a real `vigil serve` fed by a real local agent: the fleet page and the host page load in
 //! headless Chromium without a console error and every chart draws data points (screenshots of both pages are left
-//! in `<target>/web-screenshots/`); `/metrics` passes `promtool check metrics`; `vigil check` refuses a dashboard on a
+//! in `<target>/web-screenshots/`), a display name carrying markup shows as text, a host that reported for seconds
+//! fills its charts, and a host whose clients.xml entry is in error shows "config error" in its row; an edit of
+//! `[web] listen` waits for a restart; `/metrics` passes `promtool check metrics`; `vigil check` refuses a dashboard on a
 //! non-loopback address without a token.
 
 use std::io::{Read, Write};
@@ -30,6 +32,17 @@ fn get(port: u16, path: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// The display name clients.xml gives `here`: markup that would change the title and log console errors if it ran.
+const HOSTILE_NAME: &str = "Here <script>document.title=\"pwned\";console.error(\"xss\")</script><img src=x onerror=\"console.error('xss2')\">";
+/// [`HOSTILE_NAME`] as Chromium serializes it in the DOM when it is text.
+const HOSTILE_AS_TEXT: &str =
+    "Here &lt;script&gt;document.title=\"pwned\";console.error(\"xss\")&lt;/script&gt;&lt;img";
+
+/// `here`'s entry in clients.xml.
+fn here() -> ClientEntry {
+    ClientEntry::local("here").attr("display_name", HOSTILE_NAME)
+}
+
 /// A serve with one local host `here` (collecting everything every 2 s) and the dashboard on a free port.
 struct Dashboard {
     work: Workdir,
@@ -41,7 +54,7 @@ impl Dashboard {
     fn start() -> Result<Self> {
         let work = Workdir::new()?;
         let (ssh, web) = (free_port(), free_port());
-        work.write_clients_text(&clients_xml(&[ClientEntry::local("here")]))?;
+        work.write_clients_text(&clients_xml(&[here()]))?;
         let jobs = jobs_toml(ssh, &work.data_dir(), None, "2s");
         work.write_jobs(&format!("{jobs}\n[web]\nlisten = \"127.0.0.1:{web}\"\n"))?;
         let mut cmd = work.vigil(&["serve"]);
@@ -141,11 +154,22 @@ fn fleet_and_host_pages_draw_every_chart_in_chromium_without_console_errors() ->
         .filter_map(|s| s.split("data-points=\"").nth(1)?.split('"').next()?.parse().ok())
         .collect();
     ensure!(sparks.len() == 2 && sparks.iter().all(|&n| n >= 1), "CPU and memory sparklines: {sparks:?}\n{dom}");
+    // The display name is shown as text: its markup never ran (no console error above, the title is the page's).
+    ensure!(dom.contains(HOSTILE_AS_TEXT), "the display name is not shown as text:\n{dom}");
+    ensure!(!dom.contains("<script>document") && !dom.contains("<img src=\"x\""), "markup injected:\n{dom}");
+    ensure!(dom.contains("<title>fleet · vigil</title>"), "the title changed:\n{dom}");
 
     let (dom, log) =
         chromium(&format!("http://127.0.0.1:{}/hosts/here", d.web), profile.path(), &shots.join("host.png"))?;
     no_console_errors(&dom, &log)?;
     ensure!(dom.contains("data-charts-done=\"1\""), "the charts did not finish:\n{dom}");
+    ensure!(dom.contains(&format!("<h1>{HOSTILE_AS_TEXT}")), "the display name is not the heading, as text:\n{dom}");
+    ensure!(!dom.contains("<script>document") && !dom.contains("pwned</title>"), "markup injected:\n{dom}");
+    // The host reported for seconds: the default hour is fitted to its data, not drawn as a sliver at the edge.
+    ensure!(dom.contains("id=\"fitted\""), "the default window was not fitted to young data:\n{dom}");
+    let attr = |name: &str| -> Option<i64> { dom.split(&format!("{name}=\"")).nth(1)?.split('"').next()?.parse().ok() };
+    let (from, to) = (attr("data-from").context("data-from")?, attr("data-to").context("data-to")?);
+    ensure!(to - from < 600, "a window of {} s for seconds of data", to - from);
     let charts: Vec<&str> = dom.split("<section class=\"chart\"").skip(1).collect();
     ensure!(charts.len() == 8, "eight charts: {}", charts.len());
     for c in charts {
@@ -154,6 +178,70 @@ fn fleet_and_host_pages_draw_every_chart_in_chromium_without_console_errors() ->
             head.split("data-points=\"").nth(1).and_then(|s| s.split('"').next()?.parse().ok()).unwrap_or(0);
         ensure!(points > 0 && c.contains("<canvas"), "a chart drew no points: {head}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_host_whose_client_entry_is_in_error_shows_config_error_in_its_row() -> Result<()> {
+    let d = Dashboard::start()?;
+    let row_state = |body: &str| -> Option<String> {
+        body.split("data-host=\"here\" data-state=\"").nth(1)?.split('"').next().map(str::to_owned)
+    };
+    let (_, fleet) = get(d.web, "/")?;
+    ensure!(row_state(&fleet).as_deref() == Some("ok"), "{fleet}");
+    // An edit that breaks `here`'s entry (and only it): serve keeps the last good config and names the host.
+    let broken = clients_xml(&[here().attr("port", "many"), ClientEntry::local("there").attr("ip", "127.0.0.2")]);
+    d.work.write_clients_text(&broken)?;
+    let mut body = String::new();
+    wait_for(Duration::from_secs(30), "the row to show the config error", || {
+        body = get(d.web, "/").map(|r| r.1).unwrap_or_default();
+        row_state(&body).as_deref() == Some("config error")
+    })
+    .map_err(|e| e.context(format!("{body}\n{}", d.serve.logs())))?;
+    ensure!(body.contains("bad port"), "the error itself is shown too:\n{body}");
+    let (_, host) = get(d.web, "/hosts/here")?;
+    ensure!(host.contains("class=\"state config-error\""), "{host}");
+    // Mended: the row is ok again.
+    d.work.write_clients_text(&clients_xml(&[here()]))?;
+    wait_for(Duration::from_secs(30), "the row to be ok again", || {
+        body = get(d.web, "/").map(|r| r.1).unwrap_or_default();
+        row_state(&body).as_deref() == Some("ok")
+    })
+    .map_err(|e| e.context(body.clone()))?;
+    Ok(())
+}
+
+#[test]
+fn an_edit_of_web_listen_waits_for_a_restart_and_is_shown_by_status() -> Result<()> {
+    let d = Dashboard::start()?;
+    let jobs = std::fs::read_to_string(d.work.jobs_path())?;
+    let other = free_port();
+    let edited = jobs.replace(&format!("127.0.0.1:{}\"\n", d.web), &format!("127.0.0.1:{other}\"\n"));
+    ensure!(edited != jobs, "no [web] listen line in {jobs}");
+    d.work.write_jobs(&edited)?;
+    wait_for(Duration::from_secs(30), "serve to log the refused edit", || {
+        d.serve.logs().contains("restart needed for [web] listen")
+    })
+    .map_err(|e| e.context(d.serve.logs()))?;
+    let status = || -> Result<(serde_json::Value, String)> {
+        let json = d.work.vigil(&["status", "--json"]).output()?;
+        let table = d.work.vigil(&["status"]).output()?;
+        Ok((serde_json::from_slice(&json.stdout)?, String::from_utf8_lossy(&table.stdout).into_owned()))
+    };
+    let mut shown = (serde_json::Value::Null, String::new());
+    wait_for(Duration::from_secs(30), "status to show the restart", || {
+        shown = status().unwrap_or_default();
+        shown.0["restart_needed"] == "web.listen"
+    })
+    .map_err(|e| e.context(format!("{shown:?}")))?;
+    ensure!(shown.1.contains("restart needed for [web] listen"), "{}", shown.1);
+    // The dashboard keeps its socket: still on the old port, not on the new one.
+    ensure!(get(d.web, "/")?.0 == 200, "the dashboard left its port");
+    ensure!(!vigil_tests::net::port_accepts(other), "the dashboard moved without a restart");
+    d.work.write_jobs(&jobs)?;
+    wait_for(Duration::from_secs(30), "status to drop the restart", || {
+        status().is_ok_and(|(j, _)| j["restart_needed"].is_null())
+    })?;
     Ok(())
 }
 

@@ -355,6 +355,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records the hosts the pending config error is about (their `<client>` holds a diagnostic), for the web
+    /// dashboard's "config error" state; empty when none is.
+    pub fn set_config_error_hosts(&mut self, hosts: &[String]) -> Result<(), StoreError> {
+        let hosts = (!hosts.is_empty()).then(|| hosts.join("\n"));
+        self.conn.execute(
+            "INSERT INTO config_state (id, error_hosts, updated_at_ms) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET error_hosts = excluded.error_hosts, updated_at_ms = excluded.updated_at_ms",
+            params![hosts, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The hosts the pending config error is about.
+    pub fn config_error_hosts(&self) -> Result<Vec<String>, StoreError> {
+        let hosts: Option<Option<String>> =
+            self.conn.query_row("SELECT error_hosts FROM config_state WHERE id = 1", [], |r| r.get(0)).optional()?;
+        Ok(hosts.flatten().map(|h| h.lines().map(str::to_owned).collect()).unwrap_or_default())
+    }
+
     /// Records the `[server]` settings edited in the files that the running `vigil serve` cannot apply (`None` when
     /// the files match what it runs with), for `vigil status`.
     pub fn set_restart_needed(&mut self, keys: Option<&str>) -> Result<(), StoreError> {
@@ -497,5 +516,10 @@ mod tests {
         assert_eq!(store.config_error().unwrap().as_deref(), Some("clients.xml:3:5: unknown host attribute"));
         store.set_config_error(None).unwrap();
         assert_eq!(store.config_error().unwrap(), None);
+        assert!(store.config_error_hosts().unwrap().is_empty());
+        store.set_config_error_hosts(&["a".into(), "b".into()]).unwrap();
+        assert_eq!(store.config_error_hosts().unwrap(), ["a", "b"]);
+        store.set_config_error_hosts(&[]).unwrap();
+        assert!(store.config_error_hosts().unwrap().is_empty());
     }
 }

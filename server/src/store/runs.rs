@@ -73,11 +73,20 @@ const METRICS: &str = "SELECT name, labels, value FROM command_metrics WHERE rep
 const JOBS_OF_HOST: &str = "SELECT DISTINCT r.job FROM command_runs r JOIN hosts h ON h.id = r.host_id
      WHERE h.name = ?1 ORDER BY r.job";
 
+const ALL_JOBS: &str = "SELECT DISTINCT h.name, r.job FROM command_runs r JOIN hosts h ON h.id = r.host_id
+     ORDER BY h.name, r.job";
 impl Store {
     /// The command jobs `host` has runs of, by name.
     pub fn command_jobs_of(&self, host: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self.conn.prepare_cached(JOBS_OF_HOST)?;
         let jobs = stmt.query_map([host], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(jobs)
+    }
+
+    /// Every (host, command job) that has runs, by host then job: [`Store::command_jobs_of`] of all hosts at once.
+    pub fn command_jobs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(ALL_JOBS)?;
+        let jobs = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         Ok(jobs)
     }
 

@@ -20,6 +20,20 @@ const ALL_HOSTS: &str = "SELECT name, ip FROM hosts ORDER BY name";
 const UNAVAILABLE_OF: &str = "SELECT family, reason, since_ts FROM unavailable_families
      WHERE host_id = (SELECT id FROM hosts WHERE name = ?1) ORDER BY family";
 
+// The same lookups for every host at once: one statement per kind, each an index lookup per host (so the fleet page
+// of a thousand hosts runs a handful of statements, not thousands).
+const ALL_AGENTS: &str = "SELECT host, version, last_seen_at_ms FROM agents";
+const ALL_LATEST: &str = "SELECT h.name,
+     (SELECT received_at_ms FROM reports WHERE host_id = h.id ORDER BY received_at_ms DESC, id DESC LIMIT 1),
+     (SELECT clock_offset_ms FROM reports WHERE host_id = h.id ORDER BY received_at_ms DESC, id DESC LIMIT 1),
+     (SELECT total_pct FROM cpu WHERE host_id = h.id ORDER BY ts DESC, id DESC LIMIT 1),
+     (SELECT used_pct FROM memory WHERE host_id = h.id ORDER BY ts DESC, id DESC LIMIT 1),
+     (SELECT used_pct FROM swap WHERE host_id = h.id ORDER BY ts DESC, id DESC LIMIT 1)
+     FROM hosts h";
+const ALL_FULLEST_DISKS: &str = "SELECT h.name, d.mount_point, max(d.used_pct) FROM hosts h JOIN disk_usage d
+     ON d.report_id = (SELECT report_id FROM disk_usage WHERE host_id = h.id ORDER BY ts DESC, id DESC LIMIT 1)
+     GROUP BY h.id";
+
 /// The per-host queries of the view, for the query-plan test.
 #[cfg(test)]
 const PER_HOST_QUERIES: [&str; 7] =
@@ -66,6 +80,35 @@ impl Store {
     pub fn known_hosts(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(ALL_HOSTS)?;
         Ok(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?)
+    }
+
+    /// [`Store::host_row`] of every host the database knows (by agent or by report), keyed by name, in four
+    /// statements whatever the number of hosts.
+    pub fn host_rows(&self) -> Result<std::collections::HashMap<String, HostRow>, StoreError> {
+        let conn = &self.conn;
+        let mut rows: std::collections::HashMap<String, HostRow> = std::collections::HashMap::new();
+        let mut stmt = conn.prepare_cached(ALL_AGENTS)?;
+        for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))? {
+            let (name, version, seen) = r?;
+            let row = rows.entry(name).or_default();
+            (row.agent_version, row.agent_seen_ms) = (version, seen);
+        }
+        let mut stmt = conn.prepare_cached(ALL_LATEST)?;
+        let latest = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
+        for r in latest {
+            let (name, received, offset, cpu, mem, swap) = r?;
+            let row = rows.entry(name).or_default();
+            (row.last_report_ms, row.report_offset_ms) = (received, offset);
+            (row.cpu_pct, row.mem_pct, row.swap_pct) = (cpu, mem, swap);
+        }
+        let mut stmt = conn.prepare_cached(ALL_FULLEST_DISKS)?;
+        for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))? {
+            if let (name, Some(mount), Some(pct)) = r? {
+                rows.entry(name).or_default().fullest_disk = Some((mount, pct));
+            }
+        }
+        Ok(rows)
     }
 
     /// The view's figures of host `name`; all `None` for a host the database does not know.
@@ -201,5 +244,17 @@ mod tests {
             }
             assert!(plan.iter().any(|s| s.contains("INDEX")), "{sql}\nno index: {plan:?}");
         }
+        for sql in [ALL_LATEST, ALL_FULLEST_DISKS] {
+            let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> =
+                stmt.query_map([], |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+            // The outer loop walks the hosts; every lookup inside is an index search, never a scan of history.
+            let scans: Vec<&String> = plan.iter().filter(|s| s.starts_with("SCAN") && !s.contains(" h")).collect();
+            assert!(scans.is_empty(), "{sql}\nscans: {plan:?}");
+        }
+        let all = store.host_rows().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all["web1"], store.host_row("web1").unwrap());
+        assert!(all["web1"].fullest_disk.is_some() && all["web1"].cpu_pct.is_some());
     }
 }

@@ -199,6 +199,78 @@ impl Agg {
     }
 }
 
+/// The lines of a series as rows arrive: per label, (bucket index, aggregate) in arrival order. Rows are bucketed
+/// here rather than by SQL `GROUP BY`, which would sort them first; they come along an index, in time order.
+#[derive(Debug, Default)]
+struct Acc {
+    lines: Vec<(String, Vec<(i64, Agg)>)>,
+}
+
+impl Acc {
+    fn add(&mut self, label: &str, b: i64, a: Agg) {
+        let i = match self.lines.iter().position(|(l, _)| l == label) {
+            Some(i) => i,
+            None => {
+                self.lines.push((label.to_owned(), Vec::new()));
+                self.lines.len() - 1
+            }
+        };
+        let buckets = &mut self.lines[i].1;
+        match buckets.last_mut() {
+            Some((last, agg)) if *last == b => agg.add(a),
+            _ => buckets.push((b, a)),
+        }
+    }
+
+    /// Adds the rows of `stmt` run with `params`: (label, sample time, value), each into bucket
+    /// `(time - from_ms) / bucket_ms`.
+    fn add_samples(
+        &mut self,
+        stmt: &mut rusqlite::CachedStatement<'_>,
+        params: impl rusqlite::Params,
+        from_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut rows = stmt.query(params)?;
+        while let Some(r) = rows.next()? {
+            let (ts, v): (i64, f64) = (r.get(1)?, r.get(2)?);
+            let label = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            self.add(label, (ts - from_ms) / bucket_ms, Agg { n: 1, sum: v, min: v, max: v });
+        }
+        Ok(())
+    }
+
+    /// The lines by label, each's buckets by time (equal buckets merged, had rows come out of order).
+    fn finish(mut self, from_ms: i64, bucket_ms: i64) -> Series {
+        self.lines.sort_by(|a, b| a.0.cmp(&b.0));
+        let lines = self
+            .lines
+            .into_iter()
+            .map(|(label, mut buckets)| {
+                buckets.sort_by_key(|(b, _)| *b);
+                let mut merged: Vec<(i64, Agg)> = Vec::with_capacity(buckets.len());
+                for (b, a) in buckets {
+                    match merged.last_mut() {
+                        Some((last, agg)) if *last == b => agg.add(a),
+                        _ => merged.push((b, a)),
+                    }
+                }
+                let buckets = merged
+                    .into_iter()
+                    .map(|(b, a)| Bucket {
+                        t_ms: from_ms + b * bucket_ms,
+                        min: a.min,
+                        avg: a.sum / a.n.max(1) as f64,
+                        max: a.max,
+                    })
+                    .collect();
+                Line { label, buckets }
+            })
+            .collect();
+        Series { bucket_ms, lines }
+    }
+}
+
 /// Largest number of buckets a series request may ask for.
 pub const MAX_POINTS: u32 = 5_000;
 
@@ -223,14 +295,7 @@ impl Store {
         // Ceiling division: at most `points` buckets cover the range.
         let bucket_ms = ((span + points - 1) / points).max(1);
         let Some(id) = self.host_id(host)? else { return Ok(Some(Series { bucket_ms, lines: Vec::new() })) };
-        // Keyed by (label, bucket index): both sources add into the same buckets.
-        let mut acc: std::collections::BTreeMap<(String, i64), Agg> = std::collections::BTreeMap::new();
-        let mut add = |label: String, b: i64, a: Agg| {
-            acc.entry((label, b)).and_modify(|x| x.add(a)).or_insert(a);
-        };
-        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, i64, Agg)> {
-            Ok((r.get(0)?, r.get(1)?, Agg { n: r.get(2)?, sum: r.get(3)?, min: r.get(4)?, max: r.get(5)? }))
-        };
+        let mut acc = Acc::default();
         if bucket_ms >= ROLLUP_MS {
             // Coarse buckets: the roll-ups of the reports already rolled up, plus the raw rows of the newer ones.
             let rolled: i64 = self
@@ -238,54 +303,117 @@ impl Store {
                 .prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?
                 .query_row([], |r| r.get(0))?;
             let mut stmt = self.conn.prepare_cached(
-                "SELECT label, max(0, (bucket_ms - ?2) / ?4), sum(n), sum(sum), min(min), max(max) FROM rollup_5m
-                 WHERE host_id = ?1 AND metric = ?5 AND bucket_ms > ?2 - ?6 AND bucket_ms < ?3
-                 GROUP BY 1, 2",
+                "SELECT label, bucket_ms, n, sum, min, max FROM rollup_5m
+                 WHERE host_id = ?1 AND metric = ?4 AND bucket_ms > ?2 - ?5 AND bucket_ms < ?3",
             )?;
-            for r in stmt.query_map(params![id, from_ms, to_ms, bucket_ms, def.name, ROLLUP_MS], row)? {
-                let (label, b, a) = r?;
-                add(label, b, a);
+            let mut rows = stmt.query(params![id, from_ms, to_ms, def.name, ROLLUP_MS])?;
+            while let Some(r) = rows.next()? {
+                let label = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                // A roll-up bucket straddling `from_ms` counts into the first bucket.
+                let b = ((r.get::<_, i64>(1)? - from_ms) / bucket_ms).max(0);
+                acc.add(label, b, Agg { n: r.get(2)?, sum: r.get(3)?, min: r.get(4)?, max: r.get(5)? });
             }
             // The unary `+` keeps the planner off the `(host_id, ts)` index, which would scan the whole range: the
             // reports not rolled up yet are the few newest, found through the `report_id` index.
             for (label, value) in def.lines {
                 let sql = format!(
-                    "SELECT {label}, (t.ts - ?2) / ?4, count(*), sum({value}), min({value}), max({value})
-                     FROM {from} WHERE t.report_id > ?5 AND +t.host_id = ?1 AND +t.ts >= ?2 AND +t.ts < ?3
-                     AND {value} IS NOT NULL GROUP BY 1, 2",
+                    "SELECT {label}, t.ts, {value} FROM {from}
+                     WHERE t.report_id > ?4 AND +t.host_id = ?1 AND +t.ts >= ?2 AND +t.ts < ?3 AND {value} IS NOT NULL",
                     from = def.from
                 );
-                for r in
-                    self.conn.prepare_cached(&sql)?.query_map(params![id, from_ms, to_ms, bucket_ms, rolled], row)?
-                {
-                    let (label, b, a) = r?;
-                    add(label, b, a);
-                }
+                acc.add_samples(
+                    &mut self.conn.prepare_cached(&sql)?,
+                    params![id, from_ms, to_ms, rolled],
+                    from_ms,
+                    bucket_ms,
+                )?;
             }
         } else {
             for (label, value) in def.lines {
                 let sql = format!(
-                    "SELECT {label}, (t.ts - ?2) / ?4, count(*), sum({value}), min({value}), max({value})
-                     FROM {from} WHERE t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND {value} IS NOT NULL
-                     GROUP BY 1, 2",
+                    "SELECT {label}, t.ts, {value} FROM {from}
+                     WHERE t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND {value} IS NOT NULL",
                     from = def.from
                 );
-                for r in self.conn.prepare_cached(&sql)?.query_map(params![id, from_ms, to_ms, bucket_ms], row)? {
-                    let (label, b, a) = r?;
-                    add(label, b, a);
-                }
+                acc.add_samples(&mut self.conn.prepare_cached(&sql)?, params![id, from_ms, to_ms], from_ms, bucket_ms)?;
             }
         }
-        let mut series = Series { bucket_ms, lines: Vec::new() };
-        for ((label, b), a) in acc {
-            let bucket =
-                Bucket { t_ms: from_ms + b * bucket_ms, min: a.min, avg: a.sum / a.n.max(1) as f64, max: a.max };
-            match series.lines.last_mut() {
-                Some(line) if line.label == label => line.buckets.push(bucket),
-                _ => series.lines.push(Line { label, buckets: vec![bucket] }),
+        Ok(Some(acc.finish(from_ms, bucket_ms)))
+    }
+
+    /// `metric` of every host over `[from_ms, to_ms)` in at most `points` buckets per line, keyed by host name, in
+    /// a few statements whatever the number of hosts (the fleet page's sparklines). It walks the hosts and reads
+    /// each one's rows along an index: with buckets of 5 minutes or more, as [`Store::series`] does, its
+    /// `rollup_5m` rows plus the raw rows of the reports not rolled up yet, so the cost does not grow with how
+    /// often hosts report; with finer buckets the raw rows, meant for short ranges. `None`: an unknown metric.
+    pub fn series_of_all(
+        &self,
+        metric: &str,
+        from_ms: i64,
+        to_ms: i64,
+        points: u32,
+    ) -> Result<Option<std::collections::HashMap<String, Series>>, StoreError> {
+        let Some(def) = METRICS.iter().find(|m| m.name == metric) else { return Ok(None) };
+        let points = i64::from(points.clamp(1, MAX_POINTS));
+        let bucket_ms = ((to_ms.saturating_sub(from_ms).max(1) + points - 1) / points).max(1);
+        let mut acc: std::collections::HashMap<i64, Acc> = std::collections::HashMap::new();
+        let mut add_rows = |stmt: &mut rusqlite::CachedStatement<'_>, p: &[&dyn rusqlite::ToSql]| {
+            let mut rows = stmt.query(p)?;
+            while let Some(r) = rows.next()? {
+                let (host, ts, v): (i64, i64, f64) = (r.get(0)?, r.get(2)?, r.get(3)?);
+                let label = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                let a = Agg { n: 1, sum: v, min: v, max: v };
+                acc.entry(host).or_default().add(label, (ts - from_ms) / bucket_ms, a);
+            }
+            Ok::<_, StoreError>(())
+        };
+        // CROSS JOIN keeps hosts as the outer loop, so each host's rows are one index range.
+        if bucket_ms >= ROLLUP_MS {
+            let rolled: i64 = self
+                .conn
+                .prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?
+                .query_row([], |r| r.get(0))?;
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT t.host_id, {label}, t.ts, {value} FROM {from}
+                     WHERE t.report_id > ?3 AND +t.ts >= ?1 AND +t.ts < ?2 AND {value} IS NOT NULL",
+                    from = def.from
+                );
+                add_rows(&mut self.conn.prepare_cached(&sql)?, params![from_ms, to_ms, rolled])?;
+            }
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT h.id, r.label, r.bucket_ms, r.n, r.sum, r.min, r.max FROM hosts h CROSS JOIN rollup_5m r
+                 WHERE r.host_id = h.id AND r.metric = ?3 AND r.bucket_ms > ?1 - ?4 AND r.bucket_ms < ?2",
+            )?;
+            let mut rows = stmt.query(params![from_ms, to_ms, def.name, ROLLUP_MS])?;
+            while let Some(r) = rows.next()? {
+                let label = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                let b = ((r.get::<_, i64>(2)? - from_ms) / bucket_ms).max(0);
+                let a = Agg { n: r.get(3)?, sum: r.get(4)?, min: r.get(5)?, max: r.get(6)? };
+                acc.entry(r.get(0)?).or_default().add(label, b, a);
+            }
+        } else {
+            for (label, value) in def.lines {
+                let sql = format!(
+                    "SELECT h.id, {label}, t.ts, {value} FROM hosts h CROSS JOIN {from}
+                     WHERE t.host_id = h.id AND t.ts >= ?1 AND t.ts < ?2 AND {value} IS NOT NULL",
+                    from = def.from
+                );
+                add_rows(&mut self.conn.prepare_cached(&sql)?, params![from_ms, to_ms])?;
             }
         }
-        Ok(Some(series))
+        let names: std::collections::HashMap<i64, String> = self
+            .conn
+            .prepare_cached("SELECT id, name FROM hosts")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut out = std::collections::HashMap::with_capacity(acc.len());
+        for (host, lines) in acc {
+            if let Some(name) = names.get(&host) {
+                out.insert(name.clone(), lines.finish(from_ms, bucket_ms));
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Every row of `family` sampled at or after `since_ms` (of `host` only, when named), oldest first, handed to
@@ -434,6 +562,21 @@ impl Store {
         Ok(out)
     }
 
+    /// When the first sample of `host` at or after `since_ms` was taken (its sample time, as the charts place it):
+    /// the first report received since then, one index lookup. `None`: nothing since.
+    pub fn first_sample_since(&self, host: &str, since_ms: i64) -> Result<Option<i64>, StoreError> {
+        let Some(id) = self.host_id(host)? else { return Ok(None) };
+        let first: Option<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT collected_at_ms, received_at_ms FROM reports WHERE host_id = ?1 AND received_at_ms >= ?2
+                 ORDER BY received_at_ms, id LIMIT 1",
+            )?
+            .query_row(params![id, since_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(first.map(|(collected, received)| super::sample_time(collected, received).min(received)))
+    }
+
     /// The newest system details of `host`.
     pub fn details(&self, host: &str) -> Result<Option<Details>, StoreError> {
         let Some(id) = self.host_id(host)? else { return Ok(None) };
@@ -575,5 +718,19 @@ mod tests {
         assert_eq!(top, 99.0, "the spike is rolled up");
         assert!(rolled.prune_rollups(i64::MAX / 2).unwrap() > 0);
         assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
+        assert_eq!(store.first_sample_since("web1", 1_000_001).unwrap(), Some(1_010_000));
+        assert_eq!(store.first_sample_since("web1", i64::MAX / 2).unwrap(), None);
+        assert_eq!(store.first_sample_since("nobody", 0).unwrap(), None);
+        // Every host at once answers as each host alone.
+        let all = store.series_of_all("cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            all["web1"],
+            store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap()
+        );
+        assert!(store.series_of_all("nope", 0, 1, 10).unwrap().is_none());
+        // Coarse: from the roll-ups plus the raw rows not rolled up yet, as for one host.
+        let all = rolled.series_of_all("cpu_cores", 0, to, 10).unwrap().unwrap();
+        assert_eq!(all["web1"], coarse(&rolled));
     }
 }

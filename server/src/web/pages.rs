@@ -15,8 +15,9 @@ use super::WebState;
 use crate::status::HostStatus;
 use crate::store::web::Series;
 
-/// Points of a fleet-page sparkline.
-const SPARK_POINTS: u32 = 60;
+/// Points of a fleet-page sparkline: 5-minute buckets over the hour, read from the roll-ups, so a thousand hosts
+/// cost the same whether they report every 10 seconds or every minute.
+const SPARK_POINTS: u32 = 12;
 /// Ranges of the host page's picker: (label, seconds).
 const RANGES: [(&str, i64); 5] = [("1h", 3_600), ("6h", 21_600), ("24h", 86_400), ("7d", 604_800), ("30d", 2_592_000)];
 /// The charts of the host page: (metric, title, unit).
@@ -53,9 +54,12 @@ fn page(title: &str, kind: &str, refresh: Option<u32>, body: Markup) -> Markup {
     }
 }
 
-/// A host's state as the fleet page names it.
-fn state_of(h: &HostStatus) -> &'static str {
-    if h.last_seen_ms.is_none() {
+/// A host's state as the fleet page names it; `config_error`: its `<client>` holds an error of the pending
+/// (rejected) clients.xml edit.
+fn state_of(h: &HostStatus, config_error: bool) -> &'static str {
+    if config_error {
+        "config error"
+    } else if h.last_seen_ms.is_none() {
         "never seen"
     } else if h.silent {
         "silent"
@@ -85,22 +89,23 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1}%"))
 }
 
-/// An inline SVG sparkline of a series' averages over `[from, to)`, 0-100 %. Empty when there is no data.
+/// An inline SVG sparkline of a series' averages over `[from, to)`, 0-100 %. Empty when there is no data. The
+/// coordinates are whole numbers on a 1000 x 200 grid: a thousand rows of sparklines format no floats.
 fn sparkline(s: Option<&Series>, from_ms: i64, to_ms: i64) -> Markup {
     let Some(line) = s.and_then(|s| s.lines.first()) else { return html! { span.nodata { "-" } } };
-    let span = (to_ms - from_ms).max(1) as f64;
-    let mut points = String::new();
+    let span = (to_ms - from_ms).max(1);
+    let mut points = String::with_capacity(line.buckets.len() * 9);
     for b in &line.buckets {
-        let x = (b.t_ms - from_ms) as f64 / span * 100.0;
-        let y = 20.0 - b.avg.clamp(0.0, 100.0) / 5.0;
+        let x = (b.t_ms - from_ms).clamp(0, span) * 1000 / span;
+        let y = 200 - (b.avg.clamp(0.0, 100.0) * 2.0).round() as i64;
         if line.buckets.len() == 1 {
             // One bucket alone would draw nothing: a short level stroke shows it.
-            let _ = write!(points, "{:.1},{y:.1} ", x - 2.0);
+            let _ = write!(points, "{},{y} ", (x - 20).max(0));
         }
-        let _ = write!(points, "{x:.1},{y:.1} ");
+        let _ = write!(points, "{x},{y} ");
     }
     html! {
-        svg.spark viewBox="0 0 100 20" width="100" height="20" preserveAspectRatio="none" data-points=(line.buckets.len()) {
+        svg.spark viewBox="0 0 1000 200" width="100" height="20" preserveAspectRatio="none" data-points=(line.buckets.len()) {
             polyline points=(points.trim_end()) fill="none" stroke="currentColor" stroke-width="1.5" vector-effect="non-scaling-stroke" {}
         }
     }
@@ -111,9 +116,10 @@ pub(super) struct FleetQuery {
     sort: Option<String>,
 }
 
-/// One fleet row: the host and its last hour of CPU and memory.
+/// One fleet row: the host, its display name from clients.xml, and its last hour of CPU and memory.
 struct FleetRow {
     host: HostStatus,
+    display: Option<String>,
     cpu: Option<Series>,
     mem: Option<Series>,
 }
@@ -124,16 +130,24 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
     let read = state
         .read(move |store, config| {
             let hosts = crate::status::collect(store, &super::api::status_hosts(config), now)?;
-            let mut rows = Vec::with_capacity(hosts.len());
-            for host in hosts {
-                let cpu = store.series(&host.name, "cpu", from, now, SPARK_POINTS)?;
-                let mem = store.series(&host.name, "memory", from, now, SPARK_POINTS)?;
-                rows.push(FleetRow { host, cpu, mem });
-            }
-            Ok((rows, store.config_error()?))
+            let displays: std::collections::HashMap<&str, &str> =
+                config.clients.iter().filter_map(|h| Some((h.name.as_str(), h.display_name.as_deref()?))).collect();
+            // The sparklines of all hosts in one statement per metric.
+            let mut cpu = store.series_of_all("cpu", from, now, SPARK_POINTS)?.unwrap_or_default();
+            let mut mem = store.series_of_all("memory", from, now, SPARK_POINTS)?.unwrap_or_default();
+            let rows = hosts
+                .into_iter()
+                .map(|host| FleetRow {
+                    cpu: cpu.remove(&host.name),
+                    mem: mem.remove(&host.name),
+                    display: displays.get(host.name.as_str()).map(|d| (*d).to_owned()),
+                    host,
+                })
+                .collect::<Vec<_>>();
+            Ok((rows, store.config_error()?, store.config_error_hosts()?))
         })
         .await;
-    let (mut rows, config_error) = match read {
+    let (mut rows, config_error, error_hosts) = match read {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -147,11 +161,13 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
             _ => 0.0,
         }
     };
-    let rank = |h: &HostStatus| match state_of(h) {
+    let state = |h: &HostStatus| state_of(h, error_hosts.contains(&h.name));
+    let rank = |h: &HostStatus| match state(h) {
         "firing" => 0,
-        "silent" => 1,
-        "never seen" => 2,
-        _ => 3,
+        "config error" => 1,
+        "silent" => 2,
+        "never seen" => 3,
+        _ => 4,
     };
     match sort {
         "name" => rows.sort_by(|a, b| a.host.name.cmp(&b.host.name)),
@@ -179,9 +195,9 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
             tbody {
                 @for r in &rows {
                     @let h = &r.host;
-                    tr.host data-host=(h.name) data-state=(state_of(h)) {
-                        td { a href={ "/hosts/" (urlencode(&h.name)) } { (h.name) } }
-                        td class={ "state " (state_of(h).replace(' ', "-")) } { (state_of(h)) }
+                    tr.host data-host=(h.name) data-state=(state(h)) {
+                        td { (host_title(&h.name, r.display.as_deref(), true)) }
+                        td class={ "state " (state(h).replace(' ', "-")) } { (state(h)) }
                         td { (ago(h.last_seen_ms, now)) }
                         td.num { (pct(h.cpu_pct)) }
                         td.num { (pct(h.mem_pct)) }
@@ -196,6 +212,24 @@ pub(super) async fn fleet(State(state): State<Arc<WebState>>, Query(q): Query<Fl
         @if rows.is_empty() { p { "(no hosts)" } }
     };
     page("fleet", "fleet", Some(30), body).into_response()
+}
+
+/// The `display_name` clients.xml gives host `name`, if any.
+fn display_name(config: &crate::config::Config, name: &str) -> Option<String> {
+    config.clients.iter().find(|h| h.name == name).and_then(|h| h.display_name.clone())
+}
+
+/// A host as the pages title it: its display name (any text, escaped like everything else) followed by its name,
+/// or its name alone; a link to its page when `link`.
+fn host_title(name: &str, display: Option<&str>, link: bool) -> Markup {
+    html! {
+        @if link {
+            a href={ "/hosts/" (urlencode(name)) } { (display.unwrap_or(name)) }
+        } @else {
+            (display.unwrap_or(name))
+        }
+        @if display.is_some() { " " span.hostname { (name) } }
+    }
 }
 
 /// Percent-encodes a path segment (host names come from clients.xml and may hold anything).
@@ -235,6 +269,7 @@ pub(super) async fn host(
     };
     let host = name.clone();
     let now_ms = vigil_sys::clock::now_ms();
+    let default_range = picked.is_some() && q.range.is_none();
     let read = state
         .read(move |store, config| {
             let known =
@@ -242,9 +277,19 @@ pub(super) async fn host(
             if !known {
                 return Ok(None);
             }
+            // The default window fits a host younger than it: one that has reported for a minute fills the charts
+            // instead of drawing a sliver at their right edge. Its first sample ever counts, so a host that was
+            // silent for most of the hour still shows the gap.
+            let fitted = if default_range {
+                store.first_sample_since(&host, i64::MIN)?.and_then(|first| fit(from, to, first))
+            } else {
+                None
+            };
             let hosts: Vec<_> = super::api::status_hosts(config).into_iter().filter(|h| h.0 == host).collect();
             let status = crate::status::collect(store, &hosts, now_ms)?.into_iter().find(|h| h.name == host);
             Ok(Some((
+                (display_name(config, &host), store.config_error_hosts()?.contains(&host)),
+                fitted,
                 status,
                 store.details(&host)?,
                 store.sessions(&host)?,
@@ -253,7 +298,7 @@ pub(super) async fn host(
             )))
         })
         .await;
-    let (status, details, sessions, security, events) = match read {
+    let ((display, in_error), fitted, status, details, sessions, security, events) = match read {
         Ok(Some(r)) => r,
         Ok(None) => {
             let body =
@@ -262,12 +307,17 @@ pub(super) async fn host(
         }
         Err(resp) => return resp,
     };
+    let (from, picked) = match fitted {
+        Some(f) => (f, None),
+        None => (from, picked),
+    };
     let body = html! {
-        h1 { (name) " " @if let Some(s) = &status { span class={ "state " (state_of(s).replace(' ', "-")) } { (state_of(s)) } } }
+        h1 { (host_title(&name, display.as_deref(), false)) " " @if let Some(s) = &status { span class={ "state " (state_of(s, in_error).replace(' ', "-")) } { (state_of(s, in_error)) } } }
         p.ranges {
             @for (label, _) in RANGES {
                 a href={ "?range=" (label) } class=[(picked == Some(label)).then_some("sorted")] { (label) } " "
             }
+            @if fitted.is_some() { span #fitted { "showing all " (span_text(to - from)) " of data since its first sample" } " " }
             span.hint { "drag across a chart to zoom; double-click to reset" }
         }
         div #charts data-host=(name) data-from=(from) data-to=(to) {
@@ -296,7 +346,26 @@ pub(super) async fn host(
         h2 { "Alert history" }
         (events_table(&events))
     };
-    page(&name, "host", None, body).into_response()
+    page(display.as_deref().unwrap_or(&name), "host", None, body).into_response()
+}
+
+/// The start of a chart window `[from, to)` (seconds) fitted to data whose first sample is at `first_ms`: a tenth
+/// of the data's span (at least 10 s) before it, when that is well inside the window; `None` keeps the window.
+fn fit(from: i64, to: i64, first_ms: i64) -> Option<i64> {
+    let first = first_ms.div_euclid(1000);
+    let pad = ((to - first) / 10).max(10);
+    let start = first - pad;
+    // Data filling most of the window already reads well.
+    (start > from + (to - from) / 4).then_some(start)
+}
+
+/// A window length as the page names it: `90s`, `15m`, `5h`.
+fn span_text(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3_600),
+    }
 }
 
 fn events_table(events: &[crate::store::alerts::EventRow]) -> Markup {
@@ -329,4 +398,22 @@ pub(super) async fn alerts(State(state): State<Arc<WebState>>) -> Response {
         @if events.is_empty() { p { "(no alert events)" } }
     };
     page("alerts", "alerts", Some(30), body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_window_fits_young_data_and_keeps_old_data() {
+        let (from, to) = (10_000, 13_600);
+        // A minute of data: the window starts a little before it.
+        assert_eq!(fit(from, to, 13_540_000), Some(13_540 - 10));
+        assert_eq!(fit(from, to, 13_000_000), Some(13_000 - 60));
+        // Data over most of the hour (or older): the hour stays.
+        assert_eq!(fit(from, to, 10_500_000), None);
+        assert_eq!(fit(from, to, 9_000_000), None);
+        assert_eq!(span_text(70), "70s");
+        assert_eq!(span_text(600), "10m");
+    }
 }

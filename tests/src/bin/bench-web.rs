@@ -187,5 +187,9 @@ fn main() -> Result<()> {
         pct(times.clone(), 0.5),
         pct(times, 0.95)
     );
+    // BENCH_WEB_KEEP=1 keeps the database for a look with sqlite3 (EXPLAIN QUERY PLAN).
+    if std::env::var_os("BENCH_WEB_KEEP").is_some() {
+        println!("database kept: {}", dir.keep().join("data").join("vigil.db").display());
+    }
     Ok(())
 }
