@@ -572,13 +572,13 @@ mod tests {
         let hosts = vec![("web1".to_string(), "10.0.0.1".to_string(), Some(10))];
         let view = collect(&store, &hosts, 11_000).unwrap();
         assert_eq!(view[0].unavailable.len(), 1);
-        let table = render_table(&view, None, None);
+        let table = render_table(&view, &[], None, None);
         assert!(
             table.contains("not available on the host:\n  web1  security_events  cannot read the Security event log"),
             "{table}"
         );
         assert!(!table.contains('\x1b'), "{table}");
-        let json = render_json(&view, None, None).unwrap();
+        let json = render_json(&view, &[], None, None).unwrap();
         assert!(json.contains("\"family\": \"security_events\""), "{json}");
     }
 
