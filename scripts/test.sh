@@ -23,6 +23,10 @@ command -v useradd >/dev/null || missing+=(passwd)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ -x /usr/bin/promtool ] || missing+=(prometheus)
 # --- web (end)
+# --- minimal (begin): busybox-only login shells and a dropbear host in the bootstrap tests
+[ -x /usr/bin/busybox ] || missing+=(busybox)
+{ [ -x /usr/sbin/dropbear ] && [ -x /usr/bin/dropbearkey ]; } || missing+=(dropbear-bin)
+# --- minimal (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

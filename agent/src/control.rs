@@ -206,6 +206,7 @@ pub fn exit_code(result: Result<bool, ControlError>) -> ExitCode {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -129,6 +129,15 @@ async fn through_tunnel(
     progress("checking port forwarding");
     let learned = match s.learn_forward_port().await {
         Ok(p) => p,
+        // dropbear: the port stays forwarded to this session; learn one on a connection of its own, pinned to the
+        // key just verified, whose end frees it for serve's tunnel.
+        Err(RemoteError::CancelRefused { .. }) => {
+            let pinned = Host { host_key: Some(s.fingerprint.clone()), ..host.clone() };
+            let once = Session::open(&pinned, &ctx.known, NewKeys::Refuse).await?;
+            let port = once.forward(0).await;
+            once.close().await;
+            port?
+        }
         Err(e @ RemoteError::ForwardRefused { .. }) => {
             if !ctx.dry_run && ctx.has_database() {
                 let (name, error) = (host.name.clone(), e.to_string());
