@@ -3,6 +3,9 @@
 //! this directory's verified agent), and `--detach` (start in a session of its own, logging to `agent.log`, and
 //! return once the agent holds its lock). `vigil bootstrap` calls these on the host.
 
+// `--stop` (pid verification, signals) is Unix-only; on Windows the Scheduled Task stops the agent.
+#![cfg_attr(not(unix), allow(dead_code))]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

@@ -32,8 +32,11 @@ pub mod linux {
     /// agent.toml's envelope secret is among them (`cfg_secret`): new credentials carry it as `previous_secrets`.
     /// The installed binary answers for its own hash and lock; one that cannot (another build, another
     /// architecture) gives no `agent_sha` (so it is replaced) and `running=1` (so it is stopped, verified, first).
+    /// Nothing in a directory that is a symlink or someone else's is read or run (the path is predictable: a local
+    /// user could plant a binary there for the login, maybe root, to run); such a directory is refused later.
     pub fn probe(dir_name: &str) -> String {
         let name = sh_quote(dir_name);
+        let own = own("$A");
         format!(
             r#"T="${{TMPDIR:-/tmp}}"; N={name}
 echo "os=$(uname -s)"; echo "arch=$(uname -m)"
@@ -46,7 +49,8 @@ fi
 D="$T/$N"; echo "dir=$D"
 df -Pk "$T" 2>/dev/null | {{ read -r _; read -r _ _ _ a _; [ -n "$a" ] && echo "free_kb=$a"; }}
 A="$D/{BINARY}"
-if [ -f "$A" ]; then
+if [ -L "$D" ] || {{ [ -e "$D" ] && [ ! -O "$D" ]; }}; then exit 0; fi
+if {own}; then
   S="$("$A" --sha256 "$A" 2>/dev/null)" && echo "agent_sha=${{S%% *}}"
   "$A" --is-running "$D" 2>/dev/null; [ $? -eq 1 ] || echo "running=1"
 fi
@@ -62,6 +66,12 @@ fi
 if [ -f "$D/agent_key" ]; then echo "key=1"; fi
 exit 0"#
         )
+    }
+
+    /// A shell condition: `file` (a quoted path or variable) is a regular file of this user, not a symlink, in a
+    /// directory `$D` of this user that is not a symlink; only such a binary is ever run.
+    fn own(file: &str) -> String {
+        format!("{{ [ ! -L \"$D\" ] && [ -O \"$D\" ] && [ -f {file} ] && [ ! -L {file} ] && [ -O {file} ]; }}")
     }
 
     /// Creates the private directory, refusing a symlink or someone else's directory.
@@ -105,7 +115,11 @@ exit 0"#
     /// every staged file and fails.
     pub fn verify(dir: &str, parts: &[Part], binary_staged: bool) -> String {
         let tool = sh_quote(&if binary_staged { format!("{STAGED}{BINARY}") } else { BINARY.to_owned() });
-        let mut script = format!("cd {} || exit 1\nok=1\n", sh_quote(dir));
+        let mut script = format!(
+            "D={}\n{} || {{ echo \"no agent binary of this user in $D\" >&2; exit 1; }}\ncd \"$D\" || exit 1\nok=1\n",
+            sh_quote(dir),
+            own(&format!("\"$D/\"{tool}"))
+        );
         for p in parts {
             let n = sh_quote(&format!("{STAGED}{}", p.name));
             script.push_str(&format!(
@@ -151,10 +165,11 @@ exit 0"#
     fn stop_with(dir: &str, tool: &str) -> String {
         let d = sh_quote(dir);
         let t = sh_quote(tool);
+        let own = own(&format!("\"$D/\"{t}"));
         format!(
             r#"D={d}
 if [ -L "$D" ] || {{ [ -e "$D" ] && [ ! -O "$D" ]; }}; then echo "$D is a symlink or not this user's: nothing signalled" >&2; exit 1; fi
-if [ -f "$D/"{t} ]; then "$D/"{t} --stop "$D" || exit 1
+if {own}; then "$D/"{t} --stop "$D" || exit 1
 elif [ -e "$D/agent.lock" ]; then echo "no "{t}" in $D to check its lock with: nothing signalled or removed" >&2; exit 1; fi
 exit 0"#
         )
@@ -163,13 +178,17 @@ exit 0"#
     /// Starts the agent detached (`--detach`: its own session, so it outlives the SSH connection, output to
     /// agent.log); returns once it holds its lock, or fails with the log's last lines.
     pub fn start(dir: &str) -> String {
-        format!("cd {} || exit 1\n./{BINARY} --config agent.toml --detach < /dev/null", sh_quote(dir))
+        format!(
+            "D={}\n{} || {{ echo \"no agent binary of this user in $D\" >&2; exit 1; }}\ncd \"$D\" || exit 1\n\
+             ./{BINARY} --config agent.toml --detach < /dev/null",
+            sh_quote(dir),
+            own(&format!("\"$D/{BINARY}\""))
+        )
     }
 
     /// Whether the agent runs: exit 0 when it does.
     pub fn is_running(dir: &str) -> String {
-        let d = sh_quote(dir);
-        format!("{d}/{BINARY} --is-running {d}")
+        format!("D={}\n{} && \"$D/{BINARY}\" --is-running \"$D\"", sh_quote(dir), own(&format!("\"$D/{BINARY}\"")))
     }
 
     /// Stops the agent (verified, see [`stop`]) and removes its directory: only a directory of this user that is not
@@ -465,6 +484,53 @@ mod tests {
         assert!(link.exists() && dir.join("agent.pid").exists());
         let _ = victim.kill();
         let _ = victim.wait();
+    }
+
+    /// The agent directory's path is predictable: a binary planted there by another user (or behind a symlink) must
+    /// never run as the login, maybe root.
+    #[test]
+    fn no_command_runs_a_binary_in_a_foreign_or_symlinked_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("ran");
+        let plant = |dir: &Path| {
+            std::fs::create_dir(dir).unwrap();
+            let bin = dir.join("vigil-agent");
+            std::fs::write(&bin, format!("#!/bin/sh\necho \"$*\" >> {}\n", marker.display())).unwrap();
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::write(dir.join("agent.lock"), "").unwrap();
+            bin
+        };
+        // Another user's directory and binary (nobody, 65534; the tests run as root).
+        let foreign = tmp.path().join("vigil-agent-foreign");
+        let bin = plant(&foreign);
+        for p in [&bin, &foreign] {
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+        }
+        // A symlink to a directory of this user holding a binary of this user.
+        let target = tmp.path().join("elsewhere");
+        plant(&target);
+        let link = tmp.path().join("vigil-agent-link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for shell in shells(tmp.path()) {
+            for (name, dir) in [("vigil-agent-foreign", &foreign), ("vigil-agent-link", &link)] {
+                let d = dir.display().to_string();
+                let (ok, text, _) = run(shell.cmd().env("TMPDIR", tmp.path()), &linux::probe(name), b"");
+                assert!(ok && !text.contains("agent_sha") && !text.contains("running"), "{text}");
+                for script in [
+                    linux::stop(&d),
+                    linux::uninstall(&d),
+                    linux::is_running(&d),
+                    linux::start(&d),
+                    linux::verify(&d, &[], false),
+                    linux::activate(&d, &[], true, true, false),
+                ] {
+                    assert!(!run(&mut shell.cmd(), &script, b"").0, "{script}");
+                }
+            }
+        }
+        assert!(!marker.exists(), "a planted binary ran: {}", std::fs::read_to_string(&marker).unwrap_or_default());
+        assert!(bin.exists() && target.join("vigil-agent").exists(), "nothing removed");
     }
 
     #[test]

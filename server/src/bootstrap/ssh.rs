@@ -347,4 +347,11 @@ mod tests {
         assert!(insp.running);
         assert!(!format!("{insp:?}").contains("00ff"));
     }
+
+    #[test]
+    fn a_host_without_df_is_not_refused_for_space_but_a_full_one_is() {
+        let insp = inspection(parse_probe("os=Linux\narch=x86_64\ndir=/tmp/d\n")).unwrap();
+        assert!(insp.notes.iter().any(|n| n.contains("free space for /tmp/d unknown")), "{:?}", insp.notes);
+        assert!(inspection(parse_probe("os=Linux\narch=x86_64\ndir=/tmp/d\nfree_kb=10\n")).is_err());
+    }
 }
