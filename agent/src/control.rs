@@ -34,6 +34,8 @@ pub enum ControlError {
     NotPrivate { dir: PathBuf },
     #[error("{dir}: {why}; nothing signalled")]
     Unverified { dir: PathBuf, why: String },
+    #[error("unpacking into {dir}: {why}")]
+    Unpack { dir: PathBuf, why: String },
     #[error("the agent did not start ({why}); last lines of {log}:\n{tail}")]
     NotStarted { why: String, log: PathBuf, tail: String },
 }
@@ -64,6 +66,86 @@ fn file_sha256(path: &Path) -> Result<String, ControlError> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Prefix of a staged file, as bootstrap names them.
+const STAGED: &str = ".new.";
+
+/// Stages the parts bootstrap streams on `input` into `dir` as `.new.<name>`: per part a line
+/// `NAME MODE LEN SHA256` and LEN bytes, or `NAME MODE - SHA256` for a part already staged (only checked). Every
+/// part's sha256 must match. On failure the files written here are removed and the rest of `input` is drained.
+pub fn unpack(dir: &Path, input: &mut impl std::io::BufRead) -> Result<(), ControlError> {
+    #[cfg(unix)]
+    check_private(dir)?;
+    let mut written = Vec::new();
+    let result = unpack_parts(dir, input, &mut written);
+    if result.is_err() {
+        for path in &written {
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = std::io::copy(input, &mut std::io::sink());
+    }
+    result
+}
+
+fn unpack_parts(dir: &Path, input: &mut impl std::io::BufRead, written: &mut Vec<PathBuf>) -> Result<(), ControlError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    let bad = |why: String| ControlError::Unpack { dir: dir.to_owned(), why };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line).map_err(|e| bad(e.to_string()))? == 0 {
+            return Ok(());
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [name, mode, len, sha] = fields[..] else { return Err(bad(format!("bad header {:?}", line.trim()))) };
+        let safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if name.is_empty() || name.len() > 64 || name.starts_with('.') || !name.chars().all(safe) {
+            return Err(bad(format!("bad part name {name:?}")));
+        }
+        let mode =
+            u32::from_str_radix(mode, 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| bad(format!("mode {mode}")))?;
+        let path = dir.join(format!("{STAGED}{name}"));
+        let got = if len == "-" {
+            file_sha256(&path)?
+        } else {
+            let len: u64 = len.parse().map_err(|_| bad(format!("bad length {len:?}")))?;
+            let _ = std::fs::remove_file(&path);
+            let mut options = std::fs::File::options();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+            let mut file = options.open(&path).map_err(io(&path))?;
+            written.push(path.clone());
+            let mut hasher = Sha256::new();
+            let mut part = input.take(len);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut copied = 0u64;
+            loop {
+                let n = std::io::Read::read(&mut part, &mut buf).map_err(|e| bad(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n]).map_err(io(&path))?;
+                copied += n as u64;
+            }
+            if copied != len {
+                return Err(bad(format!("{name}: cut short at {copied} of {len} bytes")));
+            }
+            file.sync_all().map_err(io(&path))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io(&path))?;
+            }
+            hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        };
+        if got != sha {
+            return Err(bad(format!("{name} differs from what was sent")));
+        }
+    }
 }
 
 /// Whether an agent holds `dir/agent.lock` (an absent lock file: no agent ran there).
@@ -271,6 +353,49 @@ mod tests {
         assert!(!is_running(&own).unwrap());
         let _ = victim.kill();
         let _ = victim.wait();
+    }
+
+    fn header(name: &str, mode: &str, bytes: Option<&[u8]>, sha_of: &[u8]) -> Vec<u8> {
+        let sha: String = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(sha_of).iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let len = bytes.map_or("-".to_owned(), |b| b.len().to_string());
+        let mut out = format!("{name} {mode} {len} {sha}\n").into_bytes();
+        out.extend_from_slice(bytes.unwrap_or_default());
+        out
+    }
+
+    #[test]
+    fn unpack_stages_checked_parts_and_leaves_nothing_on_failure() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(dir.join(".new.vigil-agent"), b"binary").unwrap();
+        let mut stream = header("vigil-agent", "700", None, b"binary");
+        stream.extend(header("agent.toml", "600", Some(b"a = 1\n"), b"a = 1\n"));
+        stream.extend(header("agent_key", "600", Some(b"\0\xffkey no newline"), b"\0\xffkey no newline"));
+        unpack(dir, &mut &stream[..]).unwrap();
+        assert_eq!(std::fs::read(dir.join(".new.agent.toml")).unwrap(), b"a = 1\n");
+        assert_eq!(std::fs::read(dir.join(".new.agent_key")).unwrap(), b"\0\xffkey no newline");
+        let mode = std::fs::metadata(dir.join(".new.agent_key")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Cut short, a wrong hash, a staged part that differs, a name with a path in it: an error, nothing left.
+        for stream in [
+            header("schedule.json", "600", Some(b"{}"), b"{}").split_last().unwrap().1.to_vec(),
+            header("schedule.json", "600", Some(b"{}"), b"{ }"),
+            [header("schedule.json", "600", Some(b"{}"), b"{}"), header("vigil-agent", "700", None, b"other")].concat(),
+            header("../x", "600", Some(b"{}"), b"{}"),
+        ] {
+            assert!(unpack(dir, &mut &stream[..]).is_err());
+            assert!(!dir.join(".new.schedule.json").exists() && !tmp.path().join("x").exists());
+        }
+        // A symlinked directory is refused before anything is written.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(dir, &link).unwrap();
+        let stream = header("schedule.json", "600", Some(b"{}"), b"{}");
+        assert!(matches!(unpack(&link, &mut &stream[..]), Err(ControlError::NotPrivate { .. })));
     }
 
     #[test]

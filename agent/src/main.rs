@@ -7,7 +7,8 @@
 //! - [`schedule`]: runs the jobs on their intervals with a per-agent phase.
 //! - [`spool`]: sealed reports on disk until acknowledged, bounded, loss counted.
 //! - [`push`]: the SSH client to the server's endpoint.
-//! - [`control`]: `--sha256`, `--is-running`, `--stop`, `--detach`: what bootstrap asks of the binary on a host.
+//! - [`control`]: `--sha256`, `--unpack`, `--is-running`, `--stop`, `--detach`: what bootstrap asks of the binary
+//!   on a host.
 //!
 //! Runs on a current-thread runtime; the scheduler, the pusher and the signal handler are three futures joined in
 //! `main`, so nothing outlives it.
@@ -62,6 +63,9 @@ struct Cli {
     /// Exit 0 if an agent holds DIR/agent.lock, 1 if not.
     #[arg(long, value_name = "DIR")]
     is_running: Option<PathBuf>,
+    /// Stage the parts streamed on stdin into DIR as .new.* files, each checked by its sha256 (for bootstrap).
+    #[arg(long, value_name = "DIR")]
+    unpack: Option<PathBuf>,
     /// Stop the agent of DIR (its verified pid only) and exit.
     #[arg(long, value_name = "DIR")]
     stop: Option<PathBuf>,
@@ -71,6 +75,9 @@ struct Cli {
 fn control_command(cli: &Cli) -> Option<ExitCode> {
     if !cli.sha256.is_empty() {
         return Some(control::exit_code(control::sha256(&cli.sha256).map(|()| true)));
+    }
+    if let Some(dir) = &cli.unpack {
+        return Some(control::exit_code(control::unpack(dir, &mut std::io::stdin().lock()).map(|()| true)));
     }
     if let Some(dir) = &cli.is_running {
         return Some(control::exit_code(control::is_running(dir)));

@@ -91,44 +91,44 @@ exit 0"#
         pub sha256: String,
     }
 
-    /// Stages one part, sent on stdin, into `.new.<name>` beside its final place (`first`: the private directory is
-    /// made and staged leftovers of an earlier attempt removed first). The running agent and its files are not
-    /// touched: when writing fails (a full or read-only disk), every staged file is removed, the rest of stdin is
+    /// Stages the agent binary, sent on stdin and ending on the channel's EOF, as `.new.vigil-agent` (after making the
+    /// private directory and removing staged leftovers of an earlier attempt). The running agent and its files are
+    /// not touched: when writing fails (a full or read-only disk), every staged file is removed, the rest of stdin is
     /// drained (the sender would otherwise wait on a full channel forever), and the command fails.
-    pub fn stage(dir: &str, part: &Part, first: bool) -> String {
-        let mut script = prepare(dir);
-        script.push('\n');
-        if first {
-            script.push_str("rm -f \"$D\"/.new.*\n");
-        }
-        let n = sh_quote(&format!("{STAGED}{}", part.name));
-        script.push_str(&format!(
-            "cat > \"$D/\"{n} && chmod {mode} \"$D/\"{n} || {{ rm -f \"$D\"/.new.*; \
+    pub fn stage_binary(dir: &str) -> String {
+        let n = sh_quote(&format!("{STAGED}{BINARY}"));
+        format!(
+            "{}\nrm -f \"$D\"/.new.*\ncat > \"$D/\"{n} && chmod 700 \"$D/\"{n} || {{ rm -f \"$D\"/.new.*; \
              echo \"could not stage \"{n}\" in $D (disk full or read-only?)\" >&2; cat > /dev/null; exit 1; }}\nexit 0",
-            mode = part.mode,
-        ));
-        script
+            prepare(dir)
+        )
     }
 
-    /// Checks every staged part against its sha256 with the agent binary (`binary_staged`: the one just staged,
-    /// else the installed one, which then is this server's build); on any difference (a transfer cut short) removes
-    /// every staged file and fails.
-    pub fn verify(dir: &str, parts: &[Part], binary_staged: bool) -> String {
+    /// Stages the other parts with the agent binary itself (`--unpack`: the one just staged when `binary_staged`,
+    /// else the installed one, which then is this server's build), from one stdin stream made by [`unpack_stream`],
+    /// and checks every part's sha256, the staged binary's too. On any failure (a transfer cut short, a full disk)
+    /// every staged file is removed and the command fails; the running agent is not touched.
+    pub fn unpack(dir: &str, binary_staged: bool) -> String {
         let tool = sh_quote(&if binary_staged { format!("{STAGED}{BINARY}") } else { BINARY.to_owned() });
-        let mut script = format!(
-            "D={}\n{} || {{ echo \"no agent binary of this user in $D\" >&2; exit 1; }}\ncd \"$D\" || exit 1\nok=1\n",
+        let fresh = if binary_staged { "" } else { "rm -f \"$D\"/.new.*\n" };
+        format!(
+            "D={}\n{} || {{ echo \"no agent binary of this user in $D\" >&2; cat > /dev/null; exit 1; }}\n{fresh}\
+             \"$D/\"{tool} --unpack \"$D\" || {{ rm -f \"$D\"/.new.*; exit 1; }}\nexit 0",
             sh_quote(dir),
             own(&format!("\"$D/\"{tool}"))
-        );
-        for p in parts {
-            let n = sh_quote(&format!("{STAGED}{}", p.name));
-            script.push_str(&format!(
-                "S=\"$(./{tool} --sha256 {n})\" && [ \"${{S%% *}}\" = {sha} ] || {{ ok=0; echo {n}\" differs from what was sent\" >&2; }}\n",
-                sha = sh_quote(&p.sha256),
-            ));
+        )
+    }
+
+    /// The stdin of [`unpack`]: per part a line `NAME MODE LEN SHA256` and then LEN bytes, or `NAME MODE - SHA256`
+    /// for a part already staged (only checked).
+    pub fn unpack_stream(parts: &[(Part, Option<&[u8]>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (p, bytes) in parts {
+            let len = bytes.map_or_else(|| "-".to_owned(), |b| b.len().to_string());
+            out.extend_from_slice(format!("{} {} {len} {}\n", p.name, p.mode, p.sha256).as_bytes());
+            out.extend_from_slice(bytes.unwrap_or_default());
         }
-        script.push_str("[ $ok = 1 ] || { rm -f .new.*; exit 1; }\nexit 0");
-        script
+        out
     }
 
     /// Activates a staged install: optionally stops the running agent (see [`stop`]; with the staged binary when
@@ -333,7 +333,6 @@ mod tests {
 
     #[test]
     fn linux_scripts_are_valid_sh_and_busybox_ash() {
-        let p = part("agent.toml", "600", b"x");
         let tmp = tempfile::tempdir().unwrap();
         for script in [
             linux::probe("vigil-agent-web"),
@@ -343,8 +342,9 @@ mod tests {
             linux::start("/tmp/vigil-agent-web"),
             linux::is_running("/tmp/vigil-agent-web"),
             linux::uninstall("/tmp/vigil-agent-web"),
-            linux::stage("/tmp/vigil-agent-web", &p, true),
-            linux::verify("/tmp/vigil-agent-web", std::slice::from_ref(&p), false),
+            linux::stage_binary("/tmp/vigil-agent-web"),
+            linux::unpack("/tmp/vigil-agent-web", false),
+            linux::unpack("/tmp/vigil-agent-web", true),
         ] {
             for shell in shells(tmp.path()) {
                 let (ok, _, err) = run(shell.cmd().arg("-n"), &script, b"");
@@ -371,60 +371,65 @@ mod tests {
         }
     }
 
-    /// Stages, verifies and activates an install under each shell with the minimal PATH, the staged agent binary
-    /// hashing the parts; the probe then reads the installed config and the binary's hash.
+    /// Stages (the binary by `cat`, the rest unpacked by the staged binary, every part's sha256 checked) and
+    /// activates an install under each shell with the minimal PATH; the probe then reads the installed config and the
+    /// binary's own hash.
     #[test]
-    fn parts_are_staged_one_per_exec_verified_and_land_only_on_activation() {
+    fn parts_are_staged_checked_and_land_only_on_activation() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let agent = std::fs::read(agent_binary()).unwrap();
         let toml = b"agent_id = \"a-1\"\nserver = \"127.0.0.1:1\"\nserver_host_key = \"SHA256:k\"\nsecret = \"00ff\"\ncommands = true\n";
+        let key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----";
         for (i, shell) in shells(tmp.path()).into_iter().enumerate() {
             let dir = tmp.path().join(format!("vigil-agent-{i}"));
             let d = dir.display().to_string();
-            let parts = [part("vigil-agent", "700", &agent), part("agent.toml", "600", toml)];
-            let again = || shell.cmd();
-            assert!(run(&mut again(), &linux::stage(&d, &parts[0], true), &agent).0);
-            assert!(run(&mut again(), &linux::stage(&d, &parts[1], false), toml).0);
-            assert!(!dir.join("agent.toml").exists(), "staged, not in place");
-            let (ok, _, err) = run(&mut again(), &linux::verify(&d, &parts, true), b"");
+            let bin = part("vigil-agent", "700", &agent);
+            let stream = linux::unpack_stream(&[
+                (bin.clone(), None),
+                (part("agent.toml", "600", toml), Some(toml)),
+                (part("agent_key", "600", key), Some(key)),
+            ]);
+            let (ok, _, err) = run(&mut shell.cmd(), &linux::stage_binary(&d), &agent);
             assert!(ok, "{err}");
-            let names = ["vigil-agent".to_owned(), "agent.toml".to_owned()];
-            let (ok, _, err) = run(&mut again(), &linux::activate(&d, &names, true, false, true), b"");
+            let (ok, _, err) = run(&mut shell.cmd(), &linux::unpack(&d, true), &stream);
+            assert!(ok, "{err}");
+            assert!(!dir.join("agent.toml").exists(), "staged, not in place");
+            let names = ["vigil-agent".to_owned(), "agent.toml".to_owned(), "agent_key".to_owned()];
+            let (ok, _, err) = run(&mut shell.cmd(), &linux::activate(&d, &names, true, false, true), b"");
             assert!(ok, "{err}");
             assert_eq!(std::fs::read(dir.join("agent.toml")).unwrap(), toml);
+            assert_eq!(std::fs::read(dir.join("agent_key")).unwrap(), key);
             assert_eq!(std::fs::metadata(dir.join("vigil-agent")).unwrap().permissions().mode() & 0o777, 0o700);
             assert_eq!(std::fs::metadata(dir.join("agent.toml")).unwrap().permissions().mode() & 0o777, 0o600);
             assert!(!dir.join(".new.agent.toml").exists());
             // The probe now sees the install: the binary's own hash, the config's values, nothing running.
-            let (ok, text, _) = run(again().env("TMPDIR", tmp.path()), &linux::probe(&format!("vigil-agent-{i}")), b"");
+            let probe = linux::probe(&format!("vigil-agent-{i}"));
+            let (ok, text, _) = run(shell.cmd().env("TMPDIR", tmp.path()), &probe, b"");
             assert!(ok);
-            assert!(text.contains(&format!("agent_sha={}\n", parts[0].sha256)), "{text}");
-            for line in [
-                "cfg_agent_id=a-1",
-                "cfg_server=127.0.0.1:1",
-                "cfg_server_host_key=SHA256:k",
-                "cfg_secret=00ff",
-                "cfg_commands=1",
-            ] {
-                assert!(text.lines().any(|l| l == line), "{line} in {text}");
+            assert!(text.contains(&format!("agent_sha={}\n", bin.sha256)), "{text}");
+            let cfg = ["cfg_agent_id=a-1", "cfg_server=127.0.0.1:1", "cfg_server_host_key=SHA256:k", "cfg_secret=00ff"];
+            for line in cfg.iter().chain(&["cfg_commands=1", "key=1"]) {
+                assert!(text.lines().any(|l| l == *line), "{line} in {text}");
             }
             assert!(!text.contains("running=1"), "{text}");
-            assert!(!run(&mut again(), &linux::is_running(&d), b"").0);
-            // A transfer cut short fails verification, and leaves the installed files alone and nothing staged.
-            let changed = part("agent.toml", "600", b"new = 1\n");
-            assert!(run(&mut again(), &linux::stage(&d, &changed, true), b"new").0);
-            let (ok, _, err) = run(&mut again(), &linux::verify(&d, &[changed], false), b"");
-            assert!(!ok && err.contains("differs"), "{err}");
-            assert_eq!(std::fs::read(dir.join("agent.toml")).unwrap(), toml);
-            assert!(
-                std::fs::read_dir(&dir)
+            assert!(!run(&mut shell.cmd(), &linux::is_running(&d), b"").0);
+            // A transfer cut short or changed fails the check with the installed binary, leaves the installed files
+            // alone and nothing staged.
+            let new = b"new = 1\n";
+            for sent in [&new[..4], b"new = 2\n"] {
+                let stream = linux::unpack_stream(&[(part("agent.toml", "600", new), Some(sent))]);
+                let (ok, _, err) = run(&mut shell.cmd(), &linux::unpack(&d, false), &stream);
+                assert!(!ok && (err.contains("differs") || err.contains("cut short")), "{err}");
+                assert_eq!(std::fs::read(dir.join("agent.toml")).unwrap(), toml);
+                let staged = std::fs::read_dir(&dir)
                     .unwrap()
                     .flatten()
-                    .all(|e| !e.file_name().to_string_lossy().starts_with(".new."))
-            );
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".new."));
+                assert_eq!(staged.count(), 0);
+            }
             // Uninstall: nothing runs, the directory goes.
-            let (ok, _, err) = run(&mut again(), &linux::uninstall(&d), b"");
+            let (ok, _, err) = run(&mut shell.cmd(), &linux::uninstall(&d), b"");
             assert!(ok, "{err}");
             assert!(!dir.exists());
         }
@@ -522,7 +527,7 @@ mod tests {
                     linux::uninstall(&d),
                     linux::is_running(&d),
                     linux::start(&d),
-                    linux::verify(&d, &[], false),
+                    linux::unpack(&d, false),
                     linux::activate(&d, &[], true, true, false),
                 ] {
                     assert!(!run(&mut shell.cmd(), &script, b"").0, "{script}");

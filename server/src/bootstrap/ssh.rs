@@ -184,24 +184,24 @@ async fn execute(
                     files =
                         Some(AgentFiles::mint(&ctx.config, host, &ctx.fingerprint, collect, insp.previous_secrets())?);
                 }
-                // Each file in an exec of its own, ending on EOF: busybox's `head -c` cannot split one stream.
-                let mut parts: Vec<(linux::Part, &[u8])> = Vec::new();
-                let part = |name: &str, mode: &'static str, bytes| {
-                    (linux::Part { name: name.to_owned(), mode, sha256: super::sha256_hex(bytes) }, bytes)
+                // The binary in an exec of its own, ending on EOF (busybox's `head -c` cannot split one stream);
+                // then the binary unpacks the rest from one stream and checks every part's sha256, its own too.
+                let mut parts: Vec<(linux::Part, Option<&[u8]>)> = Vec::new();
+                let part = |name: &str, mode: &'static str, bytes: &[u8]| linux::Part {
+                    name: name.to_owned(),
+                    mode,
+                    sha256: super::sha256_hex(bytes),
                 };
                 if binary {
-                    parts.push(part(layout::BINARY, "700", &ctx.binary));
+                    s.check(&linux::stage_binary(dir), Some(&ctx.binary)).await?;
+                    parts.push((part(layout::BINARY, "700", &ctx.binary), None));
                 }
                 if let Some(f) = &files {
                     for (name, _, bytes) in f.parts() {
-                        parts.push(part(name, "600", bytes));
+                        parts.push((part(name, "600", bytes), Some(bytes)));
                     }
                 }
-                for (i, (p, bytes)) in parts.iter().enumerate() {
-                    s.check(&linux::stage(dir, p, i == 0), Some(bytes)).await?;
-                }
-                let staged: Vec<linux::Part> = parts.into_iter().map(|(p, _)| p).collect();
-                s.check(&linux::verify(dir, &staged, binary), None).await?;
+                s.check(&linux::unpack(dir, binary), Some(&linux::unpack_stream(&parts))).await?;
                 done.uploaded = binary;
             }
             Step::Register => {
