@@ -4,7 +4,7 @@
 //! return once the agent holds its lock). `vigil bootstrap` calls these on the host.
 
 // `--stop` (pid verification, signals) is Unix-only; on Windows the Scheduled Task stops the agent.
-#![cfg_attr(not(unix), allow(dead_code))]
+#![cfg_attr(not(unix), allow(dead_code, unused_variables))]
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
