@@ -28,6 +28,10 @@ command -v useradd >/dev/null || missing+=(passwd)
 command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
 command -v nasm >/dev/null || missing+=(nasm)
 # --- windows (end)
+# --- minimal (begin): busybox-only login shells and a dropbear host in the bootstrap tests
+[ -x /usr/bin/busybox ] || missing+=(busybox)
+{ [ -x /usr/sbin/dropbear ] && [ -x /usr/bin/dropbearkey ]; } || missing+=(dropbear-bin)
+# --- minimal (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -7,6 +7,8 @@
 //! - [`schedule`]: runs the jobs on their intervals with a per-agent phase.
 //! - [`spool`]: sealed reports on disk until acknowledged, bounded, loss counted.
 //! - [`push`]: the SSH client to the server's endpoint.
+//! - [`control`]: `--sha256`, `--unpack`, `--is-running`, `--stop`, `--detach`: what bootstrap asks of the binary
+//!   on a host.
 //!
 //! Runs on a current-thread runtime; the scheduler, the pusher and the signal handler are three futures joined in
 //! `main`, so nothing outlives it.
@@ -14,6 +16,7 @@
 mod collect;
 mod command;
 mod config;
+mod control;
 mod push;
 mod schedule;
 mod spool;
@@ -48,6 +51,47 @@ struct Cli {
     /// With --once: only these collectors (comma-separated names); default all.
     #[arg(long, value_delimiter = ',')]
     collectors: Vec<String>,
+    /// Start detached (own session, output appended to agent.log beside the config); return once the agent runs.
+    #[arg(long)]
+    detach: bool,
+    /// Set by --detach for the agent it starts: call setsid() first.
+    #[arg(long, hide = true)]
+    session_leader: bool,
+    /// Print the sha256 of each file (like sha256sum) and exit.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    sha256: Vec<PathBuf>,
+    /// Exit 0 if an agent holds DIR/agent.lock, 1 if not.
+    #[arg(long, value_name = "DIR")]
+    is_running: Option<PathBuf>,
+    /// Stage the parts streamed on stdin into DIR as .new.* files, each checked by its sha256 (for bootstrap).
+    #[arg(long, value_name = "DIR")]
+    unpack: Option<PathBuf>,
+    /// Stop the agent of DIR (its verified pid only) and exit.
+    #[arg(long, value_name = "DIR")]
+    stop: Option<PathBuf>,
+}
+
+/// The control commands ([`control`]), when one is asked for.
+fn control_command(cli: &Cli) -> Option<ExitCode> {
+    if !cli.sha256.is_empty() {
+        return Some(control::exit_code(control::sha256(&cli.sha256).map(|()| true)));
+    }
+    if let Some(dir) = &cli.unpack {
+        return Some(control::exit_code(control::unpack(dir, &mut std::io::stdin().lock()).map(|()| true)));
+    }
+    if let Some(dir) = &cli.is_running {
+        return Some(control::exit_code(control::is_running(dir)));
+    }
+    if let Some(dir) = &cli.stop {
+        #[cfg(unix)]
+        return Some(control::exit_code(control::stop(dir).map(|()| true)));
+        #[cfg(not(unix))]
+        {
+            eprintln!("vigil-agent: --stop {}: not available on this OS", dir.display());
+            return Some(ExitCode::from(2));
+        }
+    }
+    None
 }
 
 /// The log level from `VIGIL_LOG` (error, warn, info, debug, trace; default info). A plain level rather than an
@@ -66,8 +110,16 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(code) = control_command(&cli) {
+        return code;
+    }
     if cli.once {
         return once(&cli);
+    }
+    #[cfg(unix)]
+    if cli.session_leader {
+        // Fails only for a process group leader, which a freshly spawned child is not.
+        let _ = rustix::process::setsid();
     }
     let path = cli.config.clone().unwrap_or_else(|| PathBuf::from("agent.toml"));
     let cfg = match AgentConfig::load(&path) {
@@ -77,8 +129,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.detach {
+        return control::exit_code(control::detach(&path, &cfg.dir).map(|()| true));
+    }
     // One agent per directory: a second one exits at once.
-    let lock_path = cfg.dir.join("agent.lock");
+    let lock_path = cfg.dir.join(control::LOCK);
     let lock = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
         Ok(f) => f,
         Err(e) => {
@@ -86,7 +141,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A probe (`flock -n agent.lock true` from bootstrap) may hold the lock for an instant: retry briefly.
+    // A probe (`vigil-agent --is-running` from bootstrap) may hold the lock for an instant: retry briefly.
     let locked = (0..40).any(|i| {
         if i > 0 {
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -97,7 +152,7 @@ fn main() -> ExitCode {
         eprintln!("vigil-agent: another agent already runs in {}", cfg.dir.display());
         return ExitCode::from(3);
     }
-    let _ = std::fs::write(cfg.dir.join("agent.pid"), format!("{}\n", std::process::id()));
+    let _ = std::fs::write(cfg.dir.join(control::PID), format!("{}\n", std::process::id()));
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -39,10 +39,15 @@ pub struct ClientEntry {
 impl ClientEntry {
     /// An SSH host served by a test sshd: ip 127.0.0.1, its port, `username` and `auth`.
     pub fn ssh(name: &str, sshd: &Sshd, username: &str, auth: Auth) -> Self {
+        Self::ssh_port(name, sshd.port(), username, auth)
+    }
+
+    /// An SSH host at 127.0.0.1:`port` (any SSH server there, e.g. a test dropbear), `username` and `auth`.
+    pub fn ssh_port(name: &str, port: u16, username: &str, auth: Auth) -> Self {
         let mut attrs = vec![
             ("name", name.to_owned()),
             ("ip", "127.0.0.1".to_owned()),
-            ("port", sshd.port().to_string()),
+            ("port", port.to_string()),
             ("username", username.to_owned()),
         ];
         attrs.push(match auth {

@@ -15,6 +15,8 @@
 //!   ready, stopped by PID, restartable; what [`Sshd`] and [`Smtp`] are built on.
 //! - [`sshd`]: [`Sshd`], a real OpenSSH `sshd` on 127.0.0.1 with its own host key, config and authorized keys, and
 //!   [`ClientKey`], an ed25519 key pair for logging in.
+//! - [`dropbear`]: [`Dropbear`], a real dropbear SSH server on 127.0.0.1 with its own ed25519 host key, for hosts
+//!   not served by OpenSSH.
 //! - [`users`]: [`LocalUser`], a throwaway local account with a password, for password and non-root logins.
 //! - [`smtp`]: [`Smtp`], a real SMTP server (Debian's aiosmtpd) writing each mail to a maildir.
 //! - [`client`]: the protocol test client for vigil's SSH endpoint and [`Served`](client::Served), the real `vigil
@@ -26,9 +28,11 @@
 //!   `bcryptprimitives.dll` shim Rust's standard library needs there.
 //!
 //! Everything here needs root and the packages `scripts/test.sh` installs (openssh-server, openssh-client,
-//! python3-aiosmtpd); a missing piece is an error that says what to install, never a skipped test.
+//! python3-aiosmtpd, busybox, dropbear-bin); a missing piece is an error that says what to install, never a skipped
+//! test.
 
 pub mod client;
+pub mod dropbear;
 pub mod fixtures;
 pub mod fleet;
 pub mod net;
@@ -43,6 +47,7 @@ pub mod sshd;
 pub mod users;
 pub mod wine;
 
+pub use dropbear::Dropbear;
 pub use fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
 pub use net::{free_port, port_accepts};
 pub use paths::{TestDir, bin, try_bin, workspace_root};

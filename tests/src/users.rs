@@ -75,6 +75,13 @@ impl LocalUser {
         &self.home
     }
 
+    /// Makes `shell` the account's login shell (`usermod -s`); sshd runs it as `shell -c COMMAND`.
+    pub fn set_login_shell(&self, shell: &Path) -> Result<()> {
+        let _guard = ACCOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+        let shell = shell.to_str().context("a login shell path must be UTF-8")?;
+        run_retrying(Command::new("usermod").args(["-s", shell, &self.name]), "usermod")
+    }
+
     /// PIDs of processes running as this user.
     pub fn pids(&self) -> Vec<u32> {
         let Ok(entries) = std::fs::read_dir("/proc") else {

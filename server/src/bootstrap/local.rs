@@ -229,32 +229,29 @@ fn activate(
     Ok(())
 }
 
-/// Starts the agent detached (`setsid -f`), so it outlives this process and is never our zombie.
+/// Starts the agent detached by its own `--detach` (a session of its own, output to agent.log; no util-linux
+/// `setsid` needed), so it outlives this process and is never our zombie; `--detach` returns once the agent holds its
+/// lock, or fails with the log's last lines.
 pub fn start(dir: &Path) -> Result<(), BootstrapError> {
-    let log = File::options().create(true).append(true).open(dir.join(layout::LOG)).map_err(io(dir))?;
-    let log2 = log.try_clone().map_err(io(dir))?;
-    let status = Command::new("setsid")
-        .arg("-f")
-        .arg(dir.join(layout::BINARY))
+    let binary = dir.join(layout::BINARY);
+    let out = Command::new(&binary)
         .arg("--config")
         .arg(dir.join(layout::CONFIG))
+        .arg("--detach")
         .current_dir(dir)
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .status()
-        .map_err(io(Path::new("setsid")))?;
-    if !status.success() {
-        return Err(BootstrapError::Failed(format!("setsid exited with {status}")));
+        .output()
+        .map_err(io(&binary))?;
+    if !out.status.success() || !is_running(dir) {
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(BootstrapError::Failed(format!(
+            "agent in {} did not start ({}): {}",
+            dir.display(),
+            out.status,
+            why.trim()
+        )));
     }
-    // The agent takes its lock within milliseconds; wait for it so the caller can rely on is_running.
-    for _ in 0..50 {
-        if is_running(dir) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(BootstrapError::Failed(format!("agent in {} did not start; see {}", dir.display(), layout::LOG)))
+    Ok(())
 }
 
 /// The agent's pid from `agent.pid`, only when it is verified: a positive integer, whose `/proc/PID/exe` is the

@@ -47,15 +47,27 @@ impl Platform {
         }
     }
 
-    /// The staging command and what it reads on stdin.
-    pub fn stage(self, dir: &str, files: &[File<'_>]) -> (String, Vec<u8>) {
+    /// The commands that stage `files`, in order, each with what it reads on stdin. Linux: the binary (when among
+    /// them) in an exec of its own, ending on the channel's EOF, then one command in which the binary (the staged or
+    /// the installed one) unpacks the other files from one stream and checks every file's sha256, its own too.
+    /// Windows: one command reading every file as base64 lines.
+    pub fn stage(self, dir: &str, files: &[File<'_>]) -> Vec<(String, Vec<u8>)> {
         match self {
             Platform::Linux => {
-                let parts: Vec<linux::Part> = files
+                let mut steps = Vec::new();
+                let binary = files.iter().find(|f| f.0 == layout::BINARY);
+                if let Some(b) = binary {
+                    steps.push((linux::stage_binary(dir), b.2.to_vec()));
+                }
+                let parts: Vec<(linux::Part, Option<&[u8]>)> = files
                     .iter()
-                    .map(|(name, mode, bytes)| linux::Part { name: (*name).to_owned(), mode, len: bytes.len() })
+                    .map(|&(name, mode, bytes)| {
+                        let part = linux::Part { name: name.to_owned(), mode, sha256: sha256_hex(bytes) };
+                        (part, (name != layout::BINARY).then_some(bytes))
+                    })
                     .collect();
-                (linux::stage(dir, &parts), files.iter().flat_map(|f| f.2.iter().copied()).collect())
+                steps.push((linux::unpack(dir, binary.is_some()), linux::unpack_stream(&parts)));
+                steps
             }
             Platform::Windows => {
                 let parts: Vec<windows::Part> = files
@@ -63,15 +75,16 @@ impl Platform {
                     .map(|(name, _, bytes)| windows::Part { name: (*name).to_owned(), len: bytes.len() })
                     .collect();
                 let bytes: Vec<&[u8]> = files.iter().map(|f| f.2).collect();
-                (windows::stage_command(dir, &parts), windows::stage_payload(&bytes))
+                vec![(windows::stage_command(dir, &parts), windows::stage_payload(&bytes))]
             }
         }
     }
 
-    /// Stops (optionally), moves the staged files `names` into place, and starts (optionally).
-    pub fn activate(self, dir: &str, names: &[String], stop: bool, start: bool) -> String {
+    /// Stops (optionally), moves the staged files `names` into place, and starts (optionally). `binary_staged`:
+    /// a new binary is among them (on Linux it then does the stopping, as the one that knows the flags).
+    pub fn activate(self, dir: &str, names: &[String], stop: bool, start: bool, binary_staged: bool) -> String {
         match self {
-            Platform::Linux => linux::activate(dir, names, stop, start),
+            Platform::Linux => linux::activate(dir, names, stop, start, binary_staged),
             Platform::Windows => windows::activate(dir, names, stop, start),
         }
     }
@@ -202,12 +215,20 @@ mod tests {
     }
 
     #[test]
-    fn staging_sends_raw_bytes_to_linux_and_base64_lines_to_windows() {
+    fn staging_sends_the_binary_then_a_checked_stream_to_linux_and_base64_lines_to_windows() {
         let files: [File<'_>; 2] = [("vigil-agent", "700", b"\x7fELF"), ("agent.toml", "600", b"x = 1\n")];
-        let (cmd, payload) = Platform::Linux.stage("/tmp/d", &files);
-        assert!(cmd.contains("head -c 4"), "{cmd}");
-        assert_eq!(payload, b"\x7fELFx = 1\n");
-        let (cmd, payload) = Platform::Windows.stage(r"C:\T\d", &files);
+        let linux = Platform::Linux.stage("/tmp/d", &files);
+        assert_eq!(linux.len(), 2, "the binary in an exec of its own, then the unpack");
+        assert!(linux[0].0.contains("cat > ") && linux[0].1 == b"\x7fELF", "{}", linux[0].0);
+        assert!(linux[1].0.contains("--unpack"), "{}", linux[1].0);
+        let header = format!("agent.toml 600 6 {}\n", sha256_hex(b"x = 1\n"));
+        assert!(linux[1].1.ends_with(format!("{header}x = 1\n").as_bytes()), "{:?}", linux[1].1);
+        assert!(linux[1].1.starts_with(format!("vigil-agent 700 - {}\n", sha256_hex(b"\x7fELF")).as_bytes()));
+        let only_credentials = Platform::Linux.stage("/tmp/d", &files[1..]);
+        assert_eq!(only_credentials.len(), 1, "no binary: the installed one unpacks");
+        let mut windows = Platform::Windows.stage(r"C:\T\d", &files);
+        assert_eq!(windows.len(), 1);
+        let (cmd, payload) = windows.remove(0);
         assert!(cmd.starts_with("powershell -NoProfile -NonInteractive -EncodedCommand "), "{cmd}");
         assert_eq!(payload, b"f0VMRg==\neCA9IDEK\n");
         assert_eq!(Platform::Windows.binary_name(), "vigil-agent.exe");

@@ -41,6 +41,9 @@ pub enum RemoteError {
          allow it, or use channel=\"direct\" for this host"
     )]
     ForwardRefused { addr: String },
+    /// The SSH server forwarded a port but would not cancel the forward (dropbear, for port 0).
+    #[error("the SSH server of {addr} would not cancel a port forward")]
+    CancelRefused { addr: String },
     #[error("`{command}` failed with exit code {code}: {stderr}")]
     Command { command: String, code: u32, stderr: String },
 }
@@ -238,10 +241,14 @@ impl Session {
 
     /// Learns a free port on the host's loopback that its sshd will forward: forwards port 0, then cancels. A
     /// refusal says forwarding is off on the host.
+    /// dropbear (2022.83) refuses to cancel a forward of port 0 ([`RemoteError::CancelRefused`]): the forward then
+    /// lasts as long as this session.
     pub async fn learn_forward_port(&self) -> Result<u16, RemoteError> {
         let port = self.forward(0).await?;
-        self.handle.cancel_tcpip_forward(LOOPBACK, u32::from(port)).await?;
-        Ok(port)
+        match self.handle.cancel_tcpip_forward(LOOPBACK, u32::from(port)).await {
+            Err(russh::Error::RequestDenied) => Err(RemoteError::CancelRefused { addr: self.addr.clone() }),
+            other => other.map(|()| port).map_err(RemoteError::from),
+        }
     }
 
     /// Resolves when the connection has ended (closed by either side, or keepalives unanswered).

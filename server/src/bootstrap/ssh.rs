@@ -36,9 +36,6 @@ fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapEr
             std::env::consts::ARCH
         )));
     }
-    if let Some(m) = kv.get("missing") {
-        return Err(BootstrapError::Unsupported(format!("the host lacks `{m}` (util-linux/coreutils)")));
-    }
     let dir = kv.remove("dir").ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
     let mut notes = Vec::new();
     if let Some(t) = kv.get("noexec") {
@@ -47,9 +44,14 @@ fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapEr
     if let Some(t) = kv.get("tmp_unusable") {
         notes.push(format!("{t} is not a writable directory: installed in {dir} instead"));
     }
-    let free: u64 = kv.get("free_kb").and_then(|v| v.parse().ok()).unwrap_or(0);
-    if free < linux::NEED_KB {
-        return Err(BootstrapError::Failed(format!("only {free} KiB free for {dir}, {} KiB needed", linux::NEED_KB)));
+    // No `df` on the host: the space is not checked (a full disk still fails the staging cleanly).
+    match kv.get("free_kb").map(|v| v.parse::<u64>()) {
+        Some(Ok(free)) if free < linux::NEED_KB => {
+            let need = linux::NEED_KB;
+            return Err(BootstrapError::Failed(format!("only {free} KiB free for {dir}, {need} KiB needed")));
+        }
+        Some(Ok(_)) => {}
+        _ => notes.push(format!("free space for {dir} unknown (no df on the host)")),
     }
     let secret = kv.remove("cfg_secret").map(SecretHex);
     let installed = match (kv.remove("cfg_agent_id"), kv.remove("cfg_server_host_key"), kv.remove("cfg_server")) {
@@ -157,6 +159,15 @@ async fn through_tunnel(
     progress("checking port forwarding");
     let learned = match s.learn_forward_port().await {
         Ok(p) => p,
+        // dropbear: the port stays forwarded to this session; learn one on a connection of its own, pinned to the
+        // key just verified, whose end frees it for serve's tunnel.
+        Err(RemoteError::CancelRefused { .. }) => {
+            let pinned = Host { host_key: Some(s.fingerprint.clone()), ..host.clone() };
+            let once = Session::open(&pinned, &ctx.known, NewKeys::Refuse).await?;
+            let port = once.forward(0).await;
+            once.close().await;
+            port?
+        }
         Err(e @ RemoteError::ForwardRefused { .. }) => {
             if !ctx.dry_run && ctx.has_database() {
                 let (name, error) = (host.name.clone(), e.to_string());
@@ -205,7 +216,8 @@ async fn execute(
                     files =
                         Some(AgentFiles::mint(&ctx.config, host, &ctx.fingerprint, collect, insp.previous_secrets())?);
                 }
-                // Everything travels on one stdin, in one command: each exec costs a session on the host.
+                // Linux: the binary in an exec of its own, ending on EOF (busybox's `head -c` cannot split one
+                // stream), then the binary unpacks the rest and checks every sha256. Windows: one command.
                 let mut parts: Vec<platform::File<'_>> = Vec::new();
                 if binary {
                     parts.push((platform.binary_name(), "700", &build.bytes[..]));
@@ -215,8 +227,9 @@ async fn execute(
                         parts.push((name, "600", bytes));
                     }
                 }
-                let (command, payload) = platform.stage(dir, &parts);
-                s.check(&command, Some(&payload)).await?;
+                for (command, payload) in platform.stage(dir, &parts) {
+                    s.check(&command, Some(&payload)).await?;
+                }
                 done.uploaded = binary;
             }
             Step::Register => {
@@ -234,7 +247,7 @@ async fn execute(
                     names.extend([layout::KEY, layout::SCHEDULE, layout::CONFIG].map(String::from));
                 }
                 started_at = vigil_sys::clock::now_ms();
-                if let Err(e) = s.check(&platform.activate(dir, &names, stop, start), None).await {
+                if let Err(e) = s.check(&platform.activate(dir, &names, stop, start, binary), None).await {
                     if let Some((_, old)) = &registration {
                         let (name, old) = (host.name.clone(), old.clone());
                         ctx.with_store(move |s| credentials::unregister(s, &name, old.as_ref())).await?;
@@ -368,5 +381,12 @@ mod tests {
         assert_eq!(insp.previous_secrets(), [SecretHex("00ff".into())]);
         assert!(insp.running);
         assert!(!format!("{insp:?}").contains("00ff"));
+    }
+
+    #[test]
+    fn a_host_without_df_is_not_refused_for_space_but_a_full_one_is() {
+        let insp = inspection(parse_probe("os=Linux\narch=x86_64\ndir=/tmp/d\n")).unwrap();
+        assert!(insp.notes.iter().any(|n| n.contains("free space for /tmp/d unknown")), "{:?}", insp.notes);
+        assert!(inspection(parse_probe("os=Linux\narch=x86_64\ndir=/tmp/d\nfree_kb=10\n")).is_err());
     }
 }
