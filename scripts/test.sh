@@ -23,6 +23,14 @@ command -v useradd >/dev/null || missing+=(passwd)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 [ -x /usr/bin/promtool ] || missing+=(prometheus)
 # --- web (end)
+# --- dist (begin): the agent set's cross tools (scripts/dist.sh), `file` and qemu-user for the agent set tests
+command -v musl-gcc >/dev/null || missing+=(musl-tools)
+command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)
+command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
+command -v nasm >/dev/null || missing+=(nasm)
+command -v file >/dev/null || missing+=(file)
+[ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
+# --- dist (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -38,4 +46,7 @@ fi
 mkdir -p /run/sshd
 
 cargo build --workspace --bins
+# --- dist (begin): the agent set the end-to-end tests ship (dist/agents; tests/tests/agent_set.rs checks it)
+scripts/dist.sh
+# --- dist (end)
 cargo test --workspace --no-fail-fast "$@"

@@ -2,10 +2,12 @@
 //! of [`commands::linux`](super::commands::linux) on one logged-in [`Session`]; confirm a start in the database.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vigil_schema::agent_config::{CollectPaths, SecretHex};
 
+use super::agents::Build;
 use super::commands::linux;
 use super::credentials::{self, AgentFiles, Installed};
 use super::plan::{Confirm, Inputs, Inspection, Plan, Step};
@@ -19,19 +21,13 @@ fn parse_probe(text: &str) -> HashMap<String, String> {
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect()
 }
 
-/// Turns the probe's answer into an [`Inspection`], refusing hosts no agent build serves.
+/// Turns the probe's answer into an [`Inspection`], refusing hosts these commands do not serve (the agent build is
+/// chosen by [`super::agents::AgentSet::for_host`]).
 fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapError> {
     let os = kv.remove("os").unwrap_or_default();
-    let arch = kv.remove("arch").unwrap_or_default();
     if os != "Linux" {
         let what = if os.is_empty() { "an unknown OS (uname failed: Windows?)".to_owned() } else { os };
         return Err(BootstrapError::Unsupported(format!("{what}: no agent build for it")));
-    }
-    if arch != std::env::consts::ARCH {
-        return Err(BootstrapError::Unsupported(format!(
-            "Linux {arch}: no agent build for it (this server ships {})",
-            std::env::consts::ARCH
-        )));
     }
     if let Some(m) = kv.get("missing") {
         return Err(BootstrapError::Unsupported(format!("the host lacks `{m}` (util-linux/coreutils)")));
@@ -68,10 +64,16 @@ fn refuse_windows(host: &Host) -> Result<(), BootstrapError> {
     Ok(())
 }
 
-/// Probes the host and decides its plan.
-async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<(Plan, Inspection), BootstrapError> {
+/// What a probe decided: the plan, what the host has, and the agent build it gets.
+type Planned = (Plan, Inspection, Arc<Build>);
+
+/// Probes the host, picks the agent build for its OS and architecture, and decides its plan.
+async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<Planned, BootstrapError> {
     let probe = s.run(&linux::probe(&dir_name(&host.name)), None).await?;
-    let insp = inspection(parse_probe(&probe.stdout_text()))?;
+    let kv = parse_probe(&probe.stdout_text());
+    let field = |k: &str| kv.get(k).map_or("", String::as_str);
+    let build = ctx.agents.for_host(field("os"), field("arch"))?;
+    let insp = inspection(kv)?;
     let registered = if ctx.writer.is_some() { ctx.with_store(|s| Ok(s.agents()?)).await? } else { ctx.registered()? };
     let endpoint = endpoint_for(&ctx.config, host);
     let inputs = Inputs {
@@ -80,10 +82,10 @@ async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<(Plan, In
         fingerprint: &ctx.fingerprint,
         endpoint: &endpoint,
         commands: host.commands,
-        binary_sha: &ctx.binary_sha,
+        binary_sha: &build.sha,
         server_up: ctx.server_up,
     };
-    Ok((Plan::decide(&insp, &inputs), insp))
+    Ok((Plan::decide(&insp, &inputs), insp, build))
 }
 
 /// Installs, repairs or upgrades the agent of an SSH host; with `ctx.dry_run`, only probes and returns the plan's
@@ -155,7 +157,7 @@ async fn execute(
     ctx: &Ctx,
     host: &Host,
     s: &Session,
-    (plan, insp): &(Plan, Inspection),
+    (plan, insp, build): &Planned,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Done, BootstrapError> {
     let dir = &plan.dir;
@@ -181,7 +183,7 @@ async fn execute(
                     payload.extend_from_slice(bytes);
                 };
                 if binary {
-                    add(layout::BINARY, "700", &ctx.binary);
+                    add(layout::BINARY, "700", &build.bytes);
                 }
                 if let Some(f) = &files {
                     for (name, _, bytes) in f.parts() {
