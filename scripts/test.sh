@@ -32,6 +32,13 @@ command -v nasm >/dev/null || missing+=(nasm)
 [ -x /usr/bin/busybox ] || missing+=(busybox)
 { [ -x /usr/sbin/dropbear ] && [ -x /usr/bin/dropbearkey ]; } || missing+=(dropbear-bin)
 # --- minimal (end)
+# --- dist (begin): the agent set's cross tools (scripts/dist.sh), `file` and qemu-user for the agent set tests
+command -v musl-gcc >/dev/null || missing+=(musl-tools)
+command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)
+command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
+command -v file >/dev/null || missing+=(file)
+[ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
+# --- dist (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -47,8 +54,8 @@ fi
 mkdir -p /run/sshd
 
 cargo build --workspace --bins
-# --- windows (begin): the agent for Windows, which tests/tests/windows_agent.rs runs under Wine
-rustup target list --installed | grep -qx x86_64-pc-windows-gnu || rustup target add x86_64-pc-windows-gnu
-cargo build --target x86_64-pc-windows-gnu -p vigil-agent
-# --- windows (end)
+# --- dist (begin): the agent set the end-to-end tests ship (dist/agents; tests/tests/agent_set.rs checks it; the
+# Wine tests run its Windows build)
+scripts/dist.sh
+# --- dist (end)
 cargo test --workspace --no-fail-fast "$@"

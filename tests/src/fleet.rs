@@ -10,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
+use crate::agent_set::agents_dir;
 use crate::paths::{TestDir, bin};
 use crate::process::Proc;
 use crate::sshd::Sshd;
@@ -172,10 +173,12 @@ impl Workdir {
         std::fs::write(self.jobs_path(), text).context("writing jobs.toml")
     }
 
-    /// `vigil ARGS... --clients <dir>/clients.xml --jobs <dir>/jobs.toml`, run in the directory.
+    /// `vigil ARGS... --clients <dir>/clients.xml --jobs <dir>/jobs.toml`, run in the directory, shipping the agent
+    /// set of [`agents_dir`] (`VIGIL_AGENTS_DIR`).
     pub fn vigil(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("vigil"));
-        cmd.current_dir(self.path())
+        cmd.env("VIGIL_AGENTS_DIR", agents_dir())
+            .current_dir(self.path())
             .args(args)
             .arg("--clients")
             .arg(self.clients_path())

@@ -3,6 +3,8 @@
 //! The tests in `tests/tests/*.rs` drive the built binaries (`vigil`, `vigil-agent`) against real components, never
 //! mocks. This crate owns the pieces they share:
 //!
+//! - [`agent_set`]: the agent set `scripts/dist.sh` builds, which every `vigil` run here ships, and a static-ELF
+//!   check.
 //! - [`paths`]: where the built binaries are ([`bin`]) and a per-test temporary directory ([`TestDir`]).
 //! - [`poll`]: waiting for a condition with a deadline ([`wait_until`], [`wait_for`]); no fixed sleeps in tests.
 //! - [`net`]: free loopback ports ([`free_port`]) and "is something listening" probes.
@@ -31,6 +33,7 @@
 //! python3-aiosmtpd, busybox, dropbear-bin); a missing piece is an error that says what to install, never a skipped
 //! test.
 
+pub mod agent_set;
 pub mod client;
 pub mod dropbear;
 pub mod fixtures;

@@ -198,7 +198,8 @@ fn a_failed_upload_leaves_the_old_agent_registered_running_and_delivering() -> R
     let work = tempfile::tempdir()?;
     // The host's temp directory is a small tmpfs: room for one agent and the probe's 32 MiB margin, not for a
     // second, much larger binary beside it.
-    let agent_len = std::fs::metadata(vigil_tests::paths::bin("vigil-agent"))?.len();
+    let shipped = vigil_tests::agent_set::build(vigil_tests::agent_set::LINUX_X86_64);
+    let agent_len = std::fs::metadata(&shipped)?.len();
     let mb = u32::try_from(agent_len >> 20)? + 32 + 12;
     let tmp = Tmpfs::mount(&work.path().join("hosttmp"), mb)?;
     let h = Sshd::start(SshdOpts {
@@ -220,8 +221,9 @@ fn a_failed_upload_leaves_the_old_agent_registered_running_and_delivering() -> R
     // New credentials (the host now dials the server by another name) and a binary that cannot fit.
     f.w.write_clients_text(&clients_xml(&[entry.attr("endpoint", format!("localhost:{}", f.port))]))?;
     let big = work.path().join("vigil-agent");
-    let mut bytes = std::fs::read(vigil_tests::paths::bin("vigil-agent"))?;
-    bytes.resize(bytes.len() + (40 << 20), 0);
+    // Larger than the room left (12 MiB over the probe's 32 MiB margin), whatever the shipped agent's size.
+    let mut bytes = std::fs::read(&shipped)?;
+    bytes.resize(bytes.len() + (60 << 20), 0);
     std::fs::write(&big, bytes)?;
     let out = {
         let mut cmd = f.w.vigil(&["bootstrap", name.as_str()]);

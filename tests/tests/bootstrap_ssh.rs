@@ -17,6 +17,7 @@ fn unique(label: &str) -> String {
     vigil_tests::fleet::unique_host("bs", label)
 }
 
+use vigil_tests::agent_set;
 use vigil_tests::fixtures::SystemLogs;
 use vigil_tests::fleet::agent_dir;
 
@@ -129,6 +130,14 @@ fn three_hosts_key_password_and_env_password_then_rerun_upgrade_and_repair() -> 
     assert!(out.status.success(), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("3 succeeded, 0 failed"), "{t}");
+    // Each host runs the set's static x86-64 build (not the glibc build beside vigil): same bytes, no interpreter.
+    let shipped = std::fs::read(agent_set::build(agent_set::LINUX_X86_64))?;
+    for n in &names {
+        assert!(std::fs::read(agent_dir(n).join("vigil-agent"))? == shipped, "{n}: not the set's x86-64 build");
+        let exe = std::fs::read_link(format!("/proc/{}/exe", agent_pid(n).expect("agent pid")))?;
+        assert_eq!(exe, agent_dir(n).join("vigil-agent"));
+        assert!(agent_set::is_static_elf(&exe)?, "{n}: the running agent is dynamically linked");
+    }
     // A failed login after the agents started: each reports it (agents read the log from where it ended at start).
     logs.failed_login()?;
     // Every statistics table has rows for all three hosts within seconds.
@@ -168,7 +177,7 @@ fn three_hosts_key_password_and_env_password_then_rerun_upgrade_and_repair() -> 
 
     // A new agent binary: upgraded and restarted.
     let newer = work.path().join("vigil-agent");
-    let mut bytes = std::fs::read(vigil_tests::paths::bin("vigil-agent"))?;
+    let mut bytes = shipped.clone();
     bytes.extend_from_slice(b"\nvigil-test-upgrade\n");
     std::fs::write(&newer, bytes)?;
     use std::os::unix::fs::PermissionsExt;
@@ -313,5 +322,57 @@ fn uninstall_leaves_nothing_and_a_dry_run_changes_nothing() -> Result<()> {
     wait_for(Duration::from_secs(5), "agent stopped", || !pid_alive(pid))?;
     let agents: i64 = f.db().query_row("SELECT count(*) FROM agents", [], |r| r.get(0))?;
     assert_eq!(agents, 0, "the registration is gone");
+    Ok(())
+}
+
+/// A host whose `uname -m` says `arch` (a wrapper first on the login PATH, set by sshd's `SetEnv`).
+fn host_reporting_arch(work: &std::path::Path, arch: &str) -> Result<Sshd> {
+    let bin = work.join(format!("uname-{arch}"));
+    std::fs::create_dir_all(&bin)?;
+    let wrapper = bin.join("uname");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nif [ \"$1\" = -m ]; then echo {arch}; else exec /bin/uname \"$@\"; fi\n"),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    Sshd::start(SshdOpts {
+        extra_config: vec![format!("SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", bin.display())],
+        ..SshdOpts::default()
+    })
+}
+
+#[test]
+fn a_host_of_an_architecture_without_a_build_is_refused_naming_the_command_that_builds_it() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let key = ClientKey::generate(work.path(), "id_arch")?;
+    let riscv = host_reporting_arch(work.path(), "riscv64")?;
+    let arm = host_reporting_arch(work.path(), "aarch64")?;
+    riscv.authorize("root", &key)?;
+    arm.authorize("root", &key)?;
+    let names = vec![unique("riscv"), unique("arm")];
+    let entries = [
+        ClientEntry::ssh(&names[0], &riscv, "root", Auth::Key(key.private.clone())),
+        ClientEntry::ssh(&names[1], &arm, "root", Auth::Key(key.private.clone())),
+    ];
+    // A set with the x86-64 build only: the aarch64 host has a known architecture whose build is missing.
+    let set = work.path().join("agents");
+    let x86 = set.join(agent_set::LINUX_X86_64);
+    std::fs::create_dir_all(&x86)?;
+    std::fs::copy(agent_set::build(agent_set::LINUX_X86_64), x86.join("vigil-agent"))?;
+    let f = Fleet::new(&entries, names.clone(), vec![("VIGIL_AGENTS_DIR".into(), set.display().to_string())])?;
+    let out = f.vigil(&["bootstrap", "--all", "--accept-new-host-key"], None);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("0 succeeded, 2 failed"), "{t}");
+    let line = |n: &str| t.lines().find(|l| l.contains("FAILED") && l.contains(n)).unwrap_or("").to_owned();
+    let (r, a) = (line(&names[0]), line(&names[1]));
+    assert!(r.contains("Linux riscv64: no agent build") && r.contains("`scripts/dist.sh`"), "{t}");
+    assert!(a.contains("Linux aarch64") && a.contains("aarch64-unknown-linux-musl/vigil-agent is missing"), "{t}");
+    assert!(a.contains("`scripts/dist.sh aarch64-unknown-linux-musl`"), "{t}");
+    for n in &names {
+        assert!(!agent_dir(n).exists(), "{n}: nothing may be installed on a host without a build");
+    }
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! The Windows agent under Wine (Debian `wine64`, Wine 8.0): the build for x86_64-pc-windows-gnu collects and prints
-//! a report. It uses `$CARGO_TARGET_DIR/x86_64-pc-windows-gnu/debug/vigil-agent.exe`, which scripts/test.sh builds
-//! (`cargo build --target x86_64-pc-windows-gnu -p vigil-agent`); the size-tuned set of scripts/dist.sh is not
-//! needed here.
+//! a report. It runs the agent set's `x86_64-pc-windows-gnu/vigil-agent.exe` (scripts/dist.sh, which scripts/test.sh
+//! runs first): the size-tuned build bootstrap ships to Windows hosts.
 //!
 //! What Wine serves is reported with true values (system details, memory equal to this machine's MemTotal but for the
 //! one page Wine leaves out); what it cannot serve (the Security event log: its Event Log API is a stub; logged-on
@@ -15,18 +14,12 @@ use std::time::Duration;
 
 use vigil_schema::job::Collector;
 use vigil_schema::proto::AgentMsg;
-use vigil_tests::paths::target_dir;
-use vigil_tests::wine::{TARGET, Wine};
+use vigil_tests::wine::Wine;
 use vigil_tests::{Proc, Workdir, free_port, wait_until};
 
+/// The Windows build of the agent set (`scripts/dist.sh`): the binary bootstrap ships to Windows hosts.
 fn windows_agent() -> PathBuf {
-    let exe = target_dir().join(TARGET).join("debug").join("vigil-agent.exe");
-    assert!(
-        exe.is_file(),
-        "{} not found: run cargo build --target {TARGET} -p vigil-agent first (scripts/test.sh does)",
-        exe.display()
-    );
-    exe
+    vigil_tests::agent_set::build(vigil_tests::agent_set::WINDOWS_X86_64)
 }
 
 /// This machine's MemTotal, in bytes.

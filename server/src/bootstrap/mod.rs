@@ -7,6 +7,7 @@
 //! old registration in one transaction) just before the agent restarts, and "ok" waits until a report sealed under
 //! them is stored.
 //!
+//! - [`agents`]: the agent set, and which build a host gets by its OS and architecture.
 //! - [`credentials`]: the one place credentials are minted, rendered into files, registered and judged current.
 //! - [`plan`]: inspection → steps. [`commands`]: the shell (and PowerShell) text run on hosts; [`platform`]: which
 //!   of the two a host gets, and the Windows agent build.
@@ -17,6 +18,7 @@
 //! one agent per directory (the agent's own lock guarantees it). Only a pid verified to be the directory's agent is
 //! ever signalled.
 
+pub mod agents;
 pub mod commands;
 pub mod credentials;
 pub mod known_hosts;
@@ -55,16 +57,10 @@ pub mod layout {
     pub const LOG: &str = "agent.log";
 }
 
-/// The agent binary shipped to Linux hosts: `VIGIL_AGENT_BIN`, else `vigil-agent` beside the running `vigil`.
+/// The agent binary the local transport runs on this machine: `VIGIL_AGENT_BIN`, else the agent set's build for this
+/// machine, else `vigil-agent` beside the running `vigil` (see [`agents`]; SSH hosts get [`agents::AgentSet`]'s).
 pub fn agent_binary() -> Result<PathBuf, BootstrapError> {
-    if let Some(p) = std::env::var_os("VIGIL_AGENT_BIN") {
-        let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(BootstrapError::NoBinary(p)) };
-    }
-    let exe =
-        std::env::current_exe().map_err(|error| BootstrapError::Io { path: PathBuf::from("/proc/self/exe"), error })?;
-    let p = exe.with_file_name(layout::BINARY);
-    if p.is_file() { Ok(p) } else { Err(BootstrapError::NoBinary(p)) }
+    agents::local_binary()
 }
 
 /// Lowercase hex SHA-256 of a byte string.
@@ -139,7 +135,10 @@ pub enum BootstrapError {
     Remote(#[from] remote::RemoteError),
     #[error("refusing: {0}")]
     Unsafe(String),
-    #[error("agent binary not found at {0} (build it with `cargo build -p vigil-agent`, or set VIGIL_AGENT_BIN)")]
+    #[error(
+        "agent binary not found at {0} (build the agent set with `scripts/dist.sh`, or the agent with `cargo build -p \
+         vigil-agent`, or set VIGIL_AGENT_BIN)"
+    )]
     NoBinary(PathBuf),
     #[error("could not encode agent files: {0}")]
     Encode(String),
@@ -166,9 +165,8 @@ pub struct Ctx {
     /// the run goes (the daemon opens no second connection).
     pub writer: Option<IngestHandle>,
     pub fingerprint: String,
-    pub binary_path: PathBuf,
-    pub binary: Vec<u8>,
-    pub binary_sha: String,
+    /// The agent builds shipped: one per kind of host, read on first use.
+    pub agents: agents::AgentSet,
     pub known: KnownHosts,
     pub new_keys: NewKeys,
     /// Probe and plan only; change nothing (not even the known-hosts file).
@@ -180,13 +178,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Loads what a run needs: the server's key fingerprint, the agent binary, the database (read-only in a dry run).
+    /// Loads what a run needs: the server's key fingerprint, the agent set, the database (read-only in a dry run).
     pub fn new(config: Config, accept_new: bool, dry_run: bool) -> Result<Self, BootstrapError> {
         let fingerprint = crate::keys::host_key_fingerprint(&config.server.data_dir)?;
-        let binary_path = agent_binary()?;
-        let binary =
-            std::fs::read(&binary_path).map_err(|error| BootstrapError::Io { path: binary_path.clone(), error })?;
-        let binary_sha = sha256_hex(&binary);
         let store = match (dry_run, Store::open_readonly(&config.server.database)) {
             (false, _) => Some(Store::open(&config.server.database)?),
             (true, Ok(s)) => Some(s),
@@ -200,9 +194,7 @@ impl Ctx {
             store: store.map(Mutex::new),
             writer: None,
             fingerprint,
-            binary_path,
-            binary,
-            binary_sha,
+            agents: agents::AgentSet::find(),
             new_keys: if accept_new { NewKeys::Accept } else { NewKeys::Refuse },
             dry_run,
             server_up,
@@ -213,18 +205,13 @@ impl Ctx {
     /// A run inside `vigil serve` (an automatic repair): the database through `writer`, new host keys refused, a
     /// start confirmed by delivery (serve is up).
     pub fn in_serve(config: Arc<Config>, fingerprint: String, writer: IngestHandle) -> Result<Self, BootstrapError> {
-        let binary_path = agent_binary()?;
-        let binary =
-            std::fs::read(&binary_path).map_err(|error| BootstrapError::Io { path: binary_path.clone(), error })?;
         Ok(Self {
             known: KnownHosts::new(&config.server.data_dir),
-            binary_sha: sha256_hex(&binary),
             config,
             store: None,
             writer: Some(writer),
             fingerprint,
-            binary_path,
-            binary,
+            agents: agents::AgentSet::find(),
             new_keys: NewKeys::Refuse,
             dry_run: false,
             server_up: true,
@@ -280,14 +267,14 @@ async fn bootstrap_one(ctx: &Arc<Ctx>, host: &Host, progress: &(dyn Fn(&str) + S
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
+                let build = ctx.agents.local()?;
                 if ctx.dry_run {
                     let registered = ctx.registered()?;
-                    let (plan, _) =
-                        local::plan_local(&ctx.config, &host, &registered, &ctx.fingerprint, &ctx.binary_sha)?;
+                    let (plan, _) = local::plan_local(&ctx.config, &host, &registered, &ctx.fingerprint, &build.sha)?;
                     return Ok(Done { steps: plan.lines(), ..Done::default() });
                 }
                 let mut store = ctx.store()?;
-                bootstrap_local(&ctx.config, &host, &mut store, &ctx.fingerprint, &ctx.binary_path)
+                bootstrap_local(&ctx.config, &host, &mut store, &ctx.fingerprint, &build.path)
             })
             .await
             .map_err(|e| BootstrapError::Failed(format!("local install task: {e}")))?

@@ -1,14 +1,12 @@
 //! Which command set a host gets, POSIX shell ([`commands::linux`]) or PowerShell ([`commands::windows`]), and
-//! what differs between them when [`ssh`](super::ssh) executes a plan: the binary's name and build, how the files
+//! what differs between them when [`ssh`](super::ssh) executes a plan: the binary's name, how the files
 //! travel on stdin, and how the Windows probe's answer becomes an [`Inspection`].
 //!
 //! A host is taken for Windows when clients.xml says `os="windows"`, or when the POSIX probe names no OS (cmd.exe,
 //! Windows OpenSSH's default shell, cannot run it; nor can PowerShell as the default shell) and the PowerShell probe
 //! answers `os=Windows`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use vigil_schema::agent_config::SecretHex;
 
@@ -16,9 +14,6 @@ use super::commands::{linux, windows};
 use super::credentials::Installed;
 use super::plan::Inspection;
 use super::{BootstrapError, layout, sha256_hex};
-
-/// The Rust target of the Windows agent build.
-pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
 
 /// A host's command set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,53 +101,6 @@ impl Platform {
     }
 }
 
-/// The agent build a host gets: the binary and its SHA-256 (compared with the installed one's).
-#[derive(Debug, Clone)]
-pub struct Build<'a> {
-    pub platform: Platform,
-    pub bytes: Cow<'a, [u8]>,
-    pub sha: Cow<'a, str>,
-}
-
-impl Build<'_> {
-    /// The Windows build, read from [`windows_agent`].
-    pub fn windows() -> Result<Build<'static>, BootstrapError> {
-        let path = windows_agent()?;
-        let bytes = std::fs::read(&path).map_err(|error| BootstrapError::Io { path, error })?;
-        let sha = sha256_hex(&bytes);
-        Ok(Build { platform: Platform::Windows, bytes: Cow::Owned(bytes), sha: Cow::Owned(sha) })
-    }
-}
-
-/// Where the Windows agent build is: `VIGIL_AGENT_EXE`, else `<target>/vigil-agent.exe` under `VIGIL_AGENTS_DIR`,
-/// under `agents/` beside the running `vigil`, or under the project's `dist/agents` (what `scripts/dist.sh`
-/// builds); the first that exists.
-pub fn windows_agent() -> Result<PathBuf, BootstrapError> {
-    if let Some(p) = std::env::var_os("VIGIL_AGENT_EXE") {
-        let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(no_windows_build(p)) };
-    }
-    let rel = PathBuf::from(WINDOWS_TARGET).join(windows::BINARY);
-    let mut dirs: Vec<PathBuf> = std::env::var_os("VIGIL_AGENTS_DIR").map(PathBuf::from).into_iter().collect();
-    if let Ok(exe) = std::env::current_exe() {
-        dirs.push(exe.with_file_name("agents"));
-    }
-    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist/agents"));
-    let candidates: Vec<PathBuf> = dirs.into_iter().map(|d| d.join(&rel)).collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| no_windows_build(candidates.into_iter().next().unwrap_or_else(|| rel.clone())))
-}
-
-fn no_windows_build(path: PathBuf) -> BootstrapError {
-    BootstrapError::Unsupported(format!(
-        "Windows: no agent build at {} (build the set with scripts/dist.sh, or set VIGIL_AGENT_EXE)",
-        path.display()
-    ))
-}
-
 /// Turns the PowerShell probe's answer into an [`Inspection`], refusing architectures with no Windows build.
 pub fn windows_inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapError> {
     let arch = kv.remove("arch").unwrap_or_default();
@@ -160,7 +108,7 @@ pub fn windows_inspection(mut kv: HashMap<String, String>) -> Result<Inspection,
         Some("x86_64") => {}
         _ => {
             return Err(BootstrapError::Unsupported(format!(
-                "Windows {arch}: no agent build for it (this server ships {WINDOWS_TARGET} only)"
+                "Windows {arch}: no agent build for it (the agent set has x86_64-pc-windows-gnu only)"
             )));
         }
     }
@@ -232,12 +180,5 @@ mod tests {
         assert!(cmd.starts_with("powershell -NoProfile -NonInteractive -EncodedCommand "), "{cmd}");
         assert_eq!(payload, b"f0VMRg==\neCA9IDEK\n");
         assert_eq!(Platform::Windows.binary_name(), "vigil-agent.exe");
-    }
-
-    #[test]
-    fn a_missing_windows_build_names_the_command_that_builds_it() {
-        let tmp = tempfile::tempdir().unwrap();
-        let e = no_windows_build(tmp.path().join("none.exe")).to_string();
-        assert!(e.contains("scripts/dist.sh") && e.contains("none.exe"), "{e}");
     }
 }

@@ -2,16 +2,17 @@
 //! host's [`Platform`] (POSIX shell, or PowerShell on Windows) on one logged-in [`Session`]; confirm a start in the
 //! database.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vigil_schema::agent_config::{CollectPaths, SecretHex};
 
+use super::agents::Build;
 use super::commands::linux;
 use super::credentials::{self, AgentFiles, Installed};
 use super::plan::{Confirm, Inputs, Inspection, Plan, Step};
-use super::platform::{self, Build, Platform};
+use super::platform::{self, Platform};
 use super::remote::{LOOPBACK, NewKeys, RemoteError, Session};
 use super::{BootstrapError, Ctx, Done, dir_name, endpoint_for, layout};
 use crate::config::{Host, Os, Reporting};
@@ -22,19 +23,13 @@ fn parse_probe(text: &str) -> HashMap<String, String> {
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect()
 }
 
-/// Turns the probe's answer into an [`Inspection`], refusing hosts no agent build serves.
+/// Turns the probe's answer into an [`Inspection`], refusing hosts these commands do not serve (the agent build is
+/// chosen by [`super::agents::AgentSet::for_host`]).
 fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapError> {
     let os = kv.remove("os").unwrap_or_default();
-    let arch = kv.remove("arch").unwrap_or_default();
     if os != "Linux" {
         let what = if os.is_empty() { "an unknown OS (uname failed: Windows?)".to_owned() } else { os };
         return Err(BootstrapError::Unsupported(format!("{what}: no agent build for it")));
-    }
-    if arch != std::env::consts::ARCH {
-        return Err(BootstrapError::Unsupported(format!(
-            "Linux {arch}: no agent build for it (this server ships {})",
-            std::env::consts::ARCH
-        )));
     }
     let dir = kv.remove("dir").ok_or_else(|| BootstrapError::Failed("probe gave no directory".into()))?;
     let mut notes = Vec::new();
@@ -90,20 +85,17 @@ async fn probe(host: &Host, s: &Session) -> Result<(Platform, HashMap<String, St
     Ok((Platform::Windows, kv))
 }
 
-/// Probes the host and decides its plan; the build it gets goes with it.
-async fn probe_and_plan<'a>(
-    ctx: &'a Ctx,
-    host: &Host,
-    s: &Session,
-) -> Result<(Plan, Inspection, Build<'a>), BootstrapError> {
+/// What a probe decided: the plan, what the host has, its command set, and the agent build it gets.
+type Planned = (Plan, Inspection, Platform, Arc<Build>);
+
+/// Probes the host, picks the agent build for its OS and architecture, and decides its plan.
+async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<Planned, BootstrapError> {
     let (platform, kv) = probe(host, s).await?;
-    let (insp, build) = match platform {
-        Platform::Linux => {
-            let build =
-                Build { platform, bytes: Cow::Borrowed(&ctx.binary[..]), sha: Cow::Borrowed(ctx.binary_sha.as_str()) };
-            (inspection(kv)?, build)
-        }
-        Platform::Windows => (platform::windows_inspection(kv)?, Build::windows()?),
+    let field = |k: &str| kv.get(k).map_or("", String::as_str);
+    let build = ctx.agents.for_host(field("os"), field("arch"))?;
+    let insp = match platform {
+        Platform::Linux => inspection(kv)?,
+        Platform::Windows => platform::windows_inspection(kv)?,
     };
     let registered = if ctx.writer.is_some() { ctx.with_store(|s| Ok(s.agents()?)).await? } else { ctx.registered()? };
     let endpoint = endpoint_for(&ctx.config, host);
@@ -116,7 +108,7 @@ async fn probe_and_plan<'a>(
         binary_sha: &build.sha,
         server_up: ctx.server_up,
     };
-    Ok((Plan::decide(&insp, &inputs), insp, build))
+    Ok((Plan::decide(&insp, &inputs), insp, platform, build))
 }
 
 /// Installs, repairs or upgrades the agent of an SSH host; with `ctx.dry_run`, only probes and returns the plan's
@@ -132,11 +124,11 @@ pub async fn bootstrap_ssh(ctx: &Ctx, host: &Host, progress: &(dyn Fn(&str) + Sy
         let tunneled = through_tunnel(ctx, host, &s, progress).await?;
         let host = tunneled.as_ref().unwrap_or(host);
         progress("probing");
-        let (plan, insp, build) = probe_and_plan(ctx, host, &s).await?;
+        let planned = probe_and_plan(ctx, host, &s).await?;
         if ctx.dry_run {
-            return Ok(Done { steps: plan.lines(), ..Done::default() });
+            return Ok(Done { steps: planned.0.lines(), ..Done::default() });
         }
-        execute(ctx, host, &s, &(plan, insp), &build, progress).await
+        execute(ctx, host, &s, &planned, progress).await
     }
     .await;
     s.close().await;
@@ -196,11 +188,10 @@ async fn execute(
     ctx: &Ctx,
     host: &Host,
     s: &Session,
-    (plan, insp): &(Plan, Inspection),
-    build: &Build<'_>,
+    (plan, insp, platform, build): &Planned,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Done, BootstrapError> {
-    let platform = build.platform;
+    let platform = *platform;
     let dir = &plan.dir;
     let mut done = Done { notes: insp.notes.clone(), ..Done::default() };
     let mut files: Option<AgentFiles> = None;
