@@ -1,6 +1,7 @@
 //! `vigil-agent`: collects system statistics on the schedule pulled from the server, seals and spools every report,
 //! and pushes the spool over an SSH channel it opens to the server.
 //!
+//! - [`cli`]: the command line.
 //! - [`collect`]: one collector per statistic family (sysinfo, utmp, auth log).
 //! - [`config`]: `agent.toml`, written by `vigil bootstrap`.
 //! - [`command`]: runs command jobs (own process group, timeout, capped output).
@@ -13,6 +14,7 @@
 //! Runs on a current-thread runtime; the scheduler, the pusher and the signal handler are three futures joined in
 //! `main`, so nothing outlives it.
 
+mod cli;
 mod collect;
 mod command;
 mod config;
@@ -25,51 +27,15 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use vigil_schema::job::Collector;
 use vigil_schema::proto::AgentMsg;
 use vigil_schema::report::Report;
 
+use crate::cli::{Cli, Parsed};
 use crate::collect::{CollectOptions, Collectors};
 use crate::config::AgentConfig;
-
-/// vigil's agent.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    /// The agent's config, written by `vigil bootstrap` (default: agent.toml; optional with --once).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Collect once and exit (with --print: show the JSON that would be sealed and sent).
-    #[arg(long)]
-    once: bool,
-    /// With --once: print the report.
-    #[arg(long)]
-    print: bool,
-    /// With --once: only these collectors (comma-separated names); default all.
-    #[arg(long, value_delimiter = ',')]
-    collectors: Vec<String>,
-    /// Start detached (own session, output appended to agent.log beside the config); return once the agent runs.
-    #[arg(long)]
-    detach: bool,
-    /// Set by --detach for the agent it starts: call setsid() first.
-    #[arg(long, hide = true)]
-    session_leader: bool,
-    /// Print the sha256 of each file (like sha256sum) and exit.
-    #[arg(long, num_args = 1.., value_name = "FILE")]
-    sha256: Vec<PathBuf>,
-    /// Exit 0 if an agent holds DIR/agent.lock, 1 if not.
-    #[arg(long, value_name = "DIR")]
-    is_running: Option<PathBuf>,
-    /// Stage the parts streamed on stdin into DIR as .new.* files, each checked by its sha256 (for bootstrap).
-    #[arg(long, value_name = "DIR")]
-    unpack: Option<PathBuf>,
-    /// Stop the agent of DIR (its verified pid only) and exit.
-    #[arg(long, value_name = "DIR")]
-    stop: Option<PathBuf>,
-}
 
 /// The control commands ([`control`]), when one is asked for.
 fn control_command(cli: &Cli) -> Option<ExitCode> {
@@ -109,7 +75,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("vigil-agent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("vigil-agent: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
     if let Some(code) = control_command(&cli) {
         return code;
     }

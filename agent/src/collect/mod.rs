@@ -107,7 +107,15 @@ impl Collectors {
                     Ok(d) => stats.disk_usage = Some(disk_usage::collect(d)),
                     Err(reason) => stats.unavailable.push(unavailable(c, reason)),
                 },
-                Collector::Network => stats.network = Some(self.network.collect()),
+                Collector::Network => match self.network.collect() {
+                    // A Windows host always lists its loopback pseudo-interface: none means the interface API serves
+                    // nothing (as under Wine), not a host without a network.
+                    n if cfg!(windows) && n.is_empty() => stats.unavailable.push(unavailable(
+                        c,
+                        "no network interface listed, not even loopback (the interface API serves none here: Wine?)",
+                    )),
+                    n => stats.network = Some(n),
+                },
                 Collector::SecurityEvents => match self.security.collect() {
                     Ok(e) => stats.security_events = Some(e),
                     Err(reason) => stats.unavailable.push(unavailable(c, &reason)),
