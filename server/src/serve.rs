@@ -117,12 +117,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     shared.refresh_registry().await;
 
     // This node's row, before the tunnel manager records anything: tunnels a killed predecessor left `up` go down.
-    let node = crate::store::nodes::this_node();
-    let (name, pid) = (node.clone(), std::process::id());
-    match ingest.exec(move |s| s.node_started(&name, pid, now_ms())).await {
-        Ok(r) => r?,
-        Err(e) => return Err(ServeError::Ingest(e)),
-    }
+    let node = register_node(&ingest).await?;
 
     let tracker = TaskTracker::new();
     let cancel = shutdown.child_token();
@@ -310,6 +305,14 @@ pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 
 /// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
 /// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
+/// Records this process as this machine's node (`nodes` table) and returns the node's name.
+async fn register_node(ingest: &IngestHandle) -> Result<String, ServeError> {
+    let node = crate::store::nodes::this_node();
+    let (name, pid) = (node.clone(), std::process::id());
+    ingest.exec(move |s| s.node_started(&name, pid, now_ms())).await.map_err(ServeError::Ingest)??;
+    Ok(node)
+}
+
 /// Moves this node's heartbeat every [`HEARTBEAT_EVERY`]; records a clean stop when cancelled.
 async fn heartbeat_task(ingest: IngestHandle, node: String, cancel: CancellationToken) {
     loop {

@@ -126,13 +126,16 @@ fn silent_slow_and_flooding_peers_are_cut_while_connected_agents_keep_getting_ac
     // Slowloris: an SSH banner, one byte a second, from its own thread per connection; each notes when the server
     // cut it off.
     let stop = Arc::new(AtomicBool::new(false));
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let dribblers: Vec<JoinHandle<Option<Duration>>> = (0..DRIBBLERS)
         .map(|_| {
             let addr = s.addr();
-            let stop = stop.clone();
+            let (stop, connected) = (stop.clone(), connected.clone());
             std::thread::spawn(move || {
                 let start = Instant::now();
-                let mut tcp = TcpStream::connect(addr).ok()?;
+                let tcp = TcpStream::connect(addr);
+                connected.fetch_add(1, Ordering::SeqCst);
+                let mut tcp = tcp.ok()?;
                 for b in b"SSH-2.0-slowloris_0.1 ".iter().cycle() {
                     if stop.load(Ordering::Relaxed) {
                         return None;
@@ -147,6 +150,8 @@ fn silent_slow_and_flooding_peers_are_cut_while_connected_agents_keep_getting_ac
             })
         })
         .collect();
+    // The dribblers are in before the flood (which would otherwise fill this source's anonymous slots first).
+    wait_for(T, "the dribblers to connect", || connected.load(Ordering::SeqCst) == DRIBBLERS)?;
     // A flood: hundreds of connections at once that never say a word, beyond the anonymous-connection limit.
     let silent: Vec<TcpStream> = (0..SILENT).map(|_| TcpStream::connect(s.addr())).collect::<Result<_, _>>()?;
     let opened = Instant::now();
