@@ -5,7 +5,6 @@ use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use vigil_schema::agent_config::CollectPaths;
 
@@ -254,46 +253,20 @@ pub fn start(dir: &Path) -> Result<(), BootstrapError> {
     Ok(())
 }
 
-/// The agent's pid from `agent.pid`, only when it is verified: a positive integer, whose `/proc/PID/exe` is the
-/// agent binary of `dir` (possibly replaced since it started) and which runs as this user.
-pub fn verified_pid(dir: &Path) -> Result<rustix::process::Pid, BootstrapError> {
-    let text = std::fs::read_to_string(dir.join(layout::PID)).map_err(io(dir))?;
-    let unverified = |why: String| BootstrapError::Unsafe(format!("{}: {why}; nothing signalled", dir.display()));
-    let raw: i32 =
-        text.trim().parse().map_err(|_| unverified(format!("agent.pid holds {:?}, not a pid", text.trim())))?;
-    let pid = (raw > 0)
-        .then(|| rustix::process::Pid::from_raw(raw))
-        .flatten()
-        .ok_or_else(|| unverified(format!("agent.pid holds {raw}, not a process id")))?;
-    let proc_dir = PathBuf::from(format!("/proc/{raw}"));
-    let exe = std::fs::read_link(proc_dir.join("exe")).unwrap_or_default();
-    let want = std::fs::canonicalize(dir).map_err(io(dir))?.join(layout::BINARY);
-    let mut deleted = want.clone().into_os_string();
-    deleted.push(" (deleted)");
-    let owner = std::fs::metadata(&proc_dir).map(|m| m.uid()).ok();
-    if (exe != want && exe.as_os_str() != deleted) || owner != Some(my_uid()) {
-        return Err(unverified(format!("process {raw} is not the agent of this directory")));
-    }
-    Ok(pid)
-}
-
-/// Stops the agent (SIGTERM, then SIGKILL after 5 s) if it runs. Only a verified pid ([`verified_pid`]) is
-/// signalled; otherwise this fails.
+/// Stops the agent of `dir` if it runs, by the agent binary's own `--stop` (the one check every host gets:
+/// `agent/src/control.rs` signals only a pid verified as this directory's agent, SIGTERM then SIGKILL). A staged new
+/// binary, when there is one, does the stopping: an installed binary from an older vigil may lack the flag.
 pub fn stop(dir: &Path) -> Result<(), BootstrapError> {
-    use rustix::process::{Signal, kill_process};
     if !is_running(dir) {
         return Ok(());
     }
-    let pid = verified_pid(dir)?;
-    let _ = kill_process(pid, Signal::TERM);
-    for _ in 0..250 {
-        if !is_running(dir) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let staged = staged(dir, layout::BINARY);
+    let tool = if staged.is_file() { staged } else { dir.join(layout::BINARY) };
+    let out = Command::new(&tool).arg("--stop").arg(dir).stdin(Stdio::null()).output().map_err(io(&tool))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(BootstrapError::Unsafe(format!("{}: {}; nothing signalled", dir.display(), why.trim())));
     }
-    let _ = kill_process(pid, Signal::KILL);
-    std::thread::sleep(Duration::from_millis(100));
     Ok(())
 }
 
@@ -312,29 +285,6 @@ pub fn uninstall_local(host: &str, store: &mut Store) -> Result<(), BootstrapErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pid_file_naming_no_agent_is_never_trusted() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let mut other = Command::new("sleep").arg("30").spawn().unwrap();
-        for bad in
-            ["-1".to_owned(), "0".to_owned(), "x".to_owned(), other.id().to_string(), std::process::id().to_string()]
-        {
-            std::fs::write(dir.join(layout::PID), &bad).unwrap();
-            assert!(matches!(verified_pid(dir), Err(BootstrapError::Unsafe(_))), "{bad}");
-        }
-        // The agent binary of this very directory, running: verified.
-        std::fs::copy("/bin/sleep", dir.join(layout::BINARY)).unwrap();
-        let mut agent = Command::new(dir.join(layout::BINARY)).arg("30").spawn().unwrap();
-        std::fs::write(dir.join(layout::PID), agent.id().to_string()).unwrap();
-        let pid = verified_pid(dir).unwrap();
-        assert_eq!(pid.as_raw_nonzero().get(), agent.id() as i32);
-        let _ = other.kill();
-        let _ = agent.kill();
-        let _ = other.wait();
-        let _ = agent.wait();
-    }
 
     #[test]
     fn a_symlinked_directory_is_refused() {
