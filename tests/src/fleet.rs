@@ -209,6 +209,20 @@ pub fn unique_host(prefix: &str, label: &str) -> String {
     format!("{prefix}{}{label}{n}", std::process::id())
 }
 
+/// Kills the agents installed for these hosts (in [`agent_dir`]) and removes their directories when dropped: test
+/// hosts share this machine's /tmp, so nothing a test installed may outlive it.
+#[derive(Debug)]
+pub struct AgentCleanup(pub Vec<String>);
+
+impl Drop for AgentCleanup {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            crate::process::kill_processes_under(&agent_dir(n));
+            let _ = std::fs::remove_dir_all(agent_dir(n));
+        }
+    }
+}
+
 /// Where bootstrap installs `host`'s agent on a test host (they share this machine's /tmp).
 pub fn agent_dir(host: &str) -> std::path::PathBuf {
     std::path::PathBuf::from("/tmp").join(format!("vigil-agent-{host}"))

@@ -6,6 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::Result;
+use vigil_tests::fleet::AgentCleanup;
 use vigil_tests::fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
 use vigil_tests::net::free_port;
 use vigil_tests::poll::wait_for;
@@ -26,17 +27,8 @@ struct Fleet {
     w: Workdir,
     port: u16,
     serve: Option<Proc>,
-    names: Vec<String>,
+    _agents: AgentCleanup,
     env: Vec<(String, String)>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for n in &self.names {
-            kill_processes_under(&agent_dir(n));
-            let _ = std::fs::remove_dir_all(agent_dir(n));
-        }
-    }
 }
 
 impl Fleet {
@@ -45,7 +37,7 @@ impl Fleet {
         let port = free_port();
         w.write_clients_text(&clients_xml(entries))?;
         w.write_jobs(&jobs_toml(port, &w.data_dir(), None, "1s"))?;
-        Ok(Self { w, port, serve: None, names, env })
+        Ok(Self { w, port, serve: None, _agents: AgentCleanup(names), env })
     }
 
     /// serve gets the same environment as bootstrap: it logs in to each tunnel host with the same credentials.

@@ -11,10 +11,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use vigil_tests::fleet::AgentCleanup;
 use vigil_tests::fleet::{Auth, ClientEntry, Workdir, clients_xml};
 use vigil_tests::net::free_port;
 use vigil_tests::poll::wait_for;
-use vigil_tests::process::{Proc, kill_processes_under};
+use vigil_tests::process::Proc;
 use vigil_tests::sshd::{ClientKey, Sshd, SshdOpts};
 
 const T: Duration = Duration::from_secs(40);
@@ -26,18 +27,6 @@ fn unique(label: &str) -> String {
 }
 
 use vigil_tests::fleet::agent_dir;
-
-/// Agents installed under these names are killed and their directories removed on drop.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            kill_processes_under(&agent_dir(n));
-            let _ = std::fs::remove_dir_all(agent_dir(n));
-        }
-    }
-}
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -85,7 +74,7 @@ fn command_jobs_run_where_allowed_are_bounded_and_stored() -> Result<()> {
     let key = ClientKey::generate(keys.path(), "id_cmd")?;
     h.authorize("root", &key)?;
     let (allowed, denied) = (unique("yes"), unique("no"));
-    let _cleanup = Cleanup(vec![allowed.clone(), denied.clone()]);
+    let _cleanup = AgentCleanup(vec![allowed.clone(), denied.clone()]);
     let w = Workdir::new()?;
     let port = free_port();
     w.write_clients_text(&clients_xml(&[
@@ -194,7 +183,7 @@ fn a_failing_job_mails_once_and_its_recovery_once() -> Result<()> {
     let key = ClientKey::generate(keys.path(), "id_cmd")?;
     h.authorize("root", &key)?;
     let name = unique("mail");
-    let _cleanup = Cleanup(vec![name.clone()]);
+    let _cleanup = AgentCleanup(vec![name.clone()]);
     let w = Workdir::new()?;
     let port = free_port();
     let client = ClientEntry::ssh(&name, &h, "root", Auth::Key(key.private.clone()))

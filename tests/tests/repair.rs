@@ -6,10 +6,11 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use vigil_tests::fleet::AgentCleanup;
 use vigil_tests::fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
 use vigil_tests::net::{free_port, port_accepts};
 use vigil_tests::poll::wait_for;
-use vigil_tests::process::{Proc, kill_processes_under, pid_alive, signal_pid};
+use vigil_tests::process::{Proc, pid_alive, signal_pid};
 use vigil_tests::smtp::Smtp;
 use vigil_tests::sshd::{ClientKey, Sshd, SshdOpts};
 
@@ -23,16 +24,7 @@ use vigil_tests::fleet::agent_dir;
 struct Fleet {
     w: Workdir,
     _serve: Proc,
-    names: Vec<String>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for n in &self.names {
-            kill_processes_under(&agent_dir(n));
-            let _ = std::fs::remove_dir_all(agent_dir(n));
-        }
-    }
+    _agents: AgentCleanup,
 }
 
 impl Fleet {
@@ -46,7 +38,7 @@ impl Fleet {
         w.write_jobs(&jobs)?;
         let serve = w.spawn_vigil(&["serve"], "serve")?;
         wait_for(Duration::from_secs(20), "serve listening", || port_accepts(port))?;
-        Ok(Self { w, _serve: serve, names: names.to_vec() })
+        Ok(Self { w, _serve: serve, _agents: AgentCleanup(names.to_vec()) })
     }
 
     fn vigil(&self, args: &[&str]) -> Output {

@@ -9,10 +9,11 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use vigil_tests::fleet::AgentCleanup;
 use vigil_tests::fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
 use vigil_tests::net::free_port;
 use vigil_tests::poll::wait_for;
-use vigil_tests::process::{Proc, kill_processes_under};
+use vigil_tests::process::Proc;
 use vigil_tests::sshd::{ClientKey, SSHD, Sshd, SshdOpts};
 use vigil_tests::users::LocalUser;
 
@@ -31,16 +32,7 @@ struct Fleet {
     w: Workdir,
     port: u16,
     serve: Option<Proc>,
-    names: Vec<String>,
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for n in &self.names {
-            kill_processes_under(&agent_dir(n));
-            let _ = std::fs::remove_dir_all(agent_dir(n));
-        }
-    }
+    _agents: AgentCleanup,
 }
 
 impl Fleet {
@@ -57,7 +49,7 @@ impl Fleet {
             1,
         );
         w.write_jobs(&jobs)?;
-        Ok(Self { w, port, serve: None, names })
+        Ok(Self { w, port, serve: None, _agents: AgentCleanup(names) })
     }
 
     fn serve(&mut self) -> Result<()> {
