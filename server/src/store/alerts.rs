@@ -1,15 +1,14 @@
 //! The alert tables of migration V2: `alert_state` (one row per host and rule that ever fired), `alert_events` (the
 //! history `vigil alerts` lists) and `outbox` (mail waiting for the mailer).
 //!
-//! Functions take a `&Connection` so they run inside the caller's transaction (a `Transaction` derefs to one): the
+//! Functions take a [`Tx`] so they run inside the caller's transaction: the
 //! ingest writer evaluates rules in the transaction that stores the report, so a report, the transition it caused
 //! and the mail telling about it commit together or not at all. Deciding transitions is `crate::alert`'s job; this
 //! module only reads and writes rows.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{Store, StoreError, Tx};
+use super::{OptionalExtension, Row, Store, StoreError, Tx, params};
 use crate::config::AlertKind;
 
 /// The stored state of one (host, rule).
@@ -86,13 +85,13 @@ pub struct OutboxCounts {
 
 /// The state of `host`'s `rule`, if it ever fired.
 pub fn state(conn: Tx<'_>, host: &str, rule: &str) -> Result<Option<StateRow>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT state, value, limit_value, since_ms, last_mail_ms FROM alert_state WHERE host = ?1 AND rule = ?2",
     )?;
     let row = stmt
         .query_row(params![host, rule], |r| {
             Ok(StateRow {
-                firing: r.get::<_, String>(0)? == "firing",
+                firing: r.get::<String>(0)? == "firing",
                 value: r.get(1)?,
                 limit: r.get(2)?,
                 since_ms: r.get(3)?,
@@ -105,7 +104,7 @@ pub fn state(conn: Tx<'_>, host: &str, rule: &str) -> Result<Option<StateRow>, S
 
 /// Writes the state of `host`'s `rule`.
 pub fn set_state(conn: Tx<'_>, host: &str, rule: &str, s: &StateRow, now_ms: i64) -> Result<(), StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "INSERT INTO alert_state (host, rule, state, value, limit_value, since_ms, last_mail_ms, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (host, rule) DO UPDATE SET state = excluded.state, value = excluded.value,
@@ -119,7 +118,7 @@ pub fn set_state(conn: Tx<'_>, host: &str, rule: &str, s: &StateRow, now_ms: i64
 
 /// Appends an event; returns its id.
 pub fn insert_event(conn: Tx<'_>, e: &NewEvent<'_>) -> Result<i64, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "INSERT INTO alert_events (at_ms, host, ip, rule, state, value, limit_value, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
     )?;
@@ -135,7 +134,7 @@ pub fn enqueue_mail(
     subject: &str,
     body: &str,
 ) -> Result<i64, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "INSERT INTO outbox (event_id, created_ms, recipient, subject, body, next_attempt_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?2) RETURNING id",
     )?;
@@ -144,7 +143,7 @@ pub fn enqueue_mail(
 
 /// Pending mail whose next attempt is due at `now_ms`, oldest first, at most `limit`.
 pub fn due_mail(conn: Tx<'_>, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT id, created_ms, recipient, subject, body, attempts FROM outbox
          WHERE status = 'pending' AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
     )?;
@@ -159,20 +158,20 @@ pub fn due_mail(conn: Tx<'_>, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow
             attempts: r.get(5)?,
         })
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// Marks a mail sent (the SMTP server accepted it).
 pub fn mark_sent(conn: Tx<'_>, id: i64, now_ms: i64) -> Result<(), StoreError> {
     conn.0
-        .prepare_cached("UPDATE outbox SET status = 'sent', sent_ms = ?2, attempts = attempts + 1 WHERE id = ?1")?
+        .stmt("UPDATE outbox SET status = 'sent', sent_ms = ?2, attempts = attempts + 1 WHERE id = ?1")?
         .execute(params![id, now_ms])?;
     Ok(())
 }
 
 /// Records a failed attempt: retried at `retry_at_ms`, or never again when `None` (refused for good).
 pub fn mark_attempt_failed(conn: Tx<'_>, id: i64, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
              status = CASE WHEN ?3 IS NULL THEN 'failed' ELSE status END,
              next_attempt_ms = coalesce(?3, next_attempt_ms)
@@ -185,10 +184,9 @@ pub fn mark_attempt_failed(conn: Tx<'_>, id: i64, error: &str, retry_at_ms: Opti
 /// How many mails are pending, sent and failed.
 pub fn outbox_counts(conn: Tx<'_>) -> Result<OutboxCounts, StoreError> {
     let mut c = OutboxCounts::default();
-    let mut stmt = conn.0.prepare_cached("SELECT status, count(*) FROM outbox GROUP BY status")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-    for row in rows {
-        let (status, n) = row?;
+    let stmt = conn.0.stmt("SELECT status, count(*) FROM outbox GROUP BY status")?;
+    let rows = stmt.query_map(params![], |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)))?;
+    for (status, n) in rows {
         match status.as_str() {
             "pending" => c.pending = n,
             "sent" => c.sent = n,
@@ -203,11 +201,11 @@ pub fn outbox_counts(conn: Tx<'_>) -> Result<OutboxCounts, StoreError> {
 pub fn prune(conn: Tx<'_>, older_than_ms: i64) -> Result<usize, StoreError> {
     let mail = conn
         .0
-        .prepare_cached("DELETE FROM outbox WHERE status <> 'pending' AND created_ms < ?1")?
+        .stmt("DELETE FROM outbox WHERE status <> 'pending' AND created_ms < ?1")?
         .execute(params![older_than_ms])?;
     let events = conn
         .0
-        .prepare_cached(
+        .stmt(
             "DELETE FROM alert_events WHERE at_ms < ?1 AND id NOT IN (SELECT event_id FROM outbox
              WHERE event_id IS NOT NULL)",
         )?
@@ -216,7 +214,7 @@ pub fn prune(conn: Tx<'_>, older_than_ms: i64) -> Result<usize, StoreError> {
 }
 
 /// The columns `id, at_ms, host, ip, rule, state, value, limit_value, detail` of `alert_events` as an [`EventRow`].
-pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+pub(super) fn event_row(r: &Row<'_>) -> Result<EventRow, StoreError> {
     Ok(EventRow {
         id: r.get(0)?,
         at_ms: r.get(1)?,
@@ -232,16 +230,16 @@ pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
 
 /// Events at or after `since_ms`, oldest first.
 pub fn events_since(conn: Tx<'_>, since_ms: i64) -> Result<Vec<EventRow>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events
          WHERE at_ms >= ?1 ORDER BY at_ms, id",
     )?;
     let rows = stmt.query_map(params![since_ms], event_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// The columns `host, rule, value, limit_value, since_ms` of `alert_state` as a [`FiringRow`].
-fn firing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FiringRow> {
+fn firing_row(r: &Row<'_>) -> Result<FiringRow, StoreError> {
     Ok(FiringRow { host: r.get(0)?, rule: r.get(1)?, value: r.get(2)?, limit: r.get(3)?, since_ms: r.get(4)? })
 }
 
@@ -256,7 +254,7 @@ pub struct DigestRow {
 
 /// The security digest of `host`, if it was ever mailed.
 pub fn digest(conn: Tx<'_>, host: &str) -> Result<Option<DigestRow>, StoreError> {
-    let mut stmt = conn.0.prepare_cached("SELECT last_mail_ms, last_event_id FROM security_digest WHERE host = ?1")?;
+    let stmt = conn.0.stmt("SELECT last_mail_ms, last_event_id FROM security_digest WHERE host = ?1")?;
     Ok(stmt
         .query_row(params![host], |r| Ok(DigestRow { last_mail_ms: r.get(0)?, last_event_id: r.get(1)? }))
         .optional()?)
@@ -265,7 +263,7 @@ pub fn digest(conn: Tx<'_>, host: &str) -> Result<Option<DigestRow>, StoreError>
 /// Records that a security mail of `host` was queued.
 pub fn set_digest(conn: Tx<'_>, host: &str, d: DigestRow) -> Result<(), StoreError> {
     conn.0
-        .prepare_cached(
+        .stmt(
             "INSERT INTO security_digest (host, last_mail_ms, last_event_id) VALUES (?1, ?2, ?3)
          ON CONFLICT (host) DO UPDATE SET last_mail_ms = excluded.last_mail_ms,
              last_event_id = excluded.last_event_id",
@@ -276,48 +274,48 @@ pub fn set_digest(conn: Tx<'_>, host: &str, d: DigestRow) -> Result<(), StoreErr
 
 /// Security events of `host` after event `after_id` (not mailed yet), oldest first.
 pub fn security_events_after(conn: Tx<'_>, host: &str, after_id: i64) -> Result<Vec<EventRow>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT id, at_ms, host, ip, rule, state, value, limit_value, detail FROM alert_events
          WHERE host = ?1 AND rule = 'security' AND id > ?2 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![host, after_id], event_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// Hosts whose security events wait for a digest mail: (host, digest).
 pub fn digests_waiting(conn: Tx<'_>) -> Result<Vec<(String, DigestRow)>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT d.host, d.last_mail_ms, d.last_event_id FROM security_digest d WHERE EXISTS
              (SELECT 1 FROM alert_events e WHERE e.host = d.host AND e.rule = 'security' AND e.id > d.last_event_id)
          ORDER BY d.host",
     )?;
-    let rows =
-        stmt.query_map([], |r| Ok((r.get(0)?, DigestRow { last_mail_ms: r.get(1)?, last_event_id: r.get(2)? })))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt
+        .query_map(params![], |r| Ok((r.get(0)?, DigestRow { last_mail_ms: r.get(1)?, last_event_id: r.get(2)? })))?;
+    Ok(rows)
 }
 
 /// Alerts firing now, by host then rule.
 pub fn firing(conn: Tx<'_>) -> Result<Vec<FiringRow>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE state = 'firing' ORDER BY host, rule",
     )?;
-    let rows = stmt.query_map([], firing_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map(params![], firing_row)?;
+    Ok(rows)
 }
 
 /// Alerts of `host` firing now, by rule (a primary-key lookup).
 pub fn firing_of(conn: Tx<'_>, host: &str) -> Result<Vec<FiringRow>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT host, rule, value, limit_value, since_ms FROM alert_state WHERE host = ?1 AND state = 'firing'
          ORDER BY rule",
     )?;
     let rows = stmt.query_map(params![host], firing_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// When the latest report of `host` arrived (server clock), if it ever reported.
 pub fn last_report_ms(conn: Tx<'_>, host: &str) -> Result<Option<i64>, StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "SELECT r.received_at_ms FROM reports r JOIN hosts h ON h.id = r.host_id WHERE h.name = ?1
          ORDER BY r.received_at_ms DESC LIMIT 1",
     )?;
@@ -333,17 +331,14 @@ pub fn recent_values(
     mount: Option<&str>,
     n: usize,
 ) -> Result<Vec<(i64, f64)>, StoreError> {
-    let host_id: Option<i64> = conn
-        .0
-        .prepare_cached("SELECT id FROM hosts WHERE name = ?1")?
-        .query_row(params![host], |r| r.get(0))
-        .optional()?;
+    let host_id: Option<i64> =
+        conn.0.stmt("SELECT id FROM hosts WHERE name = ?1")?.query_row(params![host], |r| r.get(0)).optional()?;
     let Some(host_id) = host_id else { return Ok(Vec::new()) };
     let limit = i64::try_from(n).unwrap_or(i64::MAX);
     let simple = |sql: &str| -> Result<Vec<(i64, f64)>, StoreError> {
-        let mut stmt = conn.0.prepare_cached(sql)?;
+        let stmt = conn.0.stmt(sql)?;
         let rows = stmt.query_map(params![host_id, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     };
     match kind {
         AlertKind::Cpu => simple("SELECT ts, total_pct FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT ?2"),
@@ -357,16 +352,15 @@ pub fn recent_values(
         AlertKind::Silence | AlertKind::Job | AlertKind::Metric => Ok(Vec::new()),
         AlertKind::Disk => {
             // A bounded window of the newest rows (a report has a handful of mounts), grouped here by report.
-            let mut stmt = conn.0.prepare_cached(
+            let stmt = conn.0.stmt(
                 "SELECT report_id, ts, mount_point, used_pct FROM disk_usage WHERE host_id = ?1
                  ORDER BY ts DESC, id DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![host_id, limit.saturating_mul(32)], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, f64>(3)?))
+                Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<String>(2)?, r.get::<f64>(3)?))
             })?;
             let mut out: Vec<(i64, i64, f64)> = Vec::new();
-            for row in rows {
-                let (report, ts, mp, pct) = row?;
+            for (report, ts, mp, pct) in rows {
                 if mount.is_some_and(|m| m != mp) {
                     continue;
                 }
@@ -403,10 +397,7 @@ impl Store {
 
     /// Runs `f` in one immediate transaction, committed when it returns `Ok`.
     pub fn write_tx<R>(&mut self, f: impl FnOnce(Tx<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let r = f(Tx(&tx))?;
-        tx.commit()?;
-        Ok(r)
+        self.conn.transaction(|db| f(Tx(db)))
     }
 }
 

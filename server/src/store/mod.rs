@@ -1,18 +1,23 @@
-//! The SQLite database, and all of vigil's SQL: opening it (0600, WAL, migrations), agents, the config state and
+//! The database (SQLite, or PostgreSQL for several nodes), and all of vigil's SQL: opening it (a SQLite file 0600 in
+//! WAL mode; migrations, advisory-locked on PostgreSQL), agents, the config state and
 //! retention here; reports in [`insert`], alert state, history, outbox and security digest in [`alerts`], the last
 //! automatic repair of each host in [`repairs`], the status queries in `views`, the dashboard's, API's and
 //! export's queries in [`web`], the schema documentation in
-//! [`schema_doc`]. Nothing outside this module uses `rusqlite`, except through the typed methods and rows here.
+//! [`schema_doc`]. Nothing outside this module uses `rusqlite` or `postgres`, except through the typed methods and
+//! rows here. Statements are written once for both engines through [`db`].
 //!
-//! The schema lives only in `migrations/` (refinery, embedded, applied on every [`Store::open`], append-only: a change
-//! is a new `V<n>__<name>.sql`).
+//! The schema lives only in `migrations/` (SQLite) and `migrations_pg/` (the same schema in PostgreSQL's dialect,
+//! same versions and names; `tests/tests/pg_schema.rs` compares them): refinery, embedded, applied on every open,
+//! append-only: a change is a new `V<n>__<name>.sql` in both.
 //!
 //! Writers: while `vigil serve` runs, the daemon writes only through the ingest writer thread. Other processes
 //! (`vigil enroll`, `bootstrap`, `uninstall`) write the `agents` table through their own connection; SQLite's WAL
 //! serializes them (busy timeout [`BUSY_TIMEOUT`]). `vigil status` and `vigil alerts` open the file read-only.
 
 pub mod alerts;
+pub mod db;
 mod insert;
+mod insert_pg;
 pub mod nodes;
 pub mod repairs;
 mod runs;
@@ -33,13 +38,24 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags};
+
+pub(crate) use db::params;
+pub use db::{Db, Engine, OptionalExtension, Row};
 
 pub use insert::{Incoming, MAX_FUTURE_MS, Outcome, sample_time};
 
 mod embedded {
     refinery::embed_migrations!("src/store/migrations");
 }
+
+mod embedded_pg {
+    refinery::embed_migrations!("src/store/migrations_pg");
+}
+
+/// The advisory lock nodes take around PostgreSQL migrations, so nodes starting together do not race ("vigil" in
+/// ASCII).
+const MIGRATION_LOCK: i64 = 0x7669_6769_6c;
 
 /// How long a statement waits for another connection's lock before failing with "busy".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +70,11 @@ pub enum StoreError {
     Full,
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(postgres::Error),
+    /// `database_password_env` names a variable that is not set.
+    #[error("the environment variable {0} (database_password_env) is not set")]
+    NoPassword(String),
     #[error("database migration failed: {0}")]
     Migration(refinery::Error),
     #[error("{path}: {error}")]
@@ -61,6 +82,9 @@ pub enum StoreError {
     /// `open_readonly` on a path where no database exists yet.
     #[error("no database at {0} (has `vigil serve` run?)")]
     NotFound(PathBuf),
+    /// A query expected a row and found none.
+    #[error("no such row")]
+    NoRow,
     /// A value read back from the database does not fit its Rust type.
     #[error("bad stored value: {0}")]
     BadValue(String),
@@ -85,6 +109,15 @@ impl From<rusqlite::Error> for StoreError {
             StoreError::Full
         } else {
             StoreError::Sqlite(e)
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        match e.code() {
+            Some(c) if *c == postgres::error::SqlState::DISK_FULL => StoreError::Full,
+            _ => StoreError::Postgres(e),
         }
     }
 }
@@ -121,7 +154,7 @@ impl std::fmt::Debug for AgentRecord {
 /// of [`alerts`] run on, so alert evaluation and the mailer share the ingest writer's transaction without ever
 /// holding the connection itself.
 #[derive(Clone, Copy)]
-pub struct Tx<'c>(&'c Connection);
+pub struct Tx<'c>(&'c Db);
 
 impl std::fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,7 +172,8 @@ pub struct Pruned {
 
 /// The database. Owns one connection; `Send`, not `Sync`: one thread uses it at a time.
 pub struct Store {
-    conn: Connection,
+    conn: Db,
+    /// The SQLite file, or the PostgreSQL URL (which never holds a password).
     path: PathBuf,
     /// host name -> (id, ip) of rows known to be committed; cleared when a transaction fails.
     hosts: HashMap<String, (i64, String)>,
@@ -175,7 +209,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "cache_size", -32_768)?; // 32 MiB: index pages stay hot across commits.
-        conn.set_prepared_statement_cache_capacity(64);
+        conn.set_prepared_statement_cache_capacity(128);
         let report = embedded::migrations::runner().run(&mut conn)?;
         for m in report.applied_migrations() {
             tracing::info!(path = %path.display(), version = m.version(), name = m.name(), "database migration applied");
@@ -188,7 +222,41 @@ impl Store {
                 std::fs::set_permissions(&p, Permissions::from_mode(0o600)).map_err(io)?;
             }
         }
-        Ok(Store { conn, path: path.to_path_buf(), hosts: HashMap::new() })
+        Ok(Store { conn: Db::Sqlite(conn), path: path.to_path_buf(), hosts: HashMap::new() })
+    }
+
+    /// Connects to the PostgreSQL database at `url` (which holds no password: `password` comes from the environment
+    /// variable the config names) and applies pending migrations under an advisory lock, so nodes starting together
+    /// apply each migration once.
+    pub fn open_postgres(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
+        let mut config: postgres::Config =
+            url.parse().map_err(|e: postgres::Error| StoreError::BadValue(format!("database URL: {e}")))?;
+        if let Some(pw) = password {
+            config.password(pw);
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(db::PG_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("vigil");
+        }
+        let link = db::PgLink::connect(config)?;
+        let conn = Db::Postgres(Box::new(std::cell::RefCell::new(link)));
+        conn.with_pg(|client| {
+            client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+            let report = embedded_pg::migrations::runner().run(client);
+            client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
+            for m in report?.applied_migrations() {
+                tracing::info!(version = m.version(), name = m.name(), "database migration applied");
+            }
+            Ok(())
+        })?;
+        Ok(Store { conn, path: PathBuf::from(url), hosts: HashMap::new() })
+    }
+
+    /// Which engine this store runs on.
+    pub fn engine(&self) -> Engine {
+        self.conn.engine()
     }
 
     /// Opens an existing database read-only, for `vigil status`.
@@ -217,10 +285,10 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        Ok(Store { conn, path: path.to_path_buf(), hosts: HashMap::new() })
+        Ok(Store { conn: Db::Sqlite(conn), path: path.to_path_buf(), hosts: HashMap::new() })
     }
 
-    /// The database file's path.
+    /// The database file's path (for PostgreSQL, its URL).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -232,82 +300,94 @@ impl Store {
 
     /// The connection, for the store's own tests.
     #[cfg(test)]
-    pub(crate) fn conn(&self) -> &Connection {
+    pub(crate) fn conn(&self) -> &Db {
         &self.conn
     }
 
     /// Applied migrations, oldest first: (version, name). Empty on a database never migrated.
     pub fn migration_history(&self) -> Result<Vec<(i32, String)>, StoreError> {
-        let exists: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'refinery_schema_history')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !exists {
+        let exists = match self.engine() {
+            Engine::Sqlite => {
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table'
+                               AND name = 'refinery_schema_history')"
+            }
+            Engine::Postgres => "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+        };
+        if !self.conn.query_row(exists, &params![], |r| r.get::<bool>(0))? {
             return Ok(Vec::new());
         }
-        let mut stmt = self.conn.prepare("SELECT version, name FROM refinery_schema_history ORDER BY version")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.conn.query_map("SELECT version, name FROM refinery_schema_history ORDER BY version", &params![], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
     }
 
     /// Stores an agent's credentials, replacing any agent registered for the same host (or with the same id).
     pub fn register_agent(&mut self, a: &AgentRecord) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM agents WHERE host = ?1 OR agent_id = ?2", params![a.host, a.agent_id])?;
-        tx.execute(
-            "INSERT INTO agents (agent_id, host, public_key, secret_hex, version, registered_at_ms, last_seen_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![a.agent_id, a.host, a.public_key, a.secret_hex, a.version, a.registered_at_ms, a.last_seen_at_ms],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.conn.transaction(|tx| {
+            tx.execute("DELETE FROM agents WHERE host = ?1 OR agent_id = ?2", &params![a.host, a.agent_id])?;
+            tx.execute(
+                "INSERT INTO agents (agent_id, host, public_key, secret_hex, version, registered_at_ms,
+                                     last_seen_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &params![
+                    a.agent_id,
+                    a.host,
+                    a.public_key,
+                    a.secret_hex,
+                    a.version,
+                    a.registered_at_ms,
+                    a.last_seen_at_ms
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Whether a report of `agent_id` received at or after `since_ms` is stored (bootstrap's confirmation that an
     /// agent delivers under the credentials it was just given).
     pub fn report_stored_since(&self, agent_id: &str, since_ms: i64) -> Result<bool, StoreError> {
-        let found: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT 1 FROM reports WHERE agent_id = ?1 AND received_at_ms >= ?2 LIMIT 1")?
-            .query_row(params![agent_id, since_ms], |r| r.get(0))
-            .optional()?;
+        let found = self.conn.query_opt(
+            "SELECT 1 FROM reports WHERE agent_id = ?1 AND received_at_ms >= ?2 LIMIT 1",
+            &params![agent_id, since_ms],
+            |r| r.get::<i64>(0),
+        )?;
         Ok(found.is_some())
     }
 
     /// Every registered agent, ordered by host name.
     pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        self.conn.query_map(
             "SELECT agent_id, host, public_key, secret_hex, version, registered_at_ms, last_seen_at_ms
              FROM agents ORDER BY host",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AgentRecord {
-                agent_id: r.get(0)?,
-                host: r.get(1)?,
-                public_key: r.get(2)?,
-                secret_hex: r.get(3)?,
-                version: r.get(4)?,
-                registered_at_ms: r.get(5)?,
-                last_seen_at_ms: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            &params![],
+            |r| {
+                Ok(AgentRecord {
+                    agent_id: r.get(0)?,
+                    host: r.get(1)?,
+                    public_key: r.get(2)?,
+                    secret_hex: r.get(3)?,
+                    version: r.get(4)?,
+                    registered_at_ms: r.get(5)?,
+                    last_seen_at_ms: r.get(6)?,
+                })
+            },
+        )
     }
 
     /// Forgets the agent credentials of `host` (its history stays). Returns how many were removed.
     pub fn remove_agents_of_host(&mut self, host: &str) -> Result<usize, StoreError> {
         self.remove_tunnel(host)?;
-        Ok(self.conn.execute("DELETE FROM agents WHERE host = ?1", params![host])?)
+        self.conn.execute("DELETE FROM agents WHERE host = ?1", &params![host])
     }
 
     /// Records that an agent connected (or reported) at `seen_at_ms`, running `version`. Never moves back in time.
     pub fn touch_agent(&mut self, agent_id: &str, version: &str, seen_at_ms: i64) -> Result<(), StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE agents SET version = ?2, last_seen_at_ms = max(coalesce(last_seen_at_ms, ?3), ?3)
+        self.conn.execute(
+            "UPDATE agents SET version = ?2,
+                 last_seen_at_ms = CASE WHEN last_seen_at_ms > ?3 THEN last_seen_at_ms ELSE ?3 END
              WHERE agent_id = ?1",
+            &params![agent_id, version, seen_at_ms],
         )?;
-        stmt.execute(params![agent_id, version, seen_at_ms])?;
         Ok(())
     }
 
@@ -319,24 +399,29 @@ impl Store {
 
     /// Like [`Store::insert_reports`], and calls `hook` inside the same transaction after each newly stored report
     /// (not for duplicates). A hook error rolls the whole batch back.
+    ///
+    /// SQLite stores report by report through cached statements; PostgreSQL, where every statement is a round trip,
+    /// stores the whole batch with one statement per table ([`insert_pg`]).
     pub fn insert_reports_with(
         &mut self,
         batch: &[Incoming],
         mut hook: impl FnMut(Tx<'_>, &Incoming) -> Result<(), StoreError>,
     ) -> Result<Vec<Outcome>, StoreError> {
-        let result = (|| {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for inc in batch {
-                let outcome = insert::insert_one(&tx, &mut self.hosts, inc)?;
-                if matches!(outcome, Outcome::Stored { .. }) {
-                    hook(Tx(&tx), inc)?;
+        let hosts = &mut self.hosts;
+        let result = self.conn.transaction(|tx| {
+            let out = match tx.engine() {
+                Engine::Sqlite => {
+                    batch.iter().map(|inc| insert::insert_one(tx, hosts, inc)).collect::<Result<Vec<_>, _>>()?
                 }
-                out.push(outcome);
+                Engine::Postgres => insert_pg::insert_batch(tx, hosts, batch)?,
+            };
+            for (inc, outcome) in batch.iter().zip(&out) {
+                if matches!(outcome, Outcome::Stored { .. }) {
+                    hook(Tx(tx), inc)?;
+                }
             }
-            tx.commit()?;
             Ok(out)
-        })();
+        });
         if result.is_err() {
             // Host ids cached during the failed transaction may have been rolled back.
             self.hosts.clear();
@@ -346,58 +431,56 @@ impl Store {
 
     /// Records the pending config error `vigil status` shows (`None` once the config is good again).
     pub fn set_config_error(&mut self, err: Option<&str>) -> Result<(), StoreError> {
-        let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO config_state (id, error, updated_at_ms) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET error = excluded.error, updated_at_ms = excluded.updated_at_ms",
-            params![err, now],
-        )?;
-        Ok(())
+        self.set_config_state("error", err)
     }
 
     /// Records the hosts the pending config error is about (their `<client>` holds a diagnostic), for the web
     /// dashboard's "config error" state; empty when none is.
     pub fn set_config_error_hosts(&mut self, hosts: &[String]) -> Result<(), StoreError> {
         let hosts = (!hosts.is_empty()).then(|| hosts.join("\n"));
+        self.set_config_state("error_hosts", hosts.as_deref())
+    }
+
+    /// Sets one column of the single `config_state` row.
+    fn set_config_state(&mut self, column: &'static str, value: Option<&str>) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO config_state (id, error_hosts, updated_at_ms) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET error_hosts = excluded.error_hosts, updated_at_ms = excluded.updated_at_ms",
-            params![hosts, now_ms()],
+            &format!(
+                "INSERT INTO config_state (id, {column}, updated_at_ms) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET {column} = excluded.{column}, updated_at_ms = excluded.updated_at_ms"
+            ),
+            &params![value, now_ms()],
         )?;
         Ok(())
     }
 
+    /// One column of the single `config_state` row.
+    fn config_state(&self, column: &'static str) -> Result<Option<String>, StoreError> {
+        let v = self.conn.query_opt(&format!("SELECT {column} FROM config_state WHERE id = 1"), &params![], |r| {
+            r.get::<Option<String>>(0)
+        })?;
+        Ok(v.flatten())
+    }
+
     /// The hosts the pending config error is about.
     pub fn config_error_hosts(&self) -> Result<Vec<String>, StoreError> {
-        let hosts: Option<Option<String>> =
-            self.conn.query_row("SELECT error_hosts FROM config_state WHERE id = 1", [], |r| r.get(0)).optional()?;
-        Ok(hosts.flatten().map(|h| h.lines().map(str::to_owned).collect()).unwrap_or_default())
+        let hosts = self.config_state("error_hosts")?;
+        Ok(hosts.map(|h| h.lines().map(str::to_owned).collect()).unwrap_or_default())
     }
 
     /// Records the `[server]` settings edited in the files that the running `vigil serve` cannot apply (`None` when
     /// the files match what it runs with), for `vigil status`.
     pub fn set_restart_needed(&mut self, keys: Option<&str>) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO config_state (id, restart_needed, updated_at_ms) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET restart_needed = excluded.restart_needed,
-                 updated_at_ms = excluded.updated_at_ms",
-            params![keys, now_ms()],
-        )?;
-        Ok(())
+        self.set_config_state("restart_needed", keys)
     }
 
     /// The `[server]` settings waiting for a restart of `vigil serve`, if any: e.g. `listen, database`.
     pub fn restart_needed(&self) -> Result<Option<String>, StoreError> {
-        let keys: Option<Option<String>> =
-            self.conn.query_row("SELECT restart_needed FROM config_state WHERE id = 1", [], |r| r.get(0)).optional()?;
-        Ok(keys.flatten())
+        self.config_state("restart_needed")
     }
 
     /// The pending config error recorded by `vigil serve`, if any.
     pub fn config_error(&self) -> Result<Option<String>, StoreError> {
-        let err: Option<Option<String>> =
-            self.conn.query_row("SELECT error FROM config_state WHERE id = 1", [], |r| r.get(0)).optional()?;
-        Ok(err.flatten())
+        self.config_state("error")
     }
 
     /// Retention: deletes reports received before `older_than_ms` (server clock) and all their statistics rows, in
@@ -419,37 +502,33 @@ impl Store {
 
     /// One prune transaction: at most `limit` of the oldest reports before `older_than_ms`.
     fn prune_chunk(&mut self, older_than_ms: i64, limit: usize) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let ids: Vec<i64> = {
-            let mut stmt =
-                tx.prepare_cached("SELECT id FROM reports WHERE received_at_ms < ?1 ORDER BY received_at_ms LIMIT ?2")?;
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            stmt.query_map(params![older_than_ms, limit], |r| r.get(0))?.collect::<Result<_, _>>()?
-        };
-        for table in insert::FAMILY_TABLES {
-            let mut stmt = tx.prepare_cached(&format!("DELETE FROM {table} WHERE report_id = ?1"))?;
-            for id in &ids {
-                stmt.execute([id])?;
+        self.conn.transaction(|tx| {
+            let ids: Vec<i64> = tx.query_map(
+                "SELECT id FROM reports WHERE received_at_ms < ?1 ORDER BY received_at_ms LIMIT ?2",
+                &params![older_than_ms, limit],
+                |r| r.get(0),
+            )?;
+            for table in insert::FAMILY_TABLES {
+                let sql = format!("DELETE FROM {table} WHERE report_id = ?1");
+                for id in &ids {
+                    tx.execute(&sql, &params![id])?;
+                }
             }
-        }
-        {
-            let mut stmt = tx.prepare_cached("DELETE FROM reports WHERE id = ?1")?;
             for id in &ids {
-                stmt.execute([id])?;
+                tx.execute("DELETE FROM reports WHERE id = ?1", &params![id])?;
             }
-        }
-        tx.commit()?;
-        Ok(ids.len())
+            Ok(ids.len())
+        })
     }
 
     /// Caps the database at `pages` pages so a test can see the disk-full path.
     #[cfg(test)]
     pub(crate) fn limit_pages(&mut self, pages: i64) -> Result<(), StoreError> {
-        let _: i64 = self.conn.pragma_update_and_check(None, "max_page_count", pages, |r| r.get(0))?;
+        let conn = self.conn.sqlite().ok_or_else(|| StoreError::BadValue("not SQLite".into()))?;
+        let _: i64 = conn.pragma_update_and_check(None, "max_page_count", pages, |r| r.get(0))?;
         Ok(())
     }
 }
-
 /// Milliseconds since the Unix epoch, by this machine's clock (re-exported for callers outside the store).
 pub use vigil_sys::clock::now_ms;
 
@@ -482,12 +561,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db")).unwrap();
         store.insert_reports(&[incoming(1, 1_000)]).unwrap();
-        let pages: i64 = store.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        let pages: i64 = store.conn.query_row("PRAGMA page_count", &params![], |r| r.get(0)).unwrap();
         store.limit_pages(pages).unwrap();
         let batch: Vec<_> = (2..2_000).map(|s| incoming(s, 1_000 + s as i64)).collect();
         let err = store.insert_reports(&batch).unwrap_err();
         assert!(err.is_full(), "{err:?}");
-        let n: i64 = store.conn.query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
+        let n: i64 = store.conn.query_row("SELECT count(*) FROM reports", &params![], |r| r.get(0)).unwrap();
         assert_eq!(n, 1, "a failed batch leaves nothing behind");
     }
 

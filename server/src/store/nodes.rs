@@ -1,7 +1,7 @@
 //! The `nodes` table of migration V16: each `vigil serve` using the database, with its heartbeat (written through
 //! the ingest writer by serve's heartbeat task), read by `vigil status` to tell a running serve from a dead one.
 
-use rusqlite::params;
+use super::params;
 use serde::Serialize;
 
 use super::{Store, StoreError, TunnelState};
@@ -50,19 +50,19 @@ impl Store {
     /// Records that node `name` (this process, `pid`) started: its row is replaced, and the tunnels a dead
     /// predecessor left recorded as `up` are marked down (nobody holds them until this node does).
     pub fn node_started(&mut self, name: &str, pid: u32, now_ms: i64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        self.conn.transaction(|tx| {
+            tx.execute(
             "INSERT INTO nodes (name, pid, started_at_ms, heartbeat_ms, stopped_at_ms) VALUES (?1, ?2, ?3, ?3, NULL)
              ON CONFLICT (name) DO UPDATE SET pid = excluded.pid, started_at_ms = excluded.started_at_ms,
                  heartbeat_ms = excluded.heartbeat_ms, stopped_at_ms = NULL",
             params![name, pid, now_ms],
         )?;
-        tx.execute(
-            "UPDATE tunnels SET state = ?1, error = 'vigil serve restarted', since_ms = ?2 WHERE state = ?3",
-            params![TunnelState::Down.as_str(), now_ms, TunnelState::Up.as_str()],
-        )?;
-        tx.commit()?;
-        Ok(())
+            tx.execute(
+                "UPDATE tunnels SET state = ?1, error = 'vigil serve restarted', since_ms = ?2 WHERE state = ?3",
+                params![TunnelState::Down.as_str(), now_ms, TunnelState::Up.as_str()],
+            )?;
+            Ok(())
+        })
     }
 
     /// Moves node `name`'s heartbeat to `now_ms`.
@@ -80,10 +80,9 @@ impl Store {
 
     /// Every node, ordered by name.
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, pid, started_at_ms, heartbeat_ms, stopped_at_ms FROM nodes ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
+        let stmt =
+            self.conn.stmt("SELECT name, pid, started_at_ms, heartbeat_ms, stopped_at_ms FROM nodes ORDER BY name")?;
+        let rows = stmt.query_map(params![], |r| {
             Ok(NodeRow {
                 name: r.get(0)?,
                 pid: r.get(1)?,
@@ -92,7 +91,7 @@ impl Store {
                 stopped_at_ms: r.get(4)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `repairs` table of migration V11: the last automatic repair of each host (`crate::repair` decides; this
 //! module only reads and writes rows, inside the caller's transaction like [`super::alerts`]).
 
-use rusqlite::{OptionalExtension, params};
+use super::{OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, Tx};
@@ -50,39 +50,35 @@ pub struct RepairRow {
     pub failures: u32,
 }
 
-fn repair_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RepairRow> {
+fn repair_row(r: &Row<'_>) -> Result<RepairRow, StoreError> {
     let outcome: String = r.get(2)?;
-    let outcome = RepairOutcome::parse(&outcome).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, format!("outcome {outcome}").into())
-    })?;
+    let outcome =
+        RepairOutcome::parse(&outcome).ok_or_else(|| StoreError::BadValue(format!("repair outcome {outcome}")))?;
     Ok(RepairRow {
         host: r.get(0)?,
         last_attempt_ms: r.get(1)?,
         outcome,
         detail: r.get(3)?,
-        failures: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(u32::MAX),
+        failures: u32::try_from(r.get::<i64>(4)?).unwrap_or(u32::MAX),
     })
 }
 
 /// The last repair of `host`, if it was ever repaired.
 pub fn repair_of(conn: Tx<'_>, host: &str) -> Result<Option<RepairRow>, StoreError> {
-    let mut stmt = conn
-        .0
-        .prepare_cached("SELECT host, last_attempt_ms, outcome, detail, failures FROM repairs WHERE host = ?1")?;
+    let stmt = conn.0.stmt("SELECT host, last_attempt_ms, outcome, detail, failures FROM repairs WHERE host = ?1")?;
     Ok(stmt.query_row(params![host], repair_row).optional()?)
 }
 
 /// Every host's last repair.
 pub fn repairs(conn: Tx<'_>) -> Result<Vec<RepairRow>, StoreError> {
-    let mut stmt =
-        conn.0.prepare_cached("SELECT host, last_attempt_ms, outcome, detail, failures FROM repairs ORDER BY host")?;
-    let rows = stmt.query_map([], repair_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let stmt = conn.0.stmt("SELECT host, last_attempt_ms, outcome, detail, failures FROM repairs ORDER BY host")?;
+    let rows = stmt.query_map(params![], repair_row)?;
+    Ok(rows)
 }
 
 /// Records `row` as the host's last repair.
 pub fn set_repair(conn: Tx<'_>, row: &RepairRow) -> Result<(), StoreError> {
-    let mut stmt = conn.0.prepare_cached(
+    let stmt = conn.0.stmt(
         "INSERT INTO repairs (host, last_attempt_ms, outcome, detail, failures) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (host) DO UPDATE SET last_attempt_ms = excluded.last_attempt_ms, outcome = excluded.outcome,
              detail = excluded.detail, failures = excluded.failures",

@@ -1,6 +1,6 @@
 //! The read side of command jobs: runs for `vigil runs` and `vigil status`, newest first, as typed rows.
 
-use rusqlite::params;
+use super::params;
 
 use super::{Store, StoreError};
 
@@ -78,25 +78,25 @@ const ALL_JOBS: &str = "SELECT DISTINCT h.name, r.job FROM command_runs r JOIN h
 impl Store {
     /// The command jobs `host` has runs of, by name.
     pub fn command_jobs_of(&self, host: &str) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(JOBS_OF_HOST)?;
-        let jobs = stmt.query_map([host], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        let stmt = self.conn.stmt(JOBS_OF_HOST)?;
+        let jobs = stmt.query_map(params![host], |r| r.get(0))?;
         Ok(jobs)
     }
 
     /// Every (host, command job) that has runs, by host then job: [`Store::command_jobs_of`] of all hosts at once.
     pub fn command_jobs(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(ALL_JOBS)?;
-        let jobs = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        let stmt = self.conn.stmt(ALL_JOBS)?;
+        let jobs = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(jobs)
     }
 
     /// Command runs matching `filter`, newest first, with their parsed metrics.
     pub fn command_runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(RUNS)?;
+        let stmt = self.conn.stmt(RUNS)?;
         let rows = stmt.query_map(params![filter.since_ms, filter.host, filter.job, filter.limit], |r| {
             let parse_errors: Option<String> = r.get(13)?;
             Ok((
-                r.get::<_, i64>(14)?,
+                r.get::<i64>(14)?,
                 RunRow {
                     host: r.get(1)?,
                     job: r.get(2)?,
@@ -116,19 +116,16 @@ impl Store {
             ))
         })?;
         let mut out = Vec::new();
-        let mut metrics = self.conn.prepare_cached(METRICS)?;
-        for row in rows {
-            let (report_id, mut run) = row?;
-            run.metrics = metrics
-                .query_map([report_id], |r| {
-                    let labels: String = r.get(1)?;
-                    Ok(MetricRow {
-                        name: r.get(0)?,
-                        labels: serde_json::from_str(&labels).unwrap_or(serde_json::Value::Null),
-                        value: r.get(2)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
+        let metrics = self.conn.stmt(METRICS)?;
+        for (report_id, mut run) in rows {
+            run.metrics = metrics.query_map(params![report_id], |r| {
+                let labels: String = r.get(1)?;
+                Ok(MetricRow {
+                    name: r.get(0)?,
+                    labels: serde_json::from_str(&labels).unwrap_or(serde_json::Value::Null),
+                    value: r.get(2)?,
+                })
+            })?;
             out.push(run);
         }
         Ok(out)

@@ -2,7 +2,7 @@
 //! (written by bootstrap) and the state of serve's session holding the forward (written by serve's tunnel manager
 //! through the ingest writer), read by the tunnel manager and `vigil status`.
 
-use rusqlite::{OptionalExtension, params};
+use super::{OptionalExtension, params};
 
 use super::{Store, StoreError};
 
@@ -118,14 +118,12 @@ impl Store {
 
     /// Every recorded tunnel, ordered by host.
     pub fn tunnels(&self) -> Result<Vec<TunnelRow>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT host, port, state, error, since_ms FROM tunnels ORDER BY host")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+        let stmt = self.conn.stmt("SELECT host, port, state, error, since_ms FROM tunnels ORDER BY host")?;
+        let rows = stmt.query_map(params![], |r| {
+            Ok((r.get::<String>(0)?, r.get::<Option<i64>>(1)?, r.get::<String>(2)?, r.get(3)?, r.get(4)?))
         })?;
         let mut out = Vec::new();
-        for row in rows {
-            let (host, port, state, error, since_ms) = row?;
+        for (host, port, state, error, since_ms) in rows {
             let port = port
                 .map(|p| u16::try_from(p).map_err(|_| StoreError::BadValue(format!("tunnel port {p}"))))
                 .transpose()?;

@@ -2,7 +2,7 @@
 //! index lookup of the newest row (the query-plan test below holds them to it), so the view costs the same with a
 //! year of history as with a day.
 
-use rusqlite::{OptionalExtension, params};
+use super::{OptionalExtension, params};
 
 use super::{Store, StoreError};
 
@@ -69,17 +69,17 @@ pub struct UnavailableRow {
 impl Store {
     /// The families host `name` cannot serve now, by name; none for a host the database does not know.
     pub fn unavailable_of(&self, name: &str) -> Result<Vec<UnavailableRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(UNAVAILABLE_OF)?;
+        let stmt = self.conn.stmt(UNAVAILABLE_OF)?;
         let rows = stmt.query_map(params![name], |r| {
             Ok(UnavailableRow { family: r.get(0)?, reason: r.get(1)?, since_ms: r.get(2)? })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     }
 
     /// Every host that ever reported: (name, ip), by name.
     pub fn known_hosts(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(ALL_HOSTS)?;
-        Ok(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?)
+        let stmt = self.conn.stmt(ALL_HOSTS)?;
+        Ok(stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?)
     }
 
     /// [`Store::host_row`] of every host the database knows (by agent or by report), keyed by name, in four
@@ -87,24 +87,25 @@ impl Store {
     pub fn host_rows(&self) -> Result<std::collections::HashMap<String, HostRow>, StoreError> {
         let conn = &self.conn;
         let mut rows: std::collections::HashMap<String, HostRow> = std::collections::HashMap::new();
-        let mut stmt = conn.prepare_cached(ALL_AGENTS)?;
-        for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))? {
-            let (name, version, seen) = r?;
+        let stmt = conn.stmt(ALL_AGENTS)?;
+        for r in stmt.query_map(params![], |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?)))? {
+            let (name, version, seen) = r;
             let row = rows.entry(name).or_default();
             (row.agent_version, row.agent_seen_ms) = (version, seen);
         }
-        let mut stmt = conn.prepare_cached(ALL_LATEST)?;
-        let latest = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
+        let stmt = conn.stmt(ALL_LATEST)?;
+        let latest = stmt.query_map(params![], |r| {
+            Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })?;
         for r in latest {
-            let (name, received, offset, cpu, mem, swap) = r?;
+            let (name, received, offset, cpu, mem, swap) = r;
             let row = rows.entry(name).or_default();
             (row.last_report_ms, row.report_offset_ms) = (received, offset);
             (row.cpu_pct, row.mem_pct, row.swap_pct) = (cpu, mem, swap);
         }
-        let mut stmt = conn.prepare_cached(ALL_FULLEST_DISKS)?;
-        for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))? {
-            if let (name, Some(mount), Some(pct)) = r? {
+        let stmt = conn.stmt(ALL_FULLEST_DISKS)?;
+        for r in stmt.query_map(params![], |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?)))? {
+            if let (name, Some(mount), Some(pct)) = r {
                 rows.entry(name).or_default().fullest_disk = Some((mount, pct));
             }
         }
@@ -116,26 +117,25 @@ impl Store {
         let conn = &self.conn;
         let mut row = HostRow::default();
         let agent: Option<(Option<String>, Option<i64>)> =
-            conn.prepare_cached(AGENT_OF_HOST)?.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            conn.stmt(AGENT_OF_HOST)?.query_row(params![name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         (row.agent_version, row.agent_seen_ms) = agent.unwrap_or((None, None));
-        let host_id: Option<i64> =
-            conn.prepare_cached(HOST_BY_NAME)?.query_row(params![name], |r| r.get(0)).optional()?;
+        let host_id: Option<i64> = conn.stmt(HOST_BY_NAME)?.query_row(params![name], |r| r.get(0)).optional()?;
         let Some(id) = host_id else { return Ok(row) };
         let latest: Option<(i64, i64)> =
-            conn.prepare_cached(LATEST_REPORT)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            conn.stmt(LATEST_REPORT)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         if let Some((received, offset)) = latest {
             row.last_report_ms = Some(received);
             row.report_offset_ms = Some(offset);
         }
         let latest_f64 = |sql: &str| -> Result<Option<f64>, StoreError> {
-            Ok(conn.prepare_cached(sql)?.query_row(params![id], |r| r.get(0)).optional()?)
+            Ok(conn.stmt(sql)?.query_row(params![id], |r| r.get(0)).optional()?)
         };
         row.cpu_pct = latest_f64(LATEST_CPU)?;
         row.mem_pct = latest_f64(LATEST_MEMORY)?;
         row.swap_pct = latest_f64(LATEST_SWAP)?;
         // The aggregate yields one row of NULLs when the host never reported disk usage.
         let fullest: Option<(Option<String>, Option<f64>)> =
-            conn.prepare_cached(FULLEST_DISK)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            conn.stmt(FULLEST_DISK)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         if let Some((Some(mount), Some(pct))) = fullest {
             row.fullest_disk = Some((mount, pct));
         }
@@ -220,9 +220,9 @@ mod tests {
         store.insert_reports(&[served]).unwrap();
         assert_eq!(store.unavailable_of("web1").unwrap(), []);
         assert_eq!(store.unavailable_of("nobody").unwrap(), []);
-        let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {UNAVAILABLE_OF}")).unwrap();
-        let plan: Vec<String> =
-            stmt.query_map(params!["web1"], |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+        let plan_sql = format!("EXPLAIN QUERY PLAN {UNAVAILABLE_OF}");
+        let stmt = store.conn().stmt(&plan_sql).unwrap();
+        let plan: Vec<String> = stmt.query_map(params!["web1"], |r| r.get::<String>(3)).unwrap();
         assert!(plan.iter().all(|s| !s.starts_with("SCAN") && !s.contains("TEMP B-TREE")), "{plan:?}");
     }
 
@@ -233,11 +233,11 @@ mod tests {
         // Some history, then ANALYZE, so the planner sees a realistic table and not an empty one.
         let batch: Vec<_> = (1..300).map(|s| report(s, 1_000 * s as i64)).collect();
         store.insert_reports(&batch).unwrap();
-        store.conn().execute_batch("ANALYZE").unwrap();
+        store.conn().batch("ANALYZE").unwrap();
         for sql in PER_HOST_QUERIES {
-            let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let plan: Vec<String> =
-                stmt.query_map(params![1], |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+            let plan_sql = format!("EXPLAIN QUERY PLAN {sql}");
+            let stmt = store.conn().stmt(&plan_sql).unwrap();
+            let plan: Vec<String> = stmt.query_map(params![1], |r| r.get::<String>(3)).unwrap();
             for step in &plan {
                 assert!(!step.starts_with("SCAN"), "{sql}\nscans: {plan:?}");
                 assert!(!step.contains("TEMP B-TREE"), "{sql}\nsorts: {plan:?}");
@@ -245,9 +245,9 @@ mod tests {
             assert!(plan.iter().any(|s| s.contains("INDEX")), "{sql}\nno index: {plan:?}");
         }
         for sql in [ALL_LATEST, ALL_FULLEST_DISKS] {
-            let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let plan: Vec<String> =
-                stmt.query_map([], |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+            let plan_sql = format!("EXPLAIN QUERY PLAN {sql}");
+            let stmt = store.conn().stmt(&plan_sql).unwrap();
+            let plan: Vec<String> = stmt.query_map(params![], |r| r.get::<String>(3)).unwrap();
             // The outer loop walks the hosts; every lookup inside is an index search, never a scan of history.
             let scans: Vec<&String> = plan.iter().filter(|s| s.starts_with("SCAN") && !s.contains(" h")).collect();
             assert!(scans.is_empty(), "{sql}\nscans: {plan:?}");

@@ -3,11 +3,11 @@
 //! security events, and rows of a family since a time. Every query is a range or newest-row lookup on a
 //! `(host_id, ts)` index.
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::alerts::EventRow;
-use super::{Store, StoreError};
+use super::db::{Stmt, Val};
+use super::{OptionalExtension, Store, StoreError, params};
 
 /// A metric the series endpoint serves: which table, and the lines it draws (label expression, value expression).
 /// Every string here is a constant of this file: no request text reaches the SQL.
@@ -226,18 +226,16 @@ impl Acc {
     /// `(time - from_ms) / bucket_ms`.
     fn add_samples(
         &mut self,
-        stmt: &mut rusqlite::CachedStatement<'_>,
-        params: impl rusqlite::Params,
+        stmt: Stmt<'_>,
+        params: &[Val<'_>],
         from_ms: i64,
         bucket_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut rows = stmt.query(params)?;
-        while let Some(r) = rows.next()? {
+        stmt.for_each(params, |r| {
             let (ts, v): (i64, f64) = (r.get(1)?, r.get(2)?);
-            let label = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-            self.add(label, (ts - from_ms) / bucket_ms, Agg { n: 1, sum: v, min: v, max: v });
-        }
-        Ok(())
+            self.add(r.text(0)?, (ts - from_ms) / bucket_ms, Agg { n: 1, sum: v, min: v, max: v });
+            Ok::<_, StoreError>(())
+        })
     }
 
     /// The lines by label, each's buckets by time (equal buckets merged, had rows come out of order).
@@ -276,7 +274,7 @@ pub const MAX_POINTS: u32 = 5_000;
 
 impl Store {
     fn host_id(&self, host: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn.prepare_cached(HOST_ID)?.query_row(params![host], |r| r.get(0)).optional()?)
+        Ok(self.conn.stmt(HOST_ID)?.query_row(params![host], |r| r.get(0)).optional()?)
     }
 
     /// `metric` of `host` over `[from_ms, to_ms)`, in at most `points` buckets per line. `None`: an unknown metric.
@@ -300,19 +298,18 @@ impl Store {
             // Coarse buckets: the roll-ups of the reports already rolled up, plus the raw rows of the newer ones.
             let rolled: i64 = self
                 .conn
-                .prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?
-                .query_row([], |r| r.get(0))?;
-            let mut stmt = self.conn.prepare_cached(
+                .stmt("SELECT last_report_id FROM rollup_state WHERE id = 1")?
+                .query_row(params![], |r| r.get(0))?;
+            let stmt = self.conn.stmt(
                 "SELECT label, bucket_ms, n, sum, min, max FROM rollup_5m
                  WHERE host_id = ?1 AND metric = ?4 AND bucket_ms > ?2 - ?5 AND bucket_ms < ?3",
             )?;
-            let mut rows = stmt.query(params![id, from_ms, to_ms, def.name, ROLLUP_MS])?;
-            while let Some(r) = rows.next()? {
-                let label = r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            stmt.for_each(params![id, from_ms, to_ms, def.name, ROLLUP_MS], |r| {
                 // A roll-up bucket straddling `from_ms` counts into the first bucket.
-                let b = ((r.get::<_, i64>(1)? - from_ms) / bucket_ms).max(0);
-                acc.add(label, b, Agg { n: r.get(2)?, sum: r.get(3)?, min: r.get(4)?, max: r.get(5)? });
-            }
+                let b = ((r.get::<i64>(1)? - from_ms) / bucket_ms).max(0);
+                acc.add(r.text(0)?, b, Agg { n: r.get(2)?, sum: r.get(3)?, min: r.get(4)?, max: r.get(5)? });
+                Ok::<_, StoreError>(())
+            })?;
             // The unary `+` keeps the planner off the `(host_id, ts)` index, which would scan the whole range: the
             // reports not rolled up yet are the few newest, found through the `report_id` index.
             for (label, value) in def.lines {
@@ -321,12 +318,7 @@ impl Store {
                      WHERE t.report_id > ?4 AND +t.host_id = ?1 AND +t.ts >= ?2 AND +t.ts < ?3 AND {value} IS NOT NULL",
                     from = def.from
                 );
-                acc.add_samples(
-                    &mut self.conn.prepare_cached(&sql)?,
-                    params![id, from_ms, to_ms, rolled],
-                    from_ms,
-                    bucket_ms,
-                )?;
+                acc.add_samples(self.conn.stmt(&sql)?, &params![id, from_ms, to_ms, rolled], from_ms, bucket_ms)?;
             }
         } else {
             for (label, value) in def.lines {
@@ -335,7 +327,7 @@ impl Store {
                      WHERE t.host_id = ?1 AND t.ts >= ?2 AND t.ts < ?3 AND {value} IS NOT NULL",
                     from = def.from
                 );
-                acc.add_samples(&mut self.conn.prepare_cached(&sql)?, params![id, from_ms, to_ms], from_ms, bucket_ms)?;
+                acc.add_samples(self.conn.stmt(&sql)?, &params![id, from_ms, to_ms], from_ms, bucket_ms)?;
             }
         }
         Ok(Some(acc.finish(from_ms, bucket_ms)))
@@ -357,41 +349,38 @@ impl Store {
         let points = i64::from(points.clamp(1, MAX_POINTS));
         let bucket_ms = ((to_ms.saturating_sub(from_ms).max(1) + points - 1) / points).max(1);
         let mut acc: std::collections::HashMap<i64, Acc> = std::collections::HashMap::new();
-        let mut add_rows = |stmt: &mut rusqlite::CachedStatement<'_>, p: &[&dyn rusqlite::ToSql]| {
-            let mut rows = stmt.query(p)?;
-            while let Some(r) = rows.next()? {
+        let mut add_rows = |stmt: Stmt<'_>, p: &[Val<'_>]| {
+            stmt.for_each(p, |r| {
                 let (host, ts, v): (i64, i64, f64) = (r.get(0)?, r.get(2)?, r.get(3)?);
-                let label = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
                 let a = Agg { n: 1, sum: v, min: v, max: v };
-                acc.entry(host).or_default().add(label, (ts - from_ms) / bucket_ms, a);
-            }
-            Ok::<_, StoreError>(())
+                acc.entry(host).or_default().add(r.text(1)?, (ts - from_ms) / bucket_ms, a);
+                Ok::<_, StoreError>(())
+            })
         };
         // CROSS JOIN keeps hosts as the outer loop, so each host's rows are one index range.
         if bucket_ms >= ROLLUP_MS {
             let rolled: i64 = self
                 .conn
-                .prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?
-                .query_row([], |r| r.get(0))?;
+                .stmt("SELECT last_report_id FROM rollup_state WHERE id = 1")?
+                .query_row(params![], |r| r.get(0))?;
             for (label, value) in def.lines {
                 let sql = format!(
                     "SELECT t.host_id, {label}, t.ts, {value} FROM {from}
                      WHERE t.report_id > ?3 AND +t.ts >= ?1 AND +t.ts < ?2 AND {value} IS NOT NULL",
                     from = def.from
                 );
-                add_rows(&mut self.conn.prepare_cached(&sql)?, params![from_ms, to_ms, rolled])?;
+                add_rows(self.conn.stmt(&sql)?, &params![from_ms, to_ms, rolled])?;
             }
-            let mut stmt = self.conn.prepare_cached(
+            let stmt = self.conn.stmt(
                 "SELECT h.id, r.label, r.bucket_ms, r.n, r.sum, r.min, r.max FROM hosts h CROSS JOIN rollup_5m r
                  WHERE r.host_id = h.id AND r.metric = ?3 AND r.bucket_ms > ?1 - ?4 AND r.bucket_ms < ?2",
             )?;
-            let mut rows = stmt.query(params![from_ms, to_ms, def.name, ROLLUP_MS])?;
-            while let Some(r) = rows.next()? {
-                let label = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
-                let b = ((r.get::<_, i64>(2)? - from_ms) / bucket_ms).max(0);
+            stmt.for_each(params![from_ms, to_ms, def.name, ROLLUP_MS], |r| {
+                let b = ((r.get::<i64>(2)? - from_ms) / bucket_ms).max(0);
                 let a = Agg { n: r.get(3)?, sum: r.get(4)?, min: r.get(5)?, max: r.get(6)? };
-                acc.entry(r.get(0)?).or_default().add(label, b, a);
-            }
+                acc.entry(r.get(0)?).or_default().add(r.text(1)?, b, a);
+                Ok::<_, StoreError>(())
+            })?;
         } else {
             for (label, value) in def.lines {
                 let sql = format!(
@@ -399,14 +388,15 @@ impl Store {
                      WHERE t.host_id = h.id AND t.ts >= ?1 AND t.ts < ?2 AND {value} IS NOT NULL",
                     from = def.from
                 );
-                add_rows(&mut self.conn.prepare_cached(&sql)?, params![from_ms, to_ms])?;
+                add_rows(self.conn.stmt(&sql)?, &params![from_ms, to_ms])?;
             }
         }
         let names: std::collections::HashMap<i64, String> = self
             .conn
-            .prepare_cached("SELECT id, name FROM hosts")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+            .stmt("SELECT id, name FROM hosts")?
+            .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .into_iter()
+            .collect();
         let mut out = std::collections::HashMap::with_capacity(acc.len());
         for (host, lines) in acc {
             if let Some(name) = names.get(&host) {
@@ -433,24 +423,23 @@ impl Store {
              WHERE t.ts >= ?1 AND (?2 IS NULL OR h.name = ?2) ORDER BY t.ts, t.id",
             cols.join(", ")
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(StoreError::from)?;
-        let mut rows = stmt.query(params![since_ms, host]).map_err(StoreError::from)?;
+        let stmt = self.conn.stmt(&sql).map_err(StoreError::from)?;
         let mut cells = Vec::with_capacity(columns.len());
-        while let Some(r) = rows.next().map_err(StoreError::from)? {
-            let name: String = r.get(0).map_err(StoreError::from)?;
-            let ts: i64 = r.get(1).map_err(StoreError::from)?;
+        stmt.for_each(params![since_ms, host], |r| {
+            let name: String = r.get(0)?;
+            let ts: i64 = r.get(1)?;
             cells.clear();
             for i in 0..columns.len() {
-                use rusqlite::types::ValueRef;
-                cells.push(match r.get_ref(i + 2).map_err(StoreError::from)? {
-                    ValueRef::Null => Cell::Null,
-                    ValueRef::Integer(n) => Cell::Int(n),
-                    ValueRef::Real(x) => Cell::Real(x),
-                    ValueRef::Text(t) | ValueRef::Blob(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+                cells.push(match r.cell(i + 2)? {
+                    super::db::Cell::Null => Cell::Null,
+                    super::db::Cell::Int(n) => Cell::Int(n),
+                    super::db::Cell::Real(x) => Cell::Real(x),
+                    super::db::Cell::Text(t) => Cell::Text(t.to_owned()),
+                    super::db::Cell::Bytes(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
                 });
             }
-            row(&name, ts, &cells)?;
-        }
+            row(&name, ts, &cells)
+        })?;
         Ok(true)
     }
 
@@ -461,14 +450,14 @@ impl Store {
         self.write_tx(|tx| {
             let conn = tx.0;
             let after: i64 =
-                conn.prepare_cached("SELECT last_report_id FROM rollup_state WHERE id = 1")?.query_row([], |r| r.get(0))?;
+                conn.stmt("SELECT last_report_id FROM rollup_state WHERE id = 1")?.query_row(params![], |r| r.get(0))?;
             let newest: Option<i64> = conn
-                .prepare_cached("SELECT id FROM reports WHERE id > ?1 ORDER BY id LIMIT 1 OFFSET ?2")?
+                .stmt("SELECT id FROM reports WHERE id > ?1 ORDER BY id LIMIT 1 OFFSET ?2")?
                 .query_row(params![after, ROLLUP_CHUNK - 1], |r| r.get(0))
                 .optional()?;
             let until: i64 = match newest {
                 Some(id) => id,
-                None => conn.prepare_cached("SELECT coalesce(max(id), 0) FROM reports")?.query_row([], |r| r.get(0))?,
+                None => conn.stmt("SELECT coalesce(max(id), 0) FROM reports")?.query_row(params![], |r| r.get(0))?,
             };
             if until <= after {
                 return Ok(0);
@@ -486,12 +475,12 @@ impl Store {
                         name = def.name,
                         from = def.from
                     );
-                    conn.prepare_cached(&sql)?.execute(params![after, until])?;
+                    conn.stmt(&sql)?.execute(params![after, until])?;
                 }
             }
-            conn.prepare_cached("UPDATE rollup_state SET last_report_id = ?1 WHERE id = 1")?.execute(params![until])?;
+            conn.stmt("UPDATE rollup_state SET last_report_id = ?1 WHERE id = 1")?.execute(params![until])?;
             let rolled: i64 = conn
-                .prepare_cached("SELECT count(*) FROM reports WHERE id > ?1 AND id <= ?2")?
+                .stmt("SELECT count(*) FROM reports WHERE id > ?1 AND id <= ?2")?
                 .query_row(params![after, until], |r| r.get(0))?;
             Ok(rolled)
         })
@@ -502,11 +491,9 @@ impl Store {
     pub(crate) fn prune_rollups(&mut self, older_than_ms: i64) -> Result<usize, StoreError> {
         self.write_tx(|tx| {
             let conn = tx.0;
-            let hosts: Vec<i64> =
-                conn.prepare_cached("SELECT id FROM hosts")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let hosts: Vec<i64> = conn.stmt("SELECT id FROM hosts")?.query_map(params![], |r| r.get(0))?;
             let mut deleted = 0;
-            let mut stmt =
-                conn.prepare_cached("DELETE FROM rollup_5m WHERE host_id = ?1 AND metric = ?2 AND bucket_ms < ?3")?;
+            let stmt = conn.stmt("DELETE FROM rollup_5m WHERE host_id = ?1 AND metric = ?2 AND bucket_ms < ?3")?;
             for h in hosts {
                 for def in &METRICS {
                     deleted += stmt.execute(params![h, def.name, older_than_ms - ROLLUP_MS])?;
@@ -522,39 +509,37 @@ impl Store {
         let Some(id) = self.host_id(host)? else { return Ok(out) };
         let c = &self.conn;
         out.cpu = c
-            .prepare_cached(
+            .stmt(
                 "SELECT total_pct, load1, load5, load15 FROM cpu WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
             )?
             .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         out.memory = c
-            .prepare_cached(
+            .stmt(
                 "SELECT total, used, available, free FROM memory WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
             )?
             .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
         out.swap = c
-            .prepare_cached("SELECT total, used, free FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1")?
+            .stmt("SELECT total, used, free FROM swap WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1")?
             .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         out.disks = c
-            .prepare_cached(
+            .stmt(
                 "SELECT mount_point, total, free FROM disk_usage WHERE report_id =
                  (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
                  ORDER BY mount_point",
             )?
-            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         out.networks = c
-            .prepare_cached(
+            .stmt(
                 "SELECT name, rx_bytes, tx_bytes FROM network WHERE report_id =
                  (SELECT report_id FROM network WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
                  ORDER BY name",
             )?
-            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
+            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         out.last_report_ms = c
-            .prepare_cached(
+            .stmt(
                 "SELECT received_at_ms FROM reports WHERE host_id = ?1 ORDER BY received_at_ms DESC, id DESC LIMIT 1",
             )?
             .query_row(params![id], |r| r.get(0))
@@ -568,7 +553,7 @@ impl Store {
         let Some(id) = self.host_id(host)? else { return Ok(None) };
         let first: Option<(i64, i64)> = self
             .conn
-            .prepare_cached(
+            .stmt(
                 "SELECT collected_at_ms, received_at_ms FROM reports WHERE host_id = ?1 AND received_at_ms >= ?2
                  ORDER BY received_at_ms, id LIMIT 1",
             )?
@@ -582,7 +567,7 @@ impl Store {
         let Some(id) = self.host_id(host)? else { return Ok(None) };
         Ok(self
             .conn
-            .prepare_cached(
+            .stmt(
                 "SELECT hostname, os_name, os_version, kernel, arch, uptime_s, cpu_model, cpu_count
                  FROM system_details WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
             )?
@@ -606,15 +591,14 @@ impl Store {
         let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
         Ok(self
             .conn
-            .prepare_cached(
+            .stmt(
                 "SELECT user, terminal, remote_host, login_time FROM sessions WHERE report_id =
                  (SELECT report_id FROM sessions WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
                  ORDER BY login_time",
             )?
             .query_map(params![id], |r| {
                 Ok(SessionRow { user: r.get(0)?, terminal: r.get(1)?, remote_host: r.get(2)?, login_time: r.get(3)? })
-            })?
-            .collect::<Result<_, _>>()?)
+            })?)
     }
 
     /// The `limit` newest alert events, of `host` or of every host, newest first.
@@ -624,14 +608,9 @@ impl Store {
         let rows = match host {
             Some(h) => self
                 .conn
-                .prepare_cached(&format!("{COLUMNS} WHERE host = ?1 ORDER BY id DESC LIMIT ?2"))?
-                .query_map(params![h, limit], map)?
-                .collect::<Result<_, _>>()?,
-            None => self
-                .conn
-                .prepare_cached(&format!("{COLUMNS} ORDER BY id DESC LIMIT ?1"))?
-                .query_map(params![limit], map)?
-                .collect::<Result<_, _>>()?,
+                .stmt(&format!("{COLUMNS} WHERE host = ?1 ORDER BY id DESC LIMIT ?2"))?
+                .query_map(params![h, limit], map)?,
+            None => self.conn.stmt(&format!("{COLUMNS} ORDER BY id DESC LIMIT ?1"))?.query_map(params![limit], map)?,
         };
         Ok(rows)
     }
@@ -641,14 +620,13 @@ impl Store {
         let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
         Ok(self
             .conn
-            .prepare_cached(
+            .stmt(
                 "SELECT ts, kind, user, message FROM security_events WHERE host_id = ?1
                  ORDER BY ts DESC, id DESC LIMIT ?2",
             )?
             .query_map(params![id, limit], |r| {
                 Ok(SecurityRow { ts_ms: r.get(0)?, kind: r.get(1)?, user: r.get(2)?, message: r.get(3)? })
-            })?
-            .collect::<Result<_, _>>()?)
+            })?)
     }
 }
 

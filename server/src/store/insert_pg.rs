@@ -1,0 +1,168 @@
+//! Writing a batch of reports into PostgreSQL with one statement per table: every column travels as an array and
+//! `unnest` turns the arrays back into rows, so a batch of hundreds of reports costs about a dozen round trips
+//! instead of thousands. The rows are the same as SQLite's (`insert::family_rows`).
+
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+
+use super::db::Val;
+use super::insert::{self, Incoming, Outcome, Table, sample_time};
+use super::{Db, StoreError};
+
+/// One column of a table's batch, typed as its PostgreSQL array.
+#[derive(Debug)]
+enum Column {
+    Int(Vec<Option<i64>>),
+    Real(Vec<Option<f64>>),
+    Text(Vec<Option<String>>),
+}
+
+impl Column {
+    fn new(pg_type: &str) -> Column {
+        match pg_type {
+            "int8" => Column::Int(Vec::new()),
+            "float8" => Column::Real(Vec::new()),
+            _ => Column::Text(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, v: Val<'_>) -> Result<(), StoreError> {
+        match (self, v) {
+            (Column::Int(c), Val::Int(i)) => c.push(Some(i)),
+            (Column::Int(c), Val::Null) => c.push(None),
+            (Column::Real(c), Val::Real(f)) => c.push(Some(f)),
+            (Column::Real(c), Val::Int(i)) => c.push(Some(i as f64)),
+            (Column::Real(c), Val::Null) => c.push(None),
+            (Column::Text(c), Val::Text(s)) => c.push(Some(s.to_owned())),
+            (Column::Text(c), Val::Null) => c.push(None),
+            (_, v) => return Err(StoreError::BadValue(format!("{v:?} does not fit its column"))),
+        }
+        Ok(())
+    }
+
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Column::Int(c) => c,
+            Column::Real(c) => c,
+            Column::Text(c) => c,
+        }
+    }
+}
+
+/// The rows of one table gathered for one statement.
+#[derive(Debug)]
+struct Bulk {
+    table: &'static Table,
+    columns: Vec<Column>,
+}
+
+impl Bulk {
+    fn new(table: &'static Table) -> Bulk {
+        Bulk { table, columns: table.columns.iter().map(|(_, ty)| Column::new(ty)).collect() }
+    }
+
+    fn push(&mut self, values: &[Val<'_>]) -> Result<(), StoreError> {
+        if values.len() != self.columns.len() {
+            return Err(StoreError::BadValue(format!("{} values for {}", values.len(), self.table.name)));
+        }
+        self.columns.iter_mut().zip(values).try_for_each(|(c, v)| c.push(*v))
+    }
+
+    fn sql(&self) -> String {
+        let cols: Vec<&str> = self.table.columns.iter().map(|(c, _)| *c).collect();
+        let arrays: Vec<String> =
+            self.table.columns.iter().enumerate().map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1)).collect();
+        format!("INSERT INTO {} ({}) SELECT * FROM unnest({})", self.table.name, cols.join(", "), arrays.join(", "))
+    }
+
+    fn write(&self, tx: &Db) -> Result<(), StoreError> {
+        if self.columns.first().is_none_or(|c| match c {
+            Column::Int(v) => v.is_empty(),
+            Column::Real(v) => v.is_empty(),
+            Column::Text(v) => v.is_empty(),
+        }) {
+            return Ok(());
+        }
+        let args: Vec<&(dyn ToSql + Sync)> = self.columns.iter().map(Column::as_sql).collect();
+        tx.with_pg_statement(&self.sql(), |client, stmt| {
+            client.execute(stmt, &args)?;
+            Ok(())
+        })
+    }
+}
+
+/// Stores `batch` (inside the caller's transaction): the reports with one `INSERT ... ON CONFLICT DO NOTHING
+/// RETURNING`, which tells the stored from the duplicates, then each table's rows in one statement.
+pub(super) fn insert_batch(
+    tx: &Db,
+    hosts: &mut HashMap<String, (i64, String)>,
+    batch: &[Incoming],
+) -> Result<Vec<Outcome>, StoreError> {
+    let host_ids: Vec<i64> =
+        batch.iter().map(|inc| insert::host_id(tx, hosts, &inc.host, &inc.ip)).collect::<Result<_, _>>()?;
+    let ids = insert_reports(tx, batch, &host_ids)?;
+    let mut tables: Vec<Bulk> = insert::STAT_TABLES.iter().map(|t| Bulk::new(t)).collect();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut stored = Vec::new();
+    for ((inc, host), id) in batch.iter().zip(&host_ids).zip(ids) {
+        let Some(rid) = id else {
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        };
+        let ts = sample_time(inc.report.collected_at_ms, inc.received_at_ms);
+        insert::family_rows([*host, rid, ts], &inc.ip, &inc.report.stats, |table, values| {
+            let bulk = tables.iter_mut().find(|b| std::ptr::eq(b.table, table));
+            bulk.ok_or_else(|| StoreError::BadValue(format!("no bulk for {}", table.name)))?.push(values)
+        })?;
+        if let Some(run) = &inc.report.stats.command {
+            insert::insert_command(tx, [*host, rid, ts], &inc.ip, &inc.report.job, run)?;
+        }
+        stored.push((*host, ts, inc));
+        outcomes.push(Outcome::Stored { report_id: rid });
+    }
+    for t in &tables {
+        t.write(tx)?;
+    }
+    record_unavailable(tx, &stored)?;
+    Ok(outcomes)
+}
+
+/// Inserts the `reports` rows; returns each report's new id, `None` for a duplicate (stored before, or earlier in
+/// this batch).
+fn insert_reports(tx: &Db, batch: &[Incoming], host_ids: &[i64]) -> Result<Vec<Option<i64>>, StoreError> {
+    const SQL: &str = "INSERT INTO reports (agent_id, seq, host_id, client_ip, job, collected_at_ms, received_at_ms,
+                                           clock_offset_ms, dropped)
+                       SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::int8[],
+                                            $7::int8[], $8::int8[], $9::int8[])
+                       ON CONFLICT (agent_id, seq) DO NOTHING
+                       RETURNING id, agent_id, seq";
+    let mut bulk: Vec<Column> =
+        ["text", "int8", "int8", "text", "text", "int8", "int8", "int8", "int8"].into_iter().map(Column::new).collect();
+    for (inc, host) in batch.iter().zip(host_ids) {
+        insert::report_values(inc, *host, |values| bulk.iter_mut().zip(values).try_for_each(|(c, v)| c.push(*v)))?;
+    }
+    let args: Vec<&(dyn ToSql + Sync)> = bulk.iter().map(Column::as_sql).collect();
+    let mut new: HashMap<(String, i64), i64> = tx.with_pg_statement(SQL, |client, stmt| {
+        let rows = client.query(stmt, &args)?;
+        rows.iter().map(|r| Ok(((r.try_get(1)?, r.try_get(2)?), r.try_get(0)?))).collect()
+    })?;
+    Ok(batch.iter().map(|inc| new.remove(&(inc.agent_id.clone(), inc.report.seq as i64))).collect())
+}
+
+/// `insert::record_unavailable` for the stored reports that list an unavailable family or whose host has a row:
+/// one query finds those hosts for the whole batch.
+fn record_unavailable(tx: &Db, stored: &[(i64, i64, &Incoming)]) -> Result<(), StoreError> {
+    let hosts: Vec<i64> = stored.iter().map(|(h, _, _)| *h).collect();
+    const SQL: &str = "SELECT DISTINCT host_id FROM unavailable_families WHERE host_id = ANY($1)";
+    let with_rows: Vec<i64> = tx.with_pg_statement(SQL, |client, stmt| {
+        let rows = client.query(stmt, &[&hosts])?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    })?;
+    for (host, ts, inc) in stored {
+        if !inc.report.stats.unavailable.is_empty() || with_rows.contains(host) {
+            insert::record_unavailable(tx, *host, *ts, &inc.report.stats)?;
+        }
+    }
+    Ok(())
+}
