@@ -3,6 +3,7 @@
 //! postmaster and directory are gone within seconds either way (the cluster's watchdog stops and removes them).
 //!
 //! `harness = false`: `main` is the parent unless `VIGIL_TESTKIT_CHILD` says which child to be.
+#![allow(clippy::unwrap_used)] // a test without libtest's harness: a panic is the failure report
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
