@@ -176,7 +176,10 @@ impl Postgres {
         if !valid {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a plain database name: {name:?}")));
         }
-        self.psql("postgres", &format!("CREATE DATABASE {name}"))?;
+        // FILE_COPY (PostgreSQL 15+) copies template1's files instead of writing each page to the WAL: about half
+        // the time here, with fsync off.
+        let strategy = if self.major_version() >= 15 { " STRATEGY = FILE_COPY" } else { "" };
+        self.psql("postgres", &format!("CREATE DATABASE {name}{strategy}"))?;
         Ok(self.url(name))
     }
 
@@ -222,6 +225,12 @@ impl Postgres {
             }
         }
         Ok(())
+    }
+
+    /// The cluster's major version (data/PG_VERSION), 0 when unreadable.
+    fn major_version(&self) -> u32 {
+        let text = fs::read_to_string(self.dir.path().join("data/PG_VERSION")).unwrap_or_default();
+        text.trim().parse().unwrap_or(0)
     }
 
     fn server(&self) -> MutexGuard<'_, Child> {
