@@ -39,6 +39,9 @@ command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
 command -v file >/dev/null || missing+=(file)
 [ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
 # --- dist (end)
+# --- pg (begin): PostgreSQL's initdb and postgres for vigil-testkit's clusters (tests/tests/pg_schema.rs, testkit/tests)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# --- pg (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
