@@ -173,7 +173,7 @@ pub fn mark_sent(conn: Tx<'_>, id: i64, now_ms: i64) -> Result<(), StoreError> {
 pub fn mark_attempt_failed(conn: Tx<'_>, id: i64, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError> {
     let stmt = conn.0.stmt(
         "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
-             status = CASE WHEN ?3 IS NULL THEN 'failed' ELSE status END,
+             status = CASE WHEN CAST(?3 AS BIGINT) IS NULL THEN 'failed' ELSE status END,
              next_attempt_ms = coalesce(?3, next_attempt_ms)
          WHERE id = ?1",
     )?;
@@ -405,27 +405,22 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("v.db")).unwrap();
-        (dir, s)
-    }
-
     #[test]
     fn state_round_trips_and_updates() {
-        let (_d, mut s) = store();
-        assert_eq!(state(s.view(), "h", "cpu").unwrap(), None);
-        let row = StateRow { firing: true, value: Some(93.0), limit: 90.0, since_ms: 5, last_mail_ms: 5 };
-        s.write_tx(|c| set_state(c, "h", "cpu", &row, 5)).unwrap();
-        assert_eq!(state(s.view(), "h", "cpu").unwrap(), Some(row.clone()));
-        let resolved = StateRow { firing: false, value: Some(50.0), since_ms: 9, ..row };
-        s.write_tx(|c| set_state(c, "h", "cpu", &resolved, 9)).unwrap();
-        assert_eq!(state(s.view(), "h", "cpu").unwrap(), Some(resolved));
-        assert!(firing(s.view()).unwrap().is_empty());
-        assert!(firing_of(s.view(), "h").unwrap().is_empty());
-        s.write_tx(|c| set_state(c, "h", "memory", &StateRow { firing: true, ..resolved_copy() }, 9)).unwrap();
-        assert_eq!(firing_of(s.view(), "h").unwrap().len(), 1);
-        assert!(firing_of(s.view(), "other").unwrap().is_empty());
+        crate::store::each_engine(|s| {
+            assert_eq!(state(s.view(), "h", "cpu").unwrap(), None);
+            let row = StateRow { firing: true, value: Some(93.0), limit: 90.0, since_ms: 5, last_mail_ms: 5 };
+            s.write_tx(|c| set_state(c, "h", "cpu", &row, 5)).unwrap();
+            assert_eq!(state(s.view(), "h", "cpu").unwrap(), Some(row.clone()));
+            let resolved = StateRow { firing: false, value: Some(50.0), since_ms: 9, ..row };
+            s.write_tx(|c| set_state(c, "h", "cpu", &resolved, 9)).unwrap();
+            assert_eq!(state(s.view(), "h", "cpu").unwrap(), Some(resolved));
+            assert!(firing(s.view()).unwrap().is_empty());
+            assert!(firing_of(s.view(), "h").unwrap().is_empty());
+            s.write_tx(|c| set_state(c, "h", "memory", &StateRow { firing: true, ..resolved_copy() }, 9)).unwrap();
+            assert_eq!(firing_of(s.view(), "h").unwrap().len(), 1);
+            assert!(firing_of(s.view(), "other").unwrap().is_empty());
+        });
     }
 
     fn resolved_copy() -> StateRow {
@@ -434,44 +429,45 @@ mod tests {
 
     #[test]
     fn outbox_lifecycle() {
-        let (_d, mut s) = store();
-        let id = s
-            .write_tx(|c| {
-                let ev = NewEvent {
-                    at_ms: 10,
-                    host: "h",
-                    ip: "1.2.3.4",
-                    rule: "cpu",
-                    state: "firing",
-                    value: Some(1.0),
-                    limit: Some(0.5),
-                    detail: "d",
-                };
-                let e = insert_event(c, &ev)?;
-                enqueue_mail(c, Some(e), 10, "ops@x", "subj", "body")
-            })
-            .unwrap();
-        assert_eq!(due_mail(s.view(), 9, 10).unwrap().len(), 0, "not due before it was created");
-        let due = due_mail(s.view(), 10, 10).unwrap();
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].recipient, "ops@x");
-        s.write_tx(|c| mark_attempt_failed(c, id, "refused", Some(100))).unwrap();
-        assert!(due_mail(s.view(), 50, 10).unwrap().is_empty(), "backing off");
-        assert_eq!(due_mail(s.view(), 100, 10).unwrap()[0].attempts, 1);
-        s.write_tx(|c| mark_sent(c, id, 101)).unwrap();
-        assert!(due_mail(s.view(), 1_000, 10).unwrap().is_empty());
-        assert_eq!(outbox_counts(s.view()).unwrap(), OutboxCounts { pending: 0, sent: 1, failed: 0 });
-        let id2 = s.write_tx(|c| enqueue_mail(c, None, 10, "bad", "s", "b")).unwrap();
-        s.write_tx(|c| mark_attempt_failed(c, id2, "bad address", None)).unwrap();
-        assert!(due_mail(s.view(), 1_000, 10).unwrap().is_empty(), "a failed mail is not retried");
-        assert_eq!(outbox_counts(s.view()).unwrap().failed, 1);
-        assert_eq!(events_since(s.view(), 0).unwrap().len(), 1);
-        assert!(events_since(s.view(), 11).unwrap().is_empty());
+        crate::store::each_engine(|s| {
+            let id = s
+                .write_tx(|c| {
+                    let ev = NewEvent {
+                        at_ms: 10,
+                        host: "h",
+                        ip: "1.2.3.4",
+                        rule: "cpu",
+                        state: "firing",
+                        value: Some(1.0),
+                        limit: Some(0.5),
+                        detail: "d",
+                    };
+                    let e = insert_event(c, &ev)?;
+                    enqueue_mail(c, Some(e), 10, "ops@x", "subj", "body")
+                })
+                .unwrap();
+            assert_eq!(due_mail(s.view(), 9, 10).unwrap().len(), 0, "not due before it was created");
+            let due = due_mail(s.view(), 10, 10).unwrap();
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].recipient, "ops@x");
+            s.write_tx(|c| mark_attempt_failed(c, id, "refused", Some(100))).unwrap();
+            assert!(due_mail(s.view(), 50, 10).unwrap().is_empty(), "backing off");
+            assert_eq!(due_mail(s.view(), 100, 10).unwrap()[0].attempts, 1);
+            s.write_tx(|c| mark_sent(c, id, 101)).unwrap();
+            assert!(due_mail(s.view(), 1_000, 10).unwrap().is_empty());
+            assert_eq!(outbox_counts(s.view()).unwrap(), OutboxCounts { pending: 0, sent: 1, failed: 0 });
+            let id2 = s.write_tx(|c| enqueue_mail(c, None, 10, "bad", "s", "b")).unwrap();
+            s.write_tx(|c| mark_attempt_failed(c, id2, "bad address", None)).unwrap();
+            assert!(due_mail(s.view(), 1_000, 10).unwrap().is_empty(), "a failed mail is not retried");
+            assert_eq!(outbox_counts(s.view()).unwrap().failed, 1);
+            assert_eq!(events_since(s.view(), 0).unwrap().len(), 1);
+            assert!(events_since(s.view(), 11).unwrap().is_empty());
 
-        // Pruning keeps pending mail (and its event), drops finished mail and old events.
-        let pending = s.write_tx(|c| enqueue_mail(c, None, 10, "ops@x", "later", "b")).unwrap();
-        assert_eq!(s.write_tx(|c| prune(c, 11)).unwrap(), 3, "two finished mails and the event");
-        assert_eq!(s.pending_mail().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [pending]);
-        assert!(events_since(s.view(), 0).unwrap().is_empty());
+            // Pruning keeps pending mail (and its event), drops finished mail and old events.
+            let pending = s.write_tx(|c| enqueue_mail(c, None, 10, "ops@x", "later", "b")).unwrap();
+            assert_eq!(s.write_tx(|c| prune(c, 11)).unwrap(), 3, "two finished mails and the event");
+            assert_eq!(s.pending_mail().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [pending]);
+            assert!(events_since(s.view(), 0).unwrap().is_empty());
+        });
     }
 }

@@ -112,7 +112,7 @@ pub(super) fn insert_batch(
         };
         let ts = sample_time(inc.report.collected_at_ms, inc.received_at_ms);
         insert::family_rows([*host, rid, ts], &inc.ip, &inc.report.stats, |table, values| {
-            let bulk = tables.iter_mut().find(|b| std::ptr::eq(b.table, table));
+            let bulk = tables.iter_mut().find(|b| b.table.name == table.name);
             bulk.ok_or_else(|| StoreError::BadValue(format!("no bulk for {}", table.name)))?.push(values)
         })?;
         if let Some(run) = &inc.report.stats.command {

@@ -532,6 +532,26 @@ impl Store {
 /// Milliseconds since the Unix epoch, by this machine's clock (re-exported for callers outside the store).
 pub use vigil_sys::clock::now_ms;
 
+/// Runs `f` on a fresh store of each engine: a SQLite file in a temporary directory, and a new database on the
+/// test process's PostgreSQL cluster (`vigil_testkit`), so the store's tests hold on both.
+#[cfg(test)]
+pub(crate) fn each_engine(mut f: impl FnMut(&mut Store)) {
+    each_engine_with(|open| f(&mut open()));
+}
+
+/// Like [`each_engine`], for tests that need several stores: `f` gets an opener of fresh stores of one engine, then
+/// of the other.
+#[cfg(test)]
+pub(crate) fn each_engine_with(mut f: impl FnMut(&mut dyn FnMut() -> Store)) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut n = 0;
+    f(&mut || {
+        n += 1;
+        Store::open(&dir.path().join(format!("v{n}.db"))).expect("open SQLite")
+    });
+    f(&mut || Store::open_postgres(&vigil_testkit::fresh_database(), None).expect("open PostgreSQL"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,17 +608,49 @@ mod tests {
 
     #[test]
     fn config_error_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-        assert_eq!(store.config_error().unwrap(), None);
-        store.set_config_error(Some("clients.xml:3:5: unknown host attribute")).unwrap();
-        assert_eq!(store.config_error().unwrap().as_deref(), Some("clients.xml:3:5: unknown host attribute"));
-        store.set_config_error(None).unwrap();
-        assert_eq!(store.config_error().unwrap(), None);
-        assert!(store.config_error_hosts().unwrap().is_empty());
-        store.set_config_error_hosts(&["a".into(), "b".into()]).unwrap();
-        assert_eq!(store.config_error_hosts().unwrap(), ["a", "b"]);
-        store.set_config_error_hosts(&[]).unwrap();
-        assert!(store.config_error_hosts().unwrap().is_empty());
+        each_engine(|store| {
+            assert_eq!(store.config_error().unwrap(), None);
+            store.set_config_error(Some("clients.xml:3:5: unknown host attribute")).unwrap();
+            assert_eq!(store.config_error().unwrap().as_deref(), Some("clients.xml:3:5: unknown host attribute"));
+            store.set_config_error(None).unwrap();
+            assert_eq!(store.config_error().unwrap(), None);
+            assert!(store.config_error_hosts().unwrap().is_empty());
+            store.set_config_error_hosts(&["a".into(), "b".into()]).unwrap();
+            assert_eq!(store.config_error_hosts().unwrap(), ["a", "b"]);
+            store.set_config_error_hosts(&[]).unwrap();
+            assert!(store.config_error_hosts().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn reports_agents_and_prune_on_each_engine() {
+        each_engine(|store| {
+            let outcomes = store.insert_reports(&[incoming(1, 1_000), incoming(2, 2_000), incoming(1, 1_000)]).unwrap();
+            assert!(
+                matches!(outcomes[..], [Outcome::Stored { .. }, Outcome::Stored { .. }, Outcome::Duplicate]),
+                "{outcomes:?}"
+            );
+            assert_eq!(store.insert_reports(&[incoming(2, 2_000)]).unwrap(), [Outcome::Duplicate]);
+            assert!(store.report_stored_since("a1", 2_000).unwrap());
+            assert!(!store.report_stored_since("a1", 2_001).unwrap());
+            let a = AgentRecord {
+                agent_id: "a1".into(),
+                host: "web1".into(),
+                public_key: "ssh-ed25519 AAAA".into(),
+                secret_hex: "00".into(),
+                version: None,
+                registered_at_ms: 5,
+                last_seen_at_ms: None,
+            };
+            store.register_agent(&a).unwrap();
+            store.touch_agent("a1", "0.2", 50).unwrap();
+            store.touch_agent("a1", "0.2", 40).unwrap();
+            assert_eq!(store.agents().unwrap()[0].last_seen_at_ms, Some(50), "never moves back");
+            assert_eq!(store.prune(1_500).unwrap().reports, 1);
+            assert!(store.report_stored_since("a1", 0).unwrap());
+            assert_eq!(store.remove_agents_of_host("web1").unwrap(), 1);
+            assert!(store.agents().unwrap().is_empty());
+            assert!(!store.migration_history().unwrap().is_empty());
+        });
     }
 }

@@ -101,39 +101,39 @@ mod tests {
 
     #[test]
     fn a_start_replaces_the_node_and_marks_the_tunnels_a_dead_node_left_up_down() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-        store.set_tunnel_port("web", 40001).unwrap();
-        store.set_tunnel_port("db", 40002).unwrap();
-        store.set_tunnel_state("web", TunnelState::Up, None, 10).unwrap();
-        store.set_tunnel_state("db", TunnelState::Refused, Some("AllowTcpForwarding no"), 10).unwrap();
+        crate::store::each_engine(|store| {
+            store.set_tunnel_port("web", 40001).unwrap();
+            store.set_tunnel_port("db", 40002).unwrap();
+            store.set_tunnel_state("web", TunnelState::Up, None, 10).unwrap();
+            store.set_tunnel_state("db", TunnelState::Refused, Some("AllowTcpForwarding no"), 10).unwrap();
 
-        // Named after another machine, so only the heartbeat tells (this machine's nodes are also checked by pid).
-        store.node_started("s1", 42, 1_000).unwrap();
-        let states: Vec<_> = store.tunnels().unwrap().into_iter().map(|t| (t.host, t.state, t.error)).collect();
-        assert_eq!(
-            states,
-            [
-                ("db".to_owned(), TunnelState::Refused, Some("AllowTcpForwarding no".to_owned())),
-                ("web".to_owned(), TunnelState::Down, Some("vigil serve restarted".to_owned())),
-            ]
-        );
-        store.node_heartbeat("s1", 5_000).unwrap();
-        let node = &store.nodes().unwrap()[0];
-        assert_eq!((node.pid, node.started_at_ms, node.heartbeat_ms), (42, 1_000, 5_000));
-        assert!(node.running(5_000 + STALE_AFTER_MS));
-        assert!(!node.running(5_001 + STALE_AFTER_MS), "a stale heartbeat: it died");
-        store.node_stopped("s1", 6_000).unwrap();
-        assert!(!store.nodes().unwrap()[0].running(6_000), "stopped cleanly");
-        store.node_started("s1", 43, 7_000).unwrap();
-        let nodes = store.nodes().unwrap();
-        assert_eq!(nodes.len(), 1);
-        assert!(nodes[0].running(7_000) && nodes[0].pid == 43);
+            // Named after another machine, so only the heartbeat tells (this machine's nodes are also checked by pid).
+            store.node_started("s1", 42, 1_000).unwrap();
+            let states: Vec<_> = store.tunnels().unwrap().into_iter().map(|t| (t.host, t.state, t.error)).collect();
+            assert_eq!(
+                states,
+                [
+                    ("db".to_owned(), TunnelState::Refused, Some("AllowTcpForwarding no".to_owned())),
+                    ("web".to_owned(), TunnelState::Down, Some("vigil serve restarted".to_owned())),
+                ]
+            );
+            store.node_heartbeat("s1", 5_000).unwrap();
+            let node = &store.nodes().unwrap()[0];
+            assert_eq!((node.pid, node.started_at_ms, node.heartbeat_ms), (42, 1_000, 5_000));
+            assert!(node.running(5_000 + STALE_AFTER_MS));
+            assert!(!node.running(5_001 + STALE_AFTER_MS), "a stale heartbeat: it died");
+            store.node_stopped("s1", 6_000).unwrap();
+            assert!(!store.nodes().unwrap()[0].running(6_000), "stopped cleanly");
+            store.node_started("s1", 43, 7_000).unwrap();
+            let nodes = store.nodes().unwrap();
+            assert_eq!(nodes.len(), 1);
+            assert!(nodes[0].running(7_000) && nodes[0].pid == 43);
 
-        // A node of this machine whose process is gone is not running, whatever its heartbeat says.
-        let here = this_node();
-        store.node_started(&here, u32::MAX, 8_000).unwrap();
-        let node = store.nodes().unwrap().into_iter().find(|n| n.name == here).unwrap();
-        assert!(!node.running(8_000));
+            // A node of this machine whose process is gone is not running, whatever its heartbeat says.
+            let here = this_node();
+            store.node_started(&here, u32::MAX, 8_000).unwrap();
+            let node = store.nodes().unwrap().into_iter().find(|n| n.name == here).unwrap();
+            assert!(!node.running(8_000));
+        });
     }
 }

@@ -106,20 +106,20 @@ mod tests {
 
     #[test]
     fn the_last_repair_of_a_host_round_trips_and_is_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("v.db")).unwrap();
-        assert_eq!(s.repair_of("web").unwrap(), None);
-        let failed = RepairRow {
-            host: "web".into(),
-            last_attempt_ms: 5,
-            outcome: RepairOutcome::Failed,
-            detail: "cannot reach".into(),
-            failures: 2,
-        };
-        s.write_tx(|c| set_repair(c, &failed)).unwrap();
-        assert_eq!(s.repair_of("web").unwrap(), Some(failed.clone()));
-        let ok = RepairRow { last_attempt_ms: 9, outcome: RepairOutcome::Repaired, failures: 0, ..failed };
-        s.write_tx(|c| set_repair(c, &ok)).unwrap();
-        assert_eq!(s.repairs().unwrap(), [ok]);
+        crate::store::each_engine(|s| {
+            assert_eq!(s.repair_of("web").unwrap(), None);
+            let failed = RepairRow {
+                host: "web".into(),
+                last_attempt_ms: 5,
+                outcome: RepairOutcome::Failed,
+                detail: "cannot reach".into(),
+                failures: 2,
+            };
+            s.write_tx(|c| set_repair(c, &failed)).unwrap();
+            assert_eq!(s.repair_of("web").unwrap(), Some(failed.clone()));
+            let ok = RepairRow { last_attempt_ms: 9, outcome: RepairOutcome::Repaired, failures: 0, ..failed };
+            s.write_tx(|c| set_repair(c, &ok)).unwrap();
+            assert_eq!(s.repairs().unwrap(), [ok]);
+        });
     }
 }

@@ -66,7 +66,7 @@ const RUNS: &str =
     "SELECT r.id, h.name, r.job, r.started_ms, r.duration_ms, r.outcome, r.exit_code, r.signal, r.detail,
             r.stdout, r.stderr, r.stdout_truncated, r.stderr_truncated, r.parse_errors, r.report_id
      FROM command_runs r JOIN hosts h ON h.id = r.host_id
-     WHERE r.ts >= ?1 AND (?2 IS NULL OR h.name = ?2) AND (?3 IS NULL OR r.job = ?3)
+     WHERE r.ts >= ?1 AND (CAST(?2 AS TEXT) IS NULL OR h.name = ?2) AND (CAST(?3 AS TEXT) IS NULL OR r.job = ?3)
      ORDER BY r.ts DESC, r.id DESC LIMIT ?4";
 const METRICS: &str = "SELECT name, labels, value FROM command_metrics WHERE report_id = ?1 ORDER BY id";
 
@@ -170,28 +170,32 @@ mod tests {
 
     #[test]
     fn runs_are_listed_newest_first_filtered_and_pruned_with_their_report() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-        store
-            .insert_reports(&[
-                run(1, "a", 1_000, RunOutcome::Exited { code: 0 }),
-                run(2, "a", 2_000, RunOutcome::TimedOut),
-                run(3, "b", 3_000, RunOutcome::Signaled { signal: 9 }),
-            ])
-            .unwrap();
-        let all = store.command_runs(&RunFilter { limit: 10, ..RunFilter::default() }).unwrap();
-        let seen: Vec<(&str, String)> = all.iter().map(|r| (r.job.as_str(), r.describe())).collect();
-        assert_eq!(seen, [("b", "signal 9".into()), ("a", "timed out".into()), ("a", "exit 0".into())]);
-        assert!(all[1].stdout_truncated && all[2].succeeded() && !all[1].succeeded());
-        assert_eq!(all[0].metrics, [MetricRow { name: "m".into(), labels: serde_json::json!({"k": "v"}), value: 3.0 }]);
-        assert_eq!(all[0].parse_errors, ["line 2: value is not a number"]);
-        let a = RunFilter { job: Some("a".into()), since_ms: 1_500, limit: 10, host: Some("web1".into()) };
-        assert_eq!(store.command_runs(&a).unwrap().len(), 1);
-        assert_eq!(store.command_jobs_of("web1").unwrap(), ["a", "b"]);
-        store.prune(2_500).unwrap();
-        let left = store.command_runs(&RunFilter { limit: 10, ..RunFilter::default() }).unwrap();
-        assert_eq!(left.len(), 1, "retention removed the older runs");
-        let metrics: i64 = store.conn.query_row("SELECT count(*) FROM command_metrics", [], |r| r.get(0)).unwrap();
-        assert_eq!(metrics, 1, "and their metrics");
+        crate::store::each_engine(|store| {
+            store
+                .insert_reports(&[
+                    run(1, "a", 1_000, RunOutcome::Exited { code: 0 }),
+                    run(2, "a", 2_000, RunOutcome::TimedOut),
+                    run(3, "b", 3_000, RunOutcome::Signaled { signal: 9 }),
+                ])
+                .unwrap();
+            let all = store.command_runs(&RunFilter { limit: 10, ..RunFilter::default() }).unwrap();
+            let seen: Vec<(&str, String)> = all.iter().map(|r| (r.job.as_str(), r.describe())).collect();
+            assert_eq!(seen, [("b", "signal 9".into()), ("a", "timed out".into()), ("a", "exit 0".into())]);
+            assert!(all[1].stdout_truncated && all[2].succeeded() && !all[1].succeeded());
+            assert_eq!(
+                all[0].metrics,
+                [MetricRow { name: "m".into(), labels: serde_json::json!({"k": "v"}), value: 3.0 }]
+            );
+            assert_eq!(all[0].parse_errors, ["line 2: value is not a number"]);
+            let a = RunFilter { job: Some("a".into()), since_ms: 1_500, limit: 10, host: Some("web1".into()) };
+            assert_eq!(store.command_runs(&a).unwrap().len(), 1);
+            assert_eq!(store.command_jobs_of("web1").unwrap(), ["a", "b"]);
+            store.prune(2_500).unwrap();
+            let left = store.command_runs(&RunFilter { limit: 10, ..RunFilter::default() }).unwrap();
+            assert_eq!(left.len(), 1, "retention removed the older runs");
+            let metrics: i64 =
+                store.conn.query_row("SELECT count(*) FROM command_metrics", params![], |r| r.get(0)).unwrap();
+            assert_eq!(metrics, 1, "and their metrics");
+        });
     }
 }

@@ -139,32 +139,32 @@ mod tests {
 
     #[test]
     fn a_port_is_kept_and_the_state_follows_the_tunnel() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-        assert_eq!(store.tunnel_port("web").unwrap(), None);
-        store.set_tunnel_port("web", 40001).unwrap();
-        assert_eq!(store.tunnel_port("web").unwrap(), Some(40001));
-        store.set_tunnel_state("web", TunnelState::Up, None, 10).unwrap();
-        store.set_tunnel_state("web", TunnelState::Up, None, 20).unwrap();
-        store.set_tunnel_port("web", 40001).unwrap();
-        let rows = store.tunnels().unwrap();
-        assert_eq!(rows[0].state, TunnelState::Up, "a re-bootstrap on the same port keeps the state");
-        assert_eq!(rows[0].since_ms, Some(10), "since moves only on a change of state");
-        store.set_tunnel_state("web", TunnelState::Refused, Some("AllowTcpForwarding no"), 30).unwrap();
-        let rows = store.tunnels().unwrap();
-        assert_eq!(
-            (rows[0].state, rows[0].error.as_deref(), rows[0].since_ms),
-            (TunnelState::Refused, Some("AllowTcpForwarding no"), Some(30))
-        );
-        store.set_tunnel_state("gone", TunnelState::Up, None, 40).unwrap();
-        assert_eq!(store.tunnels().unwrap().len(), 1, "a state for a host without a tunnel adds no row");
-        store.set_tunnel_refused("db", "AllowTcpForwarding no on db", 50).unwrap();
-        let db = store.tunnels().unwrap().into_iter().find(|t| t.host == "db").unwrap();
-        assert_eq!((db.port, db.state), (None, TunnelState::Refused));
-        store.set_tunnel_port("db", 40002).unwrap();
-        assert_eq!(store.tunnel_port("db").unwrap(), Some(40002));
-        store.remove_tunnel("db").unwrap();
-        store.remove_tunnel("web").unwrap();
-        assert!(store.tunnels().unwrap().is_empty());
+        crate::store::each_engine(|store| {
+            assert_eq!(store.tunnel_port("web").unwrap(), None);
+            store.set_tunnel_port("web", 40001).unwrap();
+            assert_eq!(store.tunnel_port("web").unwrap(), Some(40001));
+            store.set_tunnel_state("web", TunnelState::Up, None, 10).unwrap();
+            store.set_tunnel_state("web", TunnelState::Up, None, 20).unwrap();
+            store.set_tunnel_port("web", 40001).unwrap();
+            let rows = store.tunnels().unwrap();
+            assert_eq!(rows[0].state, TunnelState::Up, "a re-bootstrap on the same port keeps the state");
+            assert_eq!(rows[0].since_ms, Some(10), "since moves only on a change of state");
+            store.set_tunnel_state("web", TunnelState::Refused, Some("AllowTcpForwarding no"), 30).unwrap();
+            let rows = store.tunnels().unwrap();
+            assert_eq!(
+                (rows[0].state, rows[0].error.as_deref(), rows[0].since_ms),
+                (TunnelState::Refused, Some("AllowTcpForwarding no"), Some(30))
+            );
+            store.set_tunnel_state("gone", TunnelState::Up, None, 40).unwrap();
+            assert_eq!(store.tunnels().unwrap().len(), 1, "a state for a host without a tunnel adds no row");
+            store.set_tunnel_refused("db", "AllowTcpForwarding no on db", 50).unwrap();
+            let db = store.tunnels().unwrap().into_iter().find(|t| t.host == "db").unwrap();
+            assert_eq!((db.port, db.state), (None, TunnelState::Refused));
+            store.set_tunnel_port("db", 40002).unwrap();
+            assert_eq!(store.tunnel_port("db").unwrap(), Some(40002));
+            store.remove_tunnel("db").unwrap();
+            store.remove_tunnel("web").unwrap();
+            assert!(store.tunnels().unwrap().is_empty());
+        });
     }
 }

@@ -302,7 +302,7 @@ impl Store {
                 .query_row(params![], |r| r.get(0))?;
             let stmt = self.conn.stmt(
                 "SELECT label, bucket_ms, n, sum, min, max FROM rollup_5m
-                 WHERE host_id = ?1 AND metric = ?4 AND bucket_ms > ?2 - ?5 AND bucket_ms < ?3",
+                 WHERE host_id = ?1 AND metric = ?4 AND bucket_ms > CAST(?2 AS BIGINT) - CAST(?5 AS BIGINT) AND bucket_ms < ?3",
             )?;
             stmt.for_each(params![id, from_ms, to_ms, def.name, ROLLUP_MS], |r| {
                 // A roll-up bucket straddling `from_ms` counts into the first bucket.
@@ -373,7 +373,7 @@ impl Store {
             }
             let stmt = self.conn.stmt(
                 "SELECT h.id, r.label, r.bucket_ms, r.n, r.sum, r.min, r.max FROM hosts h CROSS JOIN rollup_5m r
-                 WHERE r.host_id = h.id AND r.metric = ?3 AND r.bucket_ms > ?1 - ?4 AND r.bucket_ms < ?2",
+                 WHERE r.host_id = h.id AND r.metric = ?3 AND r.bucket_ms > CAST(?1 AS BIGINT) - CAST(?4 AS BIGINT) AND r.bucket_ms < ?2",
             )?;
             stmt.for_each(params![from_ms, to_ms, def.name, ROLLUP_MS], |r| {
                 let b = ((r.get::<i64>(2)? - from_ms) / bucket_ms).max(0);
@@ -420,7 +420,7 @@ impl Store {
         let cols: Vec<String> = columns.iter().map(|c| format!("t.{c}")).collect();
         let sql = format!(
             "SELECT h.name, t.ts, {} FROM {table} t JOIN hosts h ON h.id = t.host_id
-             WHERE t.ts >= ?1 AND (?2 IS NULL OR h.name = ?2) ORDER BY t.ts, t.id",
+             WHERE t.ts >= ?1 AND (CAST(?2 AS TEXT) IS NULL OR h.name = ?2) ORDER BY t.ts, t.id",
             cols.join(", ")
         );
         let stmt = self.conn.stmt(&sql).map_err(StoreError::from)?;
@@ -462,6 +462,10 @@ impl Store {
             if until <= after {
                 return Ok(0);
             }
+            let (lo, hi) = match conn.engine() {
+                super::Engine::Sqlite => ("min", "max"),
+                super::Engine::Postgres => ("LEAST", "GREATEST"),
+            };
             for def in &METRICS {
                 for (label, value) in def.lines {
                     let sql = format!(
@@ -470,8 +474,9 @@ impl Store {
                                 min({value}), max({value})
                          FROM {from} WHERE t.report_id > ?1 AND t.report_id <= ?2 AND {value} IS NOT NULL
                          GROUP BY 1, 3, 4
-                         ON CONFLICT (host_id, metric, bucket_ms, label) DO UPDATE SET n = n + excluded.n,
-                            sum = sum + excluded.sum, min = min(min, excluded.min), max = max(max, excluded.max)",
+                         ON CONFLICT (host_id, metric, bucket_ms, label) DO UPDATE SET n = rollup_5m.n + excluded.n,
+                            sum = rollup_5m.sum + excluded.sum, min = {lo}(rollup_5m.min, excluded.min),
+                            max = {hi}(rollup_5m.max, excluded.max)",
                         name = def.name,
                         from = def.from
                     );
@@ -645,70 +650,71 @@ mod tests {
 
     #[test]
     fn a_series_keeps_the_spike_and_stays_within_its_point_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-        // 1,000 samples 10 s apart at 10 %, one spike of 99 % in the middle.
-        let batch: Vec<_> = (0..1_000)
-            .map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 517 { 99.0 } else { 10.0 }))
-            .collect();
-        store.insert_reports(&batch).unwrap();
-        let s = store.series("web1", "cpu", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
-        assert_eq!(s.lines.len(), 1);
-        let line = &s.lines[0];
-        assert!(line.buckets.len() <= 50 && line.buckets.len() >= 45, "{}", line.buckets.len());
-        let top = line.buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
-        assert_eq!(top, 99.0, "the spike survives downsampling");
-        assert!(line.buckets.iter().all(|b| b.min == 10.0));
-        assert!(line.buckets.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
-        // Lines per label: every core, every mount.
-        let cores = store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
-        let n = Report::example(1, 0).stats.cpu.unwrap().per_core_pct.len();
-        assert_eq!(cores.lines.len(), n);
-        assert!(store.series("web1", "nope", 0, 1, 10).unwrap().is_none());
-        // Coarse buckets read the roll-ups plus the raw rows not rolled up yet, and answer as the raw rows do: the
-        // same reports into a database never rolled up, and into one rolled up after its first 1,500 reports.
-        let to = 1_000_000 + 20_000_000;
-        let coarse = |s: &Store| s.series("web1", "cpu_cores", 0, to, 10).unwrap().unwrap();
-        let later = |r: std::ops::Range<u64>| -> Vec<Incoming> {
-            r.map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 1_234 { 77.0 } else { 10.0 })).collect()
-        };
-        store.insert_reports(&later(1_000..1_500)).unwrap();
-        store.insert_reports(&later(1_500..1_800)).unwrap();
-        let raw = coarse(&store);
-        assert!(raw.bucket_ms >= ROLLUP_MS && raw.lines.len() == 2);
-        let mut rolled = Store::open(&dir.path().join("r.db")).unwrap();
-        rolled.insert_reports(&batch).unwrap();
-        rolled.insert_reports(&later(1_000..1_500)).unwrap();
-        assert_eq!(rolled.roll_up().unwrap(), 1_500);
-        assert_eq!(rolled.roll_up().unwrap(), 0);
-        rolled.insert_reports(&later(1_500..1_800)).unwrap();
-        let mixed = coarse(&rolled);
-        assert_eq!(mixed.lines.len(), raw.lines.len());
-        for (m, r) in mixed.lines.iter().zip(&raw.lines) {
-            assert_eq!(m.buckets.len(), r.buckets.len(), "{}", m.label);
-            for (a, b) in m.buckets.iter().zip(&r.buckets) {
-                assert_eq!((a.t_ms, a.min, a.max), (b.t_ms, b.min, b.max));
-                assert!((a.avg - b.avg).abs() < 1e-9);
+        crate::store::each_engine_with(|open| {
+            let mut store = open();
+            // 1,000 samples 10 s apart at 10 %, one spike of 99 % in the middle.
+            let batch: Vec<_> = (0..1_000)
+                .map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 517 { 99.0 } else { 10.0 }))
+                .collect();
+            store.insert_reports(&batch).unwrap();
+            let s = store.series("web1", "cpu", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+            assert_eq!(s.lines.len(), 1);
+            let line = &s.lines[0];
+            assert!(line.buckets.len() <= 50 && line.buckets.len() >= 45, "{}", line.buckets.len());
+            let top = line.buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
+            assert_eq!(top, 99.0, "the spike survives downsampling");
+            assert!(line.buckets.iter().all(|b| b.min == 10.0));
+            assert!(line.buckets.windows(2).all(|w| w[0].t_ms < w[1].t_ms));
+            // Lines per label: every core, every mount.
+            let cores = store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+            let n = Report::example(1, 0).stats.cpu.unwrap().per_core_pct.len();
+            assert_eq!(cores.lines.len(), n);
+            assert!(store.series("web1", "nope", 0, 1, 10).unwrap().is_none());
+            // Coarse buckets read the roll-ups plus the raw rows not rolled up yet, and answer as the raw rows do: the
+            // same reports into a database never rolled up, and into one rolled up after its first 1,500 reports.
+            let to = 1_000_000 + 20_000_000;
+            let coarse = |s: &Store| s.series("web1", "cpu_cores", 0, to, 10).unwrap().unwrap();
+            let later = |r: std::ops::Range<u64>| -> Vec<Incoming> {
+                r.map(|i| report(i + 1, 1_000_000 + 10_000 * i as i64, if i == 1_234 { 77.0 } else { 10.0 })).collect()
+            };
+            store.insert_reports(&later(1_000..1_500)).unwrap();
+            store.insert_reports(&later(1_500..1_800)).unwrap();
+            let raw = coarse(&store);
+            assert!(raw.bucket_ms >= ROLLUP_MS && raw.lines.len() == 2);
+            let mut rolled = open();
+            rolled.insert_reports(&batch).unwrap();
+            rolled.insert_reports(&later(1_000..1_500)).unwrap();
+            assert_eq!(rolled.roll_up().unwrap(), 1_500);
+            assert_eq!(rolled.roll_up().unwrap(), 0);
+            rolled.insert_reports(&later(1_500..1_800)).unwrap();
+            let mixed = coarse(&rolled);
+            assert_eq!(mixed.lines.len(), raw.lines.len());
+            for (m, r) in mixed.lines.iter().zip(&raw.lines) {
+                assert_eq!(m.buckets.len(), r.buckets.len(), "{}", m.label);
+                for (a, b) in m.buckets.iter().zip(&r.buckets) {
+                    assert_eq!((a.t_ms, a.min, a.max), (b.t_ms, b.min, b.max));
+                    assert!((a.avg - b.avg).abs() < 1e-9);
+                }
             }
-        }
-        let cpu = rolled.series("web1", "cpu", 0, to, 10).unwrap().unwrap();
-        let top = cpu.lines[0].buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
-        assert_eq!(top, 99.0, "the spike is rolled up");
-        assert!(rolled.prune_rollups(i64::MAX / 2).unwrap() > 0);
-        assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
-        assert_eq!(store.first_sample_since("web1", 1_000_001).unwrap(), Some(1_010_000));
-        assert_eq!(store.first_sample_since("web1", i64::MAX / 2).unwrap(), None);
-        assert_eq!(store.first_sample_since("nobody", 0).unwrap(), None);
-        // Every host at once answers as each host alone.
-        let all = store.series_of_all("cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(
-            all["web1"],
-            store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap()
-        );
-        assert!(store.series_of_all("nope", 0, 1, 10).unwrap().is_none());
-        // Coarse: from the roll-ups plus the raw rows not rolled up yet, as for one host.
-        let all = rolled.series_of_all("cpu_cores", 0, to, 10).unwrap().unwrap();
-        assert_eq!(all["web1"], coarse(&rolled));
+            let cpu = rolled.series("web1", "cpu", 0, to, 10).unwrap().unwrap();
+            let top = cpu.lines[0].buckets.iter().map(|b| b.max).fold(f64::MIN, f64::max);
+            assert_eq!(top, 99.0, "the spike is rolled up");
+            assert!(rolled.prune_rollups(i64::MAX / 2).unwrap() > 0);
+            assert!(store.series("nobody", "cpu", 0, 1, 10).unwrap().unwrap().lines.is_empty());
+            assert_eq!(store.first_sample_since("web1", 1_000_001).unwrap(), Some(1_010_000));
+            assert_eq!(store.first_sample_since("web1", i64::MAX / 2).unwrap(), None);
+            assert_eq!(store.first_sample_since("nobody", 0).unwrap(), None);
+            // Every host at once answers as each host alone.
+            let all = store.series_of_all("cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap();
+            assert_eq!(all.len(), 1);
+            assert_eq!(
+                all["web1"],
+                store.series("web1", "cpu_cores", 1_000_000, 1_000_000 + 10_000_000, 50).unwrap().unwrap()
+            );
+            assert!(store.series_of_all("nope", 0, 1, 10).unwrap().is_none());
+            // Coarse: from the roll-ups plus the raw rows not rolled up yet, as for one host.
+            let all = rolled.series_of_all("cpu_cores", 0, to, 10).unwrap().unwrap();
+            assert_eq!(all["web1"], coarse(&rolled));
+        });
     }
 }

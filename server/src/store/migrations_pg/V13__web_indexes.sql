@@ -22,3 +22,9 @@ CREATE TABLE rollup_state (
     last_report_id BIGINT NOT NULL
 );
 INSERT INTO rollup_state (id, last_report_id) VALUES (1, 0);
+
+-- SQLite's json_each over a JSON array, as the dashboard's per-core series read `cpu.per_core_pct` (key from 0,
+-- value a number), so the series statements are the same on both engines.
+CREATE FUNCTION json_each(text) RETURNS TABLE (key BIGINT, value DOUBLE PRECISION)
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $$ SELECT e.ord - 1, e.elem::DOUBLE PRECISION FROM json_array_elements_text($1::json) WITH ORDINALITY AS e (elem, ord) $$;
