@@ -456,9 +456,10 @@ fn database_settings(f: &Fields<'_, '_>, cx: &mut Cx<'_>) -> (PathBuf, Option<Pg
         match (values::env_name(s), &mut postgres) {
             (Err(message), _) => cx.diags.at(v.span().start, message),
             (Ok(()), Some(target)) => target.password_env = Some(s.to_owned()),
-            // A refused URL has been reported already; a SQLite file has no password.
+            // A refused URL (or a `database` of the wrong type) has been reported already; a SQLite file has no
+            // password.
             (Ok(()), None)
-                if f.get("database").is_some_and(|d| d.get_ref().as_str().is_some_and(database::is_postgres)) => {}
+                if f.get("database").is_some_and(|d| d.get_ref().as_str().is_none_or(database::is_postgres)) => {}
             (Ok(()), None) => cx.diags.at(
                 v.span().start,
                 "`database_password_env` applies to a PostgreSQL database only (database = \"postgres://...\"); \
@@ -1282,6 +1283,10 @@ mod database_tests {
         assert_eq!(
             server("database = \"v.db\"\ndatabase_password_env = 3\n").unwrap_err(),
             ["5:25: `database_password_env` must be a string, not integer"]
+        );
+        assert_eq!(
+            server("database = 5\ndatabase_password_env = \"P\"\n").unwrap_err(),
+            ["4:12: `database` must be a string, not integer"]
         );
     }
 }
