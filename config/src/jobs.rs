@@ -12,16 +12,18 @@ use toml::de::{DeTable, DeValue};
 use vigil_schema::command::{self, CommandSpec, ParseMode};
 use vigil_schema::job::Collector;
 
+use super::database::{self, PgTarget};
 use super::diag::{Diagnostic, Diags, Loc};
 use super::values;
 use super::{AlertSettings, Channel, JobDef, ServerSettings, SmtpSettings, TlsMode, WebSettings};
 
 /// Keys of `[server]`.
-pub const SERVER_KEYS: [&str; 9] = [
+pub const SERVER_KEYS: [&str; 10] = [
     "listen",
     "endpoint",
     "data_dir",
     "database",
+    "database_password_env",
     "retention_days",
     "max_connections_per_agent",
     "repair_backoff",
@@ -357,16 +359,7 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
         }
         None => f.missing(cx, at, "[server] is missing `data_dir`, where the host key and database live".into()),
     }
-    let mut database = PathBuf::from(DEFAULT_DATABASE);
-    if let Some(v) = f.get("database")
-        && let Some(s) = string(cx, "database", v)
-    {
-        if s.trim().is_empty() {
-            cx.diags.at(v.span().start, "`database` must not be empty");
-        } else {
-            database = PathBuf::from(s);
-        }
-    }
+    let (database, postgres) = database_settings(&f, cx);
     let mut retention_days = DEFAULT_RETENTION_DAYS;
     if let Some(v) = f.get("retention_days")
         && let Some(n) = integer(cx, "retention_days", v)
@@ -416,6 +409,7 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
         listen,
         endpoint: endpoint.unwrap_or_else(|| listen.to_string()),
         database: data_dir.join(database),
+        postgres,
         data_dir,
         retention_days,
         max_connections_per_agent,
@@ -423,6 +417,57 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
         repair_parallel,
         channel,
     })
+}
+
+/// `database` and `database_password_env` of `[server]`: the SQLite file (relative to `data_dir`; the default
+/// [`DEFAULT_DATABASE`] while PostgreSQL is used), and the PostgreSQL database when `database` is a
+/// `postgres://` URL. A password in the URL is refused; the password's environment variable is only named here.
+fn database_settings(f: &Fields<'_, '_>, cx: &mut Cx<'_>) -> (PathBuf, Option<PgTarget>) {
+    let mut file = PathBuf::from(DEFAULT_DATABASE);
+    let mut postgres = None;
+    if let Some(v) = f.get("database")
+        && let Some(s) = string(cx, "database", v)
+    {
+        let at = v.span().start;
+        if s.trim().is_empty() {
+            cx.diags.at(at, "`database` must not be empty");
+        } else if database::is_postgres(s) {
+            match database::parse(s) {
+                Ok(target) => postgres = Some(target),
+                Err(messages) => messages.into_iter().for_each(|m| cx.diags.at(at, m)),
+            }
+        } else if let Some((scheme, _)) = s.split_once("://") {
+            // Not echoed: a URL of an unknown scheme may still hold a password.
+            let shown = if scheme.chars().all(|c| c.is_ascii_alphanumeric()) { scheme } else { "this" };
+            cx.diags.at(
+                at,
+                format!(
+                    "`database` is a {shown}:// URL; expected a SQLite file path, or a PostgreSQL URL starting \
+                     with postgres:// or postgresql:// (in lower case)"
+                ),
+            );
+        } else {
+            file = PathBuf::from(s);
+        }
+    }
+    if let Some(v) = f.get("database_password_env")
+        && let Some(s) = string(cx, "database_password_env", v)
+    {
+        match (values::env_name(s), &mut postgres) {
+            (Err(message), _) => cx.diags.at(v.span().start, message),
+            (Ok(()), Some(target)) => target.password_env = Some(s.to_owned()),
+            // A refused URL (or a `database` of the wrong type) has been reported already; a SQLite file has no
+            // password.
+            (Ok(()), None)
+                if f.get("database").is_some_and(|d| d.get_ref().as_str().is_none_or(database::is_postgres)) => {}
+            (Ok(()), None) => cx.diags.at(
+                v.span().start,
+                "`database_password_env` applies to a PostgreSQL database only (database = \"postgres://...\"); \
+                 this `database` is a SQLite file, which has no password",
+            ),
+        }
+    }
+    (file, postgres)
 }
 
 /// `repair_backoff` (1 second to a day) and `repair_parallel` (1 to [`MAX_REPAIR_PARALLEL`]) of `[server]`.
@@ -957,8 +1002,8 @@ jitter = "x"
             [
                 "2:10: bad listen address \"localhost\"; expected an IP address and port such as 127.0.0.1:7022",
                 "4:1: unknown key `retention` in [server] (did you mean \"retention_days\"?); expected one of: \
-                 listen, endpoint, data_dir, database, retention_days, max_connections_per_agent, repair_backoff, \
-                 repair_parallel, channel",
+                 listen, endpoint, data_dir, database, database_password_env, retention_days, \
+                 max_connections_per_agent, repair_backoff, repair_parallel, channel",
                 "9:7: bad tls \"tsl\" (did you mean \"tls\"?); expected none, starttls or tls",
                 "10:1: the SMTP password is never written in jobs.toml; put it in an environment variable and name \
                  that variable with `password_env`",
@@ -1143,5 +1188,105 @@ mod web_tests {
         assert!(parse_web("[web]\nlisten = \"[::1]:7080\"\n").unwrap().is_some());
         let errs = parse_web("[web]\nlisten = \"nowhere\"\ntokenenv = \"X\"\n").unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod database_tests {
+    use super::*;
+
+    const SERVER: &str = "[server]\nlisten = \"127.0.0.1:7022\"\ndata_dir = \"/srv/vigil\"\n";
+
+    fn server(extra: &str) -> Result<ServerSettings, Vec<String>> {
+        parse(Path::new("j.toml"), &format!("{SERVER}{extra}"))
+            .map(|f| f.server)
+            .map_err(|d| d.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect())
+    }
+
+    #[test]
+    fn a_path_keeps_sqlite_and_a_postgres_url_selects_postgresql() {
+        let s = server("database = \"fleet.db\"\n").unwrap();
+        assert_eq!((s.database, s.postgres), (PathBuf::from("/srv/vigil/fleet.db"), None));
+        let s = server(
+            "database = \"postgresql://vigil@10.0.0.1,10.0.0.2:6432/vigil?target_session_attrs=read-write\"\n\
+             database_password_env = \"VIGIL_DB_PASSWORD\"\n",
+        )
+        .unwrap();
+        let pg = s.postgres.unwrap();
+        assert_eq!(pg.url, "postgresql://vigil@10.0.0.1,10.0.0.2:6432/vigil?target_session_attrs=read-write");
+        assert_eq!((pg.user.as_str(), pg.dbname.as_str()), ("vigil", "vigil"));
+        assert_eq!(pg.hosts, ["10.0.0.1:5432", "10.0.0.2:6432"]);
+        assert_eq!(pg.password_env.as_deref(), Some("VIGIL_DB_PASSWORD"));
+        assert_eq!(s.database, PathBuf::from("/srv/vigil/vigil.db"), "the SQLite path keeps its default, unused");
+        let s = server("database = \"postgres://vigil@db/vigil\"\n").unwrap();
+        assert_eq!(s.postgres.unwrap().password_env, None, "trust, peer or certificate logins need none");
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_without_being_shown() {
+        for (extra, at) in [
+            ("database = \"postgres://vigil:Tr0ub4dor@db/vigil\"\n", "4:12"),
+            ("database = \"postgres://vigil:Tr0ub4dor@db:x/vigil?bad=1\"\ndatabase_password_env = \"P\"\n", "4:12"),
+            ("database = \"postgres://vigil@db/vigil?password=Tr0ub4dor\"\n", "4:12"),
+            ("database = 'postgres://vigil:Tr0ub4dor@db/vigil'\n", "4:12"),
+            ("database = \"mysql://vigil:Tr0ub4dor@db/vigil\"\n", "4:12"),
+            ("database = \"\"\"\npostgres://vigil:Tr0ub4dor@db/vigil\"\"\"\n", "4:12"),
+        ] {
+            let errs = server(extra).unwrap_err();
+            assert_eq!(errs.len(), 1, "{extra}: {errs:?}");
+            assert!(errs[0].starts_with(at), "{extra}: {errs:?}");
+            let all = errs.join("\n");
+            assert!(!all.contains("Tr0ub4dor") && !all.contains("Tr0ub"), "the password shown: {all}");
+        }
+        let errs = server("database = \"postgres://vigil:Tr0ub4dor@db/vigil\"\n").unwrap_err();
+        assert_eq!(errs, [format!("4:12: {}", database::PASSWORD_REFUSED)]);
+        assert!(errs[0].contains("database_password_env"), "{errs:?}");
+        // Nor in a TOML syntax error on that line.
+        let broken = format!("{SERVER}database = \"postgres://vigil:Tr0ub4dor@db/vigil\n");
+        let errs = parse(Path::new("j.toml"), &broken).unwrap_err();
+        assert!(!errs.iter().any(|d| d.message.contains("Tr0ub")), "{errs:?}");
+    }
+
+    #[test]
+    fn url_problems_are_located_at_the_value() {
+        assert_eq!(
+            server("database = \"postgres://db:5432\"\n").unwrap_err(),
+            [
+                "4:12: the `database` URL names no user; write postgres://USER@HOST:PORT/DBNAME",
+                "4:12: the `database` URL names no database; end it with /DBNAME, e.g. postgres://vigil@db:5432/vigil",
+            ]
+        );
+        assert_eq!(
+            server("database = \"postgres://u@db/v?sslmode=verify-full\"\n").unwrap_err(),
+            ["4:12: bad `sslmode` \"verify-full\" in the `database` URL; expected disable, prefer or require"]
+        );
+        assert_eq!(
+            server("database = \"POSTGRES://u@db/v\"\n").unwrap_err(),
+            ["4:12: `database` is a POSTGRES:// URL; expected a SQLite file path, or a PostgreSQL URL starting with \
+                 postgres:// or postgresql:// (in lower case)"]
+        );
+    }
+
+    #[test]
+    fn the_password_variable_is_a_name_and_only_for_postgresql() {
+        assert_eq!(
+            server("database = \"postgres://u@db/v\"\ndatabase_password_env = \"1PASS\"\n").unwrap_err(),
+            ["5:25: \"1PASS\" is not an environment variable name; expected letters, digits and '_', not starting \
+                 with a digit"]
+        );
+        assert_eq!(
+            server("database_password_env = \"VIGIL_DB_PASSWORD\"\n").unwrap_err(),
+            ["4:25: `database_password_env` applies to a PostgreSQL database only (database = \"postgres://...\"); \
+                 this `database` is a SQLite file, which has no password"]
+        );
+        assert_eq!(
+            server("database = \"v.db\"\ndatabase_password_env = 3\n").unwrap_err(),
+            ["5:25: `database_password_env` must be a string, not integer"]
+        );
+        assert_eq!(
+            server("database = 5\ndatabase_password_env = \"P\"\n").unwrap_err(),
+            ["4:12: `database` must be a string, not integer"]
+        );
     }
 }

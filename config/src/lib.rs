@@ -11,15 +11,20 @@
 //!   selectors that match no host.
 //! - [`diag`]: [`Diagnostic`] (file, line, column, message) and the offset-to-position bookkeeping.
 //! - [`secret`]: [`Secret`], a password that never prints.
+//! - [`database`]: `[server] database` as a PostgreSQL URL ([`PgTarget`]), checked, a password in it refused.
+//! - [`overrides`]: [`Overrides`], the per-process values of `vigil serve --listen/--data-dir/--web-listen` (and
+//!   every command's `--data-dir`) laid over each config loaded from the files.
 //! - [`duration`]: vigil's one duration grammar ([`parse_duration`]), for jobs.toml and the CLI alike.
 //!
 //! Every problem of a file is reported, not only the first, and both files' problems are reported together. Loading
 //! reads the two files and nothing else: no environment variables, no network, no files written.
 
 pub mod clients;
+pub mod database;
 pub mod diag;
 pub mod duration;
 pub mod jobs;
+pub mod overrides;
 pub mod resolve;
 pub mod secret;
 mod values;
@@ -30,8 +35,10 @@ use std::time::Duration;
 
 use vigil_schema::job::{Collector, Schedule};
 
+pub use database::PgTarget;
 pub use diag::Diagnostic;
 pub use duration::{DurationError, parse_duration};
+pub use overrides::Overrides;
 pub use secret::Secret;
 
 /// The validated configuration of both files.
@@ -252,8 +259,10 @@ pub struct ServerSettings {
     pub endpoint: String,
     /// Absolute; holds the server's host key and the database.
     pub data_dir: PathBuf,
-    /// Absolute path of the SQLite database.
+    /// Absolute path of the SQLite database (unused while `postgres` is set).
     pub database: PathBuf,
+    /// The PostgreSQL database, when `database` is a `postgres://` URL (with `database_password_env`).
+    pub postgres: Option<PgTarget>,
     pub retention_days: u32,
     /// How many connections one agent key may hold open at once (`max_connections_per_agent`, default
     /// [`jobs::DEFAULT_MAX_CONNECTIONS_PER_AGENT`], 1 to [`jobs::MAX_CONNECTIONS_PER_AGENT`]).

@@ -32,7 +32,7 @@ enum Command {
         test_mail: Option<String>,
     },
     /// Run the server: SSH endpoint, ingest, live reload, local agents.
-    Serve,
+    Serve(cli::serve::ServeArgs),
     /// One row per host: last report, latest figures, silence, pending config errors.
     Status {
         /// Machine-readable output.
@@ -172,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let files = &cli.files;
     match cli.command {
         Command::Check { verbose, test_mail } => cli::check::run(files, verbose, test_mail.as_deref()),
-        Command::Serve => cli::serve::run(files),
+        Command::Serve(args) => cli::serve::run(files, args),
         Command::Status { json } => cli::status::run(files, json),
         Command::Bootstrap { hosts, all, dry_run, accept_new_host_key, parallel } => {
             let parallel = usize::from(parallel);

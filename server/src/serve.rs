@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alert;
-use crate::config::{Config, ConfigError, Transport};
+use crate::config::{Config, ConfigError, Overrides, Transport};
 use crate::endpoint::{self, Limits, Shared};
 use crate::ingest::{self, IngestError, IngestHandle, IngestOptions};
 use crate::reload::{self, Reloaded};
@@ -41,6 +41,10 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Start agents of `transport="local"` hosts that are not running.
     pub start_local_agents: bool,
+    /// This node's name (`--node`); the machine's host name when `None`.
+    pub node: Option<String>,
+    /// jobs.toml keys set on the command line for this process, laid over the files at start and on every reload.
+    pub overrides: Overrides,
 }
 
 /// Why the server could not start (once running, it does not stop on bad input).
@@ -69,15 +73,18 @@ pub enum ServeError {
     Ingest(#[source] IngestError),
     #[error(transparent)]
     Web(#[from] crate::web::WebError),
+    #[error(transparent)]
+    Override(#[from] crate::config::overrides::OverrideError),
 }
 
 /// Runs the server until `shutdown` fires.
 pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let loaded = reload::load_and_keep(&opts.clients, &opts.jobs)?;
+    let loaded = reload::load_and_keep(&opts.clients, &opts.jobs, &opts.overrides)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
     let config = loaded.config;
+    opts.overrides.check(&config)?;
     let settings = config.server.clone();
     crate::keys::ensure_private_dir(&settings.data_dir)?;
     let host_key = crate::keys::load_or_create_host_key(&settings.data_dir)?;
@@ -100,7 +107,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let local_addr =
         listener.local_addr().map_err(|source| ServeError::Runtime { what: "the listener's address", source })?;
     // Watching starts before the announcement: an edit made once serve says it listens is seen.
-    let watcher = reload::FileWatcher::start(opts.clients.clone(), opts.jobs.clone())
+    let watcher = reload::FileWatcher::start(opts.clients.clone(), opts.jobs.clone(), opts.overrides.clone())
         .inspect_err(|e| tracing::error!(error = %e, "cannot watch the config files, live reload is off"))
         .ok();
     // Printed on stdout for operators and scripts: where agents connect and which key they pin. A closed stdout is
@@ -117,7 +124,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     shared.refresh_registry().await;
 
     // This node's row, before the tunnel manager records anything: tunnels a killed predecessor left `up` go down.
-    let node = register_node(&ingest).await?;
+    let node = register_node(&ingest, opts.node.clone()).await?;
 
     let tracker = TaskTracker::new();
     let cancel = shutdown.child_token();
@@ -305,9 +312,10 @@ pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 
 /// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
 /// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
-/// Records this process as this machine's node (`nodes` table) and returns the node's name.
-async fn register_node(ingest: &IngestHandle) -> Result<String, ServeError> {
-    let node = crate::store::nodes::this_node();
+/// Records this process as node `name` (`--node`; else this machine's host name) in the `nodes` table and returns
+/// the node's name.
+async fn register_node(ingest: &IngestHandle, name: Option<String>) -> Result<String, ServeError> {
+    let node = name.unwrap_or_else(crate::store::nodes::this_node);
     let (name, pid) = (node.clone(), std::process::id());
     ingest.exec(move |s| s.node_started(&name, pid, now_ms())).await.map_err(ServeError::Ingest)??;
     Ok(node)

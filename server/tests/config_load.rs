@@ -607,3 +607,24 @@ fn alert_digest_and_connection_cap_defaults_and_settings() {
     assert_eq!(cfg.alerts.security_digest, std::time::Duration::from_secs(120));
     assert_eq!(cfg.server.max_connections_per_agent, 2);
 }
+
+#[test]
+fn the_shipped_postgresql_example_is_valid_when_uncommented() {
+    let jobs = std::fs::read_to_string(repo_file("jobs.toml")).expect("read jobs.toml");
+    let enabled: String = jobs
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(u) if u.starts_with("database = \"postgres") || u.starts_with("database_password_env") => u,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(enabled, jobs.lines().collect::<Vec<_>>().join("\n"), "no PostgreSQL example in jobs.toml");
+    let clients = std::fs::read_to_string(repo_file("clients.xml")).expect("read clients.xml");
+    let cfg = Config::from_sources(&repo_file("clients.xml"), &clients, &repo_file("jobs.toml"), &enabled)
+        .unwrap_or_else(|e| panic!("the PostgreSQL example is invalid: {e}"))
+        .config;
+    let pg = cfg.server.postgres.expect("postgres selected");
+    assert_eq!(pg.hosts, ["db1:5432", "db2:5432"]);
+    assert_eq!(pg.password_env.as_deref(), Some("VIGIL_DB_PASSWORD"));
+}

@@ -15,9 +15,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use vigil_server::config::Config;
+use vigil_server::config::{Config, Overrides};
 
-/// The two config files every command reads.
+/// The two config files every command reads, and the data directory when it is not jobs.toml's.
 #[derive(Debug, Args)]
 pub struct Files {
     /// The fleet: hosts, logins, alert limits.
@@ -26,15 +26,25 @@ pub struct Files {
     /// What to collect, how often, and the server's settings.
     #[arg(long, global = true, env = "VIGIL_JOBS", default_value = "jobs.toml")]
     pub jobs: PathBuf,
+    /// Use this data directory (host key, SQLite database) instead of jobs.toml's `[server] data_dir`: one node's
+    /// when several share the config files.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Files {
-    /// Loads and validates both files; warnings go to stderr.
+    /// What the command line sets over jobs.toml for every command: `--data-dir`.
+    pub fn overrides(&self) -> Overrides {
+        Overrides { data_dir: self.data_dir.clone(), ..Overrides::default() }
+    }
+
+    /// Loads and validates both files, `--data-dir` applied; warnings go to stderr.
     pub fn load(&self) -> anyhow::Result<Config> {
-        let loaded = Config::load(&self.clients, &self.jobs)?;
+        let mut loaded = Config::load(&self.clients, &self.jobs)?;
         for w in &loaded.warnings {
             eprintln!("warning: {w}");
         }
+        self.overrides().apply(&mut loaded.config);
         Ok(loaded.config)
     }
 
@@ -42,15 +52,19 @@ impl Files {
     /// `vigil serve` last applied (with the load error, to show), else the load error. While an edit of `[server]
     /// database` waits for serve's restart, the database is the one in use (that of the config serve applied).
     pub fn load_for_view(&self) -> anyhow::Result<(Config, Option<String>)> {
-        let running = vigil_server::reload::last_good(&self.clients, &self.jobs);
+        let overrides = self.overrides();
+        let running = vigil_server::reload::last_good(&self.clients, &self.jobs, &overrides);
         match Config::load(&self.clients, &self.jobs) {
             Ok(l) => {
                 let mut config = l.config;
+                overrides.apply(&mut config);
                 if let Some(running) = running
-                    && running.server.database != config.server.database
-                    && running.server.database.exists()
+                    && (running.server.database != config.server.database
+                        || running.server.postgres != config.server.postgres)
+                    && (running.server.postgres.is_some() || running.server.database.exists())
                 {
                     config.server.database = running.server.database;
+                    config.server.postgres = running.server.postgres;
                 }
                 Ok((config, None))
             }
