@@ -90,7 +90,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let host_key = crate::keys::load_or_create_host_key(&settings.data_dir)?;
     let fingerprint = crate::keys::fingerprint(host_key.public_key());
 
-    let mut store = Store::open(&settings.database)?;
+    let mut store = Store::open_server(&settings)?;
     store.set_config_error(None)?;
     store.set_restart_needed(None)?;
     let (ingest, writer) = ingest::spawn(store, IngestOptions::default())
@@ -158,7 +158,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     tracker.spawn(rollup_task(ingest.clone(), cancel.clone()));
     if let Some((listener, token)) = web {
         let health = crate::web::Health { endpoint: shared.clone(), ingest: ingest.clone() };
-        let state = crate::web::WebState::open(&settings.database, config_rx.clone(), token, Some(health))?;
+        let state = crate::web::WebState::open(&settings, config_rx.clone(), token, Some(health))?;
         tracker.spawn(crate::web::run(listener, Arc::new(state), cancel.clone()));
     }
     if opts.start_local_agents {

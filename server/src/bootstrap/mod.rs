@@ -181,8 +181,8 @@ impl Ctx {
     /// Loads what a run needs: the server's key fingerprint, the agent set, the database (read-only in a dry run).
     pub fn new(config: Config, accept_new: bool, dry_run: bool) -> Result<Self, BootstrapError> {
         let fingerprint = crate::keys::host_key_fingerprint(&config.server.data_dir)?;
-        let store = match (dry_run, Store::open_readonly(&config.server.database)) {
-            (false, _) => Some(Store::open(&config.server.database)?),
+        let store = match (dry_run, Store::open_server_readonly(&config.server)) {
+            (false, _) => Some(Store::open_server(&config.server)?),
             (true, Ok(s)) => Some(s),
             (true, Err(StoreError::NotFound(_))) => None,
             (true, Err(e)) => return Err(e.into()),
@@ -421,7 +421,7 @@ pub fn enroll(config: &Config, name: &str, dir: &Path, collect: CollectPaths) ->
     let fingerprint = crate::keys::host_key_fingerprint(&config.server.data_dir)?;
     let files = credentials::AgentFiles::mint(config, host, &fingerprint, collect, Vec::new())?;
     credentials::write_into(dir, &files)?;
-    let mut store = Store::open(&config.server.database)?;
+    let mut store = Store::open_server(&config.server)?;
     credentials::register(&mut store, &files, name)?;
     Ok(files.creds.agent_id.clone())
 }

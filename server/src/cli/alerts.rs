@@ -12,7 +12,7 @@ use super::{Files, Out};
 pub fn run(files: &Files, since_ms_back: Option<i64>, json: bool) -> anyhow::Result<ExitCode> {
     let (config, _) = files.load_for_view()?;
     let since_ms = since_ms_back.map_or(0, |back| vigil_sys::clock::now_ms().saturating_sub(back));
-    let store = Store::open_readonly(&config.server.database)?;
+    let store = Store::open_server_readonly(&config.server)?;
     let events = store.alert_events_since(since_ms)?;
     let outbox = store.outbox_counts()?;
     let mut out = Out::new();

@@ -49,7 +49,7 @@ pub fn run(
     }
     let (config, _) = files.load_for_view()?;
     let since_ms = vigil_sys::clock::now_ms().saturating_sub(since_ms_back);
-    let store = Store::open_readonly(&config.server.database)?;
+    let store = Store::open_server_readonly(&config.server)?;
     let mut out = Out::new();
     let families: Vec<&str> = match family {
         Some(f) => vec![f],

@@ -24,7 +24,7 @@ pub struct RunsArgs {
 pub fn run(files: &Files, args: RunsArgs) -> anyhow::Result<ExitCode> {
     let (config, _) = files.load_for_view()?;
     let since_ms = args.since_ms_back.map_or(0, |back| vigil_sys::clock::now_ms().saturating_sub(back));
-    let store = Store::open_readonly(&config.server.database)?;
+    let store = Store::open_server_readonly(&config.server)?;
     let filter = RunFilter { host: args.host, job: args.job, since_ms, limit: args.limit };
     let runs = store.command_runs(&filter)?;
     let mut out = Out::new();

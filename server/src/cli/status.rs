@@ -12,7 +12,7 @@ pub fn run(files: &Files, json: bool) -> anyhow::Result<ExitCode> {
     // The view must come up while the files on disk are invalid: then it uses the config serve last applied, and
     // the error (recorded by serve, or found now) is shown with the hosts.
     let (config, load_error) = files.load_for_view()?;
-    let store = Store::open_readonly(&config.server.database)?;
+    let store = Store::open_server_readonly(&config.server)?;
     let hosts: Vec<(String, String, Option<u32>)> = config
         .clients
         .iter()

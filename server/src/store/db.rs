@@ -358,11 +358,30 @@ pub fn pg_placeholders(sql: &str) -> String {
     out
 }
 
+/// Runs `f`, which blocks on the PostgreSQL client (it drives its own small runtime), where blocking is allowed: on
+/// a worker of a multi-threaded tokio runtime through `block_in_place`, elsewhere (the ingest writer's thread, the
+/// blocking pool, a plain command) directly.
+fn outside_async<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl Drop for PgLink {
+    fn drop(&mut self) {
+        // The client's runtime must not be dropped on an async worker.
+        if let Some(pg) = self.live.take() {
+            outside_async(|| drop(pg));
+        }
+    }
+}
+
 impl PgLink {
     /// Connects (a `config` naming several hosts follows `target_session_attrs`, e.g. to a promoted primary).
     pub fn connect(config: postgres::Config) -> Result<PgLink, StoreError> {
         let mut link = PgLink { config, live: None };
-        link.live()?;
+        outside_async(|| link.live().map(|_| ()))?;
         Ok(link)
     }
 
@@ -405,8 +424,10 @@ impl Db {
     }
 
     fn pg<R>(link: &RefCell<PgLink>, f: impl FnOnce(&mut Pg) -> Result<R, StoreError>) -> Result<R, StoreError> {
-        let mut link = link.try_borrow_mut().map_err(|_| StoreError::BadValue("connection in use".into()))?;
-        f(link.live()?)
+        outside_async(|| {
+            let mut link = link.try_borrow_mut().map_err(|_| StoreError::BadValue("connection in use".into()))?;
+            f(link.live()?)
+        })
     }
 
     /// Runs one statement; returns how many rows it changed.

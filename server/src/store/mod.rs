@@ -254,6 +254,36 @@ impl Store {
         Ok(Store { conn, path: PathBuf::from(url), hosts: HashMap::new() })
     }
 
+    /// Opens the database `[server]` names, read-write: the SQLite file, or PostgreSQL with the password from the
+    /// variable `database_password_env` names.
+    pub fn open_server(server: &crate::config::ServerSettings) -> Result<Store, StoreError> {
+        match &server.postgres {
+            Some(pg) => Self::open_pg_target(pg),
+            None => Self::open(&server.database),
+        }
+    }
+
+    /// Opens the database `[server]` names for reading (`vigil status` and the other views, the dashboard). On
+    /// PostgreSQL the session is read-only.
+    pub fn open_server_readonly(server: &crate::config::ServerSettings) -> Result<Store, StoreError> {
+        match &server.postgres {
+            Some(pg) => {
+                let store = Self::open_pg_target(pg)?;
+                store.conn.batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
+                Ok(store)
+            }
+            None => Self::open_readonly(&server.database),
+        }
+    }
+
+    fn open_pg_target(pg: &crate::config::PgTarget) -> Result<Store, StoreError> {
+        let password = match &pg.password_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| StoreError::NoPassword(var.clone()))?),
+            None => None,
+        };
+        Self::open_postgres(&pg.url, password.as_deref())
+    }
+
     /// Which engine this store runs on.
     pub fn engine(&self) -> Engine {
         self.conn.engine()

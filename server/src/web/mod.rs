@@ -101,15 +101,24 @@ pub struct Health {
 }
 
 impl WebState {
-    /// Opens the database at `database` read-only for the dashboard.
+    /// Opens the database `[server]` names, read-only, for the dashboard.
     pub fn open(
-        database: &std::path::Path,
+        server: &crate::config::ServerSettings,
         config: watch::Receiver<Arc<Config>>,
         token: Option<Token>,
         health: Option<Health>,
     ) -> Result<WebState, WebError> {
-        let store = Store::open_readonly(database)?;
-        Ok(WebState { store: Mutex::new(store), config, token, health })
+        Ok(Self::with_store(Store::open_server_readonly(server)?, config, token, health))
+    }
+
+    /// The dashboard's state over an open store.
+    pub fn with_store(
+        store: Store,
+        config: watch::Receiver<Arc<Config>>,
+        token: Option<Token>,
+        health: Option<Health>,
+    ) -> WebState {
+        WebState { store: Mutex::new(store), config, token, health }
     }
 
     /// Runs `f` on the store on the blocking pool.
@@ -329,7 +338,7 @@ mod http_tests {
         drop(store);
         let (_tx, rx) = watch::channel(Arc::new(config));
         let token = token.map(|t| Token(Arc::from(t.as_bytes().to_vec())));
-        let state = Arc::new(WebState::open(&db, rx, token, None).unwrap());
+        let state = Arc::new(WebState::with_store(Store::open_readonly(&db).unwrap(), rx, token, None));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cancel = CancellationToken::new();

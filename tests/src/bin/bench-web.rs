@@ -120,7 +120,7 @@ fn main() -> Result<()> {
     )?;
     let config: Config = Config::load(&dir.path().join("clients.xml"), &dir.path().join("jobs.toml"))?.config;
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(config));
-    let state = Arc::new(WebState::open(&db, rx, None, None)?);
+    let state = Arc::new(WebState::with_store(vigil_server::store::Store::open_readonly(&db)?, rx, None, None));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
