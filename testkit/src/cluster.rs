@@ -210,7 +210,11 @@ impl Postgres {
 
     /// Whether the postmaster is still running.
     pub fn is_running(&self) -> bool {
-        matches!(self.server().try_wait(), Ok(None))
+        let exited = matches!(self.server().try_wait(), Ok(Some(_)));
+        if exited {
+            self.reaped();
+        }
+        !exited
     }
 
     /// Kills the server at once, as a crash would: SIGKILL to the postmaster and every backend (its process group).
@@ -220,11 +224,17 @@ impl Postgres {
             // Not reaped yet, so the group is still ours.
             signal::to_group(self.pid, signal::SIGKILL)?;
             child.wait()?;
-            if let Some(w) = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-                w.postmaster_gone();
-            }
         }
+        drop(child);
+        self.reaped();
         Ok(())
+    }
+
+    /// The postmaster has been reaped: its PID is free for reuse, which the watchdog must know.
+    fn reaped(&self) {
+        if let Some(w) = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            w.postmaster_gone();
+        }
     }
 
     /// The cluster's major version (data/PG_VERSION), 0 when unreadable.
@@ -244,6 +254,8 @@ impl Postgres {
             .arg(self.port.to_string())
             .args(["-U", SUPERUSER, "-d", db]);
         clear_pg_env(&mut cmd);
+        // Messages in English, whatever the machine's locale: tests match them.
+        cmd.env("LC_ALL", "C");
         cmd
     }
 }
