@@ -98,6 +98,9 @@ fn durable_options_reach_the_server() {
         ..Options::default()
     };
     let pg = Postgres::start_with(options).unwrap();
+    if std::env::var_os("VIGIL_PG_TMPDIR").is_none() {
+        assert!(!pg.dir().starts_with("/dev/shm"), "a durable cluster on a RAM disk: {}", pg.dir().display());
+    }
     let out = pg.psql("postgres", "SHOW fsync; SHOW synchronous_commit; SHOW max_connections; SHOW work_mem;").unwrap();
     assert_eq!(out, "on\non\n37\n8MB\n");
 }
