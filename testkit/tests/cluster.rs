@@ -60,6 +60,13 @@ fn fresh_databases_are_empty_and_distinct() {
     assert_eq!(pg.psql(&db(&a), tables).unwrap().trim(), "1");
     assert_eq!(pg.psql(&db(&b), tables).unwrap().trim(), "0");
     assert!(pg.create_database("no; DROP DATABASE x").is_err());
+    // Tests run in parallel: databases created at the same time do not get in each other's way.
+    let urls: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| pg.fresh_database().unwrap())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: std::collections::BTreeSet<&String> = urls.iter().collect();
+    assert_eq!(distinct.len(), 6, "{urls:?}");
 }
 
 #[test]
