@@ -1,8 +1,8 @@
 //! One PostgreSQL cluster for tests: `initdb` in a temporary directory, the `postgres` server started directly (so
 //! its PID is ours) on a free loopback port, SQL through `psql`, and stop-by-PID plus removal when dropped.
 //!
-//! Layout of the directory (0755, under /tmp when root so the `postgres` account can reach it): `data/` (0700, the
-//! cluster), `sock/` (the unix socket), `postgres.log` (the server's output). The superuser is `vigil`; the unix
+//! Layout of the directory (0755, so the `postgres` account can reach it; where it goes: `place`): `data/` (0700,
+//! the cluster), `sock/` (the unix socket), `postgres.log` (the server's output). The superuser is `vigil`; the unix
 //! socket trusts it, TCP on 127.0.0.1 does too unless [`Options::password`] is set (then scram-sha-256).
 
 use std::fmt;
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::owner::Owner;
+use crate::place;
 use crate::programs::{Programs, programs};
 use crate::signal;
 use crate::watchdog::Watchdog;
@@ -98,7 +99,7 @@ impl Postgres {
     pub fn start_with(options: Options) -> io::Result<Postgres> {
         let programs = programs()?;
         let owner = Owner::for_this_process()?;
-        let dir = make_dir(owner)?;
+        let dir = make_dir(owner, options.fsync)?;
         initdb(programs, owner, dir.path(), options.password.as_deref())?;
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -210,7 +211,11 @@ impl Postgres {
 
     /// Whether the postmaster is still running.
     pub fn is_running(&self) -> bool {
-        matches!(self.server().try_wait(), Ok(None))
+        let exited = matches!(self.server().try_wait(), Ok(Some(_)));
+        if exited {
+            self.reaped();
+        }
+        !exited
     }
 
     /// Kills the server at once, as a crash would: SIGKILL to the postmaster and every backend (its process group).
@@ -220,11 +225,17 @@ impl Postgres {
             // Not reaped yet, so the group is still ours.
             signal::to_group(self.pid, signal::SIGKILL)?;
             child.wait()?;
-            if let Some(w) = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-                w.postmaster_gone();
-            }
         }
+        drop(child);
+        self.reaped();
         Ok(())
+    }
+
+    /// The postmaster has been reaped: its PID is free for reuse, which the watchdog must know.
+    fn reaped(&self) {
+        if let Some(w) = self.watchdog.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            w.postmaster_gone();
+        }
     }
 
     /// The cluster's major version (data/PG_VERSION), 0 when unreadable.
@@ -244,6 +255,8 @@ impl Postgres {
             .arg(self.port.to_string())
             .args(["-U", SUPERUSER, "-d", db]);
         clear_pg_env(&mut cmd);
+        // Messages in English, whatever the machine's locale: tests match them.
+        cmd.env("LC_ALL", "C");
         cmd
     }
 }
@@ -265,14 +278,9 @@ enum Start {
     Failed(io::Error),
 }
 
-/// The cluster's directory: 0755 so the `postgres` account can traverse it; under /tmp when root, since the parents
-/// of `$TMPDIR` may not be reachable by that account.
-fn make_dir(owner: Owner) -> io::Result<TempDir> {
-    let base = match owner {
-        Owner::Me => std::env::temp_dir(),
-        Owner::Account { .. } => PathBuf::from("/tmp"),
-    };
-    let dir = tempfile::Builder::new().prefix("vigil-pg-").tempdir_in(base)?;
+/// The cluster's directory (where: `place`), 0755 so the `postgres` account can traverse it.
+fn make_dir(owner: Owner, durable: bool) -> io::Result<TempDir> {
+    let dir = tempfile::Builder::new().prefix("vigil-pg-").tempdir_in(place::base_dir(owner, durable))?;
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
     for (sub, mode) in [("data", 0o700), ("sock", 0o755)] {
         let p = dir.path().join(sub);

@@ -6,12 +6,14 @@
 //! - `watchdog`: a small `sh` beside each cluster that stops it if the test process dies without dropping it (a
 //!   `static` is never dropped; a test binary can be killed).
 //! - `programs`: where `initdb`, `postgres` and `psql` are. `owner`: as root, the cluster runs as the `postgres`
-//!   account (PostgreSQL refuses root). `signal`: signals by PID.
+//!   account (PostgreSQL refuses root). `place`: where its directory goes (a RAM disk for test clusters when there
+//!   is room). `signal`: signals by PID.
 //!
 //! Std, tempfile and libc only: no async runtime and no PostgreSQL client crate, so any crate can use it in its tests.
 
 mod cluster;
 mod owner;
+mod place;
 mod programs;
 mod shared;
 mod signal;

@@ -40,6 +40,7 @@ rm -rf -- "$dir"
 pub(crate) struct Watchdog {
     child: Child,
     pipe: Option<ChildStdin>,
+    told_gone: bool,
 }
 
 impl Watchdog {
@@ -59,13 +60,14 @@ impl Watchdog {
             .process_group(0)
             .spawn()?;
         let pipe = child.stdin.take();
-        Ok(Watchdog { child, pipe })
+        Ok(Watchdog { child, pipe, told_gone: false })
     }
 
     /// The postmaster was killed and reaped: its PID may be reused, so the watchdog must not signal it.
     pub(crate) fn postmaster_gone(&mut self) {
-        if let Some(pipe) = self.pipe.as_mut() {
+        if let Some(pipe) = self.pipe.as_mut().filter(|_| !self.told_gone) {
             let _ = pipe.write_all(b"dead\n");
+            self.told_gone = true;
         }
     }
 

@@ -60,6 +60,13 @@ fn fresh_databases_are_empty_and_distinct() {
     assert_eq!(pg.psql(&db(&a), tables).unwrap().trim(), "1");
     assert_eq!(pg.psql(&db(&b), tables).unwrap().trim(), "0");
     assert!(pg.create_database("no; DROP DATABASE x").is_err());
+    // Tests run in parallel: databases created at the same time do not get in each other's way.
+    let urls: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(|| pg.fresh_database().unwrap())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: std::collections::BTreeSet<&String> = urls.iter().collect();
+    assert_eq!(distinct.len(), 6, "{urls:?}");
 }
 
 #[test]
@@ -98,6 +105,9 @@ fn durable_options_reach_the_server() {
         ..Options::default()
     };
     let pg = Postgres::start_with(options).unwrap();
+    if std::env::var_os("VIGIL_PG_TMPDIR").is_none() {
+        assert!(!pg.dir().starts_with("/dev/shm"), "a durable cluster on a RAM disk: {}", pg.dir().display());
+    }
     let out = pg.psql("postgres", "SHOW fsync; SHOW synchronous_commit; SHOW max_connections; SHOW work_mem;").unwrap();
     assert_eq!(out, "on\non\n37\n8MB\n");
 }
