@@ -18,6 +18,7 @@ pub mod alerts;
 pub mod db;
 mod insert;
 mod insert_pg;
+pub mod leases;
 pub mod nodes;
 pub mod repairs;
 mod runs;
