@@ -24,6 +24,9 @@ pub enum KeyError {
     Random(String),
     #[error("could not encode a key: {0}")]
     Encode(String),
+    /// The shared key of several nodes could not be read from or written to the database.
+    #[error("the server key in the database: {0}")]
+    Store(String),
 }
 
 fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, KeyError> {
@@ -70,6 +73,34 @@ pub fn load_or_create_host_key(data_dir: &Path) -> Result<PrivateKey, KeyError> 
 /// key serve will load): what bootstrap pins in agent configs.
 pub fn host_key_fingerprint(data_dir: &Path) -> Result<String, KeyError> {
     Ok(fingerprint(load_or_create_host_key(data_dir)?.public_key()))
+}
+
+/// The host key this server presents. With SQLite, the key file of `data_dir`. With PostgreSQL, the key every node
+/// of the database presents (so agents that pinned it reach whichever node holds their host): the database's, or,
+/// the first time, this node's own key offered to it (the first node to offer wins). The data dir's key file is
+/// made the shared key, so `vigil fingerprint` and `vigil bootstrap` there agree with the serving nodes.
+pub fn server_host_key(server: &crate::config::ServerSettings) -> Result<PrivateKey, KeyError> {
+    let local = load_or_create_host_key(&server.data_dir)?;
+    if server.postgres.is_none() {
+        return Ok(local);
+    }
+    let store_err = |e: crate::store::StoreError| KeyError::Store(e.to_string());
+    let mut store = crate::store::Store::open_server(server).map_err(store_err)?;
+    let offer = Zeroizing::new(local.to_openssh(LineEnding::LF).map_err(|e| KeyError::Encode(e.to_string()))?);
+    let shared = Zeroizing::new(store.shared_server_key(&offer).map_err(store_err)?);
+    if shared.as_str() == offer.as_str() {
+        return Ok(local);
+    }
+    let path = server.data_dir.join(HOST_KEY_FILE);
+    let key = PrivateKey::from_openssh(shared.as_bytes())
+        .map_err(|e| KeyError::Parse { path: "the database's server_key".into(), message: e.to_string() })?;
+    write_private(&path, shared.as_bytes())?;
+    Ok(key)
+}
+
+/// The fingerprint of [`server_host_key`].
+pub fn server_fingerprint(server: &crate::config::ServerSettings) -> Result<String, KeyError> {
+    Ok(fingerprint(server_host_key(server)?.public_key()))
 }
 
 /// Reads an OpenSSH private key file.

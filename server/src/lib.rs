@@ -29,6 +29,7 @@ pub mod endpoint;
 pub mod escape;
 pub mod ingest;
 pub mod keys;
+pub mod lease;
 pub mod mail;
 pub mod reload;
 pub mod repair;

@@ -153,6 +153,7 @@ pub async fn run(
     config_rx: watch::Receiver<Arc<Config>>,
     fingerprint: String,
     mut requests: Requests,
+    ownership: crate::lease::Ownership,
     cancel: CancellationToken,
 ) {
     let started_ms = vigil_sys::clock::now_ms();
@@ -176,6 +177,8 @@ pub async fn run(
             .clients
             .iter()
             .filter(|h| h.transport == Transport::Ssh && h.repair && !in_flight.contains(&h.name))
+            // Only the host's owner repairs it (several nodes may share the database).
+            .filter(|h| ownership.owns(&h.name))
             .map(|h| h.name.clone())
             .collect();
         if names.is_empty() {
@@ -429,7 +432,8 @@ mod tests {
         let (_config_tx, config_rx) = watch::channel(Arc::new(c));
         let (handle, requests) = channel();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(ingest.clone(), config_rx, "SHA256:x".into(), requests, cancel.clone()));
+        let owned = crate::lease::fixed("n", &["a"]);
+        let task = tokio::spawn(run(ingest.clone(), config_rx, "SHA256:x".into(), requests, owned, cancel.clone()));
         assert!(handle.request("a"));
         let mut recorded = None;
         for _ in 0..200 {

@@ -29,9 +29,6 @@ use vigil_sys::clock::now_ms;
 pub const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// How often the local agents are checked (and restarted when not running).
 pub const LOCAL_AGENTS_EVERY: Duration = Duration::from_secs(15);
-/// How often serve records that it is alive (`nodes` table; `vigil status` trusts a heartbeat younger than
-/// `store::nodes::STALE_AFTER_MS`).
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// What `vigil serve` runs on.
 #[derive(Debug, Clone)]
@@ -87,7 +84,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     opts.overrides.check(&config)?;
     let settings = config.server.clone();
     crate::keys::ensure_private_dir(&settings.data_dir)?;
-    let host_key = crate::keys::load_or_create_host_key(&settings.data_dir)?;
+    let host_key = crate::keys::server_host_key(&settings)?;
     let fingerprint = crate::keys::fingerprint(host_key.public_key());
 
     let mut store = Store::open_server(&settings)?;
@@ -124,18 +121,19 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     shared.refresh_registry().await;
 
     // This node's row, before the tunnel manager records anything: tunnels a killed predecessor left `up` go down.
-    let node = register_node(&ingest, opts.node.clone()).await?;
+    let node: Arc<str> = register_node(&ingest, opts.node.clone()).await?.into();
+    let (owned_tx, ownership) = crate::lease::channel(&node);
 
     let tracker = TaskTracker::new();
     let cancel = shutdown.child_token();
-    tracker.spawn(heartbeat_task(ingest.clone(), node, cancel.clone()));
+    tracker.spawn(crate::lease::run(ingest.clone(), config_rx.clone(), node.clone(), owned_tx, cancel.clone()));
     let ssh = Arc::new(endpoint::ssh_config(host_key, &opts.limits));
     tracker.spawn(endpoint_task(listener, ssh.clone(), shared.clone(), cancel.clone()));
     // The reverse channel: forwarded connections join the endpoint's tracker, so the endpoint is cancelled after it.
     // Self-healing of silent SSH hosts: the supervisor below; the tunnel manager asks it for a repair now when its
     // session finds no agent running on the host.
     let (repair_handle, repair_requests) = crate::repair::channel();
-    tracker.spawn(crate::tunnel::run(shared.clone(), ssh, repair_handle, cancel.clone()));
+    tracker.spawn(crate::tunnel::run(shared.clone(), ssh, repair_handle, ownership.clone(), cancel.clone()));
     // Without a watcher the config in force stays for good: its sender is kept, or every follower would stop.
     let _fixed_config = match watcher {
         Some(watcher) => {
@@ -145,14 +143,15 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
         None => Some(config_tx),
     };
     tracker.spawn(registry_task(shared.clone(), config_rx.clone(), cancel.clone()));
-    tracker.spawn(silence_task(ingest.clone(), config_rx.clone(), cancel.clone()));
-    tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), cancel.clone()));
+    tracker.spawn(silence_task(ingest.clone(), config_rx.clone(), ownership.clone(), cancel.clone()));
+    tracker.spawn(crate::mail::run(ingest.clone(), config_rx.clone(), node, cancel.clone()));
     tracker.spawn(retention_task(ingest.clone(), config_rx.clone(), cancel.clone()));
     tracker.spawn(crate::repair::run(
         ingest.clone(),
         config_rx.clone(),
         fingerprint.clone(),
         repair_requests,
+        ownership.clone(),
         cancel.clone(),
     ));
     tracker.spawn(rollup_task(ingest.clone(), cancel.clone()));
@@ -162,7 +161,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
         tracker.spawn(crate::web::run(listener, Arc::new(state), cancel.clone()));
     }
     if opts.start_local_agents {
-        tracker.spawn(local_agents_task(shared.clone(), fingerprint, cancel.clone()));
+        tracker.spawn(local_agents_task(shared.clone(), fingerprint, ownership, cancel.clone()));
     }
 
     shutdown.cancelled().await;
@@ -321,25 +320,6 @@ async fn register_node(ingest: &IngestHandle, name: Option<String>) -> Result<St
     Ok(node)
 }
 
-/// Moves this node's heartbeat every [`HEARTBEAT_EVERY`]; records a clean stop when cancelled.
-async fn heartbeat_task(ingest: IngestHandle, node: String, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
-        }
-        let name = node.clone();
-        match ingest.exec(move |s| s.node_heartbeat(&name, now_ms())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not record the heartbeat"),
-            Err(_) => return,
-        }
-    }
-    if let Ok(Err(e)) = ingest.exec(move |s| s.node_stopped(&node, now_ms())).await {
-        tracing::warn!(error = %e, "could not record the stop");
-    }
-}
-
 async fn rollup_task(ingest: IngestHandle, cancel: CancellationToken) {
     loop {
         loop {
@@ -363,12 +343,17 @@ async fn rollup_task(ingest: IngestHandle, cancel: CancellationToken) {
 /// Local agents: starts (installing when needed) those of `transport="local"` hosts that are not running, at start
 /// and every [`LOCAL_AGENTS_EVERY`]. Their registration is written on the ingest writer, like every other write of
 /// the daemon; a new one refreshes the allow-list at once.
-async fn local_agents_task(shared: Arc<Shared>, fingerprint: String, cancel: CancellationToken) {
+async fn local_agents_task(
+    shared: Arc<Shared>,
+    fingerprint: String,
+    ownership: crate::lease::Ownership,
+    cancel: CancellationToken,
+) {
     loop {
         let config = shared.config.borrow().clone();
-        if config.clients.iter().any(|h| h.transport == Transport::Local) {
-            let fp = fingerprint.clone();
-            match shared.ingest.exec(move |store| supervise_local(&config, store, &fp)).await {
+        if config.clients.iter().any(|h| h.transport == Transport::Local && ownership.owns(&h.name)) {
+            let (fp, owned) = (fingerprint.clone(), ownership.held());
+            match shared.ingest.exec(move |store| supervise_local(&config, store, &fp, &owned)).await {
                 Ok(true) => shared.refresh_registry().await,
                 Ok(false) => {}
                 Err(_) => return,
@@ -384,7 +369,12 @@ async fn local_agents_task(shared: Arc<Shared>, fingerprint: String, cancel: Can
 /// Bootstraps every local host whose agent is not running. Returns whether credentials changed. Runs on the writer
 /// thread: a check is a few file reads; an install (first start, or after the agent died) holds ingest for as long
 /// as it takes to start the agent.
-fn supervise_local(config: &Config, store: &mut Store, fingerprint: &str) -> bool {
+fn supervise_local(
+    config: &Config,
+    store: &mut Store,
+    fingerprint: &str,
+    owned: &std::collections::HashMap<String, i64>,
+) -> bool {
     let binary = match crate::bootstrap::agent_binary() {
         Ok(b) => b,
         Err(e) => {
@@ -393,7 +383,7 @@ fn supervise_local(config: &Config, store: &mut Store, fingerprint: &str) -> boo
         }
     };
     let mut minted = false;
-    for host in config.clients.iter().filter(|h| h.transport == Transport::Local) {
+    for host in config.clients.iter().filter(|h| h.transport == Transport::Local && owned.contains_key(&h.name)) {
         match crate::bootstrap::bootstrap_local(config, host, store, fingerprint, &binary) {
             Ok(done) if done != crate::bootstrap::Done::default() => {
                 tracing::info!(host = %host.name, "local agent: {done}");
@@ -409,7 +399,12 @@ fn supervise_local(config: &Config, store: &mut Store, fingerprint: &str) -> boo
 /// Silence and security digests: runs [`alert::check_silence`] and [`alert::flush_security_digests`] every
 /// [`alert::SILENCE_CHECK_EVERY`] on the writer thread with the config in force, until `cancel` fires or the writer
 /// stops. (Old alert history is pruned by the retention task.)
-async fn silence_task(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
+async fn silence_task(
+    ingest: IngestHandle,
+    config: watch::Receiver<Arc<Config>>,
+    ownership: crate::lease::Ownership,
+    cancel: CancellationToken,
+) {
     let started = now_ms();
     loop {
         tokio::select! {
@@ -417,11 +412,13 @@ async fn silence_task(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>
             _ = tokio::time::sleep(alert::SILENCE_CHECK_EVERY) => {}
         }
         let cfg = config.borrow().clone();
+        let (node, held) = (ownership.node().to_owned(), ownership.held());
         let checks = move |s: &mut Store| {
             s.write_tx(|c| {
                 let now = now_ms();
-                alert::check_silence(c, &cfg, started, now)?;
-                alert::flush_security_digests(c, &cfg, now)
+                let owner = alert::Owner { node: &node, held: &held };
+                alert::check_silence(c, &cfg, started, now, Some(&owner))?;
+                alert::flush_security_digests(c, &cfg, now, Some(&owner))
             })
         };
         match ingest.exec(checks).await {

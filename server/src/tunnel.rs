@@ -34,6 +34,7 @@ use crate::bootstrap::remote::{Forwarded, RemoteError, Session};
 use crate::bootstrap::{KnownHosts, dir_name};
 use crate::config::{Host, Os, Reporting};
 use crate::endpoint::{self, Shared, Source};
+use crate::lease::Ownership;
 use crate::repair::RepairHandle;
 use crate::store::TunnelState;
 
@@ -62,6 +63,8 @@ struct Tasks {
     ssh: Arc<SshConfig>,
     setups: Semaphore,
     repair: RepairHandle,
+    /// This node's name: tunnel states are written as the host's owner.
+    node: Arc<str>,
 }
 
 /// One wanted tunnel.
@@ -69,6 +72,8 @@ struct Tasks {
 struct Wanted {
     host: Host,
     port: u16,
+    /// This node's lease on the host: a new epoch (the host was lost and taken back) is a new tunnel.
+    epoch: i64,
 }
 
 /// Two wants are the same tunnel when everything the session depends on is: where and how to log in, the pinned
@@ -76,24 +81,33 @@ struct Wanted {
 impl PartialEq for Wanted {
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (&self.host, &other.host);
-        self.port == other.port
+        (self.port, self.epoch) == (other.port, other.epoch)
             && (&a.ip, a.port, &a.username, &a.auth, &a.host_key) == (&b.ip, b.port, &b.username, &b.auth, &b.host_key)
     }
 }
 
 /// Keeps one task per wanted tunnel until `cancel` fires; then cancels and awaits them all.
-pub async fn run(shared: Arc<Shared>, ssh: Arc<SshConfig>, repair: RepairHandle, cancel: CancellationToken) {
+pub async fn run(
+    shared: Arc<Shared>,
+    ssh: Arc<SshConfig>,
+    repair: RepairHandle,
+    ownership: Ownership,
+    cancel: CancellationToken,
+) {
     let known = KnownHosts::new(&shared.config.borrow().server.data_dir);
-    let tasks = Arc::new(Tasks { known, shared: shared.clone(), ssh, setups: Semaphore::new(MAX_SETUPS), repair });
+    let node: Arc<str> = ownership.node().into();
+    let setups = Semaphore::new(MAX_SETUPS);
+    let tasks = Arc::new(Tasks { known, shared: shared.clone(), ssh, setups, repair, node: node.clone() });
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
     let mut config_rx = shared.config.clone();
     loop {
-        if let Some(wanted) = wanted(&shared).await {
+        if let Some(wanted) = wanted(&shared, &ownership).await {
             running.retain(|name, (w, token)| {
                 let keep = wanted.get(name) == Some(w);
                 if !keep {
-                    tracing::info!(host = %name, "tunnel closed: the host's config or registration changed");
+                    let why = if ownership.owns(name) { "the host's config or registration changed" } else { "another node owns the host now" };
+                    tracing::info!(host = %name, "tunnel closed: {why}");
                     token.cancel();
                 }
                 keep
@@ -121,14 +135,15 @@ pub async fn run(shared: Arc<Shared>, ssh: Arc<SshConfig>, repair: RepairHandle,
     tracker.close();
     tracker.wait().await;
     // `vigil status` must not show tunnels up that nobody holds (after a SIGKILL they stay as last recorded).
-    for name in running.keys() {
-        record(&shared, name, TunnelState::Down, Some("vigil serve stopped".into())).await;
+    for (name, (w, _)) in &running {
+        let owner = Some((&*node, w.epoch));
+        record(&shared, owner, name, TunnelState::Down, Some("vigil serve stopped".into())).await;
     }
 }
 
 /// The tunnels the config and the database ask for: hosts reporting through a tunnel, with a recorded port and a
 /// registered agent. `None` when the database could not be read (the running set stays).
-async fn wanted(shared: &Shared) -> Option<HashMap<String, Wanted>> {
+async fn wanted(shared: &Shared, ownership: &Ownership) -> Option<HashMap<String, Wanted>> {
     let config = shared.config.borrow().clone();
     let read = shared.ingest.exec(|store| Ok::<_, crate::store::StoreError>((store.tunnels()?, store.agents()?))).await;
     let (tunnels, agents) = match read {
@@ -146,16 +161,22 @@ async fn wanted(shared: &Shared) -> Option<HashMap<String, Wanted>> {
             .clients
             .iter()
             .filter(|h| config.reporting(h) == Reporting::Tunnel && registered.contains(h.name.as_str()))
-            .filter_map(|h| Some((h.name.clone(), Wanted { host: h.clone(), port: *ports.get(h.name.as_str())? })))
+            .filter_map(|h| {
+                let (port, epoch) = (*ports.get(h.name.as_str())?, ownership.epoch(&h.name)?);
+                Some((h.name.clone(), Wanted { host: h.clone(), port, epoch }))
+            })
             .collect(),
     )
 }
 
 /// Records a tunnel's state for `vigil status`.
-async fn record(shared: &Shared, host: &str, state: TunnelState, error: Option<String>) {
-    let host = host.to_owned();
+async fn record(shared: &Shared, owner: Option<(&str, i64)>, host: &str, state: TunnelState, error: Option<String>) {
+    let (host, owner) = (host.to_owned(), owner.map(|(n, e)| (n.to_owned(), e)));
     let now = vigil_sys::clock::now_ms();
-    match shared.ingest.exec(move |s| s.set_tunnel_state(&host, state, error.as_deref(), now)).await {
+    let write = move |s: &mut crate::store::Store| {
+        s.set_tunnel_state_as(owner.as_ref().map(|(n, e)| (n.as_str(), *e)), &host, state, error.as_deref(), now)
+    };
+    match shared.ingest.exec(write).await {
         Ok(Ok(())) | Err(_) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "could not record the tunnel's state"),
     }
@@ -181,24 +202,24 @@ async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken) {
         let wait = match set_up {
             Ok((session, forwarded)) => {
                 tracing::info!("tunnel up");
-                record(shared, &w.host.name, TunnelState::Up, None).await;
+                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Up, None).await;
                 backoff.reset();
                 let lost = serve(&w, session, forwarded, &tasks, &cancel).await;
                 if cancel.is_cancelled() {
                     return;
                 }
                 tracing::warn!(reason = %lost, "tunnel lost");
-                record(shared, &w.host.name, TunnelState::Down, Some(lost)).await;
+                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Down, Some(lost)).await;
                 backoff.next_wait()
             }
             Err(e @ RemoteError::ForwardRefused { .. }) => {
                 tracing::warn!(error = %e, "tunnel refused");
-                record(shared, &w.host.name, TunnelState::Refused, Some(e.to_string())).await;
+                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Refused, Some(e.to_string())).await;
                 backoff.next_wait().max(vigil_sys::backoff::jittered(REFUSED_WAIT))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tunnel down");
-                record(shared, &w.host.name, TunnelState::Down, Some(e.to_string())).await;
+                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Down, Some(e.to_string())).await;
                 backoff.next_wait()
             }
         };
@@ -355,7 +376,7 @@ mod tests {
 
     #[test]
     fn only_an_edit_the_session_depends_on_restarts_a_tunnel() {
-        let w = Wanted { host: host(), port: 40001 };
+        let w = Wanted { host: host(), port: 40001, epoch: 1 };
         let mut alerts = w.clone();
         alerts.host.tags = vec!["db".into()];
         alerts.host.mail = Some("ops@example.com".into());

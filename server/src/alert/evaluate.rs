@@ -185,10 +185,15 @@ fn digest_ms(config: &Config) -> i64 {
 /// Queues the digest mail of every host whose security events waited for `[alerts] security_digest` since its last
 /// security mail. A host without a recipient any more gets no mail; its waiting events are marked covered (they
 /// stay in the history). Returns the number of mails queued.
-pub fn flush_security_digests(conn: Tx<'_>, config: &Config, now: i64) -> Result<usize, StoreError> {
+pub fn flush_security_digests(
+    conn: Tx<'_>,
+    config: &Config,
+    now: i64,
+    owner: Option<&Owner<'_>>,
+) -> Result<usize, StoreError> {
     let mut queued = 0;
     for (host, d) in rows::digests_waiting(conn)? {
-        if now.saturating_sub(d.last_mail_ms) < digest_ms(config) {
+        if now.saturating_sub(d.last_mail_ms) < digest_ms(config) || !owns(conn, owner, &host)? {
             continue;
         }
         let waiting = rows::security_events_after(conn, &host, d.last_event_id)?;
@@ -208,14 +213,38 @@ pub fn flush_security_digests(conn: Tx<'_>, config: &Config, now: i64) -> Result
     Ok(queued)
 }
 
+/// The node whose owned hosts a periodic check looks at (several nodes share the database): its name and its leases'
+/// epochs. `None`: every host (a node alone, tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub node: &'a str,
+    pub held: &'a std::collections::HashMap<String, i64>,
+}
+
+/// Whether the check may act on `host`: no owner given, or the owner's lease on it holds in this transaction.
+fn owns(conn: Tx<'_>, owner: Option<&Owner<'_>>, host: &str) -> Result<bool, StoreError> {
+    let Some(o) = owner else { return Ok(true) };
+    let Some(epoch) = o.held.get(host) else { return Ok(false) };
+    crate::store::leases::holds(conn, host, o.node, *epoch)
+}
+
 /// Fires silence alerts of hosts with no report for `limit` x their shortest job interval, repeats them when due,
 /// and clears (without mail) firing alerts whose rule or host left the config. A host that never reported is not
 /// alerted on (`vigil status` shows it as silent); the silence of a host is counted from serve's start at the
 /// earliest (`started_ms`), so a server restart does not raise alerts before agents had a chance to reconnect.
 /// Returns the number of transitions.
-pub fn check_silence(conn: Tx<'_>, config: &Config, started_ms: i64, now: i64) -> Result<usize, StoreError> {
+pub fn check_silence(
+    conn: Tx<'_>,
+    config: &Config,
+    started_ms: i64,
+    now: i64,
+    owner: Option<&Owner<'_>>,
+) -> Result<usize, StoreError> {
     let mut changes = 0;
     for host in &config.clients {
+        if !host.alerts.iter().any(|r| r.kind == AlertKind::Silence) || !owns(conn, owner, &host.name)? {
+            continue;
+        }
         for rule in host.alerts.iter().filter(|r| r.kind == AlertKind::Silence) {
             let Some(interval) = config.schedule_for(&host.name).min_interval_s() else { continue };
             let Some(last) = rows::last_report_ms(conn, &host.name)? else { continue };
@@ -244,7 +273,7 @@ pub fn check_silence(conn: Tx<'_>, config: &Config, started_ms: i64, now: i64) -
     }
     for f in rows::firing(conn)? {
         let configured = config.host(&f.host).is_some_and(|h| h.alerts.iter().any(|r| rule_key(r) == f.rule));
-        if configured {
+        if configured || (config.host(&f.host).is_some() && !owns(conn, owner, &f.host)?) {
             continue;
         }
         let ip = config.host(&f.host).map_or("", |h| h.ip.as_str());
@@ -353,7 +382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db")).unwrap();
         let cfg = config("<alert type=\"silence\" limit=\"3\"/>", JOBS);
-        let check = |store: &mut Store, now| store.write_tx(|c| check_silence(c, &cfg, 0, now)).unwrap();
+        let check = |store: &mut Store, now| store.write_tx(|c| check_silence(c, &cfg, 0, now, None)).unwrap();
         assert_eq!(check(&mut store, 1_000_000), 0, "a host that never reported is not alerted on");
         ingest(&mut store, &cfg, report(1, 10.0)); // received at 1 s
         assert_eq!(check(&mut store, 31_000), 0, "30 s is exactly 3 intervals: not yet");
@@ -375,7 +404,7 @@ mod tests {
         let cfg = config("<alert type=\"cpu\" limit=\"90%\"/>", JOBS);
         ingest(&mut store, &cfg, report(1, 99.0));
         let without = config("", JOBS);
-        assert_eq!(store.write_tx(|c| check_silence(c, &without, 0, 5_000)).unwrap(), 1);
+        assert_eq!(store.write_tx(|c| check_silence(c, &without, 0, 5_000, None)).unwrap(), 1);
         assert!(rows::firing(store.view()).unwrap().is_empty());
         assert_eq!(subjects(&store).len(), 1, "only the firing mail");
         assert_eq!(rows::events_since(store.view(), 0).unwrap().last().unwrap().state, "cleared");
@@ -413,13 +442,13 @@ mod tests {
         assert_eq!(rows::events_since(store.view(), 0).unwrap().len(), 20, "every report's events are recorded");
 
         // Before the period is over, nothing more; after it, one digest of the 19 that waited.
-        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + PERIOD - 1)).unwrap(), 0);
-        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + PERIOD)).unwrap(), 1);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + PERIOD - 1, None)).unwrap(), 0);
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, 1_000 + PERIOD, None)).unwrap(), 1);
         let mail = rows::due_mail(store.view(), i64::MAX, 100).unwrap();
         assert_eq!(mail.len(), 2);
         assert_eq!(mail[1].subject, "[vigil] SECURITY web: 19 more security reports (38 events)");
         assert_eq!(mail[1].body.matches("SECURITY web: 2 events").count(), 19, "{}", mail[1].body);
-        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, i64::MAX / 2)).unwrap(), 0, "all covered");
+        assert_eq!(store.write_tx(|c| flush_security_digests(c, &cfg, i64::MAX / 2, None)).unwrap(), 0, "all covered");
 
         // A report after a quiet period is mailed at once again.
         let mut later = with_events(22);

@@ -180,7 +180,7 @@ pub struct Ctx {
 impl Ctx {
     /// Loads what a run needs: the server's key fingerprint, the agent set, the database (read-only in a dry run).
     pub fn new(config: Config, accept_new: bool, dry_run: bool) -> Result<Self, BootstrapError> {
-        let fingerprint = crate::keys::host_key_fingerprint(&config.server.data_dir)?;
+        let fingerprint = crate::keys::server_fingerprint(&config.server)?;
         let store = match (dry_run, Store::open_server_readonly(&config.server)) {
             (false, _) => Some(Store::open_server(&config.server)?),
             (true, Ok(s)) => Some(s),
@@ -418,7 +418,7 @@ pub async fn uninstall(
 /// files 0600), installing and starting nothing. Returns the agent id.
 pub fn enroll(config: &Config, name: &str, dir: &Path, collect: CollectPaths) -> Result<String, BootstrapError> {
     let host = config.host(name).ok_or_else(|| BootstrapError::NoSuchHost(name.to_owned()))?;
-    let fingerprint = crate::keys::host_key_fingerprint(&config.server.data_dir)?;
+    let fingerprint = crate::keys::server_fingerprint(&config.server)?;
     let files = credentials::AgentFiles::mint(config, host, &fingerprint, collect, Vec::new())?;
     credentials::write_into(dir, &files)?;
     let mut store = Store::open_server(&config.server)?;

@@ -13,7 +13,7 @@ use super::{Files, Out};
 pub fn host_key(files: &Files) -> anyhow::Result<ExitCode> {
     let config = files.load()?;
     let mut out = Out::new();
-    writeln!(out, "{}", keys::host_key_fingerprint(&config.server.data_dir)?)?;
+    writeln!(out, "{}", keys::server_fingerprint(&config.server)?)?;
     Ok(ExitCode::SUCCESS)
 }
 

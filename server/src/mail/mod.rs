@@ -142,15 +142,25 @@ pub async fn send_test(smtp: &SmtpSettings, to: &str) -> Result<(), MailError> {
     mailer.send(&format!("test.{}", std::process::id()), now, to, "[vigil] TEST mail", &body).await
 }
 
-/// Sends outbox rows until `cancel` fires or the writer stops. Stops only between messages.
-pub async fn run(ingest: IngestHandle, config: watch::Receiver<Arc<Config>>, cancel: CancellationToken) {
+/// How long a node's claim on a mail lasts: longer than a send can take; a node that died mid-send leaves its
+/// claim to expire, and another node sends the mail.
+pub const CLAIM_FOR_MS: i64 = 120_000;
+
+/// Sends outbox rows until `cancel` fires or the writer stops. Stops only between messages. `node` claims each
+/// mail before sending it, so nodes sharing the database send every mail once.
+pub async fn run(
+    ingest: IngestHandle,
+    config: watch::Receiver<Arc<Config>>,
+    node: Arc<str>,
+    cancel: CancellationToken,
+) {
     let mut backoff = vigil_sys::backoff::Backoff::new(POLL, MAX_BACKOFF);
     let mut cached: Option<(SmtpSettings, Mailer)> = None;
     loop {
         let smtp = config.borrow().smtp.clone();
         let pause = match smtp {
             None => POLL,
-            Some(smtp) => match round(&ingest, &smtp, &mut cached, &cancel).await {
+            Some(smtp) => match round(&ingest, &node, &smtp, &mut cached, &cancel).await {
                 Round::Idle => {
                     backoff.reset();
                     POLL
@@ -187,11 +197,14 @@ enum Round {
 
 async fn round(
     ingest: &IngestHandle,
+    node: &Arc<str>,
     smtp: &SmtpSettings,
     cached: &mut Option<(SmtpSettings, Mailer)>,
     cancel: &CancellationToken,
 ) -> Round {
-    let due = match ingest.exec(|s| rows::due_mail(s.view(), now_ms(), BATCH)).await {
+    let node = node.clone();
+    let claim = move |s: &mut crate::store::Store| s.write_tx(|c| rows::claim_mail(c, &node, BATCH, CLAIM_FOR_MS));
+    let due = match ingest.exec(claim).await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => return Round::Down(MailError::Transient(format!("reading the outbox: {e}"))),
         Err(_) => return Round::Stopped,

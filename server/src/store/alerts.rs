@@ -161,10 +161,44 @@ pub fn due_mail(conn: Tx<'_>, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow
     Ok(rows)
 }
 
+/// Claims, for `node`, up to `limit` pending mails due now (by the database's clock) that no other node holds a live
+/// claim on, oldest first: the claim lasts `claim_ms`. Nodes sharing a PostgreSQL database skip each other's locked
+/// rows (`FOR UPDATE SKIP LOCKED`); SQLite has one writer at a time.
+pub fn claim_mail(conn: Tx<'_>, node: &str, limit: usize, claim_ms: i64) -> Result<Vec<OutboxRow>, StoreError> {
+    let now = super::leases::db_now(conn.0)?;
+    let lock = match conn.0.engine() {
+        super::Engine::Postgres => "FOR UPDATE SKIP LOCKED",
+        super::Engine::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE outbox SET claimed_by = ?1, claimed_until_ms = ?3
+         WHERE id IN (SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_ms <= ?2
+                      AND (claimed_until_ms IS NULL OR claimed_until_ms < ?2 OR claimed_by = ?1)
+                      ORDER BY id LIMIT ?4 {lock})
+         RETURNING id, created_ms, recipient, subject, body, attempts"
+    );
+    let mut rows = conn.0.query_map(&sql, params![node, now, now + claim_ms, limit], |r| {
+        Ok(OutboxRow {
+            id: r.get(0)?,
+            created_ms: r.get(1)?,
+            recipient: r.get(2)?,
+            subject: r.get(3)?,
+            body: r.get(4)?,
+            attempts: r.get(5)?,
+        })
+    })?;
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
+}
+
 /// Marks a mail sent (the SMTP server accepted it).
 pub fn mark_sent(conn: Tx<'_>, id: i64, now_ms: i64) -> Result<(), StoreError> {
     conn.0
-        .stmt("UPDATE outbox SET status = 'sent', sent_ms = ?2, attempts = attempts + 1 WHERE id = ?1")?
+        .stmt(
+            "UPDATE outbox SET status = 'sent', sent_ms = ?2, attempts = attempts + 1, claimed_by = NULL,
+                 claimed_until_ms = NULL
+             WHERE id = ?1",
+        )?
         .execute(params![id, now_ms])?;
     Ok(())
 }
@@ -172,7 +206,7 @@ pub fn mark_sent(conn: Tx<'_>, id: i64, now_ms: i64) -> Result<(), StoreError> {
 /// Records a failed attempt: retried at `retry_at_ms`, or never again when `None` (refused for good).
 pub fn mark_attempt_failed(conn: Tx<'_>, id: i64, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError> {
     let stmt = conn.0.stmt(
-        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2,
+        "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, claimed_by = NULL, claimed_until_ms = NULL,
              status = CASE WHEN CAST(?3 AS BIGINT) IS NULL THEN 'failed' ELSE status END,
              next_attempt_ms = coalesce(?3, next_attempt_ms)
          WHERE id = ?1",
@@ -468,6 +502,25 @@ mod tests {
             assert_eq!(s.write_tx(|c| prune(c, 11)).unwrap(), 3, "two finished mails and the event");
             assert_eq!(s.pending_mail().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [pending]);
             assert!(events_since(s.view(), 0).unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn each_mail_is_claimed_by_one_node_until_its_claim_expires() {
+        crate::store::each_engine(|s| {
+            let ids: Vec<i64> =
+                (0..3).map(|i| s.write_tx(|c| enqueue_mail(c, None, i, "ops@x", "s", "b")).unwrap()).collect();
+            let a = s.write_tx(|c| claim_mail(c, "a", 2, 60_000)).unwrap();
+            assert_eq!(a.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..2]);
+            let b = s.write_tx(|c| claim_mail(c, "b", 10, 60_000)).unwrap();
+            assert_eq!(b.iter().map(|r| r.id).collect::<Vec<_>>(), ids[2..], "b gets only what a did not claim");
+            s.write_tx(|c| mark_sent(c, ids[0], 5)).unwrap();
+            assert!(s.write_tx(|c| claim_mail(c, "b", 10, 60_000)).unwrap().iter().all(|r| r.id == ids[2]));
+            // a dies holding ids[1]: once its claim expires, another node sends it.
+            let a2 = s.write_tx(|c| claim_mail(c, "a", 10, -1)).unwrap();
+            assert_eq!(a2.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[1]], "a may renew its own claim");
+            let c = s.write_tx(|c| claim_mail(c, "c", 10, 60_000)).unwrap();
+            assert_eq!(c.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[1]], "an expired claim is taken");
         });
     }
 }

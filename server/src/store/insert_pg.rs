@@ -99,6 +99,7 @@ pub(super) fn insert_batch(
     hosts: &mut HashMap<String, (i64, String)>,
     batch: &[Incoming],
 ) -> Result<Vec<Outcome>, StoreError> {
+    lock_hosts(tx, batch)?;
     let host_ids: Vec<i64> =
         batch.iter().map(|inc| insert::host_id(tx, hosts, &inc.host, &inc.ip)).collect::<Result<_, _>>()?;
     let ids = insert_reports(tx, batch, &host_ids)?;
@@ -126,6 +127,19 @@ pub(super) fn insert_batch(
     }
     record_unavailable(tx, &stored)?;
     Ok(outcomes)
+}
+
+/// Takes a transaction-scoped advisory lock per host of the batch (in one order, so two nodes cannot deadlock): the
+/// alert state of a host is read and written by one transaction at a time, even when two nodes receive its
+/// reports at once (an agent moving between nodes), so a transition is recorded and mailed once.
+fn lock_hosts(tx: &Db, batch: &[Incoming]) -> Result<(), StoreError> {
+    const SQL: &str = "SELECT count(pg_advisory_xact_lock(k)) FROM
+                       (SELECT DISTINCT hashtext(h) AS k FROM unnest($1::text[]) AS h ORDER BY k) AS s";
+    let hosts: Vec<&str> = batch.iter().map(|inc| inc.host.as_str()).collect();
+    tx.with_pg_statement(SQL, |client, stmt| {
+        client.query(stmt, &[&hosts])?;
+        Ok(())
+    })
 }
 
 /// Inserts the `reports` rows; returns each report's new id, `None` for a duplicate (stored before, or earlier in

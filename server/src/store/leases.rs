@@ -116,6 +116,16 @@ impl Store {
         self.conn.execute("DELETE FROM leases WHERE node = ?1", params![node])
     }
 
+    /// The host key every node presents (OpenSSH private key text): the one stored, or `offer` when none is yet
+    /// (the first node to offer wins; every node reads the winner back).
+    pub fn shared_server_key(&mut self, offer: &str) -> Result<String, StoreError> {
+        self.conn.execute(
+            "INSERT INTO server_key (id, private_key) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+            params![offer],
+        )?;
+        self.conn.query_row("SELECT private_key FROM server_key WHERE id = 1", params![], |r| r.get(0))
+    }
+
     /// Every lease, by host, with the database's clock to judge them by.
     pub fn leases(&self) -> Result<(Vec<LeaseRow>, i64), StoreError> {
         let rows = self.conn.query_map(

@@ -87,12 +87,28 @@ impl Store {
         error: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        self.set_tunnel_state_as(None, host, state, error, now_ms)
+    }
+
+    /// [`Store::set_tunnel_state`] as the owner of `host`: `owner` is (node, lease epoch), and the state is written
+    /// only while that lease holds (checked in the same statement), so a node that lost the host cannot overwrite
+    /// what its new owner records.
+    pub fn set_tunnel_state_as(
+        &mut self,
+        owner: Option<(&str, i64)>,
+        host: &str,
+        state: TunnelState,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (node, epoch) = owner.unzip();
         self.conn.execute(
             "UPDATE tunnels SET error = ?3,
                  since_ms = CASE WHEN state = ?2 AND since_ms IS NOT NULL THEN since_ms ELSE ?4 END,
                  state = ?2
-             WHERE host = ?1",
-            params![host, state.as_str(), error, now_ms],
+             WHERE host = ?1 AND (CAST(?5 AS TEXT) IS NULL
+                 OR EXISTS (SELECT 1 FROM leases l WHERE l.host = ?1 AND l.node = ?5 AND l.epoch = ?6))",
+            params![host, state.as_str(), error, now_ms, node, epoch],
         )?;
         Ok(())
     }
