@@ -52,6 +52,9 @@ pub struct HostStatus {
     pub reporting: Option<&'static str>,
     /// Its tunnel's recorded state, for a host reporting through one that bootstrap has registered.
     pub tunnel: Option<TunnelStatus>,
+    /// The running `vigil serve` node that owns the host (holds its lease): its reverse channel, repairs and
+    /// silence. `None` when no live node does.
+    pub owner: Option<String>,
     /// The latest run of each command job of this host (a refusal says why the host runs no commands).
     pub commands: Vec<CommandStatus>,
     /// Statistics families the host's agent cannot serve there (on Windows: the Security log, sessions), and why.
@@ -202,6 +205,7 @@ fn host_status(
         last_repair: known.repairs.remove(name),
         reporting: None,
         tunnel: None,
+        owner: None,
         commands: command_status(store, name, &known.jobs.remove(name).unwrap_or_default())?,
         unavailable: store.unavailable_of(name)?,
     };
@@ -225,7 +229,9 @@ pub fn add_channels(
     serve_running: bool,
 ) -> Result<(), StoreError> {
     let tunnels = store.tunnels()?;
+    let (leases, now) = store.leases()?;
     for row in rows.iter_mut() {
+        row.owner = leases.iter().find(|l| l.host == row.name && l.expires_at_ms >= now).map(|l| l.node.clone());
         let Some(host) = config.clients.iter().find(|h| h.name == row.name) else { continue };
         let reporting = config.reporting(host);
         row.reporting = Some(reporting.as_str());
@@ -244,13 +250,18 @@ pub fn add_channels(
     Ok(())
 }
 
-/// The CHANNEL cell: how the host reports, and its tunnel's state.
-fn channel_cell(h: &HostStatus) -> String {
-    match (h.reporting, &h.tunnel) {
+/// The CHANNEL cell: how the host reports, and its tunnel's state; with several nodes, which one owns the host.
+fn channel_cell(h: &HostStatus, several_nodes: bool) -> String {
+    let channel = match (h.reporting, &h.tunnel) {
         (None, _) => "-".into(),
         (Some("tunnel"), None) => "tunnel (not bootstrapped)".into(),
         (Some(r), Some(t)) => format!("{r} {}", t.state),
         (Some(r), None) => r.into(),
+    };
+    match (&h.owner, several_nodes) {
+        (Some(node), true) => format!("{channel} @{}", escape::cell(node)),
+        (None, true) if h.in_config => format!("{channel} @none"),
+        _ => channel,
     }
 }
 
@@ -298,6 +309,7 @@ pub fn render_table(
     restart_needed: Option<&str>,
 ) -> String {
     let header = ["HOST", "IP", "AGENT", "LAST SEEN", "STATE", "CPU", "MEM", "SWAP", "FULLEST DISK", "CHANNEL"];
+    let several_nodes = nodes.len() > 1;
     let rows: Vec<[String; 10]> = hosts
         .iter()
         .map(|h| {
@@ -322,7 +334,7 @@ pub fn render_table(
                 h.fullest_disk
                     .as_ref()
                     .map_or_else(|| "-".into(), |d| format!("{} {:.1}%", escape::cell(&d.mount), d.pct)),
-                channel_cell(h),
+                channel_cell(h, several_nodes),
             ]
         })
         .collect();
@@ -486,7 +498,12 @@ fn render_nodes(out: &mut String, nodes: &[NodeStatus]) {
     for n in nodes {
         let r = &n.row;
         let state = match (n.running, r.stopped_at_ms) {
-            (true, _) => format!("running (pid {}, since {})", r.pid, crate::alert::message::utc(r.started_at_ms)),
+            (true, _) => format!(
+                "running (pid {}, since {}, heartbeat {})",
+                r.pid,
+                crate::alert::message::utc(r.started_at_ms),
+                crate::alert::message::utc(r.heartbeat_ms)
+            ),
             (false, Some(at)) => format!("stopped at {}", crate::alert::message::utc(at)),
             (false, None) => {
                 format!("not running: no heartbeat since {} (killed?)", crate::alert::message::utc(r.heartbeat_ms))

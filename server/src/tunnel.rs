@@ -106,7 +106,11 @@ pub async fn run(
             running.retain(|name, (w, token)| {
                 let keep = wanted.get(name) == Some(w);
                 if !keep {
-                    let why = if ownership.owns(name) { "the host's config or registration changed" } else { "another node owns the host now" };
+                    let why = if ownership.owns(name) {
+                        "the host's config or registration changed"
+                    } else {
+                        "another node owns the host now"
+                    };
                     tracing::info!(host = %name, "tunnel closed: {why}");
                     token.cancel();
                 }
@@ -214,12 +218,14 @@ async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken) {
             }
             Err(e @ RemoteError::ForwardRefused { .. }) => {
                 tracing::warn!(error = %e, "tunnel refused");
-                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Refused, Some(e.to_string())).await;
+                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Refused, Some(e.to_string()))
+                    .await;
                 backoff.next_wait().max(vigil_sys::backoff::jittered(REFUSED_WAIT))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tunnel down");
-                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Down, Some(e.to_string())).await;
+                record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Down, Some(e.to_string()))
+                    .await;
                 backoff.next_wait()
             }
         };
