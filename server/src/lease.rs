@@ -46,6 +46,11 @@ impl Ownership {
         self.held.borrow().contains_key(host)
     }
 
+    /// Waits until what this node owns changes; `false` once the lease task is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.held.changed().await.is_ok()
+    }
+
     /// What this node owns now: host → epoch.
     pub fn held(&self) -> Arc<HashMap<String, i64>> {
         self.held.borrow().clone()

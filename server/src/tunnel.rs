@@ -47,6 +47,9 @@ pub const FIRST_WAIT: Duration = Duration::from_secs(1);
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
 /// Least wait after the host's sshd refused the forward: an operator has to change something first.
 pub const REFUSED_WAIT: Duration = Duration::from_secs(60);
+/// For this long after a node takes a host (from another node, or at its start), a refused forward is retried with
+/// the short backoff: the previous owner's session may still hold the port on the host until its sshd sees it gone.
+pub const HANDOVER_GRACE: Duration = Duration::from_secs(30);
 /// With no connection through the tunnel for this long, serve looks on the host whether its agent runs. Longer than
 /// an agent's reconnect right after a tunnel comes back (its backoff starts at a second), shorter than a silence
 /// limit.
@@ -94,13 +97,14 @@ pub async fn run(
     ownership: Ownership,
     cancel: CancellationToken,
 ) {
-    let known = KnownHosts::new(&shared.config.borrow().server.data_dir);
+    let known = KnownHosts::for_server(&shared.config.borrow().server);
     let node: Arc<str> = ownership.node().into();
     let setups = Semaphore::new(MAX_SETUPS);
     let tasks = Arc::new(Tasks { known, shared: shared.clone(), ssh, setups, repair, node: node.clone() });
     let tracker = TaskTracker::new();
     let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
     let mut config_rx = shared.config.clone();
+    let (mut owned_rx, mut owner_alive) = (ownership.clone(), true);
     loop {
         if let Some(wanted) = wanted(&shared, &ownership).await {
             running.retain(|name, (w, token)| {
@@ -130,6 +134,8 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = config_rx.changed() => if r.is_err() { break },
+            // Hosts taken or lost: act at once (a host taken over from a dead node is waiting for its tunnel).
+            alive = owned_rx.changed(), if owner_alive => owner_alive = alive,
             _ = tokio::time::sleep(WATCH_EVERY) => {}
         }
     }
@@ -191,6 +197,7 @@ async fn record(shared: &Shared, owner: Option<(&str, i64)>, host: &str, state: 
 async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken) {
     let shared = &tasks.shared;
     let mut backoff = vigil_sys::backoff::Backoff::new(FIRST_WAIT, MAX_WAIT);
+    let started = Instant::now();
     loop {
         let set_up = {
             let _permit = tokio::select! {
@@ -220,7 +227,12 @@ async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken) {
                 tracing::warn!(error = %e, "tunnel refused");
                 record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Refused, Some(e.to_string()))
                     .await;
-                backoff.next_wait().max(vigil_sys::backoff::jittered(REFUSED_WAIT))
+                if started.elapsed() < HANDOVER_GRACE {
+                    // Just taken over from another node, whose session may hold the port a moment longer.
+                    backoff.next_wait()
+                } else {
+                    backoff.next_wait().max(vigil_sys::backoff::jittered(REFUSED_WAIT))
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "tunnel down");

@@ -253,7 +253,9 @@ fn agents_report_through_the_tunnel_across_serve_restarts_and_live_edits() -> Re
             let tunnel = row.unwrap_or_default()["tunnel"].clone();
             assert_eq!(tunnel["state"], "down", "{n} after signal {sig}: {table}");
             let error = tunnel["error"].as_str().unwrap_or("");
-            assert!(error.contains("not running") || error.contains("stopped"), "{n}: {error}");
+            // (or, killed right after a restart before its tunnel came back up, the restart's own record)
+            let told = ["not running", "stopped", "restarted"].iter().any(|w| error.contains(w));
+            assert!(told, "{n}: {error}");
         }
         std::thread::sleep(Duration::from_secs(3));
         f.serve()?;

@@ -189,7 +189,7 @@ impl Ctx {
         };
         let server_up = std::net::TcpStream::connect_timeout(&config.server.listen, Duration::from_millis(500)).is_ok();
         Ok(Self {
-            known: KnownHosts::new(&config.server.data_dir),
+            known: KnownHosts::for_server(&config.server),
             config: Arc::new(config),
             store: store.map(Mutex::new),
             writer: None,
@@ -206,7 +206,7 @@ impl Ctx {
     /// start confirmed by delivery (serve is up).
     pub fn in_serve(config: Arc<Config>, fingerprint: String, writer: IngestHandle) -> Result<Self, BootstrapError> {
         Ok(Self {
-            known: KnownHosts::new(&config.server.data_dir),
+            known: KnownHosts::for_server(&config.server),
             config,
             store: None,
             writer: Some(writer),

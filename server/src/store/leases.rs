@@ -126,6 +126,21 @@ impl Store {
         self.conn.query_row("SELECT private_key FROM server_key WHERE id = 1", params![], |r| r.get(0))
     }
 
+    /// The host key fingerprint recorded for `addr` (`[ip]:port`) in the shared known hosts.
+    pub fn known_host(&self, addr: &str) -> Result<Option<String>, StoreError> {
+        self.conn.query_opt("SELECT fingerprint FROM known_hosts WHERE addr = ?1", params![addr], |r| r.get(0))
+    }
+
+    /// Records (or replaces) the fingerprint of `addr` in the shared known hosts.
+    pub fn set_known_host(&mut self, addr: &str, fingerprint: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO known_hosts (addr, fingerprint) VALUES (?1, ?2)
+             ON CONFLICT (addr) DO UPDATE SET fingerprint = excluded.fingerprint",
+            params![addr, fingerprint],
+        )?;
+        Ok(())
+    }
+
     /// Every lease, by host, with the database's clock to judge them by.
     pub fn leases(&self) -> Result<(Vec<LeaseRow>, i64), StoreError> {
         let rows = self.conn.query_map(

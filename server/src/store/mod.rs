@@ -71,7 +71,7 @@ pub enum StoreError {
     Full,
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", pg_message(.0))]
     Postgres(postgres::Error),
     /// `database_password_env` names a variable that is not set.
     #[error("the environment variable {0} (database_password_env) is not set")]
@@ -111,6 +111,17 @@ impl From<rusqlite::Error> for StoreError {
         } else {
             StoreError::Sqlite(e)
         }
+    }
+}
+
+/// A PostgreSQL error as one line: the server's message (with its detail) when it sent one.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
     }
 }
 
@@ -241,6 +252,8 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("vigil");
         }
+        // Server notices ("relation already exists, skipping" from migrations) are not worth an operator's attention.
+        config.notice_callback(|n| tracing::debug!(notice = n.message(), "PostgreSQL notice"));
         let link = db::PgLink::connect(config)?;
         let conn = Db::Postgres(Box::new(std::cell::RefCell::new(link)));
         conn.with_pg(|client| {
@@ -651,6 +664,27 @@ mod tests {
             store.set_config_error_hosts(&[]).unwrap();
             assert!(store.config_error_hosts().unwrap().is_empty());
         });
+    }
+
+    #[test]
+    fn a_lost_postgresql_connection_is_made_again_by_the_next_statement() {
+        let url = vigil_testkit::fresh_database();
+        let mut store = Store::open_postgres(&url, None).unwrap();
+        store.insert_reports(&[incoming(1, 1_000)]).unwrap();
+        let pid: i32 = store.conn.query_row("SELECT pg_backend_pid()", params![], |r| r.get(0)).unwrap();
+        // The server ends the session, as a restart or a failover to a replica does.
+        let other = Store::open_postgres(&url, None).unwrap();
+        other.conn.query_row("SELECT pg_terminate_backend(?1)", params![pid], |r| r.get::<bool>(0)).unwrap();
+        let mut outcome = store.insert_reports(&[incoming(2, 2_000)]);
+        if outcome.is_err() {
+            // The statement that met the closed connection fails (its batch is resent by the agents); the next
+            // one reconnects.
+            outcome = store.insert_reports(&[incoming(2, 2_000)]);
+        }
+        assert!(matches!(outcome.unwrap()[..], [Outcome::Stored { .. }]));
+        let again: i32 = store.conn.query_row("SELECT pg_backend_pid()", params![], |r| r.get(0)).unwrap();
+        assert_ne!(again, pid, "a new session");
+        assert!(store.report_stored_since("a1", 0).unwrap());
     }
 
     #[test]

@@ -16,6 +16,10 @@ const LATEST_SWAP: &str = "SELECT used_pct FROM swap WHERE host_id = ?1 ORDER BY
 // A bare column next to max() comes from the row holding the maximum (SQLite); no sort needed.
 const FULLEST_DISK: &str = "SELECT mount_point, max(used_pct) FROM disk_usage
      WHERE report_id = (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)";
+// PostgreSQL has no bare column next to max(): the same rows by sorting.
+const FULLEST_DISK_PG: &str = "SELECT mount_point, used_pct FROM disk_usage
+     WHERE report_id = (SELECT report_id FROM disk_usage WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
+     ORDER BY used_pct DESC, mount_point LIMIT 1";
 const ALL_HOSTS: &str = "SELECT name, ip FROM hosts ORDER BY name";
 const UNAVAILABLE_OF: &str = "SELECT family, reason, since_ts FROM unavailable_families
      WHERE host_id = (SELECT id FROM hosts WHERE name = ?1) ORDER BY family";
@@ -33,6 +37,11 @@ const ALL_LATEST: &str = "SELECT h.name,
 const ALL_FULLEST_DISKS: &str = "SELECT h.name, d.mount_point, max(d.used_pct) FROM hosts h JOIN disk_usage d
      ON d.report_id = (SELECT report_id FROM disk_usage WHERE host_id = h.id ORDER BY ts DESC, id DESC LIMIT 1)
      GROUP BY h.id";
+
+const ALL_FULLEST_DISKS_PG: &str = "SELECT DISTINCT ON (h.id) h.name, d.mount_point, d.used_pct
+     FROM hosts h JOIN disk_usage d
+     ON d.report_id = (SELECT report_id FROM disk_usage WHERE host_id = h.id ORDER BY ts DESC, id DESC LIMIT 1)
+     ORDER BY h.id, d.used_pct DESC, d.mount_point";
 
 /// The per-host queries of the view, for the query-plan test.
 #[cfg(test)]
@@ -103,7 +112,10 @@ impl Store {
             (row.last_report_ms, row.report_offset_ms) = (received, offset);
             (row.cpu_pct, row.mem_pct, row.swap_pct) = (cpu, mem, swap);
         }
-        let stmt = conn.stmt(ALL_FULLEST_DISKS)?;
+        let stmt = conn.stmt(match conn.engine() {
+            super::Engine::Sqlite => ALL_FULLEST_DISKS,
+            super::Engine::Postgres => ALL_FULLEST_DISKS_PG,
+        })?;
         for r in stmt.query_map(params![], |r| Ok((r.get::<String>(0)?, r.get(1)?, r.get(2)?)))? {
             if let (name, Some(mount), Some(pct)) = r {
                 rows.entry(name).or_default().fullest_disk = Some((mount, pct));
@@ -134,8 +146,13 @@ impl Store {
         row.mem_pct = latest_f64(LATEST_MEMORY)?;
         row.swap_pct = latest_f64(LATEST_SWAP)?;
         // The aggregate yields one row of NULLs when the host never reported disk usage.
-        let fullest: Option<(Option<String>, Option<f64>)> =
-            conn.stmt(FULLEST_DISK)?.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let fullest: Option<(Option<String>, Option<f64>)> = conn
+            .stmt(match conn.engine() {
+                super::Engine::Sqlite => FULLEST_DISK,
+                super::Engine::Postgres => FULLEST_DISK_PG,
+            })?
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         if let Some((Some(mount), Some(pct))) = fullest {
             row.fullest_disk = Some((mount, pct));
         }
@@ -187,6 +204,20 @@ mod tests {
 
     fn report(seq: u64, at: i64) -> Incoming {
         vitals(seq, at, 10.0, &[("/", 20.0), ("/var", 20.0)])
+    }
+
+    #[test]
+    fn the_status_rows_read_alike_on_each_engine() {
+        crate::store::each_engine(|store| {
+            store.insert_reports(&[super::vitals(1, 1_000, 12.5, &[("/", 40.0), ("/data", 91.0)])]).unwrap();
+            let all = store.host_rows().unwrap();
+            let row = store.host_row("web1").unwrap();
+            assert_eq!(all["web1"], row);
+            assert_eq!(row.cpu_pct, Some(12.5));
+            assert_eq!(row.fullest_disk, Some(("/data".to_owned(), 91.0)));
+            assert_eq!(store.known_hosts().unwrap().len(), 1);
+            assert!(store.unavailable_of("web1").unwrap().is_empty());
+        });
     }
 
     #[test]

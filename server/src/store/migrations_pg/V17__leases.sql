@@ -25,3 +25,10 @@ CREATE TABLE server_key (
 -- mid-send) is taken again.
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE outbox ADD COLUMN claimed_until_ms BIGINT;
+
+-- The SSH host keys bootstrap accepted (`--accept-new-host-key`), shared by every node: a node taking over a host
+-- knows its key without a bootstrap of its own. `addr` is `[ip]:port`, as in the data directory's known_hosts file.
+CREATE TABLE known_hosts (
+    addr        TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL
+);
