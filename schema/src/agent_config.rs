@@ -37,6 +37,10 @@ pub struct AgentConfigFile {
     pub agent_id: String,
     /// `host:port` of the server's SSH endpoint.
     pub server: String,
+    /// `host:port` of the other `vigil serve` nodes (issue 17), tried in order after `server` when it cannot be
+    /// reached. They present the same host key (`server_host_key`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_servers: Vec<String>,
     /// The server's pinned host-key fingerprint, `SHA256:...`.
     pub server_host_key: String,
     /// The agent's ed25519 private key (OpenSSH format), 0600.
@@ -95,6 +99,7 @@ mod tests {
         let c = AgentConfigFile {
             agent_id: "a".into(),
             server: "127.0.0.1:7022".into(),
+            fallback_servers: Vec::new(),
             server_host_key: "SHA256:x".into(),
             key_file: "agent_key".into(),
             secret: SecretHex("deadbeefcafe".into()),
@@ -119,6 +124,19 @@ mod tests {
         assert!(!toml::to_string(&c).unwrap().contains("previous_secrets"), "an empty list is not written");
         let c: AgentConfigFile = toml::from_str(&format!("{base}previous_secrets = [\"cd\", \"ef\"]\n")).unwrap();
         assert_eq!(c.previous_secrets, [SecretHex("cd".into()), SecretHex("ef".into())]);
+        let again: AgentConfigFile = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn fallback_servers_are_optional_and_round_trip() {
+        let base =
+            "agent_id = \"a\"\nserver = \"s:1\"\nserver_host_key = \"SHA256:x\"\nkey_file = \"k\"\nsecret = \"ab\"\n";
+        let c: AgentConfigFile = toml::from_str(base).unwrap();
+        assert!(c.fallback_servers.is_empty());
+        assert!(!toml::to_string(&c).unwrap().contains("fallback_servers"), "an empty list is not written");
+        let c: AgentConfigFile = toml::from_str(&format!("{base}fallback_servers = [\"t:2\", \"u:3\"]\n")).unwrap();
+        assert_eq!(c.fallback_servers, ["t:2", "u:3"]);
         let again: AgentConfigFile = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
     }
