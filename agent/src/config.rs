@@ -27,6 +27,8 @@ pub enum ConfigError {
 pub struct AgentConfig {
     pub agent_id: String,
     pub server: String,
+    /// The other nodes' endpoints, tried in order after `server` (`push`'s rotation).
+    pub fallback_servers: Vec<String>,
     pub server_host_key: String,
     pub key: PrivateKeyBox,
     pub keys: EnvelopeKeys,
@@ -71,6 +73,9 @@ impl AgentConfig {
         if !file.server_host_key.starts_with("SHA256:") {
             return Err(invalid("server_host_key must be a SHA256:... fingerprint"));
         }
+        if !file.fallback_servers.iter().all(|s| is_host_port(s)) {
+            return Err(invalid("fallback_servers must be host:port endpoints"));
+        }
         let secret = AgentSecret::from_hex(&file.secret.0).map_err(|e| secret_error("secret".into(), e))?;
         let previous_keys = file
             .previous_secrets
@@ -87,6 +92,7 @@ impl AgentConfig {
         Ok(Self {
             agent_id: file.agent_id.clone(),
             server: file.server.clone(),
+            fallback_servers: file.fallback_servers.clone(),
             server_host_key: file.server_host_key.clone(),
             key: PrivateKeyBox(key),
             keys: secret.derive_keys(),
@@ -116,5 +122,25 @@ impl AgentConfig {
     /// Saves a pulled schedule so a restart runs it even before reconnecting.
     pub fn save_schedule(&self, schedule: &Schedule) -> std::io::Result<()> {
         vigil_sys::fs::write_private(&self.schedule_file, &serde_json::to_vec(schedule).map_err(std::io::Error::other)?)
+    }
+}
+
+/// `host:port` with a non-empty host and a port number (`[v6]:port` included).
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_servers_must_be_host_and_port() {
+        for ok in ["127.0.0.1:7022", "node-b.example:22", "[::1]:7022"] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in ["", "127.0.0.1", ":7022", "node-b:", "node-b:70000", "node-b:x"] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Push: one persistent SSH connection to the server's endpoint, its host key pinned, key auth, the `vigil`
 //! subsystem; hello with the schedule hash, spooled reports sent pipelined, each deleted on its ack. Reconnects
-//! with exponential backoff and jitter.
+//! with exponential backoff and jitter, cycling through `server` and `fallback_servers` ([`Rotation`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -80,7 +80,7 @@ impl russh::client::Handler for Client {
     }
 }
 
-/// Keeps a session with the server up until cancelled.
+/// Keeps a session with one of the server's nodes up until cancelled.
 pub async fn run(
     cfg: &AgentConfig,
     spool: &RefCell<Spool>,
@@ -89,18 +89,20 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), MAX_BACKOFF);
+    let mut rotation = Rotation::new(&cfg.server, &cfg.fallback_servers);
     loop {
+        let server = rotation.current().to_owned();
         let started = Instant::now();
         let welcomed = std::cell::Cell::new(false);
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = session(cfg, spool, schedule_tx, produced, &cancel, &welcomed) => r,
+            r = session(cfg, &server, spool, schedule_tx, produced, &cancel, &welcomed) => r,
         };
         match &result {
             Ok(()) if cancel.is_cancelled() => return,
-            Ok(()) => tracing::info!("server closed the session"),
-            Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!(error = %e, "refusing the server"),
-            Err(e) => tracing::warn!(server = %cfg.server, error = %e, "session ended"),
+            Ok(()) => tracing::info!(%server, "server closed the session"),
+            Err(e @ PushError::HostKeyMismatch { .. }) => tracing::error!(%server, error = %e, "refusing the server"),
+            Err(e) => tracing::warn!(%server, error = %e, "session ended"),
         }
         // A session the server welcomed proves it is up again: the next failure starts from the shortest wait (a
         // server restarted several times in a row must not leave its agents sleeping a minute). One that ended
@@ -108,15 +110,101 @@ pub async fn run(
         if welcomed.get() || started.elapsed() > Duration::from_secs(30) {
             backoff.reset();
         }
-        let revoked = matches!(result, Err(PushError::Revoked(_) | PushError::HostKeyMismatch { .. }));
-        // Jittered in [step/2, step]; the longest step after a revocation or a host key mismatch.
-        let step = backoff.next_wait();
-        let wait = if revoked { jittered(backoff.max()) } else { step };
+        let ended = match result {
+            Err(PushError::Revoked(_)) => Ended::Revoked,
+            _ if welcomed.get() => Ended::Worked,
+            Err(PushError::HostKeyMismatch { .. }) => Ended::WrongKey,
+            _ => Ended::Failed,
+        };
+        // Jittered in [step/2, step]; the longest step after a revocation or a round of host key mismatches.
+        let wait = match rotation.after(ended) {
+            Pause::None => continue,
+            Pause::Backoff => backoff.next_wait(),
+            Pause::Longest => jittered(backoff.max()),
+        };
         tracing::debug!(?wait, "reconnecting later");
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// How a session on one address ended, as far as [`Rotation`] is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The server welcomed the agent; the session ended later.
+    Worked,
+    /// No working session: refused, timed out, or closed before the welcome.
+    Failed,
+    /// The address presented another host key than the pinned one.
+    WrongKey,
+    /// The server revoked this agent. The nodes share one registry: the others would say the same.
+    Revoked,
+}
+
+/// What the pusher does before dialling [`Rotation::current`] again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// Dial at once.
+    None,
+    /// The backoff's next step.
+    Backoff,
+    /// The backoff's longest step.
+    Longest,
+}
+
+/// The endpoints the pusher dials, `server` then `fallback_servers` (the other nodes, which present the same host
+/// key), and where it is among them. It stays on an address while a session there lasts; a session that ends, or
+/// cannot start, moves it to the next; only a whole round of failures since the last working session pauses it.
+#[derive(Debug)]
+struct Rotation {
+    /// Never empty: `server` first.
+    addrs: Vec<String>,
+    /// Always below `addrs.len()`.
+    at: usize,
+    /// Failed addresses since the last working session or pause.
+    failed: usize,
+    /// Whether each of those failures was a host key mismatch.
+    all_wrong_key: bool,
+}
+
+impl Rotation {
+    fn new(server: &str, fallbacks: &[String]) -> Self {
+        let mut addrs = vec![server.to_owned()];
+        for s in fallbacks {
+            if !addrs.contains(s) {
+                addrs.push(s.clone());
+            }
+        }
+        Self { addrs, at: 0, failed: 0, all_wrong_key: true }
+    }
+
+    /// The address to dial now.
+    fn current(&self) -> &str {
+        // `at` stays below the length (`after` takes it modulo), and the list is never empty.
+        &self.addrs[self.at]
+    }
+
+    /// Moves to the next address after a session on the current one ended; says how long to pause first. With one
+    /// address this is the pusher's behaviour before issue 17: a pause after every session.
+    fn after(&mut self, ended: Ended) -> Pause {
+        self.at = (self.at + 1) % self.addrs.len();
+        let pause = match ended {
+            Ended::Worked => Pause::Backoff,
+            Ended::Revoked => Pause::Longest,
+            Ended::Failed | Ended::WrongKey => {
+                self.failed += 1;
+                self.all_wrong_key &= ended == Ended::WrongKey;
+                if self.failed < self.addrs.len() {
+                    return Pause::None;
+                }
+                if self.all_wrong_key { Pause::Longest } else { Pause::Backoff }
+            }
+        };
+        self.failed = 0;
+        self.all_wrong_key = true;
+        pause
     }
 }
 
@@ -126,6 +214,7 @@ pub async fn run(
 // bucket together; split into functions they would travel as a half-dozen `&mut` parameters each.
 async fn session(
     cfg: &AgentConfig,
+    server: &str,
     spool: &RefCell<Spool>,
     schedule_tx: &watch::Sender<Schedule>,
     produced: &Notify,
@@ -141,16 +230,16 @@ async fn session(
     });
     let seen = Arc::new(std::sync::Mutex::new(None));
     let client = Client { pinned: cfg.server_host_key.clone(), seen: seen.clone() };
-    let connect = russh::client::connect(ssh_config, cfg.server.as_str(), client);
+    let connect = russh::client::connect(ssh_config, server, client);
     let mut handle = match tokio::time::timeout(Duration::from_secs(15), connect).await {
-        Err(_) => return Err(PushError::ConnectTimeout(cfg.server.clone())),
+        Err(_) => return Err(PushError::ConnectTimeout(server.to_owned())),
         Ok(Err(e)) => {
             if let Some(fp) = seen.lock().ok().and_then(|s| s.clone())
                 && fp != cfg.server_host_key
             {
                 return Err(PushError::HostKeyMismatch { seen: fp, pinned: cfg.server_host_key.clone() });
             }
-            return Err(PushError::Connect { server: cfg.server.clone(), cause: e });
+            return Err(PushError::Connect { server: server.to_owned(), cause: e });
         }
         Ok(Ok(h)) => h,
     };
@@ -252,7 +341,7 @@ async fn session(
                         match on_reply(reply, spool, &mut in_flight)? {
                             Reply::Nothing => {}
                             Reply::Welcomed(server_version) => {
-                                tracing::info!(server = %cfg.server, %server_version, "connected");
+                                tracing::info!(%server, %server_version, "connected: delivering to this server");
                                 welcomed = true;
                                 welcomed_flag.set(true);
                             }
@@ -401,5 +490,66 @@ mod tests {
         assert_eq!(spool.borrow().pending().collect::<Vec<_>>(), [2]);
         let revoked = on_reply(error(ErrorCode::Unknown, 2), &spool, &mut in_flight);
         assert!(matches!(revoked, Err(PushError::Revoked(_))));
+    }
+
+    fn rotation(n: usize) -> Rotation {
+        let fallbacks: Vec<String> = (1..n).map(|i| format!("b{i}:1")).collect();
+        Rotation::new("a:1", &fallbacks)
+    }
+
+    #[test]
+    fn the_rotation_lists_server_first_then_the_fallbacks_once_each() {
+        let r = Rotation::new("a:1", &["b:2".into(), "a:1".into(), "c:3".into(), "b:2".into()]);
+        assert_eq!(r.addrs, ["a:1", "b:2", "c:3"]);
+        assert_eq!(r.current(), "a:1");
+    }
+
+    #[test]
+    fn failures_move_on_at_once_and_a_whole_round_of_them_backs_off() {
+        let mut r = rotation(3);
+        assert_eq!(r.after(Ended::Failed), Pause::None);
+        assert_eq!(r.current(), "b1:1");
+        assert_eq!(r.after(Ended::Failed), Pause::None);
+        assert_eq!(r.current(), "b2:1");
+        assert_eq!(r.after(Ended::Failed), Pause::Backoff, "every address failed: wait");
+        assert_eq!(r.current(), "a:1", "then the round starts over from the server");
+        assert_eq!(r.after(Ended::Failed), Pause::None, "a new round");
+        assert_eq!(r.current(), "b1:1");
+    }
+
+    #[test]
+    fn a_working_session_that_ends_moves_on_after_the_short_pause_and_starts_a_new_round() {
+        let mut r = rotation(2);
+        assert_eq!(r.after(Ended::Failed), Pause::None);
+        assert_eq!(r.current(), "b1:1");
+        // b1 works for a while (the pusher stays on it while the session lasts), then its node dies.
+        assert_eq!(r.after(Ended::Worked), Pause::Backoff);
+        assert_eq!(r.current(), "a:1");
+        assert_eq!(r.after(Ended::Failed), Pause::None, "the earlier failure of a:1 no longer counts");
+        assert_eq!(r.current(), "b1:1");
+        assert_eq!(r.after(Ended::Failed), Pause::Backoff);
+    }
+
+    #[test]
+    fn a_wrong_host_key_moves_on_and_only_a_round_of_them_waits_longest() {
+        let mut r = rotation(2);
+        assert_eq!(r.after(Ended::WrongKey), Pause::None, "the next node may present the pinned key");
+        assert_eq!(r.current(), "b1:1");
+        assert_eq!(r.after(Ended::WrongKey), Pause::Longest);
+        assert_eq!(r.after(Ended::WrongKey), Pause::None);
+        assert_eq!(r.after(Ended::Failed), Pause::Backoff, "one node down, not a wrong key everywhere");
+        assert_eq!(r.after(Ended::Revoked), Pause::Longest, "the registry is shared: no node would accept it");
+        assert_eq!(r.current(), "b1:1");
+    }
+
+    #[test]
+    fn one_address_pauses_after_every_session_as_before() {
+        let mut r = rotation(1);
+        for ended in [Ended::Failed, Ended::Worked, Ended::Failed] {
+            assert_eq!(r.after(ended), Pause::Backoff);
+            assert_eq!(r.current(), "a:1");
+        }
+        assert_eq!(r.after(Ended::WrongKey), Pause::Longest);
+        assert_eq!(r.after(Ended::Revoked), Pause::Longest);
     }
 }

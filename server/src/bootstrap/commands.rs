@@ -62,6 +62,7 @@ if [ -f "$D/agent.toml" ]; then
       'agent_id = "'*'"'|'server = "'*'"'|'server_host_key = "'*'"'|'secret = "'*'"')
         k="${{l%% = *}}"; v="${{l#* = }}"; v="${{v#?}}"; echo "cfg_$k=${{v%?}}";;
       'commands = true') echo "cfg_commands=1";;
+      'fallback_servers = '*) echo "cfg_fallback_servers=${{l#* = }}";;
     esac
   done < "$D/agent.toml"
 fi
@@ -330,7 +331,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let agent = std::fs::read(agent_binary()).unwrap();
-        let toml = b"agent_id = \"a-1\"\nserver = \"127.0.0.1:1\"\nserver_host_key = \"SHA256:k\"\nsecret = \"00ff\"\ncommands = true\n";
+        let toml =
+            b"agent_id = \"a-1\"\nserver = \"127.0.0.1:1\"\nfallback_servers = [\"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
+                     server_host_key = \"SHA256:k\"\nsecret = \"00ff\"\ncommands = true\n";
         let key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----";
         for (i, shell) in shells(tmp.path()).into_iter().enumerate() {
             let dir = tmp.path().join(format!("vigil-agent-{i}"));
@@ -360,7 +363,8 @@ mod tests {
             assert!(ok);
             assert!(text.contains(&format!("agent_sha={}\n", bin.sha256)), "{text}");
             let cfg = ["cfg_agent_id=a-1", "cfg_server=127.0.0.1:1", "cfg_server_host_key=SHA256:k", "cfg_secret=00ff"];
-            for line in cfg.iter().chain(&["cfg_commands=1", "key=1"]) {
+            let fallbacks = r#"cfg_fallback_servers=["127.0.0.1:2", "127.0.0.1:3"]"#;
+            for line in cfg.iter().chain(&["cfg_commands=1", "key=1", fallbacks]) {
                 assert!(text.lines().any(|l| l == *line), "{line} in {text}");
             }
             assert!(!text.contains("running=1"), "{text}");

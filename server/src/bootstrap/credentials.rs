@@ -10,7 +10,7 @@ use vigil_schema::job::Schedule;
 use vigil_schema::secret::AgentSecret;
 use zeroize::Zeroizing;
 
-use super::{BootstrapError, endpoint_for, layout};
+use super::{BootstrapError, endpoint_for, fallback_endpoints_for, layout};
 use crate::config::{Config, Host};
 use crate::keys::KeyError;
 use crate::store::{AgentRecord, Store};
@@ -70,6 +70,7 @@ impl AgentFiles {
         let file = AgentConfigFile {
             agent_id: creds.agent_id.clone(),
             server: endpoint_for(config, host),
+            fallback_servers: fallback_endpoints_for(config, host),
             server_host_key: server_fingerprint.to_owned(),
             key_file: layout::KEY.into(),
             secret: SecretHex(creds.secret.to_hex()),
@@ -159,6 +160,8 @@ pub struct Installed {
     pub agent_id: String,
     pub server_host_key: String,
     pub server: String,
+    /// Its `fallback_servers` (the other nodes' endpoints).
+    pub fallback_servers: Vec<String>,
     /// Its envelope secret, when it could be read: it becomes the new agent.toml's `previous_secrets`.
     pub secret: Option<SecretHex>,
     /// Whether the private key file is there.
@@ -175,22 +178,39 @@ impl Installed {
             agent_id: c.agent_id.clone(),
             server_host_key: c.server_host_key.clone(),
             server: c.server.clone(),
+            fallback_servers: c.fallback_servers.clone(),
             secret: Some(c.secret.clone()),
             key_present,
             commands: c.commands,
         })
     }
+
+    /// `fallback_servers` from a probe's `cfg_fallback_servers` line: agent.toml's value as written (a TOML array of
+    /// strings), empty when the file has none. An unreadable value is kept as one entry, which matches no endpoint
+    /// list (it starts with `[`), so the credentials are renewed.
+    pub fn probed_fallbacks(raw: Option<&str>) -> Vec<String> {
+        #[derive(serde::Deserialize)]
+        struct Line {
+            v: Vec<String>,
+        }
+        match raw {
+            None => Vec::new(),
+            Some(raw) => toml::from_str::<Line>(&format!("v = {raw}")).map_or_else(|_| vec![raw.to_owned()], |l| l.v),
+        }
+    }
 }
 
 /// Whether an installed agent's credentials can stay: its id is registered for this host, its key file is there,
-/// it pins the current server key and dials the current endpoint, and its command opt-in is the host's
-/// (`commands="allow"`). Otherwise bootstrap mints new ones. Local and SSH installs share it.
+/// it pins the current server key and dials the current endpoint and fallback endpoints (the same list, in the same
+/// order), and its command opt-in is the host's (`commands="allow"`). Otherwise bootstrap mints new ones. Local and
+/// SSH installs share it.
 pub fn current(
     registered: &[AgentRecord],
     host: &str,
     installed: Option<&Installed>,
     fingerprint: &str,
     endpoint: &str,
+    fallbacks: &[String],
     commands: bool,
 ) -> bool {
     installed.is_some_and(|i| {
@@ -198,6 +218,7 @@ pub fn current(
             && i.key_present
             && i.server_host_key == fingerprint
             && i.server == endpoint
+            && i.fallback_servers == fallbacks
             && i.commands == commands
     })
 }
@@ -225,21 +246,53 @@ mod tests {
             agent_id: id.into(),
             server_host_key: pin.into(),
             server: server.into(),
+            fallback_servers: Vec::new(),
             secret: None,
             key_present,
             commands: false,
         };
-        let yes = |i: Installed, host| current(&reg, host, Some(&i), "SHA256:k", "s:1", false);
+        let yes = |i: Installed, host| current(&reg, host, Some(&i), "SHA256:k", "s:1", &[], false);
         assert!(yes(ok("web-1", "SHA256:k", "s:1", true), "web"));
-        assert!(!current(&reg, "web", None, "SHA256:k", "s:1", false), "nothing installed");
+        assert!(!current(&reg, "web", None, "SHA256:k", "s:1", &[], false), "nothing installed");
         let allowed = Installed { commands: true, ..ok("web-1", "SHA256:k", "s:1", true) };
-        assert!(!current(&reg, "web", Some(&allowed), "SHA256:k", "s:1", false), "opt-in withdrawn");
-        assert!(current(&reg, "web", Some(&allowed), "SHA256:k", "s:1", true));
+        assert!(!current(&reg, "web", Some(&allowed), "SHA256:k", "s:1", &[], false), "opt-in withdrawn");
+        assert!(current(&reg, "web", Some(&allowed), "SHA256:k", "s:1", &[], true));
         assert!(!yes(ok("web-1", "SHA256:k", "s:1", true), "db"), "other host");
         assert!(!yes(ok("web-2", "SHA256:k", "s:1", true), "web"), "unregistered");
         assert!(!yes(ok("web-1", "SHA256:old", "s:1", true), "web"), "new server key");
         assert!(!yes(ok("web-1", "SHA256:k", "s:2", true), "web"), "moved");
         assert!(!yes(ok("web-1", "SHA256:k", "s:1", false), "web"), "key file missing");
+    }
+
+    #[test]
+    fn credentials_stay_only_when_the_fallback_endpoints_are_the_same_list() {
+        let reg = [record("web-1", "web")];
+        let with = |list: &[&str]| Installed {
+            agent_id: "web-1".into(),
+            server_host_key: "SHA256:k".into(),
+            server: "s:1".into(),
+            fallback_servers: list.iter().map(|s| (*s).to_owned()).collect(),
+            secret: None,
+            key_present: true,
+            commands: false,
+        };
+        let nodes = ["s:2".to_owned(), "s:3".to_owned()];
+        let judge = |i: Installed, list: &[String]| current(&reg, "web", Some(&i), "SHA256:k", "s:1", list, false);
+        assert!(judge(with(&["s:2", "s:3"]), &nodes));
+        assert!(judge(with(&[]), &[]));
+        assert!(!judge(with(&[]), &nodes), "a node was added");
+        assert!(!judge(with(&["s:2", "s:3"]), &[]), "the nodes were removed");
+        assert!(!judge(with(&["s:2"]), &nodes), "one missing");
+        assert!(!judge(with(&["s:3", "s:2"]), &nodes), "another order");
+    }
+
+    #[test]
+    fn a_probed_fallback_list_is_read_from_its_toml_line() {
+        assert!(Installed::probed_fallbacks(None).is_empty(), "no line: no fallbacks");
+        assert_eq!(Installed::probed_fallbacks(Some(r#"["s:2", "s:3"]"#)), ["s:2", "s:3"]);
+        assert_eq!(Installed::probed_fallbacks(Some("[]")), Vec::<String>::new());
+        let odd = Installed::probed_fallbacks(Some("[\"s:2\""));
+        assert!(odd != ["s:2"] && !odd.is_empty(), "unreadable: matches no list");
     }
 
     #[test]
@@ -263,6 +316,9 @@ mod tests {
         let i = Installed::parse(text, true).unwrap();
         assert_eq!(i.agent_id, "a-1");
         assert_eq!(i.secret, Some(SecretHex("00ff".into())));
+        assert!(i.fallback_servers.is_empty());
+        let with = Installed::parse(&format!("{text}fallback_servers = [\"s:2\"]\n"), true).unwrap();
+        assert_eq!(with.fallback_servers, ["s:2"]);
         assert!(!format!("{i:?}").contains("00ff"), "the secret stays out of Debug");
     }
 }

@@ -10,7 +10,7 @@ use vigil_schema::agent_config::CollectPaths;
 
 use super::credentials::{self, AgentFiles, Installed};
 use super::plan::{Inputs, Inspection, Plan, Step};
-use super::{BootstrapError, Done, dir_name, endpoint_for, layout, sha256_hex};
+use super::{BootstrapError, Done, dir_name, endpoint_for, fallback_endpoints_for, layout, sha256_hex};
 use crate::config::{Config, Host};
 use crate::store::{AgentRecord, Store};
 
@@ -113,11 +113,13 @@ pub fn plan_local(
 ) -> Result<(Plan, Inspection), BootstrapError> {
     let insp = inspect(&agent_dir(&host.name))?;
     let endpoint = endpoint_for(config, host);
+    let fallbacks = fallback_endpoints_for(config, host);
     let inputs = Inputs {
         registered,
         host: &host.name,
         fingerprint: server_fingerprint,
         endpoint: &endpoint,
+        fallbacks: &fallbacks,
         commands: host.commands,
         binary_sha,
         // The local agent's start is confirmed by its lock (bootstrap_local also runs inside `vigil serve`).

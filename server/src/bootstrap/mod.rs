@@ -80,6 +80,14 @@ pub fn endpoint_for(config: &Config, host: &Host) -> String {
     host.endpoint.clone().unwrap_or_else(|| config.server.endpoint.clone())
 }
 
+/// The other `vigil serve` nodes' endpoints this host's agent tries, in order, when [`endpoint_for`]'s cannot be
+/// reached (issue 17; agent.toml's `fallback_servers`). They present the same host key.
+// TODO(lead): [server] endpoints list: `config.server.fallback_endpoints.clone()` once config/ has it (none for a
+// host with its own endpoint, e.g. a tunnel's).
+pub fn fallback_endpoints_for(_config: &Config, _host: &Host) -> Vec<String> {
+    Vec::new()
+}
+
 /// What a bootstrap did to one host.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Done {

@@ -36,6 +36,8 @@ pub struct Inputs<'a> {
     pub host: &'a str,
     pub fingerprint: &'a str,
     pub endpoint: &'a str,
+    /// The other nodes' endpoints, agent.toml's `fallback_servers`.
+    pub fallbacks: &'a [String],
     /// The host's `commands="allow"`, which agent.toml must carry.
     pub commands: bool,
     pub binary_sha: &'a str,
@@ -140,6 +142,7 @@ impl Plan {
             insp.installed.as_ref(),
             inp.fingerprint,
             inp.endpoint,
+            inp.fallbacks,
             inp.commands,
         );
         let credentials = !creds_ok;
@@ -197,6 +200,7 @@ mod tests {
             agent_id: id.into(),
             server_host_key: "SHA256:k".into(),
             server: "s:1".into(),
+            fallback_servers: Vec::new(),
             secret: Some(SecretHex("00".into())),
             key_present: true,
             commands: false,
@@ -210,6 +214,7 @@ mod tests {
             host: "web",
             fingerprint: "SHA256:k",
             endpoint: "s:1",
+            fallbacks: &[],
             commands: false,
             binary_sha: "abc",
             server_up,

@@ -121,7 +121,8 @@ pub fn windows_inspection(mut kv: HashMap<String, String>) -> Result<Inspection,
     let installed = match (kv.remove("cfg_agent_id"), kv.remove("cfg_server_host_key"), kv.remove("cfg_server")) {
         (Some(agent_id), Some(server_host_key), Some(server)) => {
             let (key_present, commands) = (kv.contains_key("key"), kv.contains_key("cfg_commands"));
-            Some(Installed { agent_id, server_host_key, server, secret, key_present, commands })
+            let fallback_servers = Installed::probed_fallbacks(kv.get("cfg_fallback_servers").map(String::as_str));
+            Some(Installed { agent_id, server_host_key, server, fallback_servers, secret, key_present, commands })
         }
         _ => None,
     };

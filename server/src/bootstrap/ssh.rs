@@ -14,7 +14,7 @@ use super::credentials::{self, AgentFiles, Installed};
 use super::plan::{Confirm, Inputs, Inspection, Plan, Step};
 use super::platform::{self, Platform};
 use super::remote::{LOOPBACK, NewKeys, RemoteError, Session};
-use super::{BootstrapError, Ctx, Done, dir_name, endpoint_for, layout};
+use super::{BootstrapError, Ctx, Done, dir_name, endpoint_for, fallback_endpoints_for, layout};
 use crate::config::{Host, Os, Reporting};
 use crate::store::{AgentRecord, Store};
 
@@ -52,7 +52,8 @@ fn inspection(mut kv: HashMap<String, String>) -> Result<Inspection, BootstrapEr
     let installed = match (kv.remove("cfg_agent_id"), kv.remove("cfg_server_host_key"), kv.remove("cfg_server")) {
         (Some(agent_id), Some(server_host_key), Some(server)) => {
             let (key_present, commands) = (kv.contains_key("key"), kv.contains_key("cfg_commands"));
-            Some(Installed { agent_id, server_host_key, server, secret, key_present, commands })
+            let fallback_servers = Installed::probed_fallbacks(kv.get("cfg_fallback_servers").map(String::as_str));
+            Some(Installed { agent_id, server_host_key, server, fallback_servers, secret, key_present, commands })
         }
         _ => None,
     };
@@ -99,11 +100,13 @@ async fn probe_and_plan(ctx: &Ctx, host: &Host, s: &Session) -> Result<Planned, 
     };
     let registered = if ctx.writer.is_some() { ctx.with_store(|s| Ok(s.agents()?)).await? } else { ctx.registered()? };
     let endpoint = endpoint_for(&ctx.config, host);
+    let fallbacks = fallback_endpoints_for(&ctx.config, host);
     let inputs = Inputs {
         registered: &registered,
         host: &host.name,
         fingerprint: &ctx.fingerprint,
         endpoint: &endpoint,
+        fallbacks: &fallbacks,
         commands: host.commands,
         binary_sha: &build.sha,
         server_up: ctx.server_up,
@@ -364,11 +367,12 @@ mod tests {
     fn the_probe_yields_the_old_secret_and_a_missing_key() {
         let kv = parse_probe(
             "os=Linux\narch=x86_64\ndir=/tmp/d\nfree_kb=999999\ncfg_agent_id=a-1\ncfg_server=s:1\n\
-             cfg_server_host_key=SHA256:k\ncfg_secret=00ff\nrunning=1\n",
+             cfg_server_host_key=SHA256:k\ncfg_secret=00ff\nrunning=1\ncfg_fallback_servers=[\"s:2\", \"s:3\"]\n",
         );
         let insp = inspection(kv).unwrap();
         let i = insp.installed.as_ref().unwrap();
         assert!(!i.key_present, "no key=1 line: the key file is missing");
+        assert_eq!(i.fallback_servers, ["s:2", "s:3"]);
         assert_eq!(insp.previous_secrets(), [SecretHex("00ff".into())]);
         assert!(insp.running);
         assert!(!format!("{insp:?}").contains("00ff"));

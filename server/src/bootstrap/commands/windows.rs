@@ -87,6 +87,7 @@ if (Test-Path -LiteralPath $Cfg) {{
   foreach ($l in Get-Content -LiteralPath $Cfg) {{
     if ($l -match '^(agent_id|server|server_host_key|secret) = "(.*)"$') {{ "cfg_$($Matches[1])=$($Matches[2])" }}
     if ($l -eq 'commands = true') {{ 'cfg_commands=1' }}
+    if ($l -match '^fallback_servers = (.*)$') {{ "cfg_fallback_servers=$($Matches[1])" }}
   }}
 }}
 if (Test-Path -LiteralPath (Join-Path $D 'agent_key')) {{ 'key=1' }}
