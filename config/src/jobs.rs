@@ -18,9 +18,10 @@ use super::values;
 use super::{AlertSettings, Channel, JobDef, ServerSettings, SmtpSettings, TlsMode, WebSettings};
 
 /// Keys of `[server]`.
-pub const SERVER_KEYS: [&str; 10] = [
+pub const SERVER_KEYS: [&str; 11] = [
     "listen",
     "endpoint",
+    "fallback_endpoints",
     "data_dir",
     "database",
     "database_password_env",
@@ -346,6 +347,17 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
             Err(message) => cx.diags.at(v.span().start, message),
         }
     }
+    let mut fallback_endpoints = Vec::new();
+    if let Some(v) = f.get("fallback_endpoints")
+        && let Some(items) = strings(cx, "fallback_endpoints", v)
+    {
+        for (s, at) in items {
+            match values::endpoint(s) {
+                Ok(()) => fallback_endpoints.push(s.to_string()),
+                Err(message) => cx.diags.at(at, message),
+            }
+        }
+    }
     let mut data_dir = None;
     match f.get("data_dir") {
         Some(v) => {
@@ -408,6 +420,7 @@ fn server(t: &DeTable<'_>, at: usize, base: &Path, cx: &mut Cx<'_>) -> Option<Se
     Some(ServerSettings {
         listen,
         endpoint: endpoint.unwrap_or_else(|| listen.to_string()),
+        fallback_endpoints,
         database: data_dir.join(database),
         postgres,
         data_dir,
@@ -1002,7 +1015,7 @@ jitter = "x"
             [
                 "2:10: bad listen address \"localhost\"; expected an IP address and port such as 127.0.0.1:7022",
                 "4:1: unknown key `retention` in [server] (did you mean \"retention_days\"?); expected one of: \
-                 listen, endpoint, data_dir, database, database_password_env, retention_days, \
+                 listen, endpoint, fallback_endpoints, data_dir, database, database_password_env, retention_days, \
                  max_connections_per_agent, repair_backoff, repair_parallel, channel",
                 "9:7: bad tls \"tsl\" (did you mean \"tls\"?); expected none, starttls or tls",
                 "10:1: the SMTP password is never written in jobs.toml; put it in an environment variable and name \
@@ -1202,6 +1215,15 @@ mod database_tests {
         parse(Path::new("j.toml"), &format!("{SERVER}{extra}"))
             .map(|f| f.server)
             .map_err(|d| d.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect())
+    }
+
+    #[test]
+    fn fallback_endpoints_are_the_other_nodes_addresses() {
+        assert!(server("").unwrap().fallback_endpoints.is_empty());
+        let s = server("fallback_endpoints = [\"10.0.0.2:7022\", \"b.example.net:7022\"]\n").unwrap();
+        assert_eq!(s.fallback_endpoints, ["10.0.0.2:7022", "b.example.net:7022"]);
+        let err = server("fallback_endpoints = [\"10.0.0.2\"]\n").unwrap_err();
+        assert!(err[0].starts_with("4:"), "{err:?}");
     }
 
     #[test]

@@ -257,6 +257,9 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// What agents dial (`host:port`); defaults to `listen`.
     pub endpoint: String,
+    /// `[server] fallback_endpoints`: the other nodes' addresses (several nodes on one PostgreSQL), written into
+    /// every direct agent's agent.toml after `endpoint`: when its node dies, the agent delivers to another.
+    pub fallback_endpoints: Vec<String>,
     /// Absolute; holds the server's host key and the database.
     pub data_dir: PathBuf,
     /// Absolute path of the SQLite database (unused while `postgres` is set).

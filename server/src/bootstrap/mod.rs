@@ -82,10 +82,13 @@ pub fn endpoint_for(config: &Config, host: &Host) -> String {
 
 /// The other `vigil serve` nodes' endpoints this host's agent tries, in order, when [`endpoint_for`]'s cannot be
 /// reached (issue 17; agent.toml's `fallback_servers`). They present the same host key.
-// TODO(lead): [server] endpoints list: `config.server.fallback_endpoints.clone()` once config/ has it (none for a
-// host with its own endpoint, e.g. a tunnel's).
-pub fn fallback_endpoints_for(_config: &Config, _host: &Host) -> Vec<String> {
-    Vec::new()
+/// `[server] fallback_endpoints`, for a host that dials the server's own endpoint (none for a host with an
+/// endpoint of its own, e.g. a tunnel's port on its loopback, which whichever node owns the host forwards).
+pub fn fallback_endpoints_for(config: &Config, host: &Host) -> Vec<String> {
+    if host.endpoint.is_some() {
+        return Vec::new();
+    }
+    config.server.fallback_endpoints.clone()
 }
 
 /// What a bootstrap did to one host.
