@@ -122,7 +122,7 @@ pub fn insert_event(conn: Tx<'_>, e: &NewEvent<'_>) -> Result<i64, StoreError> {
         "INSERT INTO alert_events (at_ms, host, ip, rule, state, value, limit_value, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
     )?;
-    Ok(stmt.query_row(params![e.at_ms, e.host, e.ip, e.rule, e.state, e.value, e.limit, e.detail], |r| r.get(0))?)
+    stmt.query_row(params![e.at_ms, e.host, e.ip, e.rule, e.state, e.value, e.limit, e.detail], |r| r.get(0))
 }
 
 /// Queues a mail; returns the outbox id.
@@ -138,7 +138,7 @@ pub fn enqueue_mail(
         "INSERT INTO outbox (event_id, created_ms, recipient, subject, body, next_attempt_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?2) RETURNING id",
     )?;
-    Ok(stmt.query_row(params![event_id, created_ms, recipient, subject, body], |r| r.get(0))?)
+    stmt.query_row(params![event_id, created_ms, recipient, subject, body], |r| r.get(0))
 }
 
 /// Pending mail whose next attempt is due at `now_ms`, oldest first, at most `limit`.
@@ -289,9 +289,7 @@ pub struct DigestRow {
 /// The security digest of `host`, if it was ever mailed.
 pub fn digest(conn: Tx<'_>, host: &str) -> Result<Option<DigestRow>, StoreError> {
     let stmt = conn.0.stmt("SELECT last_mail_ms, last_event_id FROM security_digest WHERE host = ?1")?;
-    Ok(stmt
-        .query_row(params![host], |r| Ok(DigestRow { last_mail_ms: r.get(0)?, last_event_id: r.get(1)? }))
-        .optional()?)
+    stmt.query_row(params![host], |r| Ok(DigestRow { last_mail_ms: r.get(0)?, last_event_id: r.get(1)? })).optional()
 }
 
 /// Records that a security mail of `host` was queued.
@@ -353,7 +351,7 @@ pub fn last_report_ms(conn: Tx<'_>, host: &str) -> Result<Option<i64>, StoreErro
         "SELECT r.received_at_ms FROM reports r JOIN hosts h ON h.id = r.host_id WHERE h.name = ?1
          ORDER BY r.received_at_ms DESC LIMIT 1",
     )?;
-    Ok(stmt.query_row(params![host], |r| r.get(0)).optional()?)
+    stmt.query_row(params![host], |r| r.get(0)).optional()
 }
 
 /// The latest `n` samples (collected time, value) of a host's metric, newest first. For disk, `mount` picks one

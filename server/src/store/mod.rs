@@ -56,7 +56,7 @@ mod embedded_pg {
 
 /// The advisory lock nodes take around PostgreSQL migrations, so nodes starting together do not race ("vigil" in
 /// ASCII).
-const MIGRATION_LOCK: i64 = 0x7669_6769_6c;
+const MIGRATION_LOCK: i64 = 0x76_6967_696c;
 
 /// How long a statement waits for another connection's lock before failing with "busy".
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -357,10 +357,10 @@ impl Store {
             }
             Engine::Postgres => "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
         };
-        if !self.conn.query_row(exists, &params![], |r| r.get::<bool>(0))? {
+        if !self.conn.query_row(exists, params![], |r| r.get::<bool>(0))? {
             return Ok(Vec::new());
         }
-        self.conn.query_map("SELECT version, name FROM refinery_schema_history ORDER BY version", &params![], |r| {
+        self.conn.query_map("SELECT version, name FROM refinery_schema_history ORDER BY version", params![], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
     }
@@ -368,12 +368,12 @@ impl Store {
     /// Stores an agent's credentials, replacing any agent registered for the same host (or with the same id).
     pub fn register_agent(&mut self, a: &AgentRecord) -> Result<(), StoreError> {
         self.conn.transaction(|tx| {
-            tx.execute("DELETE FROM agents WHERE host = ?1 OR agent_id = ?2", &params![a.host, a.agent_id])?;
+            tx.execute("DELETE FROM agents WHERE host = ?1 OR agent_id = ?2", params![a.host, a.agent_id])?;
             tx.execute(
                 "INSERT INTO agents (agent_id, host, public_key, secret_hex, version, registered_at_ms,
                                      last_seen_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                &params![
+                params![
                     a.agent_id,
                     a.host,
                     a.public_key,
@@ -392,7 +392,7 @@ impl Store {
     pub fn report_stored_since(&self, agent_id: &str, since_ms: i64) -> Result<bool, StoreError> {
         let found = self.conn.query_opt(
             "SELECT 1 FROM reports WHERE agent_id = ?1 AND received_at_ms >= ?2 LIMIT 1",
-            &params![agent_id, since_ms],
+            params![agent_id, since_ms],
             |r| r.get::<i64>(0),
         )?;
         Ok(found.is_some())
@@ -403,7 +403,7 @@ impl Store {
         self.conn.query_map(
             "SELECT agent_id, host, public_key, secret_hex, version, registered_at_ms, last_seen_at_ms
              FROM agents ORDER BY host",
-            &params![],
+            params![],
             |r| {
                 Ok(AgentRecord {
                     agent_id: r.get(0)?,
@@ -421,7 +421,7 @@ impl Store {
     /// Forgets the agent credentials of `host` (its history stays). Returns how many were removed.
     pub fn remove_agents_of_host(&mut self, host: &str) -> Result<usize, StoreError> {
         self.remove_tunnel(host)?;
-        self.conn.execute("DELETE FROM agents WHERE host = ?1", &params![host])
+        self.conn.execute("DELETE FROM agents WHERE host = ?1", params![host])
     }
 
     /// Records that an agent connected (or reported) at `seen_at_ms`, running `version`. Never moves back in time.
@@ -430,7 +430,7 @@ impl Store {
             "UPDATE agents SET version = ?2,
                  last_seen_at_ms = CASE WHEN last_seen_at_ms > ?3 THEN last_seen_at_ms ELSE ?3 END
              WHERE agent_id = ?1",
-            &params![agent_id, version, seen_at_ms],
+            params![agent_id, version, seen_at_ms],
         )?;
         Ok(())
     }
@@ -492,14 +492,14 @@ impl Store {
                 "INSERT INTO config_state (id, {column}, updated_at_ms) VALUES (1, ?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET {column} = excluded.{column}, updated_at_ms = excluded.updated_at_ms"
             ),
-            &params![value, now_ms()],
+            params![value, now_ms()],
         )?;
         Ok(())
     }
 
     /// One column of the single `config_state` row.
     fn config_state(&self, column: &'static str) -> Result<Option<String>, StoreError> {
-        let v = self.conn.query_opt(&format!("SELECT {column} FROM config_state WHERE id = 1"), &params![], |r| {
+        let v = self.conn.query_opt(&format!("SELECT {column} FROM config_state WHERE id = 1"), params![], |r| {
             r.get::<Option<String>>(0)
         })?;
         Ok(v.flatten())
@@ -549,17 +549,17 @@ impl Store {
         self.conn.transaction(|tx| {
             let ids: Vec<i64> = tx.query_map(
                 "SELECT id FROM reports WHERE received_at_ms < ?1 ORDER BY received_at_ms LIMIT ?2",
-                &params![older_than_ms, limit],
+                params![older_than_ms, limit],
                 |r| r.get(0),
             )?;
             for table in insert::FAMILY_TABLES {
                 let sql = format!("DELETE FROM {table} WHERE report_id = ?1");
                 for id in &ids {
-                    tx.execute(&sql, &params![id])?;
+                    tx.execute(&sql, params![id])?;
                 }
             }
             for id in &ids {
-                tx.execute("DELETE FROM reports WHERE id = ?1", &params![id])?;
+                tx.execute("DELETE FROM reports WHERE id = ?1", params![id])?;
             }
             Ok(ids.len())
         })
@@ -625,12 +625,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("v.db")).unwrap();
         store.insert_reports(&[incoming(1, 1_000)]).unwrap();
-        let pages: i64 = store.conn.query_row("PRAGMA page_count", &params![], |r| r.get(0)).unwrap();
+        let pages: i64 = store.conn.query_row("PRAGMA page_count", params![], |r| r.get(0)).unwrap();
         store.limit_pages(pages).unwrap();
         let batch: Vec<_> = (2..2_000).map(|s| incoming(s, 1_000 + s as i64)).collect();
         let err = store.insert_reports(&batch).unwrap_err();
         assert!(err.is_full(), "{err:?}");
-        let n: i64 = store.conn.query_row("SELECT count(*) FROM reports", &params![], |r| r.get(0)).unwrap();
+        let n: i64 = store.conn.query_row("SELECT count(*) FROM reports", params![], |r| r.get(0)).unwrap();
         assert_eq!(n, 1, "a failed batch leaves nothing behind");
     }
 

@@ -88,7 +88,7 @@ impl Store {
     /// Every host that ever reported: (name, ip), by name.
     pub fn known_hosts(&self) -> Result<Vec<(String, String)>, StoreError> {
         let stmt = self.conn.stmt(ALL_HOSTS)?;
-        Ok(stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))
     }
 
     /// [`Store::host_row`] of every host the database knows (by agent or by report), keyed by name, in four
@@ -140,7 +140,7 @@ impl Store {
             row.report_offset_ms = Some(offset);
         }
         let latest_f64 = |sql: &str| -> Result<Option<f64>, StoreError> {
-            Ok(conn.stmt(sql)?.query_row(params![id], |r| r.get(0)).optional()?)
+            conn.stmt(sql)?.query_row(params![id], |r| r.get(0)).optional()
         };
         row.cpu_pct = latest_f64(LATEST_CPU)?;
         row.mem_pct = latest_f64(LATEST_MEMORY)?;

@@ -274,7 +274,7 @@ pub const MAX_POINTS: u32 = 5_000;
 
 impl Store {
     fn host_id(&self, host: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn.stmt(HOST_ID)?.query_row(params![host], |r| r.get(0)).optional()?)
+        self.conn.stmt(HOST_ID)?.query_row(params![host], |r| r.get(0)).optional()
     }
 
     /// `metric` of `host` over `[from_ms, to_ms)`, in at most `points` buckets per line. `None`: an unknown metric.
@@ -423,7 +423,7 @@ impl Store {
              WHERE t.ts >= ?1 AND (CAST(?2 AS TEXT) IS NULL OR h.name = ?2) ORDER BY t.ts, t.id",
             cols.join(", ")
         );
-        let stmt = self.conn.stmt(&sql).map_err(StoreError::from)?;
+        let stmt = self.conn.stmt(&sql)?;
         let mut cells = Vec::with_capacity(columns.len());
         stmt.for_each(params![since_ms, host], |r| {
             let name: String = r.get(0)?;
@@ -570,8 +570,7 @@ impl Store {
     /// The newest system details of `host`.
     pub fn details(&self, host: &str) -> Result<Option<Details>, StoreError> {
         let Some(id) = self.host_id(host)? else { return Ok(None) };
-        Ok(self
-            .conn
+        self.conn
             .stmt(
                 "SELECT hostname, os_name, os_version, kernel, arch, uptime_s, cpu_model, cpu_count
                  FROM system_details WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1",
@@ -588,14 +587,13 @@ impl Store {
                     cpu_count: r.get(7)?,
                 })
             })
-            .optional()?)
+            .optional()
     }
 
     /// The sessions of `host`'s newest users sample.
     pub fn sessions(&self, host: &str) -> Result<Vec<SessionRow>, StoreError> {
         let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
-        Ok(self
-            .conn
+        self.conn
             .stmt(
                 "SELECT user, terminal, remote_host, login_time FROM sessions WHERE report_id =
                  (SELECT report_id FROM sessions WHERE host_id = ?1 ORDER BY ts DESC, id DESC LIMIT 1)
@@ -603,7 +601,7 @@ impl Store {
             )?
             .query_map(params![id], |r| {
                 Ok(SessionRow { user: r.get(0)?, terminal: r.get(1)?, remote_host: r.get(2)?, login_time: r.get(3)? })
-            })?)
+            })
     }
 
     /// The `limit` newest alert events, of `host` or of every host, newest first.
@@ -623,15 +621,14 @@ impl Store {
     /// The `limit` newest security events of `host`, newest first.
     pub fn security_events(&self, host: &str, limit: u32) -> Result<Vec<SecurityRow>, StoreError> {
         let Some(id) = self.host_id(host)? else { return Ok(Vec::new()) };
-        Ok(self
-            .conn
+        self.conn
             .stmt(
                 "SELECT ts, kind, user, message FROM security_events WHERE host_id = ?1
                  ORDER BY ts DESC, id DESC LIMIT ?2",
             )?
             .query_map(params![id, limit], |r| {
                 Ok(SecurityRow { ts_ms: r.get(0)?, kind: r.get(1)?, user: r.get(2)?, message: r.get(3)? })
-            })?)
+            })
     }
 }
 
