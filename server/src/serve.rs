@@ -121,8 +121,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     shared.refresh_registry().await;
 
     // This node's row, before the tunnel manager records anything: tunnels a killed predecessor left `up` go down.
-    let node: Arc<str> = register_node(&ingest, opts.node.clone()).await?.into();
-    let (owned_tx, ownership) = crate::lease::channel(&node);
+    let (node, owned_tx, ownership) = register_node(&ingest, opts.node.clone()).await?;
 
     let tracker = TaskTracker::new();
     let cancel = shutdown.child_token();
@@ -311,14 +310,21 @@ pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 
 /// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
 /// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
-/// Records this process as node `name` (`--node`; else this machine's host name) in the `nodes` table and returns
-/// the node's name.
-async fn register_node(ingest: &IngestHandle, name: Option<String>) -> Result<String, ServeError> {
+/// Records this process as node `name` (`--node`; else this machine's host name) in the `nodes` table; returns the
+/// node's name and the channel its lease task publishes ownership on.
+async fn register_node(
+    ingest: &IngestHandle,
+    name: Option<String>,
+) -> Result<(Arc<str>, OwnedSender, crate::lease::Ownership), ServeError> {
     let node = name.unwrap_or_else(crate::store::nodes::this_node);
     let (name, pid) = (node.clone(), std::process::id());
     ingest.exec(move |s| s.node_started(&name, pid, now_ms())).await.map_err(ServeError::Ingest)??;
-    Ok(node)
+    let (tx, ownership) = crate::lease::channel(&node);
+    Ok((node.into(), tx, ownership))
 }
+
+/// Where the lease task publishes the hosts this node owns.
+type OwnedSender = watch::Sender<Arc<std::collections::HashMap<String, i64>>>;
 
 async fn rollup_task(ingest: IngestHandle, cancel: CancellationToken) {
     loop {
