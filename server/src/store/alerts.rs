@@ -148,17 +148,19 @@ pub fn due_mail(conn: Tx<'_>, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow
          WHERE status = 'pending' AND next_attempt_ms <= ?1 ORDER BY id LIMIT ?2",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(params![now_ms, limit], |r| {
-        Ok(OutboxRow {
-            id: r.get(0)?,
-            created_ms: r.get(1)?,
-            recipient: r.get(2)?,
-            subject: r.get(3)?,
-            body: r.get(4)?,
-            attempts: r.get(5)?,
-        })
-    })?;
-    Ok(rows)
+    stmt.query_map(params![now_ms, limit], outbox_row)
+}
+
+/// The columns `id, created_ms, recipient, subject, body, attempts` of `outbox` as an [`OutboxRow`].
+fn outbox_row(r: &Row<'_>) -> Result<OutboxRow, StoreError> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        created_ms: r.get(1)?,
+        recipient: r.get(2)?,
+        subject: r.get(3)?,
+        body: r.get(4)?,
+        attempts: r.get(5)?,
+    })
 }
 
 /// Claims, for `node`, up to `limit` pending mails due now (by the database's clock) that no other node holds a live
@@ -177,16 +179,7 @@ pub fn claim_mail(conn: Tx<'_>, node: &str, limit: usize, claim_ms: i64) -> Resu
                       ORDER BY id LIMIT ?4 {lock})
          RETURNING id, created_ms, recipient, subject, body, attempts"
     );
-    let mut rows = conn.0.query_map(&sql, params![node, now, now + claim_ms, limit], |r| {
-        Ok(OutboxRow {
-            id: r.get(0)?,
-            created_ms: r.get(1)?,
-            recipient: r.get(2)?,
-            subject: r.get(3)?,
-            body: r.get(4)?,
-            attempts: r.get(5)?,
-        })
-    })?;
+    let mut rows = conn.0.query_map(&sql, params![node, now, now + claim_ms, limit], outbox_row)?;
     rows.sort_by_key(|r| r.id);
     Ok(rows)
 }

@@ -667,6 +667,22 @@ mod tests {
     }
 
     #[test]
+    fn nodes_starting_together_migrate_a_postgresql_database_once() {
+        let url = vigil_testkit::fresh_database();
+        let opened: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || Store::open_postgres(&url, None).map(|s| s.migration_history()))
+            })
+            .collect();
+        let newest = embedded_pg::migrations::runner().get_migrations().iter().map(|m| m.version()).max();
+        for o in opened {
+            let history = o.join().unwrap().unwrap().unwrap();
+            assert_eq!(history.last().map(|(v, _)| *v), newest.map(|v| v as i32), "{history:?}");
+        }
+    }
+
+    #[test]
     fn a_lost_postgresql_connection_is_made_again_by_the_next_statement() {
         let url = vigil_testkit::fresh_database();
         let mut store = Store::open_postgres(&url, None).unwrap();

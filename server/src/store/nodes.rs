@@ -18,14 +18,16 @@ pub struct NodeRow {
     pub heartbeat_ms: i64,
     /// Set when it stopped cleanly.
     pub stopped_at_ms: Option<i64>,
+    /// The machine it runs on (its host name; `None` for a row written before migration V17, whose name was it).
+    pub machine: Option<String>,
 }
 
 impl NodeRow {
     /// Whether it runs at `now_ms`: not stopped, a heartbeat within [`STALE_AFTER_MS`], and, for a node of this
-    /// machine, its process still there (a SIGKILL is seen at once, not after the heartbeat goes stale).
+    /// machine (whatever its `--node` name), its process still there (a SIGKILL is seen at once, not after the heartbeat goes stale).
     pub fn running(&self, now_ms: i64) -> bool {
         let fresh = self.stopped_at_ms.is_none() && now_ms - self.heartbeat_ms <= STALE_AFTER_MS;
-        fresh && (self.name != this_node() || runs_vigil(self.pid))
+        fresh && (self.machine.as_deref().unwrap_or(&self.name) != this_node() || runs_vigil(self.pid))
     }
 }
 
@@ -47,19 +49,23 @@ fn runs_vigil(pid: u32) -> bool {
 }
 
 impl Store {
-    /// Records that node `name` (this process, `pid`) started: its row is replaced, and the tunnels a dead
-    /// predecessor left recorded as `up` are marked down (nobody holds them until this node does).
+    /// Records that node `name` (this process, `pid`, on this machine) started: its row is replaced, and the tunnels
+    /// a dead predecessor left recorded as `up` are marked down (nobody holds them until this node does); those of
+    /// hosts another live node owns stay as that node recorded them.
     pub fn node_started(&mut self, name: &str, pid: u32, now_ms: i64) -> Result<(), StoreError> {
         self.conn.transaction(|tx| {
             tx.execute(
-            "INSERT INTO nodes (name, pid, started_at_ms, heartbeat_ms, stopped_at_ms) VALUES (?1, ?2, ?3, ?3, NULL)
-             ON CONFLICT (name) DO UPDATE SET pid = excluded.pid, started_at_ms = excluded.started_at_ms,
-                 heartbeat_ms = excluded.heartbeat_ms, stopped_at_ms = NULL",
-            params![name, pid, now_ms],
-        )?;
+                "INSERT INTO nodes (name, pid, started_at_ms, heartbeat_ms, stopped_at_ms, machine)
+                 VALUES (?1, ?2, ?3, ?3, NULL, ?4)
+                 ON CONFLICT (name) DO UPDATE SET pid = excluded.pid, started_at_ms = excluded.started_at_ms,
+                     heartbeat_ms = excluded.heartbeat_ms, stopped_at_ms = NULL, machine = excluded.machine",
+                params![name, pid, now_ms, this_node()],
+            )?;
+            let db_now = super::leases::db_now(tx)?;
             tx.execute(
-                "UPDATE tunnels SET state = ?1, error = 'vigil serve restarted', since_ms = ?2 WHERE state = ?3",
-                params![TunnelState::Down.as_str(), now_ms, TunnelState::Up.as_str()],
+                "UPDATE tunnels SET state = ?1, error = 'vigil serve restarted', since_ms = ?2 WHERE state = ?3
+                 AND host NOT IN (SELECT host FROM leases WHERE node <> ?4 AND expires_at_ms >= ?5)",
+                params![TunnelState::Down.as_str(), now_ms, TunnelState::Up.as_str(), name, db_now],
             )?;
             Ok(())
         })
@@ -80,8 +86,9 @@ impl Store {
 
     /// Every node, ordered by name.
     pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
-        let stmt =
-            self.conn.stmt("SELECT name, pid, started_at_ms, heartbeat_ms, stopped_at_ms FROM nodes ORDER BY name")?;
+        let stmt = self
+            .conn
+            .stmt("SELECT name, pid, started_at_ms, heartbeat_ms, stopped_at_ms, machine FROM nodes ORDER BY name")?;
         let rows = stmt.query_map(params![], |r| {
             Ok(NodeRow {
                 name: r.get(0)?,
@@ -89,6 +96,7 @@ impl Store {
                 started_at_ms: r.get(2)?,
                 heartbeat_ms: r.get(3)?,
                 stopped_at_ms: r.get(4)?,
+                machine: r.get(5)?,
             })
         })?;
         Ok(rows)

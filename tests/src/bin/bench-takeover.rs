@@ -45,7 +45,14 @@ fn start(w: &Workdir, vigil: &std::path::Path, node: &str) -> Result<Proc> {
 
 /// One round: a owns everything, b joins and takes its half, then a stops (`signal`); returns how long b took to
 /// own every host.
-fn round(w: &Workdir, vigil: &std::path::Path, pg: &vigil_testkit::Postgres, db: &str, n: usize, signal: i32) -> Result<Duration> {
+fn round(
+    w: &Workdir,
+    vigil: &std::path::Path,
+    pg: &vigil_testkit::Postgres,
+    db: &str,
+    n: usize,
+    signal: i32,
+) -> Result<Duration> {
     pg.psql(db, "DELETE FROM leases; DELETE FROM nodes;")?;
     let mut a = start(w, vigil, "a")?;
     wait_for(Duration::from_secs(60), "a owns every host", || owned(pg, db, "a") == n)?;
@@ -73,26 +80,28 @@ fn main() -> Result<()> {
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let profiles: &[&str] = if std::env::var_os("BENCH_DEBUG").is_some() { &["debug"] } else { &["release", "debug"] };
-    let vigil = profiles
-        .iter()
-        .map(|p| target_dir().join(p).join("vigil"))
-        .find(|p| p.is_file())
-        .context("vigil not built")?;
+    let vigil =
+        profiles.iter().map(|p| target_dir().join(p).join("vigil")).find(|p| p.is_file()).context("vigil not built")?;
     let pg = vigil_testkit::Postgres::start_with(vigil_testkit::Options { fsync: true, ..Default::default() })?;
     let url = pg.create_database("takeover")?;
     drop(vigil_server::store::Store::open_postgres(&url, None)?); // the schema, before the first round clears it
     let w = Workdir::new()?;
-    let hosts: Vec<ClientEntry> =
-        (0..n).map(|i| ClientEntry::enrolled(&format!("t{i:05}"), format!("10.9.{}.{}", i / 250, i % 250 + 1))).collect();
+    let hosts: Vec<ClientEntry> = (0..n)
+        .map(|i| ClientEntry::enrolled(&format!("t{i:05}"), format!("10.9.{}.{}", i / 250, i % 250 + 1)))
+        .collect();
     w.write_clients_text(&clients_xml(&hosts))?;
-    let jobs = jobs_toml(free_port(), &w.data_dir(), None, "10s")
-        .replacen("retention_days = 30\n", &format!("retention_days = 30\ndatabase = \"{url}\"\n"), 1);
+    let jobs = jobs_toml(free_port(), &w.data_dir(), None, "10s").replacen(
+        "retention_days = 30\n",
+        &format!("retention_days = 30\ndatabase = \"{url}\"\n"),
+        1,
+    );
     w.write_jobs(&jobs)?;
     println!("{n} hosts, 2 nodes, PostgreSQL (fsync on), {}", vigil.display());
     println!("{:<28} {:>10} {:>10} {:>10}", "handover", "min s", "median s", "max s");
     for (label, sig) in [("clean stop (SIGTERM)", libc::SIGTERM), ("node killed (SIGKILL)", libc::SIGKILL)] {
-        let mut times: Vec<f64> =
-            (0..rounds).map(|_| round(&w, &vigil, &pg, "takeover", n, sig).map(|d| d.as_secs_f64())).collect::<Result<_>>()?;
+        let mut times: Vec<f64> = (0..rounds)
+            .map(|_| round(&w, &vigil, &pg, "takeover", n, sig).map(|d| d.as_secs_f64()))
+            .collect::<Result<_>>()?;
         times.sort_by(f64::total_cmp);
         println!("{label:<28} {:>10.2} {:>10.2} {:>10.2}", times[0], times[times.len() / 2], times[times.len() - 1]);
     }

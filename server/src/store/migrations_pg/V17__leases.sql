@@ -26,6 +26,9 @@ CREATE TABLE server_key (
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE outbox ADD COLUMN claimed_until_ms BIGINT;
 
+-- The machine a node runs on, so `vigil status` there can tell a killed node by its pid whatever the node's name.
+ALTER TABLE nodes ADD COLUMN machine TEXT;
+
 -- The SSH host keys bootstrap accepted (`--accept-new-host-key`), shared by every node: a node taking over a host
 -- knows its key without a bootstrap of its own. `addr` is `[ip]:port`, as in the data directory's known_hosts file.
 CREATE TABLE known_hosts (
