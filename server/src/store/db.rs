@@ -385,6 +385,19 @@ impl PgLink {
         Ok(link)
     }
 
+    /// Drops the connection after an error that was not the server's answer to a statement (the connection broke:
+    /// reset, closed, cut off): the next statement connects again rather than finding a half-dead client.
+    fn forget_if_broken<R>(&mut self, result: &Result<R, StoreError>) {
+        // FATAL: the server is ending the session (shutdown, `pg_terminate_backend`, a failover).
+        let fatal = |e: &postgres::Error| e.as_db_error().is_none_or(|d| matches!(d.severity(), "FATAL" | "PANIC"));
+        if let Err(StoreError::Postgres(e)) = result
+            && (e.is_closed() || fatal(e))
+        {
+            tracing::warn!(error = %e, "the PostgreSQL connection broke; reconnecting at the next statement");
+            self.live = None;
+        }
+    }
+
     /// The live connection; a closed one (the server restarted, a failover) is replaced by a new one first.
     fn live(&mut self) -> Result<&mut Pg, StoreError> {
         if self.live.as_ref().is_some_and(|pg| pg.client.is_closed()) {
@@ -426,7 +439,9 @@ impl Db {
     fn pg<R>(link: &RefCell<PgLink>, f: impl FnOnce(&mut Pg) -> Result<R, StoreError>) -> Result<R, StoreError> {
         outside_async(|| {
             let mut link = link.try_borrow_mut().map_err(|_| StoreError::BadValue("connection in use".into()))?;
-            f(link.live()?)
+            let result = f(link.live()?);
+            link.forget_if_broken(&result);
+            result
         })
     }
 
@@ -487,18 +502,24 @@ impl Db {
                 }
                 Ok(())
             }
-            Db::Postgres(link) => {
+            Db::Postgres(link) => outside_async(|| {
                 let mut link = link.try_borrow_mut().map_err(|_| StoreError::BadValue("connection in use".into()))?;
                 let pg = link.live()?;
                 let s = pg.statement(sql)?;
-                let mut rows = pg.client.query_raw(&s, params.iter()).map_err(StoreError::from)?;
-                while let Some(r) =
-                    postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(StoreError::from)?
-                {
-                    f(&Row::Postgres(&r))?;
+                let streamed = (|| {
+                    let mut rows = pg.client.query_raw(&s, params.iter()).map_err(StoreError::from)?;
+                    while let Some(r) =
+                        postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(StoreError::from)?
+                    {
+                        f(&Row::Postgres(&r))?;
+                    }
+                    Ok::<(), E>(())
+                })();
+                if streamed.is_err() && pg.client.is_closed() {
+                    link.live = None;
                 }
-                Ok(())
-            }
+                streamed
+            }),
         }
     }
 

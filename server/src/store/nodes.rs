@@ -115,8 +115,9 @@ mod tests {
             store.set_tunnel_state("web", TunnelState::Up, None, 10).unwrap();
             store.set_tunnel_state("db", TunnelState::Refused, Some("AllowTcpForwarding no"), 10).unwrap();
 
-            // Named after another machine, so only the heartbeat tells (this machine's nodes are also checked by pid).
+            // A node of another machine: only the heartbeat tells (this machine's nodes are also checked by pid).
             store.node_started("s1", 42, 1_000).unwrap();
+            store.conn.execute("UPDATE nodes SET machine = 'elsewhere' WHERE name = 's1'", params![]).unwrap();
             let states: Vec<_> = store.tunnels().unwrap().into_iter().map(|t| (t.host, t.state, t.error)).collect();
             assert_eq!(
                 states,
@@ -133,6 +134,7 @@ mod tests {
             store.node_stopped("s1", 6_000).unwrap();
             assert!(!store.nodes().unwrap()[0].running(6_000), "stopped cleanly");
             store.node_started("s1", 43, 7_000).unwrap();
+            store.conn.execute("UPDATE nodes SET machine = 'elsewhere' WHERE name = 's1'", params![]).unwrap();
             let nodes = store.nodes().unwrap();
             assert_eq!(nodes.len(), 1);
             assert!(nodes[0].running(7_000) && nodes[0].pid == 43);
