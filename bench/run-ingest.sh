@@ -71,6 +71,7 @@ pg_start() {
     rm -f "$TMP/pg.in" && mkfifo "$TMP/pg.in"
     "$LOADGEN" postgres --settings "$1" <"$TMP/pg.in" >"$TMP/pg.out" 2>>"$TMP/pg.err" &
     PG_HELPER=$!
+    # Every process started from here on inherits fd 8; serve (the long-lived one) is started with it closed.
     exec 8>"$TMP/pg.in"
     for _ in $(seq 1 1200); do
         if grep -q '^READY ' "$TMP/pg.out" 2>/dev/null; then
@@ -122,7 +123,7 @@ start_serve() {
         pg_sql vigil "CHECKPOINT"
     fi
     VIGIL_LOG=warn nice -n "$NICE" "$VIGIL" serve --clients "$FLEET/clients.xml" --jobs "$FLEET/jobs.toml" \
-        >"$TMP/serve.out" 2>>"$TMP/serve.err" &
+        >"$TMP/serve.out" 2>>"$TMP/serve.err" 8>&- &
     SERVE_PID=$!
     for _ in $(seq 1 300); do
         grep -q "listening on" "$TMP/serve.out" 2>/dev/null && return 0
