@@ -2,9 +2,11 @@
 //! the real `vigil serve`, for a couple of seconds, as fast as acks allow ("vitals") and at a set rate ("full").
 //! Checks that every agent connects, reports are acked without errors, the figures add up, and the database holds
 //! exactly the rows the generator counts per report (counted in the database, table by table). Keeps the benchmark's
-//! tool from rotting.
+//! tool from rotting. The same against PostgreSQL (issue 17): the generator's own durable cluster
+//! (`vigil-loadgen postgres`), agents registered there, serve storing there, and the cluster gone once released.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -120,5 +122,71 @@ fn the_load_generator_drives_a_real_server_over_ssh() -> Result<()> {
             rows / stored
         );
     }
+    Ok(())
+}
+
+/// `sql` through psql on the database at `url`, unaligned output.
+fn psql(url: &str, sql: &str) -> Result<String> {
+    let psql = &vigil_testkit::programs()?.psql;
+    let out = Command::new(psql).args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", url, "-c", sql]).output()?;
+    ensure!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[test]
+fn the_load_generator_drives_a_server_storing_into_postgresql() -> Result<()> {
+    let work = TestDir::new("loadgen-pg")?;
+    let dir = work.path().display().to_string();
+    // The benchmark's cluster: held while our end of its stdin is open.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_vigil-loadgen"))
+        .arg("postgres")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting vigil-loadgen postgres")?;
+    let mut ready = String::new();
+    BufReader::new(holder.stdout.take().context("stdout")?).read_line(&mut ready)?;
+    let fields: Vec<&str> = ready.split_whitespace().collect();
+    ensure!(fields.len() == 4 && fields[0] == "READY", "{ready:?}");
+    let (admin, pg_pid, pg_dir) = (fields[1].to_owned(), fields[2].to_owned(), std::path::PathBuf::from(fields[3]));
+    ensure!(admin.starts_with("postgres://vigil@127.0.0.1:") && admin.ends_with("/postgres"), "{admin}");
+    ensure!(psql(&admin, "SHOW fsync")? == "on" && psql(&admin, "SHOW synchronous_commit")? == "on", "not durable");
+    psql(&admin, "CREATE DATABASE vigil")?;
+    let url = admin.replace("/postgres", "/vigil");
+
+    let port = free_port().to_string();
+    let agents = AGENTS.to_string();
+    loadgen(&["setup", "--dir", &dir, "--agents", &agents, "--port", &port, "--database", &url])?;
+    ensure!(!work.join("data/vigil.db").exists(), "setup wrote a SQLite database");
+    ensure!(psql(&url, "SELECT count(*) FROM agents")? == agents, "agents not registered in PostgreSQL");
+
+    let mut cmd = Command::new(bin("vigil"));
+    cmd.arg("serve").arg("--clients").arg(work.join("clients.xml")).arg("--jobs").arg(work.join("jobs.toml"));
+    cmd.env("VIGIL_LOG", "info,russh=warn");
+    let mut serve = Proc::spawn(cmd, work.path(), "serve")?;
+    ensure!(
+        wait_until(Duration::from_secs(30), || serve.stdout().contains("listening on")),
+        "serve did not start\n{}",
+        serve.logs()
+    );
+    let pid = serve.pid().to_string();
+    let vitals = run(&dir, &["--mode", "vitals", "--window", "8", "--server-pid", &pid, "--db-pid", &pg_pid])?;
+    ensure!(num(&vitals, "connected") == AGENTS as f64 && num(&vitals, "errors") == 0.0, "{vitals}");
+    ensure!(num(&vitals, "acked") > 20.0, "too few acks: {vitals}");
+    ensure!(num(&vitals, "db_cpu") > 0.0 && num(&vitals, "db_pss_kib") > 0.0, "no PostgreSQL figures: {vitals}");
+    serve.signal(vigil_tests::SIGTERM)?;
+    ensure!(serve.wait_exit(Duration::from_secs(20))?.success(), "serve exit\n{}", serve.logs());
+
+    let reports: f64 = psql(&url, "SELECT count(*) FROM reports")?.parse()?;
+    ensure!(reports >= num(&vitals, "acked"), "{reports} stored in PostgreSQL, {} acked", num(&vitals, "acked"));
+    for table in ["cpu", "memory", "swap"] {
+        ensure!(psql(&url, &format!("SELECT count(*) FROM {table}"))?.parse::<f64>()? == reports, "{table} rows");
+    }
+
+    // Released: the cluster is stopped by PID and its directory removed.
+    drop(holder.stdin.take());
+    ensure!(holder.wait()?.success(), "vigil-loadgen postgres failed");
+    ensure!(!pg_dir.exists(), "{} left behind", pg_dir.display());
+    ensure!(!std::path::Path::new(&format!("/proc/{pg_pid}")).exists(), "postmaster {pg_pid} still runs");
     Ok(())
 }

@@ -2,16 +2,18 @@
 //! (bench/run-ingest.sh runs it; BENCHMARKS.md "Ingest at fleet scale" quotes it).
 //!
 //! ```text
-//! vigil-loadgen setup   --dir DIR --agents N --port P
+//! vigil-loadgen setup   --dir DIR --agents N --port P [--database postgres://USER@127.0.0.1:PORT/DB]
 //! vigil-loadgen run     --dir DIR --agents N [--mode vitals|full|idle] [--rate R] [--window W]
-//!                       [--warmup S] [--duration S] [--connect C] [--server-pid PID]
+//!                       [--warmup S] [--duration S] [--connect C] [--server-pid PID] [--db-pid PID]
+//! vigil-loadgen postgres [--settings name=value,...]
 //! vigil-loadgen ceiling --db FILE [--hosts H] [--reports R] [--txn T] [--store vitals|full]
 //! vigil-loadgen history --dir DIR [--hosts H] [--days D] [--vitals-s S] [--disks-s S]
 //! ```
 //!
 //! `run` connects N agents of a `setup` fleet to the `vigil serve` of that fleet's jobs.toml, prints `READY <n>` on
 //! stdout once all are connected, and at the end one JSON line (`drive::Summary`). `ceiling` and `history` print one
-//! JSON line (`sql::Inserted`).
+//! JSON line (`sql::Inserted`). `postgres` starts a durable PostgreSQL cluster for the PostgreSQL runs, prints
+//! `READY <url> <postmaster pid> <dir>` and holds it until SIGTERM, SIGINT or the end of stdin (`pg::hold_cluster`).
 
 #[path = "../loadgen/mod.rs"]
 mod loadgen;
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use loadgen::drive::{RunOpts, run};
-use loadgen::{setup, sql};
+use loadgen::{pg, setup, sql};
 use vigil_tests::reports::Shape;
 
 /// `--key value` options after the subcommand.
@@ -70,11 +72,14 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 fn main_inner() -> Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let Some((cmd, rest)) = argv.split_first() else { bail!("usage: vigil-loadgen setup|run|ceiling|history ...") };
+    let Some((cmd, rest)) = argv.split_first() else {
+        bail!("usage: vigil-loadgen setup|run|ceiling|history|postgres ...")
+    };
     let a = Args::parse(rest)?;
     match cmd.as_str() {
         "setup" => {
-            let f = setup::setup(&a.path("dir")?, a.get("agents", None)?, a.get("port", None)?)?;
+            let database = a.map.get("database").map(String::as_str);
+            let f = setup::setup(&a.path("dir")?, a.get("agents", None)?, a.get("port", None)?, database)?;
             println!("{} {}", f.dir.display(), f.fingerprint);
         }
         "run" => {
@@ -96,6 +101,7 @@ fn main_inner() -> Result<()> {
                 connect_concurrency: a.get("connect", Some(32))?,
                 idle,
                 server_pid: a.map.get("server-pid").map(|p| p.parse()).transpose().context("--server-pid")?,
+                db_pid: a.map.get("db-pid").map(|p| p.parse()).transpose().context("--db-pid")?,
             };
             let agents = setup::load_agents(&dir, n)?;
             let workers: usize = a.get("threads", Some(2))?;
@@ -133,7 +139,8 @@ fn main_inner() -> Result<()> {
             )?;
             print_json(&r)?;
         }
-        other => bail!("unknown command {other:?} (setup, run, ceiling, history)"),
+        "postgres" => pg::hold_cluster(pg::parse_settings(a.map.get("settings").map_or("", String::as_str))?)?,
+        other => bail!("unknown command {other:?} (setup, run, ceiling, history, postgres)"),
     }
     Ok(())
 }

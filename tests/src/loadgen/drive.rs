@@ -51,6 +51,8 @@ pub struct RunOpts {
     pub idle: bool,
     /// The server's pid, to sample its CPU time and memory around the measured window.
     pub server_pid: Option<u32>,
+    /// The PostgreSQL postmaster's pid, when serve stores there: its CPU time (backends included) and memory.
+    pub db_pid: Option<u32>,
 }
 
 /// The outcome of a run, printed as one JSON line.
@@ -88,6 +90,10 @@ pub struct Summary {
     /// Server VmRSS at the end of the measured window (idle: with every agent connected), KiB.
     pub server_rss_kib: Option<u64>,
     pub server_hwm_kib: Option<u64>,
+    /// CPU seconds per measured second of PostgreSQL (postmaster and backends), when its pid was given.
+    pub db_cpu: Option<f64>,
+    /// PostgreSQL's summed proportional set size at the end of the measured window, KiB.
+    pub db_pss_kib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +424,7 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
     let srv0 = opts.server_pid.and_then(proc_cpu_s);
     let machine0 = machine_busy_s().unwrap_or(0.0);
     let wait0 = opts.server_pid.and_then(proc_runq_wait_s);
+    let db0 = opts.db_pid.and_then(super::pg::tree_cpu_s);
     shared.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(opts.duration).await;
@@ -427,6 +434,8 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
     let srv1 = opts.server_pid.and_then(proc_cpu_s);
     let machine1 = machine_busy_s().unwrap_or(0.0);
     let wait1 = opts.server_pid.and_then(proc_runq_wait_s);
+    let db1 = opts.db_pid.and_then(super::pg::tree_cpu_s);
+    let db_pss_kib = opts.db_pid.and_then(super::pg::tree_pss_kib);
     let rss = opts.server_pid.and_then(|p| proc_status_kib(p, "VmRSS"));
     let hwm = opts.server_pid.and_then(|p| proc_status_kib(p, "VmHWM"));
     let acked = shared.acked.load(Ordering::Relaxed);
@@ -469,6 +478,8 @@ pub async fn run(agents: Vec<Agent>, opts: RunOpts, on_ready: impl FnOnce(usize)
         machine_cpu: (machine1 - machine0) / measured,
         server_rss_kib: rss,
         server_hwm_kib: hwm,
+        db_cpu: db0.zip(db1).map(|(a, b)| (b - a) / measured),
+        db_pss_kib,
     })
 }
 

@@ -1,6 +1,7 @@
 //! A load-test fleet on disk: clients.xml with N SSH-transport hosts, a jobs.toml, the server's data directory with
-//! its host key, and every agent registered straight into the database through the store's `register_agent` (one
-//! `vigil enroll` per host would take minutes for 10,000 hosts). The agents' private halves go to one file,
+//! its host key, and every agent registered straight into the database jobs.toml names (SQLite in the data
+//! directory, or a PostgreSQL URL) through the store's `register_agent` (one `vigil enroll` per host would take
+//! minutes for 10,000 hosts). The agents' private halves go to one file,
 //! `loadgen/agents.jsonl` (mode 0600), which the load generator reads back with the endpoint address, so that it
 //! never opens the files serve watches.
 
@@ -66,28 +67,34 @@ pub struct Fleet {
     pub fingerprint: String,
 }
 
-/// The jobs.toml of a load-test fleet: the endpoint on 127.0.0.1:`port`, data in `dir/data`.
-pub fn jobs_toml(port: u16, dir: &Path) -> String {
+/// The jobs.toml of a load-test fleet: the endpoint on 127.0.0.1:`port`, data in `dir/data`, the database there
+/// (SQLite) or at `database` (a `postgres://` URL without a password).
+pub fn jobs_toml(port: u16, dir: &Path, database: Option<&str>) -> String {
+    let database = database.map(|url| format!("database = \"{url}\"\n")).unwrap_or_default();
     format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nretention_days = 30\n\n[[job]]\nname = \
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{database}retention_days = 30\n\n[[job]]\nname = \
          \"vitals\"\ncollectors = [\"cpu\", \"memory\", \"swap\"]\ninterval = \"10s\"\n",
         dir.join("data").display()
     )
 }
 
-/// Writes a fleet of `agents` hosts served on `port` into `dir`: clients.xml, jobs.toml, data/ (host key, vigil.db
-/// with every agent registered) and [`AGENTS_FILE`].
-pub fn setup(dir: &Path, agents: usize, port: u16) -> Result<Fleet> {
+/// Writes a fleet of `agents` hosts served on `port` into `dir`: clients.xml, jobs.toml, data/ (host key, and
+/// vigil.db unless `database` names PostgreSQL), every agent registered in the database the config names (opened as
+/// serve opens it, `Store::open_server`), and [`AGENTS_FILE`].
+pub fn setup(dir: &Path, agents: usize, port: u16, database: Option<&str>) -> Result<Fleet> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let entries: Vec<ClientEntry> = (0..agents).map(|i| ClientEntry::enrolled(&host_name(i), host_ip(i))).collect();
     std::fs::write(dir.join("clients.xml"), clients_xml(&entries)).context("writing clients.xml")?;
-    std::fs::write(dir.join("jobs.toml"), jobs_toml(port, dir)).context("writing jobs.toml")?;
+    std::fs::write(dir.join("jobs.toml"), jobs_toml(port, dir, database)).context("writing jobs.toml")?;
     std::fs::create_dir_all(dir.join("loadgen"))?;
     std::fs::write(dir.join("loadgen").join(ENDPOINT_FILE), format!("127.0.0.1:{port}\n"))
         .context("writing endpoint")?;
     let data = dir.join("data");
     let fingerprint = vigil_server::keys::host_key_fingerprint(&data).context("creating the server host key")?;
-    let mut store = Store::open(&data.join("vigil.db")).context("opening the database")?;
+    let config = vigil_server::config::Config::load(&dir.join("clients.xml"), &dir.join("jobs.toml"))
+        .context("the fleet's config")?
+        .config;
+    let mut store = Store::open_server(&config.server).context("opening the database")?;
     let path = dir.join("loadgen").join(AGENTS_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -159,7 +166,7 @@ mod tests {
     #[test]
     fn a_fleet_registers_every_agent_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
-        let fleet = setup(dir.path(), 3, 7022).unwrap();
+        let fleet = setup(dir.path(), 3, 7022, None).unwrap();
         assert!(fleet.fingerprint.starts_with("SHA256:"));
         let agents = load_agents(dir.path(), 3).unwrap();
         assert_eq!(agents[2].host, "load-00002");
