@@ -47,9 +47,11 @@ pub const FIRST_WAIT: Duration = Duration::from_secs(1);
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
 /// Least wait after the host's sshd refused the forward: an operator has to change something first.
 pub const REFUSED_WAIT: Duration = Duration::from_secs(60);
-/// For this long after a node takes a host (from another node, or at its start), a refused forward is retried with
-/// the short backoff: the previous owner's session may still hold the port on the host until its sshd sees it gone.
+/// For this long after a node takes a host from another node (not at its own start), a refused forward is retried once
+/// after [`HANDOVER_RETRY`] rather than [`REFUSED_WAIT`]: the previous owner's session may still hold the port on
+/// the host until its sshd sees it gone.
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(30);
+pub const HANDOVER_RETRY: Duration = Duration::from_secs(3);
 /// With no connection through the tunnel for this long, serve looks on the host whether its agent runs. Longer than
 /// an agent's reconnect right after a tunnel comes back (its backoff starts at a second), shorter than a silence
 /// limit.
@@ -105,6 +107,8 @@ pub async fn run(
     let mut running: HashMap<String, (Wanted, CancellationToken)> = HashMap::new();
     let mut config_rx = shared.config.clone();
     let (mut owned_rx, mut owner_alive) = (ownership.clone(), true);
+    // Hosts this node takes at its start were nobody's a moment ago; those it gains later come from another node.
+    let run_started = Instant::now();
     loop {
         if let Some(wanted) = wanted(&shared, &ownership).await {
             running.retain(|name, (w, token)| {
@@ -126,7 +130,8 @@ pub async fn run(
                 }
                 let token = cancel.child_token();
                 let span = tracing::info_span!("tunnel", host = %name, port = w.port);
-                let task = hold(w.clone(), tasks.clone(), token.clone());
+                let handover = run_started.elapsed() > crate::lease::RENEW_EVERY;
+                let task = hold(w.clone(), tasks.clone(), token.clone(), handover);
                 tracker.spawn(task.instrument(span));
                 running.insert(name, (w, token));
             }
@@ -194,10 +199,10 @@ async fn record(shared: &Shared, owner: Option<(&str, i64)>, host: &str, state: 
 
 /// Holds one host's tunnel until `cancel`: sets the session up, serves what it forwards, and sets it up again
 /// after a failure or a loss, with backoff.
-async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken) {
+async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken, handover: bool) {
     let shared = &tasks.shared;
     let mut backoff = vigil_sys::backoff::Backoff::new(FIRST_WAIT, MAX_WAIT);
-    let started = Instant::now();
+    let (started, mut handover_retry) = (Instant::now(), handover);
     loop {
         let set_up = {
             let _permit = tokio::select! {
@@ -227,9 +232,11 @@ async fn hold(w: Wanted, tasks: Arc<Tasks>, cancel: CancellationToken) {
                 tracing::warn!(error = %e, "tunnel refused");
                 record(shared, Some((&tasks.node, w.epoch)), &w.host.name, TunnelState::Refused, Some(e.to_string()))
                     .await;
-                if started.elapsed() < HANDOVER_GRACE {
-                    // Just taken over from another node, whose session may hold the port a moment longer.
-                    backoff.next_wait()
+                if handover_retry && started.elapsed() < HANDOVER_GRACE {
+                    // Just taken over from another node, whose session may hold the port a moment longer: one
+                    // early retry (a host that really refuses forwarding is then left alone for a minute).
+                    handover_retry = false;
+                    vigil_sys::backoff::jittered(HANDOVER_RETRY)
                 } else {
                     backoff.next_wait().max(vigil_sys::backoff::jittered(REFUSED_WAIT))
                 }
