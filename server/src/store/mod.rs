@@ -678,7 +678,7 @@ mod tests {
         let newest = embedded_pg::migrations::runner().get_migrations().iter().map(|m| m.version()).max();
         for o in opened {
             let history = o.join().unwrap().unwrap().unwrap();
-            assert_eq!(history.last().map(|(v, _)| *v), newest.map(|v| v as i32), "{history:?}");
+            assert_eq!(history.last().map(|(v, _)| *v), newest, "{history:?}");
         }
     }
 
