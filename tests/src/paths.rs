@@ -23,6 +23,16 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// The first built copy of binary `name` among the cargo `profiles` (e.g. `["release", "debug"]`): what the benchmark
+/// binaries run.
+pub fn built_in(profiles: &[&str], name: &str) -> Result<PathBuf> {
+    profiles
+        .iter()
+        .map(|p| target_dir().join(p).join(name))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{name} not built (looked in {profiles:?})"))
+}
+
 /// The path of a built workspace binary (`vigil`, `vigil-agent`) in the debug profile, or an error that says how to
 /// build it.
 pub fn try_bin(name: &str) -> Result<PathBuf> {

@@ -20,6 +20,11 @@ pub struct LeaseRow {
     pub expires_at_ms: i64,
 }
 
+/// The columns `host, node, epoch, expires_at_ms` of `leases` as a [`LeaseRow`].
+fn lease_row(r: &super::Row<'_>) -> Result<LeaseRow, StoreError> {
+    Ok(LeaseRow { host: r.get(0)?, node: r.get(1)?, epoch: r.get(2)?, expires_at_ms: r.get(3)? })
+}
+
 /// The database's clock in milliseconds since the epoch: leases and node heartbeats are judged by it, so the
 /// nodes' own clocks may disagree.
 pub(super) fn db_now(db: &Db) -> Result<i64, StoreError> {
@@ -71,9 +76,7 @@ impl Store {
                 |r| r.get(0),
             )?;
             let share = hosts.len().div_ceil(usize::try_from(live + 1).unwrap_or(1));
-            let rows = tx.query_map("SELECT host, node, epoch, expires_at_ms FROM leases", params![], |r| {
-                Ok(LeaseRow { host: r.get(0)?, node: r.get(1)?, epoch: r.get(2)?, expires_at_ms: r.get(3)? })
-            })?;
+            let rows = tx.query_map("SELECT host, node, epoch, expires_at_ms FROM leases", params![], lease_row)?;
             let wanted: HashSet<&str> = hosts.iter().map(String::as_str).collect();
             let mut mine: Vec<&LeaseRow> =
                 rows.iter().filter(|l| l.node == node && wanted.contains(l.host.as_str())).collect();
@@ -146,7 +149,7 @@ impl Store {
         let rows = self.conn.query_map(
             "SELECT host, node, epoch, expires_at_ms FROM leases ORDER BY host",
             params![],
-            |r| Ok(LeaseRow { host: r.get(0)?, node: r.get(1)?, epoch: r.get(2)?, expires_at_ms: r.get(3)? }),
+            lease_row,
         )?;
         Ok((rows, db_now(&self.conn)?))
     }

@@ -8,21 +8,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use vigil_tests::fleet::{Auth, ClientEntry, Workdir, clients_xml, jobs_toml};
 use vigil_tests::net::{free_port, port_accepts};
-use vigil_tests::paths::target_dir;
+use vigil_tests::paths::built_in;
 use vigil_tests::poll::wait_for;
 use vigil_tests::process::{Proc, kill_processes_under};
 use vigil_tests::sshd::{ClientKey, Sshd, SshdOpts};
-
-fn pick(profile_bins: &[&str], name: &str) -> Result<PathBuf> {
-    profile_bins
-        .iter()
-        .map(|p| target_dir().join(p).join(name))
-        .find(|p| p.is_file())
-        .with_context(|| format!("{name} not built"))
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -34,8 +26,8 @@ fn main() -> Result<()> {
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let profiles: &[&str] = if std::env::var_os("BENCH_DEBUG").is_some() { &["debug"] } else { &["release", "debug"] };
-    let vigil = pick(profiles, "vigil")?;
-    let agent = pick(&["agent", "release", "debug"], "vigil-agent")?;
+    let vigil = built_in(profiles, "vigil")?;
+    let agent = built_in(&["agent", "release", "debug"], "vigil-agent")?;
     let agent_size = std::fs::metadata(&agent)?.len();
     println!(
         "vigil: {}\nagent: {} ({} bytes)\nhosts: {n}, rounds: {rounds}",

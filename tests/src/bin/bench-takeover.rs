@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use vigil_tests::fleet::{ClientEntry, Workdir, clients_xml, jobs_toml};
 use vigil_tests::net::{free_port, port_accepts};
-use vigil_tests::paths::target_dir;
+use vigil_tests::paths::built_in;
 use vigil_tests::poll::wait_for;
 use vigil_tests::process::Proc;
 
@@ -80,8 +80,7 @@ fn main() -> Result<()> {
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000);
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let profiles: &[&str] = if std::env::var_os("BENCH_DEBUG").is_some() { &["debug"] } else { &["release", "debug"] };
-    let vigil =
-        profiles.iter().map(|p| target_dir().join(p).join("vigil")).find(|p| p.is_file()).context("vigil not built")?;
+    let vigil = built_in(profiles, "vigil")?;
     let pg = vigil_testkit::Postgres::start_with(vigil_testkit::Options { fsync: true, ..Default::default() })?;
     let url = pg.create_database("takeover")?;
     drop(vigil_server::store::Store::open_postgres(&url, None)?); // the schema, before the first round clears it
