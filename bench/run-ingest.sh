@@ -20,6 +20,8 @@
 #        PG_PROFILE=0   skip the PostgreSQL profile (pg_stat_statements, WAL statistics, wait events and perf -a
 #                       during one vitals run on a separate cluster); on by default when ENGINES has postgres
 #        CEILING=0      skip the raw SQLite ceiling and store measurements
+#        ONLY=REGEX     run only the load runs whose label matches (e.g. ONLY='vitals, 1000 agents, max')
+#        ALERT_RULES=XML alert rules every host gets (clients.xml <defaults>), e.g. '<alert type="cpu" limit="95"/>'
 #        NICE=N         niceness of serve and the load generator (default -10 as root: other work on a shared machine
 #                       then takes less of the two cores; the table shows the machine's busy CPU beside the server's)
 # Needs: cargo, python3; psql, initdb and postgres (Debian postgresql) for the PostgreSQL engines. Raises the open-file limit itself (each connection is one fd on each side).
@@ -31,8 +33,8 @@ WARMUP="${WARMUP:-5}"
 IDLE_MAX="${IDLE_MAX:-10000}"
 HISTORY="${HISTORY:-1}"
 ENGINES="${ENGINES:-sqlite}"
-VIGIL="$ROOT/target/release/vigil"
-LOADGEN="$ROOT/target/release/vigil-loadgen"
+VIGIL="${VIGIL:-$ROOT/target/release/vigil}"
+LOADGEN="${LOADGEN:-$ROOT/target/release/vigil-loadgen}"
 if [[ $(id -u) == 0 ]]; then NICE="${NICE:--10}"; else NICE="${NICE:-0}"; fi
 
 die() { echo "run-ingest: $*" >&2; exit 1; }
@@ -109,7 +111,17 @@ fleet_setup() {
         # Registered into `vigil`, which then becomes the template each run's fresh `vigil` is copied from.
         pg_sql postgres "CREATE DATABASE vigil"
         "$LOADGEN" setup --dir "$FLEET" --agents "$IDLE_MAX" --port "$PORT" --database "$PG_BASE/vigil" >/dev/null
+        [[ -n "${PG_TEMPLATE_SQL:-}" ]] && pg_sql vigil "$PG_TEMPLATE_SQL"
         pg_sql postgres "ALTER DATABASE vigil RENAME TO fleet"
+    fi
+    if [[ -n "${ALERT_RULES:-}" ]]; then
+        # Every host gets these alert rules (clients.xml <defaults>), evaluated in each report's transaction.
+        python3 - "$FLEET/clients.xml" "$ALERT_RULES" <<'PY'
+import sys
+p, rules = sys.argv[1], sys.argv[2]
+s = open(p).read().replace("<clients>", "<clients>\n  <defaults>" + rules + "</defaults>", 1)
+open(p, "w").write(s)
+PY
     fi
     rm -rf "$TMP/data.template" && cp -a "$FLEET/data" "$TMP/data.template"
 }
@@ -140,6 +152,7 @@ stop_serve() {
 # load LABEL ARGS...: one load-generator run against a fresh server; its JSON summary goes to $RESULTS.
 load() {
     local label="$1"; shift
+    if [[ -n "${ONLY:-}" && ! "$label" =~ $ONLY ]]; then return 0; fi
     label="$LABEL_PREFIX$label"
     log "$label (load average $(cut -d' ' -f1 /proc/loadavg))"
     start_serve

@@ -273,7 +273,10 @@ impl Writer {
             Some(rx) => {
                 let config = rx.borrow().clone();
                 let now = crate::store::now_ms();
-                self.store.insert_reports_with(items, |conn, inc| crate::alert::on_report(conn, &config, inc, now))
+                let mut states = crate::alert::BatchStates::default();
+                self.store.insert_reports_with(items, |conn, inc| {
+                    crate::alert::on_report(conn, &config, items, &mut states, inc, now)
+                })
             }
         }
     }

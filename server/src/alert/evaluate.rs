@@ -11,6 +11,7 @@
 //! SMTP on later should not flush a backlog of stale mail. Rules and recipients come from the config in force when
 //! the report is stored, so an edit of clients.xml applies to the next report.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::message::{self, AlertMail, HISTORY_LEN};
@@ -41,7 +42,7 @@ struct Change<'a> {
 }
 
 /// Writes the state, the event and (with a recipient) the outbox row of one transition.
-fn record(conn: Tx<'_>, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<(), StoreError> {
+fn record(conn: Tx<'_>, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<StateRow, StoreError> {
     let firing_since = c.previous.as_ref().filter(|p| p.firing).map(|p| p.since_ms);
     let state = StateRow {
         firing: c.transition != Transition::Resolve,
@@ -90,7 +91,7 @@ fn record(conn: Tx<'_>, c: &Change<'_>, to: Option<&str>, now: i64) -> Result<()
     if let Some(to) = to {
         rows::enqueue_mail(conn, Some(event), now, to, &subject, &message::body(&mail))?;
     }
-    Ok(())
+    Ok(state)
 }
 
 fn phase_of(state: Option<&StateRow>) -> Phase {
@@ -100,8 +101,52 @@ fn phase_of(state: Option<&StateRow>) -> Phase {
     }
 }
 
-/// Applies `config`'s rules for the report's host to a report just stored (in the same transaction).
-pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Result<(), StoreError> {
+/// The alert states of one batch's hosts, read in one statement when the batch's first report is evaluated and
+/// kept current as its reports make transitions (see [`rows::states_of`]). Made for one transaction: the rows it
+/// holds are those that transaction sees and writes (on PostgreSQL, under the batch's host locks).
+#[derive(Debug, Default)]
+pub struct BatchStates {
+    loaded: Option<HashMap<(String, String), StateRow>>,
+}
+
+impl BatchStates {
+    /// The state of `host`'s `rule`, reading the states of every host of `batch` on the first call.
+    fn get(
+        &mut self,
+        conn: Tx<'_>,
+        batch: &[Incoming],
+        host: &str,
+        rule: &str,
+    ) -> Result<Option<StateRow>, StoreError> {
+        let states = match &mut self.loaded {
+            Some(states) => states,
+            None => {
+                let mut hosts: Vec<&str> = batch.iter().map(|inc| inc.host.as_str()).collect();
+                hosts.sort_unstable();
+                hosts.dedup();
+                self.loaded.insert(rows::states_of(conn, &hosts)?)
+            }
+        };
+        Ok(states.get(&(host.to_owned(), rule.to_owned())).cloned())
+    }
+
+    fn set(&mut self, host: &str, rule: &str, state: StateRow) {
+        if let Some(states) = &mut self.loaded {
+            states.insert((host.to_owned(), rule.to_owned()), state);
+        }
+    }
+}
+
+/// Applies `config`'s rules for the report's host to a report just stored (in the same transaction). `batch` holds
+/// every report of the transaction (`inc` among them) and `states` their hosts' alert states: one per transaction.
+pub fn on_report(
+    conn: Tx<'_>,
+    config: &Config,
+    batch: &[Incoming],
+    states: &mut BatchStates,
+    inc: &Incoming,
+    now: i64,
+) -> Result<(), StoreError> {
     let Some(host) = config.host(&inc.host) else { return Ok(()) };
     let to = recipient(config, host);
     for rule in &host.alerts {
@@ -109,7 +154,7 @@ pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Res
             continue;
         }
         let key = rule_key(rule);
-        let previous = rows::state(conn, &host.name, &key)?;
+        let previous = states.get(conn, batch, &host.name, &key)?;
         let (transition, value, mount) = if rule.kind == AlertKind::Silence {
             // A report ends a silence. The value told is how long the host was silent.
             match &previous {
@@ -137,7 +182,8 @@ pub fn on_report(conn: Tx<'_>, config: &Config, inc: &Incoming, now: i64) -> Res
             previous,
             interval_s,
         };
-        record(conn, &change, to, now)?;
+        let written = record(conn, &change, to, now)?;
+        states.set(&host.name, &key, written);
     }
     if let Some(events) = inc.report.stats.security_events.as_ref().filter(|e| !e.events.is_empty()) {
         let (subject, body) = message::security(&host.name, &inc.ip, now, events);
@@ -335,7 +381,9 @@ mod tests {
 
     fn ingest(store: &mut Store, cfg: &Config, inc: Incoming) {
         let now = inc.received_at_ms;
-        store.insert_reports_with(&[inc], |c, i| on_report(c, cfg, i, now)).unwrap();
+        let batch = [inc];
+        let mut states = BatchStates::default();
+        store.insert_reports_with(&batch, |c, i| on_report(c, cfg, &batch, &mut states, i, now)).unwrap();
     }
 
     fn subjects(store: &Store) -> Vec<String> {
@@ -359,6 +407,44 @@ mod tests {
         assert!(mail.body.contains("50.0%") && mail.body.contains("IP:     10.0.0.1"), "{}", mail.body);
         assert_eq!(rows::events_since(store.view(), 0).unwrap().len(), 2);
         assert!(rows::firing(store.view()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_batch_sees_its_own_transitions_and_the_states_before_it_on_each_engine() {
+        crate::store::each_engine(|store| {
+            let client = |name, ip| {
+                format!(
+                    "<client name=\"{name}\" ip=\"{ip}\" username=\"u\" mail=\"ops@example.com\"><alert type=\"cpu\" limit=\"90%\"/></client>"
+                )
+            };
+            let clients = format!("<clients>{}{}</clients>", client("web", "10.0.0.1"), client("db", "10.0.0.2"));
+            let cfg = Config::from_sources(Path::new("c.xml"), &clients, Path::new("j.toml"), JOBS).unwrap().config;
+            let mut other = report(1, 99.0);
+            other.host = "db".into();
+            other.ip = "10.0.0.2".into();
+            other.agent_id = "a2".into();
+            ingest(store, &cfg, other.clone()); // another host's state, firing before the batch
+            // One transaction: web crosses the limit, stays above it, drops below the clear margin; db resolves.
+            let mut batch: Vec<Incoming> =
+                [(1, 50.0), (2, 95.0), (3, 97.0), (4, 80.0)].map(|(s, v)| report(s, v)).into();
+            other.report.seq = 2;
+            other.report.stats.cpu.as_mut().unwrap().total_pct = 10.0;
+            batch.push(other);
+            let now = 5_000;
+            let mut states = BatchStates::default();
+            store.insert_reports_with(&batch, |c, i| on_report(c, &cfg, &batch, &mut states, i, now)).unwrap();
+            assert_eq!(
+                subjects(store),
+                [
+                    "[vigil] FIRING cpu on db (99.0% > 90%)",
+                    "[vigil] FIRING cpu on web (95.0% > 90%)",
+                    "[vigil] RESOLVED cpu on web (80.0% < 85%)",
+                    "[vigil] RESOLVED cpu on db (10.0% < 85%)",
+                ],
+                "one transition each, in order: the batch read the states once and kept them current"
+            );
+            assert!(rows::firing(store.view()).unwrap().is_empty());
+        });
     }
 
     #[test]

@@ -21,7 +21,7 @@ use vigil_schema::report::Stats;
 
 use crate::config::{AlertKind, AlertRule};
 
-pub use evaluate::{Owner, SILENCE_CHECK_EVERY, check_silence, flush_security_digests, on_report};
+pub use evaluate::{BatchStates, Owner, SILENCE_CHECK_EVERY, check_silence, flush_security_digests, on_report};
 
 /// The key a rule's state is stored under: the kind's name, or `disk:<mount>` for a disk rule on one mount.
 pub fn rule_key(rule: &AlertRule) -> String {

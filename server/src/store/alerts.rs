@@ -6,9 +6,11 @@
 //! and the mail telling about it commit together or not at all. Deciding transitions is `crate::alert`'s job; this
 //! module only reads and writes rows.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
-use super::{OptionalExtension, Row, Store, StoreError, Tx, params};
+use super::{Engine, OptionalExtension, Row, Store, StoreError, Tx, params};
 use crate::config::AlertKind;
 
 /// The stored state of one (host, rule).
@@ -83,23 +85,45 @@ pub struct OutboxCounts {
     pub failed: i64,
 }
 
+/// A [`StateRow`] from the columns `state, value, limit_value, since_ms, last_mail_ms` starting at `at`.
+fn state_row(r: &Row<'_>, at: usize) -> Result<StateRow, StoreError> {
+    Ok(StateRow {
+        firing: r.get::<String>(at)? == "firing",
+        value: r.get(at + 1)?,
+        limit: r.get(at + 2)?,
+        since_ms: r.get(at + 3)?,
+        last_mail_ms: r.get(at + 4)?,
+    })
+}
+
 /// The state of `host`'s `rule`, if it ever fired.
 pub fn state(conn: Tx<'_>, host: &str, rule: &str) -> Result<Option<StateRow>, StoreError> {
     let stmt = conn.0.stmt(
         "SELECT state, value, limit_value, since_ms, last_mail_ms FROM alert_state WHERE host = ?1 AND rule = ?2",
     )?;
-    let row = stmt
-        .query_row(params![host, rule], |r| {
-            Ok(StateRow {
-                firing: r.get::<String>(0)? == "firing",
-                value: r.get(1)?,
-                limit: r.get(2)?,
-                since_ms: r.get(3)?,
-                last_mail_ms: r.get(4)?,
-            })
-        })
-        .optional()?;
-    Ok(row)
+    Ok(stmt.query_row(params![host, rule], |r| state_row(r, 0)).optional()?)
+}
+
+/// The states of every rule that ever fired on any of `hosts`, keyed by (host, rule), in one statement: the ingest
+/// writer reads them once per batch (on PostgreSQL under the batch's host locks) instead of once per report and rule,
+/// which on PostgreSQL is a round trip each.
+pub fn states_of(conn: Tx<'_>, hosts: &[&str]) -> Result<HashMap<(String, String), StateRow>, StoreError> {
+    let list = match serde_json::to_string(hosts) {
+        Ok(list) => list,
+        Err(e) => return Err(StoreError::BadValue(format!("host list: {e}"))),
+    };
+    let sql = match conn.0.engine() {
+        Engine::Sqlite => {
+            "SELECT host, rule, state, value, limit_value, since_ms, last_mail_ms FROM alert_state
+             WHERE host IN (SELECT value FROM json_each(?1))"
+        }
+        Engine::Postgres => {
+            "SELECT host, rule, state, value, limit_value, since_ms, last_mail_ms FROM alert_state
+             WHERE host IN (SELECT json_array_elements_text(?1::json))"
+        }
+    };
+    let rows = conn.0.stmt(sql)?.query_map(params![list], |r| Ok(((r.get(0)?, r.get(1)?), state_row(r, 2)?)))?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Writes the state of `host`'s `rule`.

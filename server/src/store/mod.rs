@@ -552,14 +552,26 @@ impl Store {
                 params![older_than_ms, limit],
                 |r| r.get(0),
             )?;
-            for table in insert::FAMILY_TABLES {
-                let sql = format!("DELETE FROM {table} WHERE report_id = ?1");
-                for id in &ids {
-                    tx.execute(&sql, params![id])?;
+            // Children before their report (PostgreSQL's statistics tables have no foreign key to hold the order:
+            // migrations_pg/V18). SQLite: cached statements in-process; PostgreSQL: one statement per table, not one
+            // round trip per report and table.
+            let tables = insert::FAMILY_TABLES.iter().copied().chain(["reports"]);
+            if tx.sqlite().is_some() {
+                for table in tables {
+                    let key = if table == "reports" { "id" } else { "report_id" };
+                    let sql = format!("DELETE FROM {table} WHERE {key} = ?1");
+                    for id in &ids {
+                        tx.execute(&sql, params![id])?;
+                    }
                 }
-            }
-            for id in &ids {
-                tx.execute("DELETE FROM reports WHERE id = ?1", params![id])?;
+            } else {
+                for table in tables {
+                    let key = if table == "reports" { "id" } else { "report_id" };
+                    tx.with_pg_statement(&format!("DELETE FROM {table} WHERE {key} = ANY($1)"), |client, stmt| {
+                        client.execute(stmt, &[&ids])?;
+                        Ok(())
+                    })?;
+                }
             }
             Ok(ids.len())
         })
