@@ -1,13 +1,17 @@
-//! The store, the ingest writer and the status view against real SQLite files in temporary directories.
+//! The store, the ingest writer and the status view on both engines: real SQLite files in temporary directories and
+//! fresh databases on a real PostgreSQL (`vigil_testkit`), read back with raw queries, not through the store.
 
 // The helpers below are not #[test] functions, which clippy.toml's allow-unwrap-in-tests does not cover.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rusqlite::Connection;
+use vigil_schema::command::{CommandRun, Metric, RunOutcome};
 use vigil_schema::report::*;
+use vigil_server::config::{PgTarget, ServerSettings};
 use vigil_server::ingest::{self, IngestOptions};
 use vigil_server::status;
 use vigil_server::store::{AgentRecord, Incoming, Outcome, Store};
@@ -117,9 +121,23 @@ pub fn incoming(agent: &str, host: &str, seq: u64, received_at_ms: i64) -> Incom
     }
 }
 
-fn count(path: &Path, table: &str) -> i64 {
-    let c = Connection::open(path).unwrap();
-    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+/// [`incoming`] with a command run of two parsed metrics in its report, so every statistics table gets rows.
+fn with_command(mut inc: Incoming) -> Incoming {
+    inc.report.stats.command = Some(CommandRun {
+        started_ms: inc.report.collected_at_ms - 7,
+        duration_ms: 7,
+        outcome: RunOutcome::Exited { code: 0 },
+        stdout: "queue 3\nworkers{pool=\"a\"} 2\n".into(),
+        stderr: String::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        metrics: vec![
+            Metric { name: "queue".into(), labels: Vec::new(), value: 3.0 },
+            Metric { name: "workers".into(), labels: vec![("pool".into(), "a".into())], value: 2.0 },
+        ],
+        parse_errors: Vec::new(),
+    });
+    inc
 }
 
 fn mode(path: &Path) -> u32 {
@@ -128,6 +146,154 @@ fn mode(path: &Path) -> u32 {
 
 const FAMILIES: [&str; 9] =
     ["system_details", "sessions", "cpu", "memory", "swap", "partitions", "disk_usage", "network", "security_events"];
+
+/// Every table of rows tied to a report and a host: the nine families and the command tables. Only these tests guard
+/// those relations on PostgreSQL, whose statistics tables have no foreign keys there (V18, for ingest speed).
+const STATISTICS: [&str; 11] = [
+    "system_details",
+    "sessions",
+    "cpu",
+    "memory",
+    "swap",
+    "partitions",
+    "disk_usage",
+    "network",
+    "security_events",
+    "command_runs",
+    "command_metrics",
+];
+
+/// A fresh, empty database of one engine, and raw reads of it on a connection of their own (not the store's).
+#[derive(Debug)]
+enum Engine {
+    /// A SQLite file (not yet created) in a temporary directory.
+    Sqlite(PathBuf),
+    /// A new database on this test process's PostgreSQL cluster.
+    Postgres(String),
+}
+
+/// A value both engines' clients read: `i64`, `f64`, `String`, and their `Option`s for NULL.
+trait Cell: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a> {}
+impl<T: rusqlite::types::FromSql + for<'a> postgres::types::FromSql<'a>> Cell for T {}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Sqlite(_) => "SQLite",
+            Engine::Postgres(_) => "PostgreSQL",
+        })
+    }
+}
+
+impl Engine {
+    /// The store, read-write (migrations applied).
+    fn open(&self) -> Store {
+        match self {
+            Engine::Sqlite(path) => Store::open(path).unwrap(),
+            Engine::Postgres(url) => Store::open_postgres(url, None).unwrap(),
+        }
+    }
+
+    /// The store as `vigil status` opens it: `Store::open_server_readonly` with `[server] database` naming this
+    /// database (a read-only file, or a read-only PostgreSQL session).
+    fn open_readonly(&self) -> Store {
+        let (database, postgres) = match self {
+            Engine::Sqlite(path) => (path.clone(), None),
+            // Only `url` and `password_env` are read to connect; the other fields are what jobs.toml parsing fills.
+            Engine::Postgres(url) => {
+                let (hosts, dbname) = url.rsplit_once('@').unwrap().1.split_once('/').unwrap();
+                let target = PgTarget {
+                    url: url.clone(),
+                    user: url.split_once("://").unwrap().1.split_once('@').unwrap().0.into(),
+                    hosts: vec![hosts.into()],
+                    dbname: dbname.into(),
+                    password_env: None,
+                };
+                (PathBuf::from("unused.db"), Some(target))
+            }
+        };
+        let server = ServerSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            endpoint: "127.0.0.1:0".into(),
+            fallback_endpoints: Vec::new(),
+            data_dir: database.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            database,
+            postgres,
+            retention_days: 30,
+            max_connections_per_agent: 4,
+            repair_backoff: Duration::from_secs(60),
+            repair_parallel: 1,
+            channel: Default::default(),
+        };
+        Store::open_server_readonly(&server).unwrap()
+    }
+
+    /// Runs `sql` (statements separated by `;`) in one session.
+    fn execute(&self, sql: &str) {
+        match self {
+            Engine::Sqlite(path) => Connection::open(path).unwrap().execute_batch(sql).unwrap(),
+            Engine::Postgres(url) => {
+                postgres::Client::connect(url, postgres::NoTls).unwrap().batch_execute(sql).unwrap()
+            }
+        }
+    }
+
+    /// The columns of the one row `sql` returns, all of type `T`.
+    fn row<T: Cell>(&self, sql: &str) -> Vec<T> {
+        match self {
+            Engine::Sqlite(path) => {
+                let c = Connection::open(path).unwrap();
+                let mut stmt = c.prepare(sql).unwrap();
+                let n = stmt.column_count();
+                stmt.query_row([], |r| (0..n).map(|i| r.get(i)).collect()).unwrap()
+            }
+            Engine::Postgres(url) => {
+                let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                let row = c.query_one(sql, &[]).unwrap();
+                (0..row.len()).map(|i| row.get(i)).collect()
+            }
+        }
+    }
+
+    /// The one value `sql` returns.
+    fn one<T: Cell>(&self, sql: &str) -> T {
+        let mut row = self.row(sql);
+        assert_eq!(row.len(), 1, "one column: {sql}");
+        row.remove(0)
+    }
+
+    fn count(&self, table: &str) -> i64 {
+        self.one(&format!("SELECT count(*) FROM {table}"))
+    }
+
+    /// The statistics tables holding rows whose report or host is missing, with how many.
+    fn orphans(&self) -> Vec<(&'static str, i64)> {
+        STATISTICS
+            .iter()
+            .map(|t| {
+                let sql = format!(
+                    "SELECT count(*) FROM {t} WHERE report_id NOT IN (SELECT id FROM reports)
+                                              OR host_id NOT IN (SELECT id FROM hosts)"
+                );
+                (*t, self.one(&sql))
+            })
+            .filter(|(_, n)| *n != 0)
+            .collect()
+    }
+}
+
+/// Runs `f` on a fresh database of each engine, SQLite then PostgreSQL.
+fn each_engine(mut f: impl FnMut(&Engine)) {
+    let dir = tempfile::tempdir().unwrap();
+    for engine in [Engine::Sqlite(dir.path().join("v.db")), Engine::Postgres(vigil_testkit::fresh_database())] {
+        // Shown with a failure's message (the test harness prints a failed test's captured output).
+        eprintln!("--- on {engine}");
+        f(&engine);
+    }
+}
+
+// The next four tests stay on SQLite: their subject is the SQLite file itself (its migrations as applied by a
+// read-write and a read-only open, a missing or unmigrated file, the modes of the file and of its -wal/-shm files).
 
 #[test]
 fn migrations_apply_on_empty_db_and_are_idempotent() {
@@ -187,74 +353,61 @@ fn files_are_owner_only_and_missing_dir_is_created_0700() {
 
 #[test]
 fn full_report_fills_every_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
-    let mut store = Store::open(&path).unwrap();
-    let out = store.insert_reports(&[incoming("agent-1", "web1", 7, 50_000)]).unwrap();
-    let Outcome::Stored { report_id } = out[0] else { panic!("{out:?}") };
-    let c = Connection::open(&path).unwrap();
-    let (seq, job, collected, received, offset, dropped, ip): (i64, String, i64, i64, i64, i64, String) = c
-        .query_row(
-            "SELECT seq, job, collected_at_ms, received_at_ms, clock_offset_ms, dropped, client_ip FROM reports WHERE id = ?1",
-            [report_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-        )
-        .unwrap();
-    assert_eq!((seq, job.as_str(), collected, received, offset, dropped), (7, "everything", 49_750, 50_000, 250, 2));
-    assert_eq!(ip, "192.0.2.10");
-    let expected = [1, 2, 1, 1, 1, 1, 2, 1, 1];
-    for (table, n) in FAMILIES.iter().zip(expected) {
-        assert_eq!(count(&path, table), n, "{table}");
-        let (host, ip, rid, ts): (String, String, i64, i64) = c
-            .query_row(
-                &format!("SELECT h.name, t.client_ip, t.report_id, t.ts FROM {table} t JOIN hosts h ON h.id = t.host_id LIMIT 1"),
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .unwrap();
-        assert_eq!((host.as_str(), ip.as_str(), rid, ts), ("web1", "192.0.2.10", report_id, 49_750), "{table}");
-    }
-    let cores: String = c.query_row("SELECT per_core_pct FROM cpu", [], |r| r.get(0)).unwrap();
-    assert_eq!(serde_json::from_str::<Vec<f32>>(&cores).unwrap(), vec![25.0, 50.0]);
-    let rx: i64 = c.query_row("SELECT rx_bytes FROM network", [], |r| r.get(0)).unwrap();
-    assert_eq!(rx, i64::MAX, "u64 counters beyond i64 are clamped");
-    let kind: String = c.query_row("SELECT kind FROM security_events", [], |r| r.get(0)).unwrap();
-    assert_eq!(kind, "login_failed");
-    let remote: Option<String> =
-        c.query_row("SELECT remote_host FROM sessions WHERE user = 'bob'", [], |r| r.get(0)).unwrap();
-    assert_eq!(remote, None);
+    each_engine(|e| {
+        let mut store = e.open();
+        let out = store.insert_reports(&[incoming("agent-1", "web1", 7, 50_000)]).unwrap();
+        let Outcome::Stored { report_id } = out[0] else { panic!("{out:?}") };
+        let report = |columns: &str| format!("SELECT {columns} FROM reports WHERE id = {report_id}");
+        let numbers = e.row::<i64>(&report("seq, collected_at_ms, received_at_ms, clock_offset_ms, dropped"));
+        assert_eq!(numbers, [7, 49_750, 50_000, 250, 2]);
+        assert_eq!(e.row::<String>(&report("job, client_ip")), ["everything", "192.0.2.10"]);
+        let expected = [1, 2, 1, 1, 1, 1, 2, 1, 1];
+        for (table, n) in FAMILIES.iter().zip(expected) {
+            assert_eq!(e.count(table), n, "{table}");
+            // Every row of the table carries the host, the address, the report and the sample time.
+            let tied = e.one::<i64>(&format!(
+                "SELECT count(*) FROM {table} t JOIN hosts h ON h.id = t.host_id
+                 WHERE h.name = 'web1' AND t.client_ip = '192.0.2.10' AND t.report_id = {report_id} AND t.ts = 49750"
+            ));
+            assert_eq!(tied, n, "{table}");
+        }
+        let cores: String = e.one("SELECT per_core_pct FROM cpu");
+        assert_eq!(serde_json::from_str::<Vec<f32>>(&cores).unwrap(), vec![25.0, 50.0]);
+        assert_eq!(e.one::<i64>("SELECT rx_bytes FROM network"), i64::MAX, "u64 counters beyond i64 are clamped");
+        assert_eq!(e.one::<String>("SELECT kind FROM security_events"), "login_failed");
+        let remote: Option<String> = e.one("SELECT remote_host FROM sessions WHERE \"user\" = 'bob'");
+        assert_eq!(remote, None);
+    });
 }
 
 #[test]
 fn same_agent_and_seq_is_stored_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
-    let mut store = Store::open(&path).unwrap();
-    let first = store.insert_reports(&[incoming("a", "web1", 1, 10_000)]).unwrap();
-    assert!(matches!(first[..], [Outcome::Stored { .. }]));
-    let again = store.insert_reports(&[incoming("a", "web1", 1, 11_000)]).unwrap();
-    assert_eq!(again, vec![Outcome::Duplicate]);
-    // Within one batch too; another agent's seq 1 is a different report.
-    let mixed = store.insert_reports(&[incoming("b", "db1", 1, 12_000), incoming("b", "db1", 1, 12_000)]).unwrap();
-    assert!(matches!(mixed[..], [Outcome::Stored { .. }, Outcome::Duplicate]), "{mixed:?}");
-    assert_eq!(count(&path, "reports"), 2);
-    assert_eq!(count(&path, "cpu"), 2);
-    assert_eq!(count(&path, "hosts"), 2);
+    each_engine(|e| {
+        let mut store = e.open();
+        let first = store.insert_reports(&[incoming("a", "web1", 1, 10_000)]).unwrap();
+        assert!(matches!(first[..], [Outcome::Stored { .. }]));
+        let again = store.insert_reports(&[incoming("a", "web1", 1, 11_000)]).unwrap();
+        assert_eq!(again, vec![Outcome::Duplicate]);
+        // Within one batch too; another agent's seq 1 is a different report.
+        let mixed = store.insert_reports(&[incoming("b", "db1", 1, 12_000), incoming("b", "db1", 1, 12_000)]).unwrap();
+        assert!(matches!(mixed[..], [Outcome::Stored { .. }, Outcome::Duplicate]), "{mixed:?}");
+        assert_eq!(e.count("reports"), 2);
+        assert_eq!(e.count("cpu"), 2);
+        assert_eq!(e.count("hosts"), 2);
+    });
 }
 
 #[test]
 fn hosts_are_upserted_by_name_with_new_ip() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
-    let mut store = Store::open(&path).unwrap();
-    store.insert_reports(&[incoming("a", "web1", 1, 10_000)]).unwrap();
-    let mut moved = incoming("a", "web1", 2, 11_000);
-    moved.ip = "192.0.2.99".into();
-    store.insert_reports(&[moved]).unwrap();
-    let c = Connection::open(&path).unwrap();
-    let (n, ip): (i64, String) =
-        c.query_row("SELECT count(*), max(ip) FROM hosts", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-    assert_eq!((n, ip.as_str()), (1, "192.0.2.99"));
+    each_engine(|e| {
+        let mut store = e.open();
+        store.insert_reports(&[incoming("a", "web1", 1, 10_000)]).unwrap();
+        let mut moved = incoming("a", "web1", 2, 11_000);
+        moved.ip = "192.0.2.99".into();
+        store.insert_reports(&[moved]).unwrap();
+        let (n, ip): (i64, String) = (e.count("hosts"), e.one("SELECT max(ip) FROM hosts"));
+        assert_eq!((n, ip.as_str()), (1, "192.0.2.99"));
+    });
 }
 
 fn agent(id: &str, host: &str) -> AgentRecord {
@@ -271,142 +424,191 @@ fn agent(id: &str, host: &str) -> AgentRecord {
 
 #[test]
 fn agents_register_replace_touch_and_remove() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(&dir.path().join("v.db")).unwrap();
-    store.register_agent(&agent("a1", "web1")).unwrap();
-    store.register_agent(&agent("b1", "db1")).unwrap();
-    store.register_agent(&agent("a2", "web1")).unwrap(); // re-bootstrap replaces web1's agent
-    let ids: Vec<_> = store.agents().unwrap().into_iter().map(|a| a.agent_id).collect();
-    assert_eq!(ids, vec!["b1", "a2"]);
+    each_engine(|e| {
+        let mut store = e.open();
+        store.register_agent(&agent("a1", "web1")).unwrap();
+        store.register_agent(&agent("b1", "db1")).unwrap();
+        store.register_agent(&agent("a2", "web1")).unwrap(); // re-bootstrap replaces web1's agent
+        let ids: Vec<_> = store.agents().unwrap().into_iter().map(|a| a.agent_id).collect();
+        assert_eq!(ids, vec!["b1", "a2"]);
 
-    store.touch_agent("a2", "0.1.0", 5_000).unwrap();
-    store.touch_agent("a2", "0.1.1", 4_000).unwrap(); // late touch does not move last seen back
-    let a2 = store.agents().unwrap().into_iter().find(|a| a.agent_id == "a2").unwrap();
-    assert_eq!((a2.version.as_deref(), a2.last_seen_at_ms), (Some("0.1.1"), Some(5_000)));
+        store.touch_agent("a2", "0.1.0", 5_000).unwrap();
+        store.touch_agent("a2", "0.1.1", 4_000).unwrap(); // late touch does not move last seen back
+        let a2 = store.agents().unwrap().into_iter().find(|a| a.agent_id == "a2").unwrap();
+        assert_eq!((a2.version.as_deref(), a2.last_seen_at_ms), (Some("0.1.1"), Some(5_000)));
 
-    assert_eq!(store.remove_agents_of_host("web1").unwrap(), 1);
-    assert_eq!(store.remove_agents_of_host("web1").unwrap(), 0);
-    assert_eq!(store.agents().unwrap().len(), 1);
+        assert_eq!(store.remove_agents_of_host("web1").unwrap(), 1);
+        assert_eq!(store.remove_agents_of_host("web1").unwrap(), 0);
+        assert_eq!(store.agents().unwrap().len(), 1);
+    });
 }
 
 #[test]
 fn concurrent_submits_are_all_acked_and_present() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
-    let store = Store::open(&path).unwrap();
-    let (handle, join) = ingest::spawn(store, IngestOptions { queue_capacity: 64, max_batch: 256 }).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let outcomes = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for agent_n in 0..8u64 {
-            for seq in 1..=50u64 {
-                let h = handle.clone();
-                let inc = incoming(&format!("agent-{agent_n}"), &format!("host-{agent_n}"), seq, 100_000 + seq as i64);
-                tasks.push(tokio::spawn(async move { h.submit(inc).await.unwrap() }));
+    each_engine(|e| {
+        let (handle, join) = ingest::spawn(e.open(), IngestOptions { queue_capacity: 64, max_batch: 256 }).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let outcomes = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for agent_n in 0..8u64 {
+                for seq in 1..=50u64 {
+                    let h = handle.clone();
+                    let inc =
+                        incoming(&format!("agent-{agent_n}"), &format!("host-{agent_n}"), seq, 100_000 + seq as i64);
+                    tasks.push(tokio::spawn(async move { h.submit(inc).await.unwrap() }));
+                }
             }
-        }
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        // Resending one is acked again without a second row.
-        out.push(handle.submit(incoming("agent-0", "host-0", 1, 200_000)).await.unwrap());
-        let seen = handle.exec(|s: &mut Store| s.agents().map(|a| a.len())).await.unwrap().unwrap();
-        assert_eq!(seen, 0);
-        out
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            // Resending one is acked again without a second row.
+            out.push(handle.submit(incoming("agent-0", "host-0", 1, 200_000)).await.unwrap());
+            let seen = handle.exec(|s: &mut Store| s.agents().map(|a| a.len())).await.unwrap().unwrap();
+            assert_eq!(seen, 0);
+            out
+        });
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Stored { .. })).count(), 400);
+        assert_eq!(outcomes.last(), Some(&Outcome::Duplicate));
+        let stats = handle.stats();
+        assert_eq!((stats.stored, stats.duplicates, stats.failed), (400, 1, 0));
+        assert!(stats.commits < 401, "grouped commits: {stats:?}");
+        drop(handle);
+        join.join().unwrap();
+        assert_eq!(e.count("reports"), 400);
+        assert_eq!(e.count("memory"), 400);
     });
-    assert_eq!(outcomes.iter().filter(|o| matches!(o, Outcome::Stored { .. })).count(), 400);
-    assert_eq!(outcomes.last(), Some(&Outcome::Duplicate));
-    let stats = handle.stats();
-    assert_eq!((stats.stored, stats.duplicates, stats.failed), (400, 1, 0));
-    assert!(stats.commits < 401, "grouped commits: {stats:?}");
-    drop(handle);
-    join.join().unwrap();
-    assert_eq!(count(&path, "reports"), 400);
-    assert_eq!(count(&path, "memory"), 400);
 }
 
 #[test]
 fn an_acked_report_is_visible_to_another_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
-    let (handle, join) = ingest::spawn(Store::open(&path).unwrap(), IngestOptions::default()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    for seq in 1..=20 {
-        let out = rt.block_on(handle.submit(incoming("a", "web1", seq, 1_000 * seq as i64))).unwrap();
-        let Outcome::Stored { report_id } = out else { panic!("{out:?}") };
-        let reader = Connection::open(&path).unwrap();
-        let found: i64 =
-            reader.query_row("SELECT count(*) FROM reports WHERE id = ?1", [report_id], |r| r.get(0)).unwrap();
-        assert_eq!(found, 1, "report {seq} acked before it was committed");
-    }
-    drop(handle);
-    join.join().unwrap();
+    each_engine(|e| {
+        let (handle, join) = ingest::spawn(e.open(), IngestOptions::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for seq in 1..=20 {
+            let out = rt.block_on(handle.submit(incoming("a", "web1", seq, 1_000 * seq as i64))).unwrap();
+            let Outcome::Stored { report_id } = out else { panic!("{out:?}") };
+            // A new connection each time, as another process (`vigil status`, another node) reads.
+            let found: i64 = e.one(&format!("SELECT count(*) FROM reports WHERE id = {report_id}"));
+            assert_eq!(found, 1, "report {seq} acked before it was committed");
+        }
+        drop(handle);
+        join.join().unwrap();
+    });
 }
 
 #[test]
 fn status_shows_latest_values_from_a_readonly_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
-    let mut store = Store::open(&path).unwrap();
-    store.register_agent(&agent("a1", "web1")).unwrap();
-    store.touch_agent("a1", "0.3.0", 100_000).unwrap();
-    let old = incoming("a1", "web1", 1, 60_000);
-    let mut new = incoming("a1", "web1", 2, 90_000);
-    new.report.stats.cpu.as_mut().unwrap().total_pct = 5.0;
-    new.report.stats.memory.as_mut().unwrap().used_pct = 33.0;
-    new.report.stats.swap = None; // swap falls back to the latest report that had it
-    store.insert_reports(&[old, new]).unwrap();
-    store.set_config_error(Some("jobs.toml:3:1: unknown collector `gpu`")).unwrap();
-    let migrations = store.migration_history().unwrap();
-    drop(store);
+    each_engine(|e| {
+        let mut store = e.open();
+        store.register_agent(&agent("a1", "web1")).unwrap();
+        store.touch_agent("a1", "0.3.0", 100_000).unwrap();
+        let old = incoming("a1", "web1", 1, 60_000);
+        let mut new = incoming("a1", "web1", 2, 90_000);
+        new.report.stats.cpu.as_mut().unwrap().total_pct = 5.0;
+        new.report.stats.memory.as_mut().unwrap().used_pct = 33.0;
+        new.report.stats.swap = None; // swap falls back to the latest report that had it
+        store.insert_reports(&[old, new]).unwrap();
+        store.set_config_error(Some("jobs.toml:3:1: unknown collector `gpu`")).unwrap();
+        let migrations = store.migration_history().unwrap();
+        drop(store);
 
-    let ro = Store::open_readonly(&path).unwrap();
-    let hosts = [("web1".to_string(), "192.0.2.10".to_string(), Some(30u32))];
-    let view = status::collect(&ro, &hosts, 130_000).unwrap();
-    assert_eq!(view.len(), 1);
-    let h = &view[0];
-    assert_eq!(h.agent_version.as_deref(), Some("0.3.0"));
-    assert_eq!(h.last_seen_ms, Some(100_000));
-    assert_eq!(h.seconds_since, Some(30));
-    assert!(!h.silent);
-    assert_eq!((h.cpu_pct, h.mem_pct, h.swap_pct), (Some(5.0), Some(33.0), Some(10.0)));
-    assert_eq!(h.fullest_disk.as_ref().map(|d| (d.mount.as_str(), d.pct)), Some(("/boot", 90.0)));
-    assert_eq!(h.clock_offset_ms, Some(-250));
-    let err = status::config_error(&ro).unwrap();
-    assert_eq!(err.as_deref(), Some("jobs.toml:3:1: unknown collector `gpu`"));
-    let json: serde_json::Value =
-        serde_json::from_str(&status::render_json(&view, &[], err.as_deref(), None).unwrap()).unwrap();
-    assert_eq!(json["hosts"][0]["name"], "web1");
-    assert_eq!(json["hosts"][0]["silent"], false);
-    assert_eq!(json["config_error"], "jobs.toml:3:1: unknown collector `gpu`");
-    assert!(status::render_table(&view, &[], err.as_deref(), None).contains("unknown collector"));
-    // The read-only open wrote nothing.
-    assert_eq!(ro.migration_history().unwrap(), migrations);
+        let mut ro = e.open_readonly();
+        let hosts = [("web1".to_string(), "192.0.2.10".to_string(), Some(30u32))];
+        let view = status::collect(&ro, &hosts, 130_000).unwrap();
+        assert_eq!(view.len(), 1);
+        let h = &view[0];
+        assert_eq!(h.agent_version.as_deref(), Some("0.3.0"));
+        assert_eq!(h.last_seen_ms, Some(100_000));
+        assert_eq!(h.seconds_since, Some(30));
+        assert!(!h.silent);
+        assert_eq!((h.cpu_pct, h.mem_pct, h.swap_pct), (Some(5.0), Some(33.0), Some(10.0)));
+        assert_eq!(h.fullest_disk.as_ref().map(|d| (d.mount.as_str(), d.pct)), Some(("/boot", 90.0)));
+        assert_eq!(h.clock_offset_ms, Some(-250));
+        let err = status::config_error(&ro).unwrap();
+        assert_eq!(err.as_deref(), Some("jobs.toml:3:1: unknown collector `gpu`"));
+        let json: serde_json::Value =
+            serde_json::from_str(&status::render_json(&view, &[], err.as_deref(), None).unwrap()).unwrap();
+        assert_eq!(json["hosts"][0]["name"], "web1");
+        assert_eq!(json["hosts"][0]["silent"], false);
+        assert_eq!(json["config_error"], "jobs.toml:3:1: unknown collector `gpu`");
+        assert!(status::render_table(&view, &[], err.as_deref(), None).contains("unknown collector"));
+        // The read-only open wrote nothing, and cannot.
+        assert_eq!(ro.migration_history().unwrap(), migrations);
+        assert!(ro.set_config_error(None).is_err(), "a write through the read-only open");
+        assert_eq!(e.one::<Option<String>>("SELECT error FROM config_state").as_deref(), err.as_deref());
+    });
 }
 
 #[test]
 fn prune_removes_old_reports_and_their_rows_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v.db");
-    let mut store = Store::open(&path).unwrap();
-    let batch: Vec<_> = (1..=5000u64).map(|s| incoming("a", "web1", s, 1_000 * s as i64)).collect();
-    store.insert_reports(&batch).unwrap();
-    let before: Vec<i64> = FAMILIES.iter().map(|t| count(&path, t)).collect();
-    // Reports received before 3000.5 s: seqs 1..=3000.
-    assert_eq!(store.prune(3_000_500).unwrap().reports, 3000);
-    assert_eq!(count(&path, "reports"), 2000);
-    for (t, b) in FAMILIES.iter().zip(before) {
-        assert_eq!(count(&path, t) * 5, b * 2, "{t}");
-    }
-    let c = Connection::open(&path).unwrap();
-    let oldest: i64 = c.query_row("SELECT min(received_at_ms) FROM reports", [], |r| r.get(0)).unwrap();
-    assert_eq!(oldest, 3_001_000);
-    let orphans: i64 = c
-        .query_row("SELECT count(*) FROM cpu WHERE report_id NOT IN (SELECT id FROM reports)", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(orphans, 0);
-    assert_eq!(store.prune(3_000_500).unwrap().reports, 0, "nothing more to prune");
-    // A pruned report's resend is stored again (its dedup row is gone): acceptable, the data is past retention.
-    assert_eq!(count(&path, "hosts"), 1, "hosts are kept");
+    each_engine(|e| {
+        let mut store = e.open();
+        let batch: Vec<_> = (1..=5000u64).map(|s| incoming("a", "web1", s, 1_000 * s as i64)).collect();
+        store.insert_reports(&batch).unwrap();
+        let before: Vec<i64> = FAMILIES.iter().map(|t| e.count(t)).collect();
+        // Reports received before 3000.5 s: seqs 1..=3000.
+        assert_eq!(store.prune(3_000_500).unwrap().reports, 3000);
+        assert_eq!(e.count("reports"), 2000);
+        for (t, b) in FAMILIES.iter().zip(before) {
+            assert_eq!(e.count(t) * 5, b * 2, "{t}");
+        }
+        assert_eq!(e.one::<i64>("SELECT min(received_at_ms) FROM reports"), 3_001_000);
+        let orphans = e.orphans();
+        assert!(orphans.is_empty(), "statistics rows without their report or host: {orphans:?}");
+        assert_eq!(store.prune(3_000_500).unwrap().reports, 0, "nothing more to prune");
+        // A pruned report's resend is stored again (its dedup row is gone): acceptable, the data is past retention.
+        assert_eq!(e.count("hosts"), 1, "hosts are kept");
+    });
+}
+
+#[test]
+fn no_statistics_row_without_its_report_or_host() {
+    each_engine(|e| {
+        let mut store = e.open();
+        // Two hosts, ten full reports each (every family and a command run with two metrics), interleaved in time.
+        let batch: Vec<_> = (1..=10u64)
+            .flat_map(|s| {
+                let at = 1_000 * s as i64;
+                [with_command(incoming("a", "web1", s, at)), with_command(incoming("b", "db1", s, at + 500))]
+            })
+            .collect();
+        store.insert_reports(&batch).unwrap();
+        let hosts_of = |t: &str| e.one::<i64>(&format!("SELECT count(DISTINCT host_id) FROM {t}"));
+        let before: Vec<i64> = STATISTICS.iter().map(|t| e.count(t)).collect();
+        for t in STATISTICS {
+            assert_eq!(hosts_of(t), 2, "{t}: rows of both hosts, so the checks below are not vacuous");
+        }
+        let orphans = e.orphans();
+        assert!(orphans.is_empty(), "{orphans:?}");
+
+        // Received before 5.6 s: seqs 1..=5 of each host.
+        assert_eq!(store.prune(5_600).unwrap().reports, 10);
+        assert_eq!(e.count("reports"), 10);
+        assert_eq!(e.count("hosts"), 2);
+        for (t, b) in STATISTICS.iter().zip(before) {
+            assert_eq!(e.count(t) * 2, b, "{t}: half the rows left");
+            assert_eq!(hosts_of(t), 2, "{t}");
+        }
+        let orphans = e.orphans();
+        assert!(orphans.is_empty(), "statistics rows without their report or host: {orphans:?}");
+
+        // The check sees an orphan: a report deleted behind the store's back (foreign keys off for the session:
+        // SQLite enforces them only when asked, PostgreSQL's replica role skips their triggers) leaves one in every
+        // statistics table.
+        let skip_foreign_keys = match e {
+            Engine::Sqlite(_) => "PRAGMA foreign_keys = OFF",
+            Engine::Postgres(_) => "SET session_replication_role = replica",
+        };
+        e.execute(&format!(
+            "{skip_foreign_keys}; DELETE FROM reports WHERE id = (SELECT max(id) FROM reports WHERE agent_id = 'b')"
+        ));
+        let rows_of_a_report: Vec<(&str, i64)> =
+            STATISTICS.into_iter().zip([1, 2, 1, 1, 1, 1, 2, 1, 1, 1, 2]).collect();
+        assert_eq!(e.orphans(), rows_of_a_report);
+        // And that report's host deleted so: every row of its five reports (the deleted report's counted once).
+        e.execute(&format!("{skip_foreign_keys}; DELETE FROM hosts WHERE name = 'db1'"));
+        let rows_of_a_host: Vec<(&str, i64)> = rows_of_a_report.iter().map(|(t, n)| (*t, n * 5)).collect();
+        assert_eq!(e.orphans(), rows_of_a_host);
+    });
 }
