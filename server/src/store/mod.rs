@@ -241,6 +241,13 @@ impl Store {
     /// variable the config names) and applies pending migrations under an advisory lock, so nodes starting together
     /// apply each migration once.
     pub fn open_postgres(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
+        Self::open_postgres_as(url, password, false)
+    }
+
+    /// [`Store::open_postgres`]; with `read_only`, every session of the store (the first, and each one a lost
+    /// connection is replaced by) starts with `default_transaction_read_only` on, so nothing it runs can write.
+    /// Pending migrations are still applied at open, in a transaction that lifts it.
+    fn open_postgres_as(url: &str, password: Option<&str>, read_only: bool) -> Result<Store, StoreError> {
         let mut config: postgres::Config =
             url.parse().map_err(|e: postgres::Error| StoreError::BadValue(format!("database URL: {e}")))?;
         if let Some(pw) = password {
@@ -252,13 +259,23 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("vigil");
         }
+        if read_only {
+            let options = format!("{} -c default_transaction_read_only=on", config.get_options().unwrap_or(""));
+            config.options(options.trim_start());
+        }
         // Server notices ("relation already exists, skipping" from migrations) are not worth an operator's attention.
         config.notice_callback(|n| tracing::debug!(notice = n.message(), "PostgreSQL notice"));
         let link = db::PgLink::connect(config)?;
         let conn = Db::Postgres(Box::new(std::cell::RefCell::new(link)));
         conn.with_pg(|client| {
             client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+            if read_only {
+                client.batch_execute("SET default_transaction_read_only = off")?;
+            }
             let report = embedded_pg::migrations::runner().run(client);
+            if read_only {
+                client.batch_execute("RESET default_transaction_read_only")?;
+            }
             client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
             for m in report?.applied_migrations() {
                 tracing::info!(version = m.version(), name = m.name(), "database migration applied");
@@ -272,7 +289,7 @@ impl Store {
     /// variable `database_password_env` names.
     pub fn open_server(server: &crate::config::ServerSettings) -> Result<Store, StoreError> {
         match &server.postgres {
-            Some(pg) => Self::open_pg_target(pg),
+            Some(pg) => Self::open_pg_target(pg, false),
             None => Self::open(&server.database),
         }
     }
@@ -281,21 +298,17 @@ impl Store {
     /// PostgreSQL the session is read-only.
     pub fn open_server_readonly(server: &crate::config::ServerSettings) -> Result<Store, StoreError> {
         match &server.postgres {
-            Some(pg) => {
-                let store = Self::open_pg_target(pg)?;
-                store.conn.batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
-                Ok(store)
-            }
+            Some(pg) => Self::open_pg_target(pg, true),
             None => Self::open_readonly(&server.database),
         }
     }
 
-    fn open_pg_target(pg: &crate::config::PgTarget) -> Result<Store, StoreError> {
+    fn open_pg_target(pg: &crate::config::PgTarget, read_only: bool) -> Result<Store, StoreError> {
         let password = match &pg.password_env {
             Some(var) => Some(std::env::var(var).map_err(|_| StoreError::NoPassword(var.clone()))?),
             None => None,
         };
-        Self::open_postgres(&pg.url, password.as_deref())
+        Self::open_postgres_as(&pg.url, password.as_deref(), read_only)
     }
 
     /// Which engine this store runs on.
@@ -713,6 +726,26 @@ mod tests {
         let again: i32 = store.conn.query_row("SELECT pg_backend_pid()", params![], |r| r.get(0)).unwrap();
         assert_ne!(again, pid, "a new session");
         assert!(store.report_stored_since("a1", 0).unwrap());
+    }
+
+    #[test]
+    fn a_read_only_postgresql_store_stays_read_only_across_a_reconnect() {
+        let url = vigil_testkit::fresh_database();
+        let store = Store::open_postgres_as(&url, None, true).unwrap();
+        let refused = |store: &Store| {
+            let err = store.conn.execute("UPDATE config_state SET error = 'x'", params![]).unwrap_err();
+            assert!(err.to_string().contains("read-only transaction"), "{err}");
+        };
+        refused(&store);
+        let pid: i32 = store.conn.query_row("SELECT pg_backend_pid()", params![], |r| r.get(0)).unwrap();
+        let other = Store::open_postgres(&url, None).unwrap();
+        other.conn.query_row("SELECT pg_terminate_backend(?1)", params![pid], |r| r.get::<bool>(0)).unwrap();
+        // The statement that meets the closed connection fails; the next one runs on a new session.
+        let _ = store.conn.query_row("SELECT pg_backend_pid()", params![], |r| r.get::<i32>(0));
+        let again: i32 = store.conn.query_row("SELECT pg_backend_pid()", params![], |r| r.get(0)).unwrap();
+        assert_ne!(again, pid, "a new session");
+        refused(&store);
+        assert_eq!(other.config_error().unwrap(), None, "nothing was written");
     }
 
     #[test]
