@@ -101,7 +101,7 @@ pub fn state(conn: Tx<'_>, host: &str, rule: &str) -> Result<Option<StateRow>, S
     let stmt = conn.0.stmt(
         "SELECT state, value, limit_value, since_ms, last_mail_ms FROM alert_state WHERE host = ?1 AND rule = ?2",
     )?;
-    Ok(stmt.query_row(params![host, rule], |r| state_row(r, 0)).optional()?)
+    stmt.query_row(params![host, rule], |r| state_row(r, 0)).optional()
 }
 
 /// The states of every rule that ever fired on any of `hosts`, keyed by (host, rule), in one statement: the ingest
