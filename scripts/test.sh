@@ -41,6 +41,7 @@ command -v file >/dev/null || missing+=(file)
 # --- dist (end)
 # --- pg (begin): PostgreSQL's initdb and postgres for vigil-testkit's clusters (tests/tests/pg_schema.rs, testkit/tests)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v openssl >/dev/null || missing+=(openssl)
 # --- pg (end)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "scripts/test.sh: installing ${missing[*]}" >&2

@@ -11,9 +11,11 @@ pub const SCHEMES: [&str; 2] = ["postgres://", "postgresql://"];
 /// The port used for a host written without one (tokio-postgres' default too).
 pub const DEFAULT_PORT: u16 = 5432;
 
-/// The query parameters accepted, each a tokio-postgres 0.7 connection parameter.
-pub const PARAMS: [&str; 11] = [
+/// The query parameters accepted, each a tokio-postgres 0.7 connection parameter, and libpq's `sslrootcert`
+/// (vigil reads that one itself: the CA certificates the server's certificate must chain to).
+pub const PARAMS: [&str; 12] = [
     "sslmode",
+    "sslrootcert",
     "target_session_attrs",
     "connect_timeout",
     "application_name",
@@ -102,6 +104,13 @@ pub(crate) fn parse(url: &str) -> Result<PgTarget, Vec<String>> {
         Some(p) => part(p, "database name", "a `/` inside it as %2F", &mut errors),
     };
     check_params(&params, &mut errors);
+    let value_of = |key: &str| params.iter().find(|(k, _)| *k == key).and_then(|(_, v)| *v);
+    if value_of("sslrootcert").is_some() && value_of("sslmode") != Some("require") {
+        errors.push(
+            "`sslrootcert` in the `database` URL needs `sslmode=require` (without it the connection is plain TCP)"
+                .into(),
+        );
+    }
     match (user, dbname) {
         (Some(user), Some(dbname)) if errors.is_empty() => {
             Ok(PgTarget { url: url.to_owned(), user, hosts, dbname, password_env: None })
@@ -258,11 +267,18 @@ fn param_value(key: &str, value: &str) -> Result<(), &'static str> {
         "target_session_attrs" => one_of(&["any", "read-write", "read-only"], "any, read-write or read-only"),
         "load_balance_hosts" => one_of(&["disable", "random"], "disable or random"),
         "keepalives" => one_of(&["0", "1"], "0 or 1"),
+        "sslrootcert" if value.starts_with('/') => Ok(()),
+        "sslrootcert" => Err("an absolute path to a PEM file of CA certificates"),
         "keepalives_retries" => value.parse::<u32>().map(drop).map_err(|_| "a number of probes"),
         "connect_timeout" | "tcp_user_timeout" | "keepalives_idle" | "keepalives_interval" => seconds(),
         // application_name, options: free text (printable, as the URL as a whole is checked for control characters).
         _ => Ok(()),
     }
+}
+
+/// A percent-escaped part of the `database` URL decoded (UTF-8); `None` when it is not well escaped.
+pub fn decode_component(s: &str) -> Option<String> {
+    decode(s).ok()
 }
 
 /// Percent-decoding to UTF-8; Err on a `%` not followed by two hex digits or on bytes that are not UTF-8.
@@ -387,7 +403,7 @@ mod tests {
             ),
             [
                 "unknown query parameter `sslmod` in the `database` URL (did you mean \"sslmode\"?); expected one of: \
-                 sslmode, target_session_attrs, connect_timeout, application_name, options, tcp_user_timeout, \
+                 sslmode, sslrootcert, target_session_attrs, connect_timeout, application_name, options, tcp_user_timeout, \
                  keepalives, keepalives_idle, keepalives_interval, keepalives_retries, load_balance_hosts",
                 "bad `sslmode` \"verify-full\" in the `database` URL; expected disable, prefer or require",
                 "bad `target_session_attrs` \"primary\" in the `database` URL; expected any, read-write or read-only",
@@ -399,6 +415,21 @@ mod tests {
                 "query parameter `application_name` of the `database` URL needs a value: application_name=VALUE",
             ]
         );
+    }
+
+    #[test]
+    fn sslrootcert_is_an_absolute_path_and_needs_sslmode_require() {
+        ok("postgres://u@db/v?sslmode=require&sslrootcert=/etc/vigil/db-ca.pem");
+        ok("postgres://u@db/v?sslrootcert=%2Fetc%2Fvigil%2Fdb-ca.pem&sslmode=require");
+        assert_eq!(
+            errs("postgres://u@db/v?sslmode=require&sslrootcert=db-ca.pem"),
+            ["bad `sslrootcert` \"db-ca.pem\" in the `database` URL; expected an absolute path to a PEM file of CA \
+              certificates"]
+        );
+        let plain =
+            "`sslrootcert` in the `database` URL needs `sslmode=require` (without it the connection is plain TCP)";
+        assert_eq!(errs("postgres://u@db/v?sslrootcert=/ca.pem"), [plain]);
+        assert_eq!(errs("postgres://u@db/v?sslmode=prefer&sslrootcert=/ca.pem"), [plain]);
     }
 
     #[test]

@@ -48,11 +48,27 @@ pub struct Options {
     pub max_connections: u32,
     /// Further server settings, each passed as `-c name=value`.
     pub settings: Vec<(String, String)>,
+    /// TLS: the server presents this certificate, and TCP connections must use TLS (`hostssl` only in
+    /// pg_hba.conf; the unix socket stays as it is). `None` (default): no TLS.
+    pub tls: Option<ServerTls>,
+}
+
+/// A server certificate chain and its private key, both PEM.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").field("cert_pem_len", &self.cert_pem.len()).finish_non_exhaustive()
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { password: None, fsync: false, max_connections: 100, settings: Vec::new() }
+        Options { password: None, fsync: false, max_connections: 100, settings: Vec::new(), tls: None }
     }
 }
 
@@ -63,6 +79,7 @@ impl fmt::Debug for Options {
             .field("fsync", &self.fsync)
             .field("max_connections", &self.max_connections)
             .field("settings", &self.settings)
+            .field("tls", &self.tls.as_ref().map(|_| "<certificate and key>"))
             .finish()
     }
 }
@@ -101,6 +118,11 @@ impl Postgres {
         let owner = Owner::for_this_process()?;
         let dir = make_dir(owner, options.fsync)?;
         initdb(programs, owner, dir.path(), options.password.as_deref())?;
+        let mut options = options;
+        if let Some(tls) = &options.tls {
+            let files = tls_files(owner, dir.path(), tls, options.password.is_some())?;
+            options.settings.extend(files);
+        }
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
@@ -314,6 +336,26 @@ fn initdb(programs: &Programs, owner: Owner, dir: &Path, password: Option<&str>)
         let _ = fs::remove_file(&pwfile);
     }
     check(&out?, "initdb")
+}
+
+/// Writes the certificate and key (0600, the owner's) beside the data directory and a pg_hba.conf that takes TCP
+/// connections over TLS only; returns the settings that turn TLS on.
+fn tls_files(owner: Owner, dir: &Path, tls: &ServerTls, password: bool) -> io::Result<Vec<(String, String)>> {
+    let mut settings = vec![("ssl".to_owned(), "on".to_owned())];
+    for (name, pem, setting) in
+        [("server.crt", &tls.cert_pem, "ssl_cert_file"), ("server.key", &tls.key_pem, "ssl_key_file")]
+    {
+        let path = dir.join(name);
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        f.write_all(pem.as_bytes())?;
+        owner.give(&path)?;
+        settings.push((setting.to_owned(), path.display().to_string()));
+    }
+    let method = if password { "scram-sha-256" } else { "trust" };
+    let hba =
+        format!("local all all trust\nhostssl all all 127.0.0.1/32 {method}\nhostnossl all all 127.0.0.1/32 reject\n");
+    fs::write(dir.join("data").join("pg_hba.conf"), hba)?;
+    Ok(settings)
 }
 
 fn spawn_server(programs: &Programs, owner: Owner, dir: &Path, port: u16, options: &Options) -> io::Result<Child> {

@@ -19,6 +19,6 @@ mod shared;
 mod signal;
 mod watchdog;
 
-pub use cluster::{Options, Postgres};
+pub use cluster::{Options, Postgres, ServerTls};
 pub use programs::{Programs, programs};
 pub use shared::{fresh_database, shared};

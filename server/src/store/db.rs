@@ -329,6 +329,8 @@ impl std::fmt::Debug for PgLink {
 /// How a PostgreSQL connection is (re)made, and the live one.
 pub struct PgLink {
     config: postgres::Config,
+    /// `Some` with `sslmode=require`: every connection (the first and each one made again) goes through TLS.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     live: Option<Pg>,
 }
 
@@ -379,8 +381,11 @@ impl Drop for PgLink {
 
 impl PgLink {
     /// Connects (a `config` naming several hosts follows `target_session_attrs`, e.g. to a promoted primary).
-    pub fn connect(config: postgres::Config) -> Result<PgLink, StoreError> {
-        let mut link = PgLink { config, live: None };
+    pub fn connect(
+        config: postgres::Config,
+        tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ) -> Result<PgLink, StoreError> {
+        let mut link = PgLink { config, tls, live: None };
         outside_async(|| link.live().map(|_| ()))?;
         Ok(link)
     }
@@ -406,7 +411,13 @@ impl PgLink {
         }
         let pg = match self.live.take() {
             Some(pg) => pg,
-            None => Pg { client: self.config.connect(postgres::NoTls)?, statements: HashMap::new() },
+            None => {
+                let client = match &self.tls {
+                    Some(tls) => self.config.connect(tls.clone())?,
+                    None => self.config.connect(postgres::NoTls)?,
+                };
+                Pg { client, statements: HashMap::new() }
+            }
         };
         Ok(self.live.insert(pg))
     }

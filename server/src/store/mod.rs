@@ -20,6 +20,7 @@ mod insert;
 mod insert_pg;
 pub mod leases;
 pub mod nodes;
+mod pg_tls;
 pub mod repairs;
 mod runs;
 pub mod schema_doc;
@@ -121,7 +122,20 @@ fn pg_message(e: &postgres::Error) -> String {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_owned(),
         },
-        None => e.to_string(),
+        // Not the server's answer (connecting, TLS, I/O): the causes say what went wrong ("invalid peer
+        // certificate: UnknownIssuer"), the top error only where ("error performing TLS handshake").
+        None => {
+            let mut message = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !message.contains(&text) {
+                    message = format!("{message}: {text}");
+                }
+                cause = c.source();
+            }
+            message
+        }
     }
 }
 
@@ -248,8 +262,16 @@ impl Store {
     /// connection is replaced by) starts with `default_transaction_read_only` on, so nothing it runs can write.
     /// Pending migrations are still applied at open, in a transaction that lifts it.
     fn open_postgres_as(url: &str, password: Option<&str>, read_only: bool) -> Result<Store, StoreError> {
+        let (client_url, root_cert) = pg_tls::split_root_cert(url)?;
         let mut config: postgres::Config =
-            url.parse().map_err(|e: postgres::Error| StoreError::BadValue(format!("database URL: {e}")))?;
+            client_url.parse().map_err(|e: postgres::Error| StoreError::BadValue(format!("database URL: {e}")))?;
+        let tls = match config.get_ssl_mode() {
+            postgres::config::SslMode::Require => Some(pg_tls::connector(root_cert.as_deref())?),
+            _ if root_cert.is_some() => {
+                return Err(StoreError::BadValue("database URL: sslrootcert needs sslmode=require".into()));
+            }
+            _ => None,
+        };
         if let Some(pw) = password {
             config.password(pw);
         }
@@ -265,7 +287,7 @@ impl Store {
         }
         // Server notices ("relation already exists, skipping" from migrations) are not worth an operator's attention.
         config.notice_callback(|n| tracing::debug!(notice = n.message(), "PostgreSQL notice"));
-        let link = db::PgLink::connect(config)?;
+        let link = db::PgLink::connect(config, tls)?;
         let conn = Db::Postgres(Box::new(std::cell::RefCell::new(link)));
         conn.with_pg(|client| {
             client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
