@@ -20,6 +20,8 @@
 #        PG_PROFILE=0   skip the PostgreSQL profile (pg_stat_statements, WAL statistics, wait events and perf -a
 #                       during one vitals run on a separate cluster); on by default when ENGINES has postgres
 #        CEILING=0      skip the raw SQLite ceiling and store measurements
+#        PG_TEMPLATE_SQL=SQL  run on each PostgreSQL fleet's template database after its setup (A/B of a schema
+#                       change with the same binary, e.g. dropping an index)
 #        ONLY=REGEX     run only the load runs whose label matches (e.g. ONLY='vitals, 1000 agents, max')
 #        ALERT_RULES=XML alert rules every host gets (clients.xml <defaults>), e.g. '<alert type="cpu" limit="95"/>'
 #        NICE=N         niceness of serve and the load generator (default -10 as root: other work on a shared machine

@@ -276,9 +276,17 @@ fn param_value(key: &str, value: &str) -> Result<(), &'static str> {
     }
 }
 
-/// A percent-escaped part of the `database` URL decoded (UTF-8); `None` when it is not well escaped.
-pub fn decode_component(s: &str) -> Option<String> {
-    decode(s).ok()
+/// The URL for the PostgreSQL client: `url` without its `sslrootcert` parameter (which vigil reads itself and the
+/// client refuses), and that parameter's path, percent-decoded (`None` also when it is badly escaped: [`parse`]
+/// reports that).
+pub fn split_root_cert(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+    let (root, kept): (Vec<&str>, Vec<&str>) = query.split('&').partition(|kv| kv.starts_with("sslrootcert="));
+    let root = root.first().and_then(|kv| decode(&kv["sslrootcert=".len()..]).ok()).map(std::path::PathBuf::from);
+    match kept.is_empty() {
+        true => (base.to_owned(), root),
+        false => (format!("{base}?{}", kept.join("&")), root),
+    }
 }
 
 /// Percent-decoding to UTF-8; Err on a `%` not followed by two hex digits or on bytes that are not UTF-8.
@@ -415,6 +423,20 @@ mod tests {
                 "query parameter `application_name` of the `database` URL needs a value: application_name=VALUE",
             ]
         );
+    }
+
+    #[test]
+    fn sslrootcert_is_taken_out_of_the_url_for_the_client() {
+        let path = |p: &str| Some(std::path::PathBuf::from(p));
+        assert_eq!(
+            split_root_cert("postgres://u@db/v?sslmode=require&sslrootcert=%2Fetc%2Fca.pem"),
+            ("postgres://u@db/v?sslmode=require".to_owned(), path("/etc/ca.pem"))
+        );
+        assert_eq!(
+            split_root_cert("postgres://u@db/v?sslrootcert=/ca.pem"),
+            ("postgres://u@db/v".to_owned(), path("/ca.pem"))
+        );
+        assert_eq!(split_root_cert("postgres://u@db/v"), ("postgres://u@db/v".to_owned(), None));
     }
 
     #[test]

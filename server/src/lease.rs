@@ -65,8 +65,11 @@ pub fn fixed(node: &str, hosts: &[&str]) -> Ownership {
     ownership
 }
 
+/// Where the lease task publishes the hosts this node owns, each with its lease epoch.
+pub type OwnedSender = watch::Sender<Arc<HashMap<String, i64>>>;
+
 /// The sender the lease task publishes to, and the [`Ownership`] the owner-only tasks follow (nothing owned yet).
-pub fn channel(node: &str) -> (watch::Sender<Arc<HashMap<String, i64>>>, Ownership) {
+pub fn channel(node: &str) -> (OwnedSender, Ownership) {
     let (tx, held) = watch::channel(Arc::new(HashMap::new()));
     (tx, Ownership { node: node.into(), held })
 }
@@ -76,7 +79,7 @@ pub async fn run(
     ingest: IngestHandle,
     config: watch::Receiver<Arc<Config>>,
     node: Arc<str>,
-    tx: watch::Sender<Arc<HashMap<String, i64>>>,
+    tx: OwnedSender,
     cancel: CancellationToken,
 ) {
     let mut last_renewed = tokio::time::Instant::now();
@@ -116,7 +119,7 @@ pub async fn run(
 }
 
 /// Publishes `held` when it differs from what was published, logging the hosts gained and lost.
-fn publish(tx: &watch::Sender<Arc<HashMap<String, i64>>>, held: HashMap<String, i64>) {
+fn publish(tx: &OwnedSender, held: HashMap<String, i64>) {
     tx.send_if_modified(|current| {
         if **current == held {
             return false;

@@ -308,14 +308,12 @@ async fn retention_task(ingest: IngestHandle, config_rx: watch::Receiver<Arc<Con
 /// How often new reports are rolled up into the dashboard's 5-minute buckets.
 pub const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 
-/// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
-/// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
 /// Records this process as node `name` (`--node`; else this machine's host name) in the `nodes` table; returns the
 /// node's name and the channel its lease task publishes ownership on.
 async fn register_node(
     ingest: &IngestHandle,
     name: Option<String>,
-) -> Result<(Arc<str>, OwnedSender, crate::lease::Ownership), ServeError> {
+) -> Result<(Arc<str>, crate::lease::OwnedSender, crate::lease::Ownership), ServeError> {
     let node = name.unwrap_or_else(crate::store::nodes::this_node);
     let (name, pid) = (node.clone(), std::process::id());
     ingest.exec(move |s| s.node_started(&name, pid, now_ms())).await.map_err(ServeError::Ingest)??;
@@ -323,9 +321,8 @@ async fn register_node(
     Ok((node.into(), tx, ownership))
 }
 
-/// Where the lease task publishes the hosts this node owns.
-type OwnedSender = watch::Sender<Arc<std::collections::HashMap<String, i64>>>;
-
+/// The dashboard's roll-ups (`store::web`), on the writer: at start (catching up in chunks) and every
+/// [`ROLLUP_EVERY`]. Charts of coarse buckets read them, plus the raw rows of reports not rolled up yet.
 async fn rollup_task(ingest: IngestHandle, cancel: CancellationToken) {
     loop {
         loop {

@@ -15,53 +15,24 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `openssl req` making a new P-256 key (unencrypted), with `args` after.
+fn new_key_request(dir: &Path, args: &[&str]) {
+    let mut all = vec!["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    all.extend_from_slice(args);
+    openssl(dir, &all);
+}
+
 /// A CA named `name` in `dir` (`name.pem`, `name.key`).
 fn make_ca(dir: &Path, name: &str) {
-    let key = format!("{name}.key");
-    let pem = format!("{name}.pem");
-    let subj = format!("/CN={name}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            &subj,
-        ],
-    );
+    let (key, pem, subj) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN={name}"));
+    new_key_request(dir, &["-x509", "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
 }
 
 /// A server certificate for IP 127.0.0.1 signed by the CA `ca`: (certificate PEM, key PEM).
 fn server_cert(dir: &Path, ca: &str) -> (String, String) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
+    new_key_request(dir, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
     std::fs::write(dir.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
     openssl(
         dir,
         &[
@@ -70,9 +41,9 @@ fn server_cert(dir: &Path, ca: &str) -> (String, String) {
             "-in",
             "server.csr",
             "-CA",
-            &format!("{ca}.pem"),
+            &ca_pem,
             "-CAkey",
-            &format!("{ca}.key"),
+            &ca_key,
             "-CAcreateserial",
             "-out",
             "server.crt",

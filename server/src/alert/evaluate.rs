@@ -106,7 +106,8 @@ fn phase_of(state: Option<&StateRow>) -> Phase {
 /// holds are those that transaction sees and writes (on PostgreSQL, under the batch's host locks).
 #[derive(Debug, Default)]
 pub struct BatchStates {
-    loaded: Option<HashMap<(String, String), StateRow>>,
+    /// host -> rule -> state, once read.
+    loaded: Option<HashMap<String, HashMap<String, StateRow>>>,
 }
 
 impl BatchStates {
@@ -127,12 +128,12 @@ impl BatchStates {
                 self.loaded.insert(rows::states_of(conn, &hosts)?)
             }
         };
-        Ok(states.get(&(host.to_owned(), rule.to_owned())).cloned())
+        Ok(states.get(host).and_then(|rules| rules.get(rule)).cloned())
     }
 
     fn set(&mut self, host: &str, rule: &str, state: StateRow) {
         if let Some(states) = &mut self.loaded {
-            states.insert((host.to_owned(), rule.to_owned()), state);
+            states.entry(host.to_owned()).or_default().insert(rule.to_owned(), state);
         }
     }
 }

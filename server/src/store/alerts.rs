@@ -104,10 +104,10 @@ pub fn state(conn: Tx<'_>, host: &str, rule: &str) -> Result<Option<StateRow>, S
     stmt.query_row(params![host, rule], |r| state_row(r, 0)).optional()
 }
 
-/// The states of every rule that ever fired on any of `hosts`, keyed by (host, rule), in one statement: the ingest
+/// The states of every rule that ever fired on any of `hosts`, by host and rule, in one statement: the ingest
 /// writer reads them once per batch (on PostgreSQL under the batch's host locks) instead of once per report and rule,
 /// which on PostgreSQL is a round trip each.
-pub fn states_of(conn: Tx<'_>, hosts: &[&str]) -> Result<HashMap<(String, String), StateRow>, StoreError> {
+pub fn states_of(conn: Tx<'_>, hosts: &[&str]) -> Result<HashMap<String, HashMap<String, StateRow>>, StoreError> {
     let list = match serde_json::to_string(hosts) {
         Ok(list) => list,
         Err(e) => return Err(StoreError::BadValue(format!("host list: {e}"))),
@@ -122,8 +122,12 @@ pub fn states_of(conn: Tx<'_>, hosts: &[&str]) -> Result<HashMap<(String, String
              WHERE host IN (SELECT json_array_elements_text(?1::json))"
         }
     };
-    let rows = conn.0.stmt(sql)?.query_map(params![list], |r| Ok(((r.get(0)?, r.get(1)?), state_row(r, 2)?)))?;
-    Ok(rows.into_iter().collect())
+    let mut states: HashMap<String, HashMap<String, StateRow>> = HashMap::new();
+    conn.0.stmt(sql)?.for_each(params![list], |r| -> Result<(), StoreError> {
+        states.entry(r.get(0)?).or_default().insert(r.get(1)?, state_row(r, 2)?);
+        Ok(())
+    })?;
+    Ok(states)
 }
 
 /// Writes the state of `host`'s `rule`.

@@ -262,7 +262,7 @@ impl Store {
     /// connection is replaced by) starts with `default_transaction_read_only` on, so nothing it runs can write.
     /// Pending migrations are still applied at open, in a transaction that lifts it.
     fn open_postgres_as(url: &str, password: Option<&str>, read_only: bool) -> Result<Store, StoreError> {
-        let (client_url, root_cert) = pg_tls::split_root_cert(url)?;
+        let (client_url, root_cert) = crate::config::database::split_root_cert(url);
         let mut config: postgres::Config =
             client_url.parse().map_err(|e: postgres::Error| StoreError::BadValue(format!("database URL: {e}")))?;
         let tls = match config.get_ssl_mode() {

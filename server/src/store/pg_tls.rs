@@ -3,7 +3,7 @@
 //! when the URL gives one, otherwise against the Mozilla roots (webpki-roots). `prefer` (the default) and `disable`
 //! connect in plain TCP, as before: a server with a self-signed certificate is not refused by surprise.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
@@ -11,28 +11,6 @@ use rustls::pki_types::pem::PemObject;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
-
-/// The `database` URL without its `sslrootcert` parameter (vigil's to read: the PostgreSQL client refuses it), and
-/// that parameter's value, percent-decoded.
-pub(super) fn split_root_cert(url: &str) -> Result<(String, Option<PathBuf>), StoreError> {
-    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_owned(), None)) };
-    let mut root = None;
-    let mut kept = Vec::new();
-    for kv in query.split('&') {
-        match kv.split_once('=') {
-            Some(("sslrootcert", v)) => {
-                let path = crate::config::database::decode_component(v)
-                    .ok_or_else(|| StoreError::BadValue("sslrootcert: a bad percent-escape".into()))?;
-                root = Some(PathBuf::from(path));
-            }
-            _ => kept.push(kv),
-        }
-    }
-    Ok(match kept.is_empty() {
-        true => (base.to_owned(), root),
-        false => (format!("{base}?{}", kept.join("&")), root),
-    })
-}
 
 /// A TLS connector that trusts the CA certificates in `root_cert` (PEM), or the Mozilla roots when `None`.
 pub(super) fn connector(root_cert: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
@@ -63,18 +41,6 @@ pub(super) fn connector(root_cert: Option<&Path>) -> Result<MakeRustlsConnect, S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sslrootcert_is_taken_out_of_the_url() {
-        let (url, root) = split_root_cert("postgres://u@db/v?sslmode=require&sslrootcert=%2Fetc%2Fca.pem").unwrap();
-        assert_eq!(
-            (url.as_str(), root.as_deref()),
-            ("postgres://u@db/v?sslmode=require", Some(Path::new("/etc/ca.pem")))
-        );
-        let (url, root) = split_root_cert("postgres://u@db/v?sslrootcert=/ca.pem").unwrap();
-        assert_eq!((url.as_str(), root.as_deref()), ("postgres://u@db/v", Some(Path::new("/ca.pem"))));
-        assert_eq!(split_root_cert("postgres://u@db/v").unwrap(), ("postgres://u@db/v".to_owned(), None));
-    }
 
     #[test]
     fn a_root_file_without_a_certificate_is_a_clear_error() {
