@@ -9,6 +9,7 @@
 # Env:   DURATION=S     measured seconds per throughput run (default 20; each run also warms up for 5 s)
 #        IDLE_MAX=N     largest idle fleet (default 10000)
 #        PROFILE=0      skip the perf profile of the server (software cpu-clock sampling; on by default when perf works)
+#        PROFILE_ENGINE=E  which engine's run the server is profiled in (default sqlite; e.g. postgres)
 #        HISTORY=0      skip the `vigil status` history databases (they take a few minutes and ~6 GB)
 #        KEEP=1         keep the temporary directory (logs, JSON results) and print its path
 #        BUILD=0        do not run cargo build first
@@ -318,7 +319,7 @@ for engine in $ENGINES; do
     esac
     fleet_setup "$engine"
     load_runs
-    if [[ "$engine" == sqlite && "${PROFILE:-1}" != 0 ]] && command -v perf >/dev/null \
+    if [[ "$engine" == "${PROFILE_ENGINE:-sqlite}" && "${PROFILE:-1}" != 0 ]] && command -v perf >/dev/null \
         && perf record -e cpu-clock -o /dev/null -- true 2>/dev/null; then
         serve_profile
     fi

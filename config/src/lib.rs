@@ -56,6 +56,25 @@ pub struct Config {
     pub jobs: Vec<JobDef>,
     /// The `<defaults>` alert rules of clients.xml (already merged into each host's `alerts`).
     pub defaults: Vec<AlertRule>,
+    /// Where each host's name sits in `clients`, for [`Config::host`] (looked up for every stored report).
+    host_index: HostIndex,
+}
+
+/// Host name to its position in [`Config::clients`]. Only a hint: [`Config::host`] checks the name it finds, so an
+/// index that `clients` has drifted from (the field is public) costs a scan, never a wrong host.
+#[derive(Clone, Default, PartialEq)]
+struct HostIndex(std::collections::HashMap<String, usize>);
+
+impl HostIndex {
+    fn of(hosts: &[Host]) -> Self {
+        HostIndex(hosts.iter().enumerate().map(|(i, h)| (h.name.clone(), i)).collect())
+    }
+}
+
+impl std::fmt::Debug for HostIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostIndex({} hosts)", self.0.len())
+    }
 }
 
 /// One host of the fleet (a `<client>` of clients.xml).
@@ -422,7 +441,8 @@ impl Config {
 
     /// The host with this name.
     pub fn host(&self, name: &str) -> Option<&Host> {
-        self.clients.iter().find(|h| h.name == name)
+        let indexed = self.host_index.0.get(name).and_then(|&i| self.clients.get(i)).filter(|h| h.name == name);
+        indexed.or_else(|| self.clients.iter().find(|h| h.name == name))
     }
 
     /// The jobs this host runs, in canonical order; empty for an unknown host.
@@ -489,6 +509,27 @@ interval = "10s"
             .expect_err("missing file");
         assert!(matches!(err, ConfigError::Io { .. }));
         assert!(err.to_string().contains("/nonexistent/clients.xml"), "{err}");
+    }
+
+    /// Hosts are found by name through the index, and still found (never another host) after `clients` changes.
+    #[test]
+    fn host_lookup_by_name_survives_a_changed_list() {
+        let many = r#"<clients>
+  <client name="a" ip="10.0.0.1" username="u" password="p" mail="ops@example.com"/>
+  <client name="b" ip="10.0.0.2" username="u" password="p" mail="ops@example.com"/>
+  <client name="c" ip="10.0.0.3" username="u" password="p" mail="ops@example.com"/>
+</clients>"#;
+        let mut cfg = Config::from_sources(Path::new("c.xml"), many, Path::new("j.toml"), JOBS).expect("valid").config;
+        for (name, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {
+            assert_eq!(cfg.host(name).map(|h| h.ip.as_str()), Some(ip));
+        }
+        assert!(cfg.host("10.0.0.1").is_none(), "a named host is not found by its address");
+        cfg.clients.reverse();
+        cfg.clients.remove(0);
+        assert_eq!(cfg.host("a").map(|h| h.ip.as_str()), Some("10.0.0.1"));
+        assert_eq!(cfg.host("b").map(|h| h.ip.as_str()), Some("10.0.0.2"));
+        assert!(cfg.host("c").is_none());
+        assert_eq!(format!("{cfg:?}").matches("HostIndex(3 hosts)").count(), 1);
     }
 
     #[test]

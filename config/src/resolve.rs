@@ -13,6 +13,7 @@ use super::{Config, Host, JobDef, Loaded};
 pub(crate) fn resolve(clients: ClientsFile, jobs: JobsFile) -> Loaded {
     let warnings = selector_warnings(&clients, &jobs);
     let config = Config {
+        host_index: super::HostIndex::of(&clients.hosts),
         clients: clients.hosts,
         server: jobs.server,
         smtp: jobs.smtp,

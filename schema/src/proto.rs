@@ -6,7 +6,8 @@
 //! send `Jobs` at any time when the configuration changes. Control messages travel with envelope sequence 0;
 //! a report travels with its own sequence number, which must match the envelope's.
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::job::Schedule;
 use crate::report::Report;
@@ -21,9 +22,13 @@ pub const CONTROL_SEQ: u64 = 0;
 pub const SUBSYSTEM: &str = "vigil";
 
 /// From agent to server.
+///
+/// Wire form: one JSON object whose `"type"` is `hello` or `report`, beside the variant's own fields. It is decoded
+/// by hand (see the `Deserialize` impl below) rather than by serde's internally tagged derive, which buffers every
+/// value of the object before it knows the variant.
 // A message lives only between decoding and storing; boxing the report would buy nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMsg {
     Hello {
@@ -61,6 +66,93 @@ pub enum ErrorCode {
     Unknown,
     /// The server could not store the report now (full disk, ...); retry later.
     Unavailable,
+}
+
+/// [`AgentMsg::Hello`]'s fields, as they follow its tag.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HelloBody {
+    protocol: u16,
+    agent_version: String,
+    schedule_hash: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AgentMsgType {
+    Hello,
+    Report,
+}
+
+impl AgentMsgType {
+    /// The message of this type whose fields `body` reads.
+    fn read<'de, D: Deserializer<'de>>(self, body: D) -> Result<AgentMsg, D::Error> {
+        Ok(match self {
+            AgentMsgType::Hello => {
+                let HelloBody { protocol, agent_version, schedule_hash } = HelloBody::deserialize(body)?;
+                AgentMsg::Hello { protocol, agent_version, schedule_hash }
+            }
+            AgentMsgType::Report => AgentMsg::Report(Report::deserialize(body)?),
+        })
+    }
+}
+
+/// A key of an agent message's object: the tag, or any other field (kept only when the tag comes later).
+enum AgentMsgKey {
+    Type,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for AgentMsgKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = AgentMsgKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AgentMsgKey, E> {
+                Ok(if v == "type" { AgentMsgKey::Type } else { AgentMsgKey::Other(v.to_owned()) })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// Same wire form and errors as serde's internally tagged derive, without its buffering: when `"type"` is the
+/// object's first key (as every vigil agent writes it), the variant's fields are read straight from the input. Any
+/// other order is still accepted, through a `serde_json::Value` of the object.
+impl<'de> Deserialize<'de> for AgentMsg {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MsgVisitor;
+        impl<'de> Visitor<'de> for MsgVisitor {
+            type Value = AgentMsg;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an agent message (an object with \"type\": \"hello\" or \"report\")")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AgentMsg, A::Error> {
+                let first = match map.next_key::<AgentMsgKey>()? {
+                    None => return Err(de::Error::missing_field("type")),
+                    Some(AgentMsgKey::Type) => {
+                        let kind: AgentMsgType = map.next_value()?;
+                        return kind.read(de::value::MapAccessDeserializer::new(map));
+                    }
+                    Some(AgentMsgKey::Other(key)) => key,
+                };
+                let mut object = serde_json::Map::new();
+                object.insert(first, map.next_value()?);
+                while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
+                    if object.insert(key, value).is_some() {
+                        return Err(de::Error::custom("duplicate field in agent message"));
+                    }
+                }
+                let tag = object.remove("type").ok_or_else(|| de::Error::missing_field("type"))?;
+                let kind = AgentMsgType::deserialize(tag).map_err(de::Error::custom)?;
+                kind.read(serde_json::Value::Object(object)).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_map(MsgVisitor)
+    }
 }
 
 impl AgentMsg {
@@ -148,8 +240,47 @@ mod report_msg_tests {
         };
         let m = AgentMsg::Report(r);
         let json = serde_json::to_string(&m).unwrap();
+        assert!(json.starts_with(r#"{"type":"report","seq":3,"#), "{json}");
         assert_eq!(serde_json::from_str::<AgentMsg>(&json).unwrap(), m);
         assert_eq!(m.seq(), 3);
+    }
+
+    /// The tag may come anywhere in the object (JSON objects have no order); the variant's fields are checked the
+    /// same way on both paths.
+    #[test]
+    fn the_tag_is_found_wherever_it_is() {
+        let hello = AgentMsg::Hello { protocol: 1, agent_version: "0.1.0".into(), schedule_hash: "ab".into() };
+        for json in [
+            r#"{"type":"hello","protocol":1,"agent_version":"0.1.0","schedule_hash":"ab"}"#,
+            r#"{"protocol":1,"type":"hello","agent_version":"0.1.0","schedule_hash":"ab"}"#,
+            r#"{"protocol":1,"agent_version":"0.1.0","schedule_hash":"ab","type":"hello"}"#,
+        ] {
+            assert_eq!(serde_json::from_str::<AgentMsg>(json).unwrap(), hello, "{json}");
+        }
+        let report = r#""seq":4,"job":"vitals","collected_at_ms":5,"stats":{"swap":{"total":8,"used":2,"free":6,"used_pct":25.0}}"#;
+        let first: AgentMsg = serde_json::from_str(&format!(r#"{{"type":"report",{report}}}"#)).unwrap();
+        let last: AgentMsg = serde_json::from_str(&format!(r#"{{{report},"type":"report"}}"#)).unwrap();
+        assert_eq!(first, last);
+        let AgentMsg::Report(r) = first else { panic!("not a report") };
+        assert_eq!((r.seq, r.job.as_str(), r.dropped), (4, "vitals", 0));
+        assert_eq!(r.stats.swap.map(|s| s.used), Some(2));
+
+        for (bad, why) in [
+            (r#"{"type":"hello","protocol":1,"agent_version":"0.1.0","schedule_hash":"ab","x":1}"#, "unknown field"),
+            (r#"{"protocol":1,"agent_version":"0.1.0","schedule_hash":"ab","x":1,"type":"hello"}"#, "unknown field"),
+            (r#"{"type":"hello","protocol":1,"agent_version":"0.1.0"}"#, "missing field `schedule_hash`"),
+            (r#"{"protocol":1,"agent_version":"0.1.0"}"#, "missing field `type`"),
+            (r#"{}"#, "missing field `type`"),
+            (r#"{"type":"welcome","protocol":1}"#, "unknown variant `welcome`"),
+            (r#"{"protocol":1,"type":"welcome"}"#, "unknown variant `welcome`"),
+            (r#"{"type":"report","type":"report","seq":1}"#, "unknown field `type`"),
+            (r#"{"seq":1,"seq":2,"type":"report"}"#, "duplicate field"),
+            (r#"{"type":"hello","protocol":70000,"agent_version":"0.1.0","schedule_hash":"ab"}"#, "u16"),
+            (r#"["hello"]"#, "agent message"),
+        ] {
+            let e = serde_json::from_str::<AgentMsg>(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }
 

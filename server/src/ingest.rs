@@ -88,7 +88,51 @@ struct Counters {
     largest_batch: AtomicU64,
 }
 
-type Reply = oneshot::Sender<Result<Outcome, IngestError>>;
+/// Where a report's answer goes.
+enum Reply {
+    /// [`IngestHandle::submit`]'s caller, waiting.
+    Wait(oneshot::Sender<Result<Outcome, IngestError>>),
+    /// A place reserved in the submitter's own queue ([`IngestHandle::submit_to`]).
+    Slot(AnswerSlot),
+}
+
+/// A report's answer: its sequence number and whether it was stored.
+#[derive(Debug)]
+pub struct Answered {
+    pub seq: u64,
+    pub result: Result<Outcome, IngestError>,
+}
+
+/// Room reserved in a queue of [`Answered`] for one report's answer, so that the writer hands it over without
+/// waiting and without a task per report: the endpoint reserves one per report it submits (the queue's capacity
+/// bounds the reports of a connection in flight), and reads its queue in the task that writes acks. A slot dropped
+/// unanswered (the writer stopped) answers [`IngestError::Closed`].
+#[derive(Debug)]
+pub struct AnswerSlot {
+    permit: Option<mpsc::OwnedPermit<Answered>>,
+    seq: u64,
+}
+
+impl AnswerSlot {
+    pub fn new(permit: mpsc::OwnedPermit<Answered>, seq: u64) -> Self {
+        AnswerSlot { permit: Some(permit), seq }
+    }
+
+    fn send(mut self, result: Result<Outcome, IngestError>) {
+        if let Some(permit) = self.permit.take() {
+            permit.send(Answered { seq: self.seq, result });
+        }
+    }
+}
+
+impl Drop for AnswerSlot {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            permit.send(Answered { seq: self.seq, result: Err(IngestError::Closed) });
+        }
+    }
+}
+
 type Job = Box<dyn FnOnce(&mut Store) + Send>;
 
 enum Msg {
@@ -136,8 +180,18 @@ impl IngestHandle {
             return Err(IngestError::Closed);
         }
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Msg::Report(Box::new(inc), reply)).await.map_err(|_| IngestError::Closed)?;
+        self.tx.send(Msg::Report(Box::new(inc), Reply::Wait(reply))).await.map_err(|_| IngestError::Closed)?;
         answer.await.map_err(|_| IngestError::Closed)?
+    }
+
+    /// Queues a report whose answer goes into `slot` once the transaction holding it has committed (or failed).
+    /// Returns once the report is queued; a writer that has stopped answers [`IngestError::Closed`] there.
+    pub async fn submit_to(&self, inc: Incoming, slot: AnswerSlot) {
+        if self.closed.load(Ordering::Acquire) {
+            return slot.send(Err(IngestError::Closed));
+        }
+        // A refused send drops the message, and with it the slot: it answers `Closed`.
+        let _ = self.tx.send(Msg::Report(Box::new(inc), Reply::Slot(slot))).await;
     }
 
     /// Runs `f` on the writer thread, between transactions, and returns its result.
@@ -293,8 +347,13 @@ impl Writer {
             Err(_) => &self.counters.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        // The submitter may have given up (connection closed): the report is stored all the same.
-        let _ = reply.send(answer);
+        match reply {
+            // The submitter may have given up (connection closed): the report is stored all the same.
+            Reply::Wait(tx) => {
+                let _ = tx.send(answer);
+            }
+            Reply::Slot(slot) => slot.send(answer),
+        }
     }
 }
 
@@ -391,6 +450,39 @@ mod tests {
         });
         assert!(matches!(before, Ok(Outcome::Stored { .. })));
         assert_eq!(after, Err(IngestError::Closed));
+        let store = join.join().unwrap();
+        let n: i64 = store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    /// `submit_to` answers into the submitter's own queue after the commit, and answers `Closed` when the report
+    /// cannot be queued or its slot is dropped unanswered.
+    #[test]
+    fn answers_go_into_the_reserved_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.db")).unwrap();
+        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        let answers = rt().block_on(async {
+            let (tx, mut rx) = mpsc::channel::<Answered>(2);
+            handle.submit_to(incoming(1), AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 1)).await;
+            handle.submit_to(incoming(1), AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 1)).await;
+            let mut answers = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+            // Both places are free again once their answers are read.
+            assert_eq!(tx.capacity(), 2);
+            drop(AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 7));
+            answers.push(rx.recv().await.unwrap());
+            handle.shutdown().await;
+            handle.submit_to(incoming(2), AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 2)).await;
+            answers.push(rx.recv().await.unwrap());
+            answers
+        });
+        let got: Vec<_> =
+            answers.iter().map(|a| (a.seq, a.result.as_ref().map(|o| *o == Outcome::Duplicate))).collect();
+        assert_eq!(
+            got,
+            [(1, Ok(false)), (1, Ok(true)), (7, Err(&IngestError::Closed)), (2, Err(&IngestError::Closed))]
+        );
+        assert!(matches!(answers[0].result, Ok(Outcome::Stored { .. })));
         let store = join.join().unwrap();
         let n: i64 = store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1);

@@ -10,8 +10,7 @@ use std::sync::atomic::Ordering;
 
 use russh::server::Msg;
 use russh::{Channel, ChannelMsg};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use vigil_schema::envelope::{self, EnvelopeError};
 use vigil_schema::frame::FrameDecoder;
 use vigil_schema::proto::{AgentMsg, ErrorCode, MsgError, PROTOCOL_VERSION, ServerMsg, open_msg, seal_msg};
@@ -19,6 +18,7 @@ use vigil_schema::proto::{AgentMsg, ErrorCode, MsgError, PROTOCOL_VERSION, Serve
 use super::Shared;
 use super::counters::Counters;
 use super::registry::AgentEntry;
+use crate::ingest::{AnswerSlot, Answered};
 use crate::store::{Incoming, Outcome};
 use vigil_sys::clock::now_ms;
 
@@ -40,8 +40,11 @@ enum End {
 /// Runs the protocol until the agent closes, the host is revoked, or the server shuts down.
 pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<Msg>, handle: russh::server::Handle) {
     let (rd, wr) = channel.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<ServerMsg>(shared.limits.max_in_flight + 16);
+    let (out_tx, mut out_rx) = mpsc::channel::<ServerMsg>(16);
+    // Each report in flight holds a place here for its answer (see `ingest::AnswerSlot`): the capacity bounds them.
+    let (answers_tx, mut answers_rx) = mpsc::channel::<Answered>(shared.limits.max_in_flight.max(1));
     let writer_agent = agent.clone();
+    let writer_shared = shared.clone();
     let writer = async move {
         let seal = |msg: &ServerMsg| match seal_msg(&writer_agent.keys, &writer_agent.agent_id, msg.seq(), msg) {
             Ok(f) => Some(f),
@@ -50,15 +53,31 @@ pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<M
                 None
             }
         };
-        while let Some(msg) = out_rx.recv().await {
-            let mut buf = seal(&msg).unwrap_or_default();
+        let reply = |answered: Answered| reply_to(&writer_shared.counters, answered);
+        let (mut messages_open, mut answers_open) = (true, true);
+        while messages_open || answers_open {
+            let first = tokio::select! {
+                m = out_rx.recv(), if messages_open => match m {
+                    Some(m) => m,
+                    None => { messages_open = false; continue }
+                },
+                a = answers_rx.recv(), if answers_open => match a {
+                    Some(a) => reply(a),
+                    None => { answers_open = false; continue }
+                },
+            };
+            let mut buf = seal(&first).unwrap_or_default();
             // Every reply already waiting goes out in the same channel write: under load one SSH packet carries
             // many acks instead of one each.
             while buf.len() < COALESCE_BYTES {
-                match out_rx.try_recv() {
-                    Ok(more) => buf.extend(seal(&more).unwrap_or_default()),
-                    Err(_) => break,
-                }
+                let more = match out_rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => match answers_rx.try_recv() {
+                        Ok(a) => reply(a),
+                        Err(_) => break,
+                    },
+                };
+                buf.extend(seal(&more).unwrap_or_default());
             }
             if !buf.is_empty() && wr.data_bytes(buf).await.is_err() {
                 break;
@@ -67,7 +86,7 @@ pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<M
         let _ = wr.eof().await;
         let _ = wr.close().await;
     };
-    let reader = Reader { shared: shared.clone(), agent: agent.clone(), out: out_tx };
+    let reader = Reader { shared: shared.clone(), agent: agent.clone(), out: out_tx, answers: answers_tx };
     let (end, ()) = tokio::join!(reader.run(rd), writer);
     if let End::Revoked(_) | End::Fatal = end {
         let reason = match end {
@@ -78,10 +97,30 @@ pub async fn run(shared: Arc<Shared>, agent: Arc<AgentEntry>, channel: Channel<M
     }
 }
 
+/// What the agent is told about a report once ingest has answered.
+fn reply_to(counters: &Counters, Answered { seq, result }: Answered) -> ServerMsg {
+    match result {
+        Ok(Outcome::Stored { .. }) => {
+            counters.reports_stored.fetch_add(1, Ordering::Relaxed);
+            ServerMsg::Ack { seq }
+        }
+        Ok(Outcome::Duplicate) => {
+            counters.reports_duplicate.fetch_add(1, Ordering::Relaxed);
+            ServerMsg::Ack { seq }
+        }
+        Err(e) => {
+            tracing::warn!(seq, error = %e, "report not stored");
+            error(ErrorCode::Unavailable, "not stored, retry later", Some(seq))
+        }
+    }
+}
+
 struct Reader {
     shared: Arc<Shared>,
     agent: Arc<AgentEntry>,
     out: mpsc::Sender<ServerMsg>,
+    /// Where ingest answers this connection's reports.
+    answers: mpsc::Sender<Answered>,
 }
 
 impl Reader {
@@ -95,8 +134,6 @@ impl Reader {
         let mut config_rx = shared.config.clone();
         let mut registry_rx = shared.watch_registry();
         let mut decoder = FrameDecoder::default();
-        let mut inflight = JoinSet::new();
-        let slots = Arc::new(Semaphore::new(shared.limits.max_in_flight));
         let mut state = State { hello: false, agent_hash: None, errors: 0 };
         let end = loop {
             tokio::select! {
@@ -125,7 +162,6 @@ impl Reader {
                         break End::Revoked("agent credentials revoked");
                     }
                 }
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 msg = rd.wait() => match msg {
                     Some(ChannelMsg::Data { data }) => {
                         if let Err(e) = decoder.push(&data) {
@@ -137,7 +173,7 @@ impl Reader {
                         loop {
                             match decoder.next_frame() {
                                 Ok(Some(frame)) => {
-                                    self.frame(&frame, &mut state, &mut inflight, &slots).await;
+                                    self.frame(&frame, &mut state).await;
                                 }
                                 Ok(None) => break,
                                 Err(e) => {
@@ -158,8 +194,8 @@ impl Reader {
                 },
             }
         };
-        // Every report read so far gets its answer before the channel closes.
-        while inflight.join_next().await.is_some() {}
+        // Every report read so far still gets its answer before the channel closes: the writer runs until the last
+        // answer slot is used.
         end
     }
 
@@ -186,7 +222,7 @@ impl Reader {
         }
     }
 
-    async fn frame(&self, frame: &[u8], state: &mut State, inflight: &mut JoinSet<()>, slots: &Arc<Semaphore>) {
+    async fn frame(&self, frame: &[u8], state: &mut State) {
         let counters = &self.shared.counters;
         // The clear agent id must be this connection's: a frame sealed for another agent (replayed here) is refused
         // before any key is used.
@@ -269,19 +305,13 @@ impl Reader {
                     Err(e) => tracing::warn!(error = %e, "could not record check-in"),
                 }
             }
-            AgentMsg::Report(report) => self.report(report, state, inflight, slots).await,
+            AgentMsg::Report(report) => self.report(report, state).await,
         }
     }
 
-    /// A report: checked, then submitted to ingest; its ack (or error) is sent once the commit is done, while the
-    /// reader goes on.
-    async fn report(
-        &self,
-        report: vigil_schema::report::Report,
-        state: &mut State,
-        inflight: &mut JoinSet<()>,
-        slots: &Arc<Semaphore>,
-    ) {
+    /// A report: checked, then submitted to ingest; its ack (or error) is sent by the writer once the commit is
+    /// done, while the reader goes on.
+    async fn report(&self, report: vigil_schema::report::Report, state: &mut State) {
         let counters = &self.shared.counters;
         if !state.hello {
             self.refuse(state, &counters.bad_messages, "report before hello", &report.seq);
@@ -294,7 +324,7 @@ impl Reader {
             return;
         }
         // Backpressure: at most max_in_flight reports of this connection wait for their commit.
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = self.answers.clone().reserve_owned().await else { return };
         let seq = report.seq;
         let incoming = Incoming {
             agent_id: self.agent.agent_id.clone(),
@@ -303,28 +333,7 @@ impl Reader {
             received_at_ms: now_ms(),
             report,
         };
-        let ingest = self.shared.ingest.clone();
-        let out = self.out.clone();
-        let shared = self.shared.clone();
-        let commit = async move {
-            let _permit = permit;
-            let reply = match ingest.submit(incoming).await {
-                Ok(Outcome::Stored { .. }) => {
-                    shared.counters.reports_stored.fetch_add(1, Ordering::Relaxed);
-                    ServerMsg::Ack { seq }
-                }
-                Ok(Outcome::Duplicate) => {
-                    shared.counters.reports_duplicate.fetch_add(1, Ordering::Relaxed);
-                    ServerMsg::Ack { seq }
-                }
-                Err(e) => {
-                    tracing::warn!(seq, error = %e, "report not stored");
-                    error(ErrorCode::Unavailable, "not stored, retry later", Some(seq))
-                }
-            };
-            let _ = out.send(reply).await;
-        };
-        inflight.spawn(tracing::Instrument::in_current_span(commit));
+        self.shared.ingest.submit_to(incoming, AnswerSlot::new(permit, seq)).await;
     }
 }
 
