@@ -1,15 +1,16 @@
-//! The single database writer: a dedicated thread owning the [`Store`], fed over a bounded channel.
+//! The database writer: a dedicated thread owning the [`Store`], fed over a bounded channel (on PostgreSQL, a few
+//! such threads on connections of their own, taking turns at the channel).
 //!
-//! Reports arriving together are grouped into one transaction (group commit sized by load: the writer takes one
+//! Reports arriving together are grouped into one transaction (group commit sized by load: a writer takes one
 //! message, then whatever else is already queued, up to [`IngestOptions::max_batch`]). Each report is answered only
 //! after the transaction holding it commits; when a commit fails, nothing in it is acknowledged. Other writes the
-//! server needs (registering and touching agents, the config error, pruning) run on the same thread through
-//! [`IngestHandle::exec`], so there is only ever one writing connection.
+//! server needs (registering and touching agents, the config error, pruning) run on the writers too, through
+//! [`IngestHandle::exec`]: on SQLite there is only ever one writing connection.
 //!
-//! Decoding, tag checks and validation happen before [`IngestHandle::submit`], never on this thread.
+//! Decoding, tag checks and validation happen before [`IngestHandle::submit`], never on these threads.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -166,10 +167,52 @@ impl std::fmt::Debug for Msg {
 
 /// Starts the writer thread. Joining the handle returns the store once the writer has finished.
 pub fn spawn(store: Store, opts: IngestOptions) -> std::io::Result<(IngestHandle, JoinHandle<Store>)> {
+    spawn_writers(store, Vec::new(), opts)
+}
+
+/// [`spawn`], with more writers on connections of their own (`helpers`), taking turns at the queue: while one
+/// commits a batch, the next takes the next batch. For PostgreSQL, whose transactions run side by side (a host's
+/// reports are still stored by one transaction at a time: see the host locks of `store::insert_pg`); an SQLite
+/// file has one writer at a time, so it gets none. Joining the handle waits for every writer and returns `store`.
+pub fn spawn_writers(
+    store: Store,
+    helpers: Vec<Store>,
+    opts: IngestOptions,
+) -> std::io::Result<(IngestHandle, JoinHandle<Store>)> {
     let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
     let counters = Arc::new(Counters::default());
-    let writer = Writer { store, rx, max_batch: opts.max_batch.max(1), counters: Arc::clone(&counters), alerts: None };
-    let join = std::thread::Builder::new().name("vigil-ingest".into()).spawn(move || writer.run())?;
+    let queue = Arc::new(Mutex::new(rx));
+    let alerts = Arc::new(Mutex::new(None));
+    let writer = |store| Writer {
+        store,
+        queue: Arc::clone(&queue),
+        max_batch: opts.max_batch.max(1),
+        counters: Arc::clone(&counters),
+        alerts: Arc::clone(&alerts),
+    };
+    let mut threads = Vec::with_capacity(helpers.len());
+    for (i, helper) in helpers.into_iter().enumerate() {
+        let w = writer(helper);
+        let thread = std::thread::Builder::new().name(format!("vigil-ingest-{}", i + 1)).spawn(move || w.run());
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // The helpers started so far stop once the queue is closed and dropped.
+                queue.lock().unwrap_or_else(PoisonError::into_inner).close();
+                return Err(e);
+            }
+        }
+    }
+    let main = writer(store);
+    let join = std::thread::Builder::new().name("vigil-ingest".into()).spawn(move || {
+        let store = main.run();
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("an ingest writer panicked");
+            }
+        }
+        store
+    })?;
     Ok((IngestHandle { tx, counters, closed: Arc::new(AtomicBool::new(false)) }, join))
 }
 
@@ -239,53 +282,101 @@ impl IngestHandle {
 
 struct Writer {
     store: Store,
-    rx: mpsc::Receiver<Msg>,
+    /// Shared by every writer: each takes a message (a report and those queued behind it: a batch) in turn.
+    queue: Arc<Mutex<mpsc::Receiver<Msg>>>,
     max_batch: usize,
     counters: Arc<Counters>,
-    /// The config whose alert rules are evaluated with each report, once set.
-    alerts: Option<watch::Receiver<Arc<Config>>>,
+    /// The config whose alert rules are evaluated with each report, once set (for every writer).
+    alerts: Arc<Mutex<Option<watch::Receiver<Arc<Config>>>>>,
+}
+
+/// What a writer does next: taken from the queue under its lock, done once the lock is released. Nothing a writer
+/// holds waits for the lock again, so no message can be stranded behind a writer waiting for the queue.
+enum Work {
+    /// Reports to commit together, with the config whose alert rules apply to them (as it was when they were
+    /// taken), then the job queued right behind them, if any.
+    Batch {
+        batch: Vec<(Incoming, Reply)>,
+        alerts: Option<Arc<Config>>,
+        then: Option<Job>,
+    },
+    Exec(Job),
+    /// The message needed nothing beyond the lock (shutdown, the alert config).
+    Done,
 }
 
 impl Writer {
     fn run(mut self) -> Store {
-        let mut next: Option<Msg> = None;
         loop {
-            let msg = match next.take() {
-                Some(m) => m,
-                None => match self.rx.blocking_recv() {
-                    Some(m) => m,
-                    None => break,
-                },
-            };
-            match msg {
-                Msg::Exec(job) => job(&mut self.store),
-                Msg::Alerts(config) => self.alerts = Some(config),
-                // Queued messages stay receivable after close; recv returns None once they are drained.
-                Msg::Shutdown => self.rx.close(),
-                Msg::Report(inc, reply) => {
-                    let mut batch = vec![(*inc, reply)];
-                    while batch.len() < self.max_batch {
-                        match self.rx.try_recv() {
-                            Ok(Msg::Report(inc, reply)) => batch.push((*inc, reply)),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
+            let work = {
+                let mut rx = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let Some(msg) = rx.blocking_recv() else { break };
+                match msg {
+                    Msg::Report(inc, reply) => {
+                        let mut batch = vec![(*inc, reply)];
+                        let (mut then, mut new_alerts) = (None, None);
+                        while batch.len() < self.max_batch {
+                            match rx.try_recv() {
+                                Ok(Msg::Report(inc, reply)) => batch.push((*inc, reply)),
+                                Ok(Msg::Exec(job)) => {
+                                    then = Some(job);
+                                    break;
+                                }
+                                Ok(Msg::Alerts(config)) => {
+                                    new_alerts = Some(config);
+                                    break;
+                                }
+                                Ok(Msg::Shutdown) => rx.close(),
+                                Err(_) => break,
                             }
-                            Err(_) => break,
                         }
+                        let alerts = self.alerts_in_force();
+                        if let Some(config) = new_alerts {
+                            self.set_alerts(config);
+                        }
+                        Work::Batch { batch, alerts, then }
                     }
-                    self.commit(batch);
+                    Msg::Exec(job) => Work::Exec(job),
+                    Msg::Alerts(config) => {
+                        self.set_alerts(config);
+                        Work::Done
+                    }
+                    // Queued messages stay receivable after close; recv returns None once they are drained.
+                    Msg::Shutdown => {
+                        rx.close();
+                        Work::Done
+                    }
                 }
+            };
+            match work {
+                Work::Batch { batch, alerts, then } => {
+                    self.commit(batch, alerts.as_deref());
+                    if let Some(job) = then {
+                        job(&mut self.store);
+                    }
+                }
+                Work::Exec(job) => job(&mut self.store),
+                Work::Done => {}
             }
         }
         self.store
     }
 
+    /// From now on (for every writer), evaluate the alert rules of the config `config` publishes.
+    fn set_alerts(&self, config: watch::Receiver<Arc<Config>>) {
+        *self.alerts.lock().unwrap_or_else(PoisonError::into_inner) = Some(config);
+    }
+
+    /// The config in force whose rules apply to reports taken now, once alerts are on.
+    fn alerts_in_force(&self) -> Option<Arc<Config>> {
+        self.alerts.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|rx| rx.borrow().clone())
+    }
+
     /// Stores a batch in one transaction and answers every report in it. If the grouped commit fails for any reason
     /// but a full disk, each report is retried alone so one bad report cannot fail its neighbours.
-    fn commit(&mut self, batch: Vec<(Incoming, Reply)>) {
+    fn commit(&mut self, batch: Vec<(Incoming, Reply)>, alerts: Option<&Config>) {
         let (items, replies): (Vec<Incoming>, Vec<Reply>) = batch.into_iter().unzip();
-        match self.insert(&items) {
+        match self.insert(&items, alerts) {
             Ok(outcomes) => {
                 self.note_commit(items.len());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -302,7 +393,7 @@ impl Writer {
             Err(e) => {
                 tracing::warn!(reports = items.len(), error = %e, "grouped commit failed; retrying reports one by one");
                 for (item, reply) in items.into_iter().zip(replies) {
-                    let result = self.insert(std::slice::from_ref(&item));
+                    let result = self.insert(std::slice::from_ref(&item), alerts);
                     let answer = match result {
                         Ok(mut o) => {
                             self.note_commit(1);
@@ -320,16 +411,15 @@ impl Writer {
         }
     }
 
-    /// Stores reports in one transaction, evaluating alert rules in it once a config is set.
-    fn insert(&mut self, items: &[Incoming]) -> Result<Vec<Outcome>, StoreError> {
-        match &self.alerts {
+    /// Stores reports in one transaction, evaluating the alert rules of `alerts` in it.
+    fn insert(&mut self, items: &[Incoming], alerts: Option<&Config>) -> Result<Vec<Outcome>, StoreError> {
+        match alerts {
             None => self.store.insert_reports(items),
-            Some(rx) => {
-                let config = rx.borrow().clone();
+            Some(config) => {
                 let now = crate::store::now_ms();
                 let mut states = crate::alert::BatchStates::default();
                 self.store.insert_reports_with(items, |conn, inc| {
-                    crate::alert::on_report(conn, &config, items, &mut states, inc, now)
+                    crate::alert::on_report(conn, config, items, &mut states, inc, now)
                 })
             }
         }

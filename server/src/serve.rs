@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigError, Overrides, Transport};
 use crate::endpoint::{self, Limits, Shared};
 use crate::ingest::{self, IngestError, IngestHandle, IngestOptions};
 use crate::reload::{self, Reloaded};
-use crate::store::{Store, StoreError};
+use crate::store::{Engine, Store, StoreError};
 use vigil_sys::clock::now_ms;
 
 /// How often retention runs (and once at start).
@@ -74,6 +74,9 @@ pub enum ServeError {
     Override(#[from] crate::config::overrides::OverrideError),
 }
 
+/// Ingest writers (each with its own connection) on PostgreSQL.
+const PG_WRITERS: usize = 2;
+
 /// Runs the server until `shutdown` fires.
 pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
     let loaded = reload::load_and_keep(&opts.clients, &opts.jobs, &opts.overrides)?;
@@ -90,7 +93,13 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let mut store = Store::open_server(&settings)?;
     store.set_config_error(None)?;
     store.set_restart_needed(None)?;
-    let (ingest, writer) = ingest::spawn(store, IngestOptions::default())
+    // PostgreSQL runs transactions side by side: more than one writer keeps it busy while serve gathers the next
+    // batch (BENCHMARKS.md, "PostgreSQL ingest, fourth pass").
+    let helpers = match store.engine() {
+        Engine::Sqlite => Vec::new(),
+        Engine::Postgres => (1..PG_WRITERS).map(|_| Store::open_server(&settings)).collect::<Result<_, _>>()?,
+    };
+    let (ingest, writer) = ingest::spawn_writers(store, helpers, IngestOptions::default())
         .map_err(|source| ServeError::Runtime { what: "the ingest writer thread", source })?;
 
     let listener = TcpListener::bind(settings.listen)

@@ -104,3 +104,88 @@ fn without_smtp_alerts_are_recorded_but_no_mail_is_queued() {
     assert!(store.pending_mail().expect("outbox").is_empty());
     assert_eq!(store.alert_events_since(0).expect("events").len(), 1);
 }
+
+/// Several writers on PostgreSQL (as `vigil serve` runs them there), each on its own connection and taking small
+/// batches so that they overlap: every report is stored once though each is submitted twice at the same time, and
+/// each host's alert fires, and is mailed, once.
+#[test]
+fn writers_side_by_side_on_postgresql_store_each_report_once_and_fire_each_alert_once() {
+    const HOSTS: usize = 12;
+    const REPORTS: u64 = 30;
+    const STRAGGLERS: u64 = 20;
+    let url = vigil_testkit::fresh_database();
+    let open = || Store::open_postgres(&url, None).expect("open");
+    let clients: String = (0..HOSTS)
+        .map(|h| format!("<client name=\"h{h}\" ip=\"10.0.1.{h}\" username=\"u\" mail=\"ops@example.org\"><alert type=\"cpu\" limit=\"90%\"/></client>\n"))
+        .collect();
+    let clients = format!("<clients>\n{clients}</clients>");
+    let cfg = Config::from_sources(Path::new("c.xml"), &clients, Path::new("j.toml"), JOBS).expect("valid config");
+    let (_config_tx, config_rx) = watch::channel(Arc::new(cfg.config));
+    let opts = IngestOptions { max_batch: 4, ..IngestOptions::default() };
+    let (handle, writer) = ingest::spawn_writers(open(), vec![open(), open()], opts).expect("spawn");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let outcomes = rt.block_on(async {
+        handle.set_alert_config(config_rx).await.expect("set config");
+        // Two jobs held at once prove two writers at work: each waits (10 s at most) for the other to start.
+        let (a_tx, a_rx) = std::sync::mpsc::channel();
+        let (b_tx, b_rx) = std::sync::mpsc::channel();
+        let wait = std::time::Duration::from_secs(10);
+        let a = handle.exec(move |_| a_tx.send(()).is_ok() && b_rx.recv_timeout(wait).is_ok());
+        let b = handle.exec(move |_| b_tx.send(()).is_ok() && a_rx.recv_timeout(wait).is_ok());
+        assert_eq!(tokio::join!(a, b), (Ok(true), Ok(true)), "two writers run side by side");
+        // A job queued right behind a report, with nothing after it, still runs: the writer that takes both does
+        // the job after its commit without waiting for the queue (where the other writer waits for a message).
+        for seq in 1..=STRAGGLERS {
+            let mut r = report(REPORTS + seq, 95.0, 10.0);
+            (r.agent_id, r.host, r.ip) = ("agent-h0".into(), "h0".into(), "10.0.1.0".into());
+            let both = async { tokio::join!(handle.submit(r), handle.exec(|_| ())) };
+            let (stored, ran) = tokio::time::timeout(std::time::Duration::from_secs(10), both).await.expect("done");
+            assert!(matches!(stored, Ok(Outcome::Stored { .. })) && ran.is_ok(), "{stored:?} {ran:?}");
+        }
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for h in 0..HOSTS {
+            for _copy in 0..2 {
+                let handle = handle.clone();
+                tasks.spawn(async move {
+                    let mut got = Vec::new();
+                    for seq in 1..=REPORTS {
+                        let mut r = report(seq, 95.0, 10.0);
+                        (r.agent_id, r.host, r.ip) = (format!("agent-h{h}"), format!("h{h}"), format!("10.0.1.{h}"));
+                        got.push((h, seq, handle.submit(r).await.expect("stored")));
+                    }
+                    got
+                });
+            }
+        }
+        let mut all = Vec::new();
+        while let Some(got) = tasks.join_next().await {
+            all.extend(got.expect("task"));
+        }
+        all
+    });
+    for h in 0..HOSTS {
+        for seq in 1..=REPORTS {
+            let of: Vec<_> = outcomes.iter().filter(|(oh, os, _)| (*oh, *os) == (h, seq)).map(|(_, _, o)| o).collect();
+            let stored = of.iter().filter(|o| matches!(o, Outcome::Stored { .. })).count();
+            assert_eq!((of.len(), stored), (2, 1), "host {h} seq {seq}: {of:?}");
+        }
+    }
+    let stats = handle.stats();
+    assert!(stats.commits >= (HOSTS as u64 * REPORTS * 2) / 4, "batches of at most 4: {stats:?}");
+    drop(handle);
+    drop(writer.join().expect("writer"));
+
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let n: i64 = c.query_one("SELECT count(*) FROM reports", &[]).expect("count").get(0);
+    assert_eq!(n, (HOSTS as u64 * REPORTS + STRAGGLERS) as i64);
+    let store = open();
+    let events = store.alert_events_since(0).expect("events");
+    let mut fired: Vec<(&str, &str)> = events.iter().map(|e| (e.host.as_str(), e.state.as_str())).collect();
+    fired.sort_unstable();
+    let hosts: Vec<String> = (0..HOSTS).map(|h| format!("h{h}")).collect();
+    let mut expected: Vec<(&str, &str)> = hosts.iter().map(|h| (h.as_str(), "firing")).collect();
+    expected.sort_unstable();
+    assert_eq!(fired, expected);
+    assert_eq!(store.pending_mail().expect("outbox").len(), HOSTS);
+}
