@@ -139,6 +139,9 @@ impl<'de> Deserialize<'de> for AgentMsg {
                     }
                     Some(AgentMsgKey::Other(key)) => key,
                 };
+                // The tag comes later: the object is read whole, written again with the tag first, and decoded
+                // from that. (Decoding the variant from a `serde_json::Value` instead would compile a second
+                // decoder of every report type into the agent, which decodes its own spool.)
                 let mut object = serde_json::Map::new();
                 object.insert(first, map.next_value()?);
                 while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
@@ -147,8 +150,18 @@ impl<'de> Deserialize<'de> for AgentMsg {
                     }
                 }
                 let tag = object.remove("type").ok_or_else(|| de::Error::missing_field("type"))?;
-                let kind = AgentMsgType::deserialize(tag).map_err(de::Error::custom)?;
-                kind.read(serde_json::Value::Object(object)).map_err(de::Error::custom)
+                let mut json = b"{\"type\":".to_vec();
+                let written = serde_json::to_writer(&mut json, &tag).and_then(|()| {
+                    object.iter().try_for_each(|(key, value)| {
+                        json.push(b',');
+                        serde_json::to_writer(&mut json, key)?;
+                        json.push(b':');
+                        serde_json::to_writer(&mut json, value)
+                    })
+                });
+                written.map_err(de::Error::custom)?;
+                json.push(b'}');
+                serde_json::from_slice(&json).map_err(de::Error::custom)
             }
         }
         d.deserialize_map(MsgVisitor)
