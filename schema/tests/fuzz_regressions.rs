@@ -5,19 +5,29 @@ use vigil_schema::proto::AgentMsg;
 use vigil_schema::report::{CpuStats, NetInterface, Report, Stats};
 
 /// Finding 2 (target `proto`): serde_json reads some numbers too large for an `f32` as infinity instead of refusing
-/// them, and writes infinity back as `null`, which no longer decodes. Such a report decodes, so `validate()` is what
-/// keeps it out: every `f32` of a report is a percentage checked to be finite and within 0..=100.
+/// them, and writes infinity back as `null`, which no longer decodes. Such a report must never be stored: either it
+/// does not decode, or `validate()` refuses it (every `f32` of a report is a percentage checked to be finite and
+/// within 0..=100). The fuzzer's input decoded to an infinite core while serde's tag buffering read every number
+/// as an `f64` first; since agent messages are decoded straight into their fields (`AgentMsg`'s `Deserialize`),
+/// serde_json refuses its literal while decoding, wherever the tag is.
 #[test]
 fn an_f32_overflowing_to_infinity_is_refused_by_validation() {
     // The fuzzer's input, whitespace shortened: a real `vigil-agent --once --print` cpu report, one core mutated.
     let input = r#"{"type":"report","seq":1,"job":"once","collected_at_ms":17350835,"dropped":0,"stats":{"cpu":{
         "total_pct":97.368416,"per_core_pct":[222222222222222222222222222222222222222222222222222],
         "load1":6.01,"load5":5.94,"load15":4.3}}}"#;
-    let AgentMsg::Report(report) = serde_json::from_str::<AgentMsg>(input).expect("serde_json accepts it") else {
-        panic!("not a report");
-    };
-    let core = report.stats.cpu.as_ref().expect("cpu").per_core_pct[0];
-    assert!(core.is_infinite(), "serde_json's reading changed: {core}");
+    let tag_last = format!("{{{},\"type\":\"report\"}}", &input[r#"{"type":"report","#.len()..input.len() - 1]);
+    for json in [input, tag_last.as_str()] {
+        let err = serde_json::from_str::<AgentMsg>(json).expect_err("an overflowing f32 literal is refused");
+        assert!(err.to_string().contains("number out of range"), "{json}: {err}");
+    }
+    // Read as an f64 and narrowed (what the buffered decoding did), the core is infinite, and validation refuses it.
+    let core: f64 = 222222222222222222222222222222222222222222222222222.0;
+    let mut report: Report =
+        serde_json::from_str(r#"{"seq":1,"job":"once","collected_at_ms":1,"stats":{}}"#).expect("a report");
+    report.stats.cpu =
+        Some(CpuStats { total_pct: 97.4, per_core_pct: vec![core as f32], load1: 6.0, load5: 5.9, load15: 4.3 });
+    assert!(report.stats.cpu.as_ref().expect("cpu").per_core_pct[0].is_infinite());
     let err = report.validate().expect_err("an infinite percentage is refused");
     assert_eq!(err.field, "cpu.per_core_pct");
 

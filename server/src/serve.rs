@@ -93,14 +93,7 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let mut store = Store::open_server(&settings)?;
     store.set_config_error(None)?;
     store.set_restart_needed(None)?;
-    // PostgreSQL runs transactions side by side: more than one writer keeps it busy while serve gathers the next
-    // batch (BENCHMARKS.md, "PostgreSQL ingest, fourth pass").
-    let helpers = match store.engine() {
-        Engine::Sqlite => Vec::new(),
-        Engine::Postgres => (1..PG_WRITERS).map(|_| Store::open_server(&settings)).collect::<Result<_, _>>()?,
-    };
-    let (ingest, writer) = ingest::spawn_writers(store, helpers, IngestOptions::default())
-        .map_err(|source| ServeError::Runtime { what: "the ingest writer thread", source })?;
+    let (ingest, writer) = spawn_ingest(store, &settings)?;
 
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -183,6 +176,20 @@ pub async fn run(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), 
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The ingest writer on `store`; on PostgreSQL, which runs transactions side by side, more writers on connections of
+/// their own keep it busy while serve gathers the next batch (BENCHMARKS.md, "PostgreSQL ingest, fourth pass").
+fn spawn_ingest(
+    store: Store,
+    settings: &crate::config::ServerSettings,
+) -> Result<(IngestHandle, std::thread::JoinHandle<Store>), ServeError> {
+    let helpers = match store.engine() {
+        Engine::Sqlite => Vec::new(),
+        Engine::Postgres => (1..PG_WRITERS).map(|_| Store::open_server(settings)).collect::<Result<_, _>>()?,
+    };
+    ingest::spawn_writers(store, helpers, IngestOptions::default())
+        .map_err(|source| ServeError::Runtime { what: "the ingest writer thread", source })
 }
 
 /// The dashboard's listener and token (read from `token_env` now: a token named but not set stops the start).
