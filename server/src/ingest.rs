@@ -115,7 +115,7 @@ pub struct AnswerSlot {
 }
 
 impl AnswerSlot {
-    pub fn new(permit: mpsc::OwnedPermit<Answered>, seq: u64) -> Self {
+    fn new(permit: mpsc::OwnedPermit<Answered>, seq: u64) -> Self {
         AnswerSlot { permit: Some(permit), seq }
     }
 
@@ -227,9 +227,11 @@ impl IngestHandle {
         answer.await.map_err(|_| IngestError::Closed)?
     }
 
-    /// Queues a report whose answer goes into `slot` once the transaction holding it has committed (or failed).
-    /// Returns once the report is queued; a writer that has stopped answers [`IngestError::Closed`] there.
-    pub async fn submit_to(&self, inc: Incoming, slot: AnswerSlot) {
+    /// Queues a report whose answer goes into the place `permit` reserved once the transaction holding it has
+    /// committed (or failed). Returns once the report is queued; a writer that has stopped answers
+    /// [`IngestError::Closed`] there.
+    pub async fn submit_to(&self, inc: Incoming, permit: mpsc::OwnedPermit<Answered>) {
+        let slot = AnswerSlot::new(permit, inc.report.seq);
         if self.closed.load(Ordering::Acquire) {
             return slot.send(Err(IngestError::Closed));
         }
@@ -311,42 +313,7 @@ impl Writer {
             let work = {
                 let mut rx = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 let Some(msg) = rx.blocking_recv() else { break };
-                match msg {
-                    Msg::Report(inc, reply) => {
-                        let mut batch = vec![(*inc, reply)];
-                        let (mut then, mut new_alerts) = (None, None);
-                        while batch.len() < self.max_batch {
-                            match rx.try_recv() {
-                                Ok(Msg::Report(inc, reply)) => batch.push((*inc, reply)),
-                                Ok(Msg::Exec(job)) => {
-                                    then = Some(job);
-                                    break;
-                                }
-                                Ok(Msg::Alerts(config)) => {
-                                    new_alerts = Some(config);
-                                    break;
-                                }
-                                Ok(Msg::Shutdown) => rx.close(),
-                                Err(_) => break,
-                            }
-                        }
-                        let alerts = self.alerts_in_force();
-                        if let Some(config) = new_alerts {
-                            self.set_alerts(config);
-                        }
-                        Work::Batch { batch, alerts, then }
-                    }
-                    Msg::Exec(job) => Work::Exec(job),
-                    Msg::Alerts(config) => {
-                        self.set_alerts(config);
-                        Work::Done
-                    }
-                    // Queued messages stay receivable after close; recv returns None once they are drained.
-                    Msg::Shutdown => {
-                        rx.close();
-                        Work::Done
-                    }
-                }
+                self.take(msg, &mut rx)
             };
             match work {
                 Work::Batch { batch, alerts, then } => {
@@ -360,6 +327,47 @@ impl Writer {
             }
         }
         self.store
+    }
+
+    /// What `msg` asks for; a report brings along the reports queued behind it (a batch), up to the job or config
+    /// that ends it. Runs under the queue's lock (`rx`): only quick work here.
+    fn take(&self, msg: Msg, rx: &mut mpsc::Receiver<Msg>) -> Work {
+        match msg {
+            Msg::Report(inc, reply) => {
+                let mut batch = vec![(*inc, reply)];
+                let (mut then, mut new_alerts) = (None, None);
+                while batch.len() < self.max_batch {
+                    match rx.try_recv() {
+                        Ok(Msg::Report(inc, reply)) => batch.push((*inc, reply)),
+                        Ok(Msg::Exec(job)) => {
+                            then = Some(job);
+                            break;
+                        }
+                        Ok(Msg::Alerts(config)) => {
+                            new_alerts = Some(config);
+                            break;
+                        }
+                        Ok(Msg::Shutdown) => rx.close(),
+                        Err(_) => break,
+                    }
+                }
+                let alerts = self.alerts_in_force();
+                if let Some(config) = new_alerts {
+                    self.set_alerts(config);
+                }
+                Work::Batch { batch, alerts, then }
+            }
+            Msg::Exec(job) => Work::Exec(job),
+            Msg::Alerts(config) => {
+                self.set_alerts(config);
+                Work::Done
+            }
+            // Queued messages stay receivable after close; recv returns None once they are drained.
+            Msg::Shutdown => {
+                rx.close();
+                Work::Done
+            }
+        }
     }
 
     /// From now on (for every writer), evaluate the alert rules of the config `config` publishes.
@@ -479,6 +487,18 @@ mod tests {
         assert_send::<Store>();
     }
 
+    /// A writer on a fresh SQLite file (kept while the directory lives).
+    fn writer() -> (tempfile::TempDir, IngestHandle, JoinHandle<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("v.db")).unwrap();
+        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        (dir, handle, join)
+    }
+
+    fn reports_in(store: &Store) -> i64 {
+        store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap()
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
@@ -503,15 +523,12 @@ mod tests {
         assert_eq!(handle.stats().stored, 0);
         drop(handle);
         let store = join.join().unwrap();
-        let n: i64 = store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(reports_in(&store), 1);
     }
 
     #[test]
     fn one_bad_report_does_not_fail_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("v.db")).unwrap();
-        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        let (_dir, handle, join) = writer();
         let results = rt().block_on(async {
             // Hold the writer so all three land in one batch.
             let gate = handle.exec(|_| std::thread::sleep(std::time::Duration::from_millis(100)));
@@ -530,9 +547,7 @@ mod tests {
 
     #[test]
     fn shutdown_commits_queued_reports_then_refuses() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("v.db")).unwrap();
-        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        let (_dir, handle, join) = writer();
         let (before, after) = rt().block_on(async {
             let before = handle.submit(incoming(1)).await;
             handle.shutdown().await;
@@ -541,28 +556,25 @@ mod tests {
         assert!(matches!(before, Ok(Outcome::Stored { .. })));
         assert_eq!(after, Err(IngestError::Closed));
         let store = join.join().unwrap();
-        let n: i64 = store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(reports_in(&store), 1);
     }
 
     /// `submit_to` answers into the submitter's own queue after the commit, and answers `Closed` when the report
     /// cannot be queued or its slot is dropped unanswered.
     #[test]
     fn answers_go_into_the_reserved_slots() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("v.db")).unwrap();
-        let (handle, join) = spawn(store, IngestOptions::default()).unwrap();
+        let (_dir, handle, join) = writer();
         let answers = rt().block_on(async {
             let (tx, mut rx) = mpsc::channel::<Answered>(2);
-            handle.submit_to(incoming(1), AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 1)).await;
-            handle.submit_to(incoming(1), AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 1)).await;
+            handle.submit_to(incoming(1), tx.clone().reserve_owned().await.unwrap()).await;
+            handle.submit_to(incoming(1), tx.clone().reserve_owned().await.unwrap()).await;
             let mut answers = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
             // Both places are free again once their answers are read.
             assert_eq!(tx.capacity(), 2);
             drop(AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 7));
             answers.push(rx.recv().await.unwrap());
             handle.shutdown().await;
-            handle.submit_to(incoming(2), AnswerSlot::new(tx.clone().reserve_owned().await.unwrap(), 2)).await;
+            handle.submit_to(incoming(2), tx.clone().reserve_owned().await.unwrap()).await;
             answers.push(rx.recv().await.unwrap());
             answers
         });
@@ -574,8 +586,7 @@ mod tests {
         );
         assert!(matches!(answers[0].result, Ok(Outcome::Stored { .. })));
         let store = join.join().unwrap();
-        let n: i64 = store.conn().query_row("SELECT count(*) FROM reports", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(reports_in(&store), 1);
     }
 
     async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {

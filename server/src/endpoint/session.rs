@@ -18,7 +18,7 @@ use vigil_schema::proto::{AgentMsg, ErrorCode, MsgError, PROTOCOL_VERSION, Serve
 use super::Shared;
 use super::counters::Counters;
 use super::registry::AgentEntry;
-use crate::ingest::{AnswerSlot, Answered};
+use crate::ingest::Answered;
 use crate::store::{Incoming, Outcome};
 use vigil_sys::clock::now_ms;
 
@@ -325,7 +325,6 @@ impl Reader {
         }
         // Backpressure: at most max_in_flight reports of this connection wait for their commit.
         let Ok(permit) = self.answers.clone().reserve_owned().await else { return };
-        let seq = report.seq;
         let incoming = Incoming {
             agent_id: self.agent.agent_id.clone(),
             host: self.agent.host.clone(),
@@ -333,7 +332,7 @@ impl Reader {
             received_at_ms: now_ms(),
             report,
         };
-        self.shared.ingest.submit_to(incoming, AnswerSlot::new(permit, seq)).await;
+        self.shared.ingest.submit_to(incoming, permit).await;
     }
 }
 
