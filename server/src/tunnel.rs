@@ -428,4 +428,13 @@ mod tests {
             assert_ne!(w, other, "{other:?}");
         }
     }
+
+    /// serve holds one russh client session per tunnel, and each session allocates three queues of 32 `Msg` slots
+    /// up front. third_party/russh boxes the one large variant (third_party/README.md): a russh upgrade that loses
+    /// that change fails here, not silently in the tunnel benchmark.
+    #[test]
+    fn a_russh_session_queue_slot_stays_small() {
+        let slot = std::mem::size_of::<russh::client::Msg>();
+        assert!(slot <= 160, "russh::client::Msg is {slot} B: re-apply third_party/russh.diff");
+    }
 }
