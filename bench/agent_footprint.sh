@@ -46,10 +46,15 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# --- vigil serve with the shipped jobs, only listen and data_dir changed ---------------------------------------
+# --- vigil serve with the shipped jobs, only the listen ports and data_dir changed -----------------------------
 VIGIL_PORT="$(free_port)"
-sed -e "s|^listen = .*|listen = \"127.0.0.1:$VIGIL_PORT\"|" \
-    -e "s|^data_dir = .*|data_dir = \"$TMP/data\"|" "$ROOT/jobs.toml" >"$TMP/jobs.toml"
+WEB_PORT="$(free_port)"
+# Each section's own `listen`: [server]'s (the endpoint) and [web]'s (the dashboard) get different ports.
+awk -v vp="$VIGIL_PORT" -v wp="$WEB_PORT" -v dd="$TMP/data" '
+    /^\[/ { section = $0 }
+    /^listen = / { print "listen = \"127.0.0.1:" (section == "[web]" ? wp : vp) "\""; next }
+    /^data_dir = / { print "data_dir = \"" dd "\""; next }
+    { print }' "$ROOT/jobs.toml" >"$TMP/jobs.toml"
 grep -q "^listen = \"127.0.0.1:$VIGIL_PORT\"" "$TMP/jobs.toml" || die "could not set listen in jobs.toml"
 grep -q "^data_dir = \"$TMP/data\"" "$TMP/jobs.toml" || die "could not set data_dir in jobs.toml"
 cat >"$TMP/clients.xml" <<'EOF'
