@@ -16,22 +16,22 @@
 #    of each. Delivery latency = received_at_ms - collected_at_ms of their reports (same clock), for reference.
 #
 # Usage: bench/tunnel_memory.sh [N]     (default 50)
-# Env:   VIGIL, AGENT (default target/debug/vigil, target/debug/vigil-agent), SETTLE (default 10), LAT_S (default 30),
+# Env:   VIGIL, AGENT (default target/release/vigil, target/release/vigil-agent: what BENCHMARKS.md quotes), SETTLE (default 10), LAT_S (default 30),
 #        KEEP=1 keeps the temp dir.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 N="${1:-50}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-VIGIL="${VIGIL:-$TARGET/debug/vigil}"
-AGENT="${AGENT:-$TARGET/debug/vigil-agent}"
+VIGIL="${VIGIL:-$TARGET/release/vigil}"
+AGENT="${AGENT:-$TARGET/release/vigil-agent}"
 SETTLE="${SETTLE:-10}"
 LAT_S="${LAT_S:-30}"
 SSHD=/usr/sbin/sshd
 
 die() { echo "tunnel_memory: $*" >&2; exit 1; }
 [[ "$N" =~ ^[0-9]+$ ]] && (( N >= 2 )) || die "N must be an integer >= 2"
-[[ -x "$VIGIL" && -x "$AGENT" ]] || die "build first: cargo build --bins"
+[[ -x "$VIGIL" && -x "$AGENT" ]] || die "build first: cargo build --release -p vigil-server -p vigil-agent"
 for tool in sqlite3 python3 ssh-keygen; do command -v "$tool" >/dev/null || die "$tool is needed"; done
 mkdir -p /run/sshd
 

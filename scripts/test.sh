@@ -18,6 +18,8 @@ missing=()
 { [ -x /usr/bin/ssh ] && [ -x /usr/bin/ssh-keygen ]; } || missing+=(openssh-client)
 { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; } || missing+=(python3-aiosmtpd)
 command -v useradd >/dev/null || missing+=(passwd)
+# git: tests/tests/architecture.rs checks the vendored russh with `git apply --check` (third_party/README.md)
+command -v git >/dev/null || missing+=(git)
 # --- web (begin): headless Chromium for the dashboard tests, promtool for /metrics
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)

@@ -1,6 +1,6 @@
 //! The shape ARCHITECTURE.md promises, checked on the source text: no import circle between sibling modules of any
-//! crate, a thin `vigil` binary, and no function over 100 lines in the server or the agent unless a comment right
-//! above it says why (`// Long: ...` or `// Over 100 lines: ...`).
+//! crate, a thin `vigil` binary, no function over 100 lines in the server or the agent unless a comment right
+//! above it says why (`// Long: ...` or `// Over 100 lines: ...`), and the vendored russh with its diff applied.
 //!
 //! The reader is a small Rust lexer (comments, strings, raw strings, chars and lifetimes) that is enough for brace
 //! matching and for finding `crate::`, `super::` and `self::` paths; it does not need to understand Rust.
@@ -374,6 +374,18 @@ fn no_function_over_100_lines_in_server_or_agent_without_a_reason() {
         "functions over 100 lines (say why in a `// Long: ...` comment, or split):\n{}",
         long.join("\n")
     );
+}
+
+/// third_party/russh carries every change of third_party/russh.diff (the memory per SSH session that the tunnel
+/// benchmark measures): a russh upgrade copied in without re-applying the diff fails here.
+#[test]
+fn the_vendored_russh_carries_its_diff() {
+    let out = std::process::Command::new("git")
+        .args(["apply", "--reverse", "--check", "--directory=third_party/russh", "third_party/russh.diff"])
+        .current_dir(root())
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "third_party/russh.diff is not applied: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

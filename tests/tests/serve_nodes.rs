@@ -120,9 +120,11 @@ fn two_nodes_share_one_pair_of_config_files_each_with_its_own_listen_data_dir_an
             n.vigil(&work, &["export", "--since", "1h", "--family", "cpu", "--format", "csv"])?.stdout,
         )?;
         ensure!(csv.lines().count() == 2, "{}'s export: {csv}", n.name);
-        // The row's own total_pct (host, ts_ms, total_pct, ...): a substring test would also match the timestamp's
-        // digits (ts_ms 1796044742332 "contains" the other node's 23).
-        let total = csv.lines().nth(1).and_then(|row| row.split(',').nth(2));
+        // The row's own total_pct, found by the header: a substring test would also match the timestamp's digits
+        // (ts_ms 1796044742332 "contains" the other node's 23).
+        let mut lines = csv.lines().map(|l| l.split(',').collect::<Vec<_>>());
+        let (header, row) = (lines.next().unwrap_or_default(), lines.next().unwrap_or_default());
+        let total = header.iter().position(|c| *c == "total_pct").and_then(|i| row.get(i).copied());
         ensure!(total == Some(cpu.to_string().as_str()), "{}'s export has the other node's report: {csv}", n.name);
     }
 
